@@ -1,0 +1,29 @@
+# `make demo` and `make test` are the whole set-up: each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,uvloop]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/agents.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check aioeventstore tests examples perf
+	$(VENV)/bin/mypy aioeventstore tests examples perf
+
+test: lint
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(PY) perf/bench_append.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

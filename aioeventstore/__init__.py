@@ -1,0 +1,59 @@
+"""aioeventstore: an asyncio-native, embedded, durable event store.
+
+Only re-exports live here; see ``store.py`` for where reading the code starts.
+"""
+
+from .errors import (
+    CorruptLog,
+    DuplicateEventType,
+    EventDecodeError,
+    EventStoreError,
+    EventTooLarge,
+    StoreClosed,
+    StoreFailed,
+    StoreLocked,
+    WrongExpectedVersion,
+)
+from .events import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    Event,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamState,
+    event_types,
+)
+from .options import Durability, StoreOptions
+from .store import EventStore, StoreStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendResult",
+    "CorruptLog",
+    "DuplicateEventType",
+    "Durability",
+    "Event",
+    "EventDecodeError",
+    "EventStore",
+    "EventStoreError",
+    "EventTooLarge",
+    "ExpectedVersion",
+    "NewEvent",
+    "RecordedEvent",
+    "StoreClosed",
+    "StoreFailed",
+    "StoreLocked",
+    "StoreOptions",
+    "StoreStatistics",
+    "StreamState",
+    "WrongExpectedVersion",
+    "__version__",
+    "event_types",
+]

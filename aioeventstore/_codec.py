@@ -1,0 +1,176 @@
+"""Events ↔ bytes. The only module that imports msgpack.
+
+Producers call :func:`encode_events` in their own task, before anything is queued, so bad input
+fails there and the commit loop only ever sees bytes. Readers call :func:`decode_frame_events`
+off the event loop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgpack
+from pydantic import ValidationError
+
+from ._format import ENTRY_HEAD, ENTRY_HEAD_SIZE, FrameError, FrameInfo
+from .errors import EventDecodeError, EventTooLarge
+from .events import Event, NewEvent, RecordedEvent, lookup_event_type
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_type_names: dict[type[Event], bytes] = {}
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    raise TypeError(f"cannot store a value of type {type(obj).__name__}")
+
+
+def _type_bytes(cls: type[Event]) -> bytes:
+    b = _type_names.get(cls)
+    if b is None:
+        b = _type_names[cls] = cls.__event_type__.encode("utf-8")
+    return b
+
+
+def encode_events(
+    stream: str, events: Sequence[Event | NewEvent], max_event_bytes: int, max_append_bytes: int
+) -> tuple[tuple[bytes, ...], bytes]:
+    """Encode one append's events: their 16-byte ids and the frame's entry bytes.
+
+    Raises TypeError for objects that are not events, ValueError for metadata that cannot be
+    stored, and EventTooLarge past the size limits. Nothing is queued until this succeeds.
+    """
+    parts: list[bytes] = []
+    ids: list[bytes] = []
+    total = 0
+    packb = msgpack.packb
+    pack_head = ENTRY_HEAD.pack
+    for i, item in enumerate(events):
+        if isinstance(item, Event):
+            event = item
+            eid = uuid.uuid4().bytes
+            meta = b""
+        elif isinstance(item, NewEvent):
+            event = item.event
+            eid = item.id.bytes if item.id is not None else uuid.uuid4().bytes
+            meta = _pack_metadata(stream, i, item.metadata) if item.metadata else b""
+        else:
+            raise TypeError(
+                f"append to stream {stream!r}: item {i} is a {type(item).__name__}, "
+                "expected an es.Event or es.NewEvent"
+            )
+        type_b = _type_bytes(type(event))
+        data = packb(event.model_dump(mode="json"))
+        size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(meta) + len(data)
+        if size > max_event_bytes:
+            raise EventTooLarge(
+                stream,
+                f"event {i} ({event.__event_type__})",
+                size,
+                max_event_bytes,
+                "max_event_bytes",
+            )
+        total += size + 4
+        if total > max_append_bytes:
+            raise EventTooLarge(
+                stream,
+                f"append of {len(events)} events",
+                total,
+                max_append_bytes,
+                "max_append_bytes",
+            )
+        ids.append(eid)
+        parts.append(pack_head(size, eid, len(type_b), len(meta)))
+        parts.append(type_b)
+        parts.append(meta)
+        parts.append(data)
+    return tuple(ids), b"".join(parts)
+
+
+def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> bytes:
+    for key in metadata:
+        if not isinstance(key, str):
+            raise ValueError(
+                f"append to stream {stream!r}: event {index} metadata key {key!r} is not a str"
+            )
+    try:
+        return msgpack.packb(dict(metadata), default=_default)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(
+            f"append to stream {stream!r}: event {index} metadata cannot be stored: {exc}"
+        ) from exc
+
+
+def recorded_at(us: int) -> datetime:
+    """The aware UTC datetime for a frame's recorded_at field."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def decode_frame_events(
+    buf: bytes | memoryview, frame_start: int, info: FrameInfo, lo: int, hi: int
+) -> list[RecordedEvent]:
+    """Decode the events of a checked frame whose positions lie in ``[lo, hi]``, in order."""
+    out: list[RecordedEvent] = []
+    at = frame_start + info.entries_at
+    end = frame_start + info.length
+    when = recorded_at(info.recorded_at_us)
+    unpackb = msgpack.unpackb
+    for k in range(info.event_count):
+        if end - at < ENTRY_HEAD_SIZE:
+            raise FrameError("event entry runs past its frame")
+        size, eid, tlen, mlen = ENTRY_HEAD.unpack_from(buf, at)
+        nxt = at + 4 + size
+        if nxt > end or size < ENTRY_HEAD_SIZE - 4 + tlen + mlen:
+            raise FrameError("event entry runs past its frame")
+        pos = info.first_position + k
+        if lo <= pos <= hi:
+            t0 = at + ENTRY_HEAD_SIZE
+            type_name = bytes(buf[t0 : t0 + tlen]).decode("utf-8")
+            m0 = t0 + tlen
+            try:
+                meta = unpackb(buf[m0 : m0 + mlen]) if mlen else {}
+                raw = unpackb(buf[m0 + mlen : nxt])
+            except Exception as exc:  # msgpack raises several unrelated types
+                raise FrameError(f"undecodable event payload at position {pos}: {exc}") from exc
+            cls = lookup_event_type(type_name)
+            data: Event | dict[str, Any]
+            if cls is None:
+                data = raw
+            else:
+                try:
+                    data = cls.model_validate(raw)
+                except ValidationError as exc:
+                    raise EventDecodeError(info.stream, pos, type_name, str(exc)) from exc
+            out.append(
+                RecordedEvent(
+                    info.stream,
+                    info.first_version + k,
+                    pos,
+                    uuid.UUID(bytes=eid),
+                    type_name,
+                    data,
+                    meta,
+                    when,
+                )
+            )
+        elif pos > hi:
+            break
+        at = nxt
+    return out
+
+
+def frame_event_ids(buf: bytes | memoryview, frame_start: int, info: FrameInfo) -> list[bytes]:
+    """The 16-byte ids of a checked frame's events, in order, without decoding payloads."""
+    ids: list[bytes] = []
+    at = frame_start + info.entries_at
+    for _ in range(info.event_count):
+        size, eid, _t, _m = ENTRY_HEAD.unpack_from(buf, at)
+        ids.append(bytes(eid))
+        at += 4 + size
+    return ids

@@ -1,0 +1,306 @@
+"""The group-commit loop: queue → batch → one write + one sync → futures.
+
+One task, the only writer. Producers encode their events in their own task and enqueue a
+:class:`PendingAppend`; the loop drains whatever is queued (up to ``max_batch_bytes``), checks
+expected versions in queue order, lays the accepted appends out as one contiguous buffer, and
+hands it to the store's single I/O thread for one write and one sync (one thread hop per
+batch). While that runs, the event loop is free: producers encode and queue the next batch.
+When the sync returns, the index head advances, every producer's future is resolved, and
+commit listeners (subscriptions) are told.
+
+Failure is fail-stop, as in LevelDB and PostgreSQL after an fsync error: the page cache can no
+longer be trusted, so the batch and everything after it fail with ``StoreFailed``; reads of
+what was durable keep working; reopening recovers from what is on disk.
+
+Cancellation: a producer cancelled while waiting never cancels its batch. If its append was not
+yet taken into a batch, it is dropped; if it was, it is written all the same. Either way, a
+retry with the same event ids is safe (see idempotency in ``store.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from itertools import islice
+from typing import NamedTuple
+
+from ._format import BODY_HEAD_SIZE, FRAME_HEADER_SIZE, pack_frame
+from ._index import Index
+from ._log import Log, WritePlan
+from ._queue import ByteBoundedQueue
+from .errors import StoreClosed, StoreFailed, WrongExpectedVersion
+from .events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion
+from .options import StoreOptions
+
+FRAME_OVERHEAD = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
+
+
+class Recheck(NamedTuple):
+    """Outcome for an append whose explicit expected version the stream has moved past far
+    enough that it may be a retry: the producer compares its ids with those stored at
+    ``first_version`` on; if they match, it returns the original result."""
+
+    actual: int
+    first_version: int
+
+
+Outcome = AppendResult | Recheck | BaseException
+
+
+class PendingAppend:
+    """One encoded append waiting for the commit loop."""
+
+    __slots__ = ("count", "entries", "expected", "future", "ids", "size", "stream", "stream_b")
+
+    def __init__(
+        self,
+        stream: str,
+        stream_b: bytes,
+        expected: ExpectedVersion,
+        ids: tuple[bytes, ...],
+        entries: bytes,
+        future: asyncio.Future[AppendResult | Recheck],
+    ) -> None:
+        self.stream = stream
+        self.stream_b = stream_b
+        self.expected = expected
+        self.ids = ids
+        self.count = len(ids)
+        self.entries = entries
+        self.size = FRAME_OVERHEAD + len(stream_b) + len(entries)
+        self.future = future
+
+
+@dataclass(slots=True)
+class CommitStats:
+    """Counters of the commit loop since the store was opened."""
+
+    appends: int = 0
+    events: int = 0
+    batches: int = 0
+    syncs: int = 0
+    bytes_written: int = 0
+
+
+CommitListener = Callable[[int, int], None]
+"""Called on the loop thread with (first, last) positions of each durable batch."""
+
+
+class CommitLoop:
+    """Owns the append queue and the commit task. Only the commit task touches the index's
+    rows, the log's write side and the idempotency window."""
+
+    def __init__(
+        self,
+        log: Log,
+        index: Index,
+        options: StoreOptions,
+        io: Executor,
+        window: dict[bytes, tuple[str, tuple[bytes, ...], AppendResult]],
+    ) -> None:
+        self._log = log
+        self._index = index
+        self._options = options
+        self._io = io
+        self._queue: ByteBoundedQueue[PendingAppend] = ByteBoundedQueue(options.max_queue_bytes)
+        self._window = window
+        self._task: asyncio.Task[None] | None = None
+        self._current: _Batch | None = None  # the batch being written, for _fail on cancel
+        self._closing = False
+        self.failure: StoreFailed | None = None
+        self.stats = CommitStats()
+        self.listeners: list[CommitListener] = []
+
+    def start(self) -> None:
+        """Start the commit task on the running loop."""
+        assert self._task is None
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="aioeventstore-commit"
+        )
+
+    @property
+    def queued(self) -> int:
+        """Appends queued or waiting for queue space."""
+        return len(self._queue) + self._queue.waiting
+
+    async def submit(self, item: PendingAppend) -> None:
+        """Queue an append (waits while the queue is full). Raises StoreFailed/StoreClosed."""
+        self.check_open()
+        try:
+            await self._queue.put(item)
+        except asyncio.CancelledError:
+            item.future.cancel()  # if it did get in, the loop will skip or still write it
+            raise
+
+    def check_open(self) -> None:
+        """Raise if appends are no longer accepted."""
+        if self.failure is not None:
+            raise _failed_again(self.failure)
+        if self._closing:
+            raise StoreClosed("the store is closed; appends are no longer accepted")
+
+    async def close(self) -> None:
+        """Stop accepting appends, commit everything already queued, and end the task."""
+        self._closing = True
+        self._queue.wake()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    # --- the loop ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sync = self._options.durability == "fsync"
+        try:
+            while True:
+                if not len(self._queue):
+                    if self._closing and not self._queue.waiting:
+                        return
+                    await self._queue.wait()
+                    continue
+                batch = self._current = self._plan(self._queue.drain(self._options.max_batch_bytes))
+                if batch.plan is not None:
+                    try:
+                        await loop.run_in_executor(
+                            self._io, self._log.write, batch.plan, batch.data, sync
+                        )
+                    except Exception as exc:
+                        self._fail(exc, batch)
+                        return
+                    self.stats.batches += 1
+                    self.stats.syncs += sync
+                    self.stats.bytes_written += len(batch.data)
+                self._complete(batch)
+                self._current = None
+        except asyncio.CancelledError:
+            self._closing = True
+            self._fail(StoreClosed("the store's commit loop was cancelled"), self._current)
+            raise
+
+    def _plan(self, items: list[PendingAppend]) -> _Batch:
+        """Check versions in queue order and lay out accepted appends (commit task only)."""
+        index = self._index
+        window = self._window
+        write_pos = pos = index.next_position
+        now_us = time.time_ns() // 1000
+        outcomes: list[tuple[PendingAppend, Outcome]] = []
+        accepted: list[tuple[PendingAppend, int, int, int]] = []  # item, pos, version, rel offset
+        touched: dict[str, int] = {}
+        parts: list[bytes] = []
+        rel = 0
+        for item in items:
+            if item.future.done():  # producer cancelled before its batch: drop it
+                continue
+            stream = item.stream
+            last = touched.get(stream)
+            if last is None:
+                last = index.last_version(stream)
+            exp = item.expected
+            if exp is ANY:
+                hit = window.get(item.ids[0])
+                if hit is not None and hit[0] == stream and hit[1] == item.ids:
+                    outcomes.append((item, hit[2]))
+                    continue
+                ok = True
+            elif exp is NO_STREAM:
+                ok = last == -1
+            elif exp is STREAM_EXISTS:
+                ok = last >= 0
+            else:
+                assert isinstance(exp, int)
+                ok = last == exp
+            if not ok:
+                outcomes.append((item, self._mismatch(item, last)))
+                continue
+            version = last + 1
+            touched[stream] = last + item.count
+            frame = pack_frame(
+                item.stream_b, item.count, pos, version, now_us, write_pos, item.entries
+            )
+            parts += frame
+            accepted.append((item, pos, version, rel))
+            result = AppendResult(pos + item.count - 1, version + item.count - 1)
+            outcomes.append((item, result))
+            if self._options.idempotency_window:
+                window[item.ids[0]] = (stream, item.ids, result)
+            pos += item.count
+            rel += item.size
+        if not accepted:
+            return _Batch(outcomes, None, b"", -1, -1)
+        data = b"".join(parts)
+        plan = self._log.reserve(len(data), write_pos)
+        for item, first, version, off in accepted:
+            index.add_frame(
+                plan.ordinal, plan.offset + off, item.size, item.stream, first, version, item.count
+            )
+        excess = len(window) - self._options.idempotency_window
+        if excess > 0:
+            for key in list(islice(window, excess)):
+                del window[key]
+        return _Batch(outcomes, plan, data, write_pos, pos - 1)
+
+    @staticmethod
+    def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:
+        exp = item.expected
+        base = -1 if exp is NO_STREAM else exp
+        if isinstance(base, int) and last >= base + item.count:
+            return Recheck(last, base + 1)
+        return WrongExpectedVersion(item.stream, exp, last)
+
+    def _complete(self, batch: _Batch) -> None:
+        """The batch is durable: publish it and resolve its producers (commit task only)."""
+        if batch.last >= 0:
+            self._index.head = batch.last
+            st = self.stats
+            st.events += batch.last - batch.first + 1
+            for listener in self.listeners:
+                listener(batch.first, batch.last)
+        self.stats.appends += len(batch.outcomes)
+        for item, outcome in batch.outcomes:
+            fut = item.future
+            if fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+    def _fail(self, exc: BaseException, batch: _Batch | None) -> None:
+        """Fail-stop: every producer of this batch, and every later one, gets StoreFailed."""
+        if isinstance(exc, StoreClosed):
+            failure: StoreFailed | StoreClosed = exc
+        else:
+            where = (
+                self._log.path(batch.plan.ordinal) if batch and batch.plan else self._log.directory
+            )
+            self.failure = StoreFailed(
+                f"writing the log failed at {where}: {exc}; the store "
+                "is stopped for writes (reads still work; reopen to recover)"
+            )
+            self.failure.__cause__ = exc
+            failure = self.failure
+        pending = [item for item, _ in batch.outcomes] if batch else []
+        pending += self._queue.take_all()
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(_failed_again(failure))
+
+
+def _failed_again(failure: BaseException) -> BaseException:
+    """A fresh exception for each raiser, so tracebacks do not pile up on one instance."""
+    if isinstance(failure, StoreFailed):
+        again = StoreFailed(*failure.args)
+        again.__cause__ = failure.__cause__
+        return again
+    return StoreClosed(*failure.args)
+
+
+@dataclass(slots=True)
+class _Batch:
+    outcomes: list[tuple[PendingAppend, Outcome]]
+    plan: WritePlan | None
+    data: bytes
+    first: int
+    last: int

@@ -1,0 +1,183 @@
+"""On-disk constants and fixed headers. FORMAT.md is the prose spec; this module mirrors it.
+
+All integers are little-endian. Nothing here does I/O or knows about msgpack.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+import crc32c as _crc32c
+
+FORMAT_VERSION: Final = 1
+"""Written in every segment header; readers refuse versions they do not know."""
+
+# --- segment file -----------------------------------------------------------------------------
+SEGMENT_MAGIC: Final = b"AIOESLOG"
+SEGMENT_SUFFIX: Final = ".seg"
+SEGMENT_NAME_DIGITS: Final = 20
+# magic 8s | format version H | header length H | flags I | first position Q | reserved I | crc I
+SEGMENT_HEADER: Final = struct.Struct("<8sHHIQII")
+SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 32
+assert SEGMENT_HEADER_SIZE == 32
+
+# magic 8s | format version H | header length H | flags I | first position Q |
+# reserved I | crc I
+FRAME_MAGIC: Final = b"\xc1AEF"  # 0xc1 is the one byte msgpack never emits
+# magic 4s | body length I | crc32c I   (crc over the 4 length bytes, then the body)
+FRAME_HEADER: Final = struct.Struct("<4sII")
+FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 12
+# kind B | flags B | stream length H | event count I | first position Q | first version Q |
+# recorded_at (microseconds since the Unix epoch, UTC) q | first position of its write Q
+BODY_HEAD: Final = struct.Struct("<BBHIQQqQ")
+BODY_HEAD_SIZE: Final = BODY_HEAD.size  # 40
+FRAME_KIND_EVENTS: Final = 1
+MAX_FRAME_BODY: Final = (1 << 31) - 1
+
+# --- event entry inside a frame body ----------------------------------------------------------
+# entry length I (bytes after this field) | id 16s | type length H | metadata length I
+ENTRY_HEAD: Final = struct.Struct("<I16sHI")
+ENTRY_HEAD_SIZE: Final = ENTRY_HEAD.size  # 26
+ENTRY_FIXED_AFTER_LEN: Final = ENTRY_HEAD_SIZE - 4
+
+MAX_STREAM_NAME_BYTES: Final = 1024
+MAX_TYPE_NAME_BYTES: Final = 0xFFFF
+
+assert SEGMENT_HEADER_SIZE == 32 and FRAME_HEADER_SIZE == 12
+assert BODY_HEAD_SIZE == 40 and ENTRY_HEAD_SIZE == 26
+
+crc32c = _crc32c.crc32c
+
+
+def segment_name(first_position: int) -> str:
+    """File name of the segment whose first event has ``first_position``."""
+    return f"{first_position:0{SEGMENT_NAME_DIGITS}d}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """First position encoded in a segment file name, or None for any other file."""
+    stem, dot, suffix = name.partition(".")
+    if "." + suffix != SEGMENT_SUFFIX or not dot:
+        return None
+    if len(stem) != SEGMENT_NAME_DIGITS or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+def pack_segment_header(first_position: int) -> bytes:
+    """The 32-byte header that starts every segment file."""
+    head = SEGMENT_HEADER.pack(
+        SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_HEADER_SIZE, 0, first_position, 0, 0
+    )
+    return head[:-4] + crc32c(head[:-4]).to_bytes(4, "little")
+
+
+def unpack_segment_header(raw: bytes) -> int:
+    """First position from a segment header; raises ValueError saying what is wrong."""
+    if len(raw) < SEGMENT_HEADER_SIZE:
+        raise ValueError(f"segment header is {len(raw)} bytes, expected {SEGMENT_HEADER_SIZE}")
+    magic, version, hlen, _flags, first, _res, crc = SEGMENT_HEADER.unpack_from(raw)
+    if magic != SEGMENT_MAGIC:
+        raise ValueError(f"bad segment magic {magic!r}")
+    if crc != crc32c(raw[: SEGMENT_HEADER_SIZE - 4]):
+        raise ValueError("segment header checksum mismatch")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
+        )
+    if hlen != SEGMENT_HEADER_SIZE:
+        raise ValueError(f"unexpected segment header length {hlen}")
+    return int(first)
+
+
+class FrameInfo(NamedTuple):
+    """What the index needs of a frame, read without decoding its events."""
+
+    offset: int  # of the frame header in its buffer or segment
+    length: int  # whole frame, header included
+    entries_at: int  # offset of the first event entry, relative to the frame start
+    stream: str
+    event_count: int
+    first_position: int
+    first_version: int
+    recorded_at_us: int
+    write_position: int  # first position of the write (commit batch) this frame was part of
+
+
+def pack_frame(
+    stream_b: bytes,
+    count: int,
+    first_position: int,
+    first_version: int,
+    recorded_us: int,
+    write_position: int,
+    entries: bytes,
+) -> list[bytes]:
+    """The parts of one frame, in order; joined they are the frame's bytes."""
+    head = BODY_HEAD.pack(
+        FRAME_KIND_EVENTS,
+        0,
+        len(stream_b),
+        count,
+        first_position,
+        first_version,
+        recorded_us,
+        write_position,
+    )
+    body_len = BODY_HEAD_SIZE + len(stream_b) + len(entries)
+    len_b = body_len.to_bytes(4, "little")
+    crc = crc32c(entries, crc32c(stream_b, crc32c(head, crc32c(len_b))))
+    return [FRAME_MAGIC, len_b, crc.to_bytes(4, "little"), head, stream_b, entries]
+
+
+class FrameError(Exception):
+    """A frame that does not parse or check (internal: the log turns it into a verdict)."""
+
+    def __init__(self, reason: str, incomplete: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.incomplete = incomplete
+
+
+def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
+    """Validate the frame at ``buf[off:]`` (bounded by ``end``) and return its header fields.
+
+    Raises FrameError with ``incomplete=True`` when the buffer ends before the frame does.
+    """
+    if end - off < FRAME_HEADER_SIZE:
+        raise FrameError("frame header cut short", incomplete=True)
+    magic, body_len, crc = FRAME_HEADER.unpack_from(buf, off)
+    if magic != FRAME_MAGIC:
+        raise FrameError(f"bad frame magic {bytes(magic)!r}")
+    if body_len < BODY_HEAD_SIZE or body_len > MAX_FRAME_BODY:
+        raise FrameError(f"impossible frame length {body_len}")
+    body_start = off + FRAME_HEADER_SIZE
+    if end - body_start < body_len:
+        raise FrameError("frame body cut short", incomplete=True)
+    actual = crc32c(buf[body_start : body_start + body_len], crc32c(buf[off + 4 : off + 8]))
+    if actual != crc:
+        raise FrameError(f"frame checksum mismatch (stored {crc:#010x}, computed {actual:#010x})")
+    kind, _flags, slen, count, first_pos, first_ver, rec_us, wpos = BODY_HEAD.unpack_from(
+        buf, body_start
+    )
+    if kind != FRAME_KIND_EVENTS:
+        raise FrameError(f"unknown frame kind {kind}")
+    if count == 0 or BODY_HEAD_SIZE + slen > body_len or wpos > first_pos:
+        raise FrameError("frame header fields out of range")
+    s0 = body_start + BODY_HEAD_SIZE
+    try:
+        stream = bytes(buf[s0 : s0 + slen]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FrameError("stream name is not UTF-8") from exc
+    return FrameInfo(
+        off,
+        FRAME_HEADER_SIZE + body_len,
+        FRAME_HEADER_SIZE + BODY_HEAD_SIZE + slen,
+        stream,
+        count,
+        first_pos,
+        first_ver,
+        rec_us,
+        wpos,
+    )

@@ -1,0 +1,156 @@
+"""The file layer: the one seam every byte of storage I/O goes through.
+
+Everything above it (segments, the log) calls these methods and nothing in ``os`` directly, so
+that tests can swap in a file system that tears writes, loses unsynced data, or fails with
+ENOSPC or EIO. All calls block: callers run them off the event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+from typing import Protocol
+
+
+class FileHandle(Protocol):
+    """An open file. ``pwrite`` writes all of ``data`` or raises; short writes are retried."""
+
+    path: str
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None: ...
+    def pread(self, size: int, offset: int) -> bytes: ...
+    def sync(self) -> None: ...
+    def truncate(self, size: int) -> None: ...
+    def size(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Lock(Protocol):
+    """An exclusive lock on a store directory, held until released."""
+
+    def release(self) -> None: ...
+
+
+class FileSystem(Protocol):
+    """The operations the log needs of a file system."""
+
+    def open(self, path: str, *, write: bool, create: bool = False) -> FileHandle: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def makedirs(self, path: str) -> None: ...
+    def remove(self, path: str) -> None: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def sync_dir(self, path: str) -> None: ...
+    def lock(self, path: str) -> Lock: ...
+
+
+def _data_sync(fd: int) -> None:
+    """Flush a file's data (and the metadata needed to read it) to stable storage."""
+    if sys.platform == "darwin":  # fsync on macOS only reaches the drive cache
+        fcntl.fcntl(fd, getattr(fcntl, "F_FULLFSYNC", 51))
+    elif hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - platforms without fdatasync
+        os.fsync(fd)
+
+
+class OsFile:
+    """A real file, by file descriptor."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            if n <= 0:  # pragma: no cover - the kernel reports errors by raising
+                raise OSError(errno.EIO, "pwrite wrote nothing", self.path)
+            view = view[n:]
+            offset += n
+
+    def pread(self, size: int, offset: int) -> bytes:
+        out = os.pread(self.fd, size, offset)
+        if len(out) == size or not out:
+            return out
+        parts = [out]
+        got = len(out)
+        while got < size:
+            more = os.pread(self.fd, size - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    def sync(self) -> None:
+        _data_sync(self.fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+class OsLock:
+    """``flock(LOCK_EX | LOCK_NB)`` on a lock file: per open file, so it excludes other
+    processes and other stores in this process alike."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+class OsFileSystem:
+    """The real file system."""
+
+    def open(self, path: str, *, write: bool, create: bool = False) -> FileHandle:
+        flags = os.O_RDWR if write else os.O_RDONLY
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        return OsFile(path, os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644))
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def remove(self, path: str) -> None:
+        os.remove(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def lock(self, path: str) -> Lock:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        return OsLock(fd)

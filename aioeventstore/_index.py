@@ -1,0 +1,161 @@
+"""The in-memory index: stream → version → position, and position → frame on disk.
+
+Compact by construction: four parallel ``array`` columns with one row per frame (one frame per
+append call) and one ``array('q')`` of positions per stream, so an event costs 8 bytes in its
+stream's array plus its share of its frame's 28-byte row; no Python object per event.
+
+Ownership: only the commit loop's thread mutates or reads the index. Rows are added when a batch
+is *planned* (so version checks see the batch in flight), and ``head`` advances only when the
+batch is durable; readers clamp everything to ``head``, so they never see an uncommitted event.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from typing import NamedTuple
+
+
+class FrameRef(NamedTuple):
+    """Where one frame lives on disk and which positions it holds."""
+
+    ordinal: int  # segment index in the log
+    offset: int
+    length: int
+    first_position: int
+    event_count: int
+
+
+class Index:
+    """Frames and streams of the log. See the module docstring for ownership."""
+
+    def __init__(self) -> None:
+        self._frame_pos = array("q")
+        self._frame_seg = array("l")
+        self._frame_off = array("q")
+        self._frame_len = array("l")
+        self._streams: dict[str, array[int]] = {}
+        self.head = -1
+        """Position of the last durable event, or -1 for an empty store."""
+        self.next_position = 0
+        """Position the next planned event gets (past the batch in flight)."""
+
+    def add_frame(
+        self,
+        ordinal: int,
+        offset: int,
+        length: int,
+        stream: str,
+        first_position: int,
+        first_version: int,
+        count: int,
+    ) -> None:
+        """Record a frame; its events get positions ``first_position`` on, in stream order."""
+        assert first_position == self.next_position, "frames are added in position order"
+        positions = self._streams.get(stream)
+        if positions is None:
+            positions = self._streams[stream] = array("q")
+        assert first_version == len(positions), "stream versions are dense"
+        self._frame_pos.append(first_position)
+        self._frame_seg.append(ordinal)
+        self._frame_off.append(offset)
+        self._frame_len.append(length)
+        positions.extend(range(first_position, first_position + count))
+        self.next_position = first_position + count
+
+    def last_version(self, stream: str) -> int:
+        """Version of the stream's last planned event, or -1 when it has none."""
+        positions = self._streams.get(stream)
+        return -1 if positions is None else len(positions) - 1
+
+    def committed_last_version(self, stream: str) -> int:
+        """Version of the stream's last durable event, or -1."""
+        positions = self._streams.get(stream)
+        if positions is None:
+            return -1
+        return bisect_right(positions, self.head) - 1
+
+    def position_of(self, stream: str, version: int) -> int:
+        """Position of a (planned) stream version; the caller checks the range."""
+        return self._streams[stream][version]
+
+    def frame_at(self, position: int) -> int:
+        """Row of the frame holding ``position`` (which must be < next_position)."""
+        return bisect_right(self._frame_pos, position) - 1
+
+    def frame(self, row: int) -> FrameRef:
+        """The frame in row ``row``."""
+        first = self._frame_pos[row]
+        nxt = self._frame_pos[row + 1] if row + 1 < len(self._frame_pos) else self.next_position
+        return FrameRef(
+            self._frame_seg[row], self._frame_off[row], self._frame_len[row], first, nxt - first
+        )
+
+    def frames_from(self, position: int, max_bytes: int, backwards: bool) -> list[FrameRef]:
+        """Committed frames from the one holding ``position``, contiguous in one segment,
+        about ``max_bytes`` long in all (always at least one); empty past the head."""
+        if position < 0 or position > self.head:
+            return []
+        row = self.frame_at(position)
+        out = [self.frame(row)]
+        total = out[0].length
+        step = -1 if backwards else 1
+        nrows = bisect_right(self._frame_pos, self.head)  # rows with committed events
+        r = row + step
+        while 0 <= r < nrows and total < max_bytes:
+            ref = self.frame(r)
+            if ref.ordinal != out[-1].ordinal:
+                break
+            out.append(ref)
+            total += ref.length
+            r += step
+        if backwards:
+            out.reverse()
+        return out
+
+    def stream_frames(
+        self, stream: str, version: int, max_bytes: int, backwards: bool
+    ) -> list[tuple[FrameRef, int]]:
+        """Committed frames of ``stream`` from the one holding ``version``, in read order,
+        with each frame's first version; about ``max_bytes`` in all (at least one)."""
+        positions = self._streams.get(stream)
+        if positions is None:
+            return []
+        last = bisect_right(positions, self.head) - 1
+        if version < 0 or version > last:
+            return []
+        out: list[tuple[FrameRef, int]] = []
+        total = 0
+        v = version
+        while 0 <= v <= last and (not out or total < max_bytes):
+            pos = positions[v]
+            ref = self.frame(self.frame_at(pos))
+            first_version = v - (pos - ref.first_position)
+            out.append((ref, first_version))
+            total += ref.length
+            v = first_version - 1 if backwards else first_version + ref.event_count
+        return out
+
+    def stream_count(self) -> int:
+        """Number of streams with at least one planned event."""
+        return len(self._streams)
+
+    def has_stream_version(self, stream: str, version: int) -> bool:
+        """Whether a stream has a planned event at ``version``."""
+        positions = self._streams.get(stream)
+        return positions is not None and 0 <= version < len(positions)
+
+    def versions_in(self, stream: str, lo: int, hi: int) -> list[int]:
+        """Positions of a stream's versions ``lo..hi`` inclusive (planned)."""
+        return list(self._streams[stream][lo : hi + 1])
+
+    def frames_total(self) -> int:
+        """Number of frames (append calls) in the log."""
+        return len(self._frame_pos)
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held by the index arrays (not counting dict overhead)."""
+        cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
+        return sum(a.itemsize * len(a) for a in cols) + sum(
+            a.itemsize * len(a) for a in self._streams.values()
+        )

@@ -1,0 +1,215 @@
+"""The segment set: naming, recovery on open, rotation, and the one write path.
+
+Recovery rules (FORMAT.md, "Recovery"):
+
+* Every segment but the last must be whole: any bad frame in it is corruption.
+* In the last segment, scanning stops at the first frame that is incomplete or fails its
+  checks. If no frame from a *later write* (a frame whose write position lies past the bad
+  frame's expected position) follows it, the damage is a torn tail: it is cut, and the cut is
+  synced. Otherwise good data follows bad data, which no crash can produce: ``CorruptLog``.
+* A last segment whose header never became durable (and holds no frame) is removed.
+
+Threads: ``recover`` runs once, before the commit loop starts. ``reserve`` runs on the commit
+loop's thread only; ``write`` runs on the store's single I/O thread only; ``read`` may run on
+any thread, for ranges the index says are committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._format import (
+    FRAME_MAGIC,
+    SEGMENT_HEADER_SIZE,
+    FrameError,
+    check_frame,
+    parse_segment_name,
+)
+from ._fs import FileSystem
+from ._segment import FrameSink, Segment
+from .errors import CorruptLog
+from .options import StoreOptions
+
+log = logging.getLogger("aioeventstore")
+
+LOCK_NAME = "LOCK"
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What opening the log found: the end position and any torn tail that was cut."""
+
+    segments: int
+    next_position: int
+    cut_path: str | None = None
+    cut_offset: int = 0
+    cut_bytes: int = 0
+    cut_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """Where the commit loop's next write goes. Made on the loop thread, used on the I/O one."""
+
+    ordinal: int  # index of the segment in the log's segment list
+    offset: int
+    new_segment_at: int | None  # first position of a segment to create first, if rotating
+
+
+class Log:
+    """A directory of append-only segment files."""
+
+    def __init__(self, fs: FileSystem, directory: str, options: StoreOptions) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.options = options
+        self.segments: list[Segment] = []
+        self._end = 0  # byte offset after the last reserved write in the tail segment
+        self._tail = -1  # ordinal of the tail segment, as planned by reserve()
+
+    # --- recovery -------------------------------------------------------------------------
+    def recover(self, sink: Callable[[int, Segment], FrameSink]) -> Recovery:
+        """Open every segment, check every frame, cut a torn tail; blocking.
+
+        ``sink(ordinal, segment)`` returns the callback that receives that segment's frames.
+        Raises CorruptLog for damage that is not a torn tail.
+        """
+        names = sorted(
+            (first, name)
+            for name in self.fs.listdir(self.directory)
+            if (first := parse_segment_name(name)) is not None
+        )
+        position = 0
+        cut: tuple[str, int, int, str] | None = None
+        for i, (first, name) in enumerate(names):
+            path = os.path.join(self.directory, name)
+            last = i == len(names) - 1
+            seg = Segment(path, first, self.fs.open(path, write=last))
+            try:
+                header_first = seg.read_header()
+            except ValueError as exc:
+                if last and not self._holds_frames(seg, 0, -1):
+                    log.warning("removing segment %s whose header was never completed", path)
+                    seg.close()
+                    self.fs.remove(path)
+                    self.fs.sync_dir(self.directory)
+                    if self.segments:  # the previous segment becomes the writable tail
+                        prev = self.segments.pop()
+                        prev.close()
+                        self.segments.append(
+                            Segment(
+                                prev.path, prev.first_position, self.fs.open(prev.path, write=True)
+                            )
+                        )
+                    break
+                seg.close()
+                raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
+            if header_first != first or first != position:
+                seg.close()
+                raise CorruptLog(
+                    path,
+                    0,
+                    f"segment starts at position {header_first} (named {first}); "
+                    f"expected {position}",
+                )
+            self.segments.append(seg)
+            end, position, reason = seg.scan(
+                SEGMENT_HEADER_SIZE,
+                first,
+                self.options.read_chunk_bytes,
+                sink(len(self.segments) - 1, seg),
+            )
+            if reason is None:
+                continue
+            if not last or self._holds_frames(seg, end + 1, position):
+                raise CorruptLog(path, end, reason)
+            size = seg.file.size()
+            log.warning(
+                "cutting torn tail of %s at byte %d (%d bytes): %s", path, end, size - end, reason
+            )
+            seg.file.truncate(end)
+            seg.file.sync()
+            cut = (path, end, size - end, reason)
+        if not self.segments:
+            self.segments.append(Segment.create(self.fs, self.directory, position))
+            self.fs.sync_dir(self.directory)
+        self._tail = len(self.segments) - 1
+        self._end = self.segments[-1].file.size()
+        if cut is None:
+            return Recovery(len(self.segments), position)
+        return Recovery(len(self.segments), position, *cut)
+
+    def _holds_frames(self, seg: Segment, start: int, expected: int) -> bool:
+        """Whether a frame from a write after ``expected`` lies at or after byte ``start``.
+
+        With ``expected == -1`` any well-formed frame counts.
+        """
+        size = seg.file.size()
+        if start >= size:
+            return False
+        data = seg.read(size - start, start)
+        i = data.find(FRAME_MAGIC)
+        while i >= 0:
+            try:
+                info = check_frame(data, i, len(data))
+            except FrameError:
+                pass
+            else:
+                if info.write_position > expected:
+                    return True
+            i = data.find(FRAME_MAGIC, i + 1)
+        return False
+
+    # --- writing ----------------------------------------------------------------------------
+    def reserve(self, nbytes: int, first_position: int) -> WritePlan:
+        """Plan the next write of ``nbytes`` (commit loop thread only).
+
+        A write is never split across segments: when it would take a non-empty tail segment
+        past ``segment_bytes``, it starts a new segment named after ``first_position``.
+        """
+        if self._end > SEGMENT_HEADER_SIZE and self._end + nbytes > self.options.segment_bytes:
+            self._tail += 1
+            self._end = SEGMENT_HEADER_SIZE + nbytes
+            return WritePlan(self._tail, SEGMENT_HEADER_SIZE, first_position)
+        plan = WritePlan(self._tail, self._end, None)
+        self._end += nbytes
+        return plan
+
+    def write(self, plan: WritePlan, data: bytes, sync: bool) -> None:
+        """Write one batch where ``plan`` says, rotating first if planned (I/O thread only).
+
+        The old segment is synced before its successor exists, so every segment but the last
+        is always whole on disk. Raises OSError; the caller then fails the store.
+        """
+        if plan.new_segment_at is not None:
+            self.segments[-1].file.sync()
+            self.segments.append(Segment.create(self.fs, self.directory, plan.new_segment_at))
+            self.fs.sync_dir(self.directory)
+        assert plan.ordinal == len(self.segments) - 1, "writes follow their plans in order"
+        seg = self.segments[plan.ordinal]
+        seg.file.pwrite(data, plan.offset)
+        if sync:
+            seg.file.sync()
+
+    def sync(self) -> None:
+        """Sync the tail segment (used on close in ``durability="os"`` mode)."""
+        if self.segments:
+            self.segments[-1].file.sync()
+
+    # --- reading ----------------------------------------------------------------------------
+    def read(self, ordinal: int, offset: int, size: int) -> bytes:
+        """Bytes of a committed range of one segment (any thread)."""
+        return self.segments[ordinal].read(size, offset)
+
+    def path(self, ordinal: int) -> str:
+        """File path of a segment, for error messages."""
+        return self.segments[ordinal].path
+
+    def close(self) -> None:
+        """Close every segment file."""
+        for seg in self.segments:
+            seg.close()
+        self.segments.clear()

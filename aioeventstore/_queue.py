@@ -1,0 +1,121 @@
+"""The bounded append queue between producers and the commit loop.
+
+Bounded by bytes, not by count, so that a flood of large events waits instead of growing memory.
+When it is full, producers wait in FIFO order; the consumer moves waiting items in as space
+frees, so a waiting producer is never overtaken by a later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, Protocol, TypeVar
+
+
+class Sized(Protocol):
+    """Anything with a byte size."""
+
+    size: int
+
+
+T = TypeVar("T", bound=Sized)
+
+
+class ByteBoundedQueue(Generic[T]):
+    """A FIFO holding at most ``max_bytes`` of items (or one item of any size when empty)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._items: deque[T] = deque()
+        self._bytes = 0
+        self._max = max_bytes
+        self._putters: deque[tuple[asyncio.Future[None], T]] = deque()
+        self._getter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of items in the queue (not counting waiting producers)."""
+        return self._bytes
+
+    @property
+    def waiting(self) -> int:
+        """Producers waiting for space."""
+        return len(self._putters)
+
+    def _fits(self, item: T) -> bool:
+        return not self._items or self._bytes + item.size <= self._max
+
+    def _push(self, item: T) -> None:
+        self._items.append(item)
+        self._bytes += item.size
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def put(self, item: T) -> None:
+        """Enqueue ``item``, waiting while the queue is full.
+
+        If the caller is cancelled while waiting, the item was not enqueued, unless the space
+        arrived in the same step, in which case it stays enqueued.
+        """
+        if not self._putters and self._fits(item):
+            self._push(item)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._putters.append((fut, item))
+        await fut  # _admit() enqueues the item and then resolves fut
+
+    def _admit(self) -> None:
+        while self._putters:
+            fut, item = self._putters[0]
+            if fut.done():  # its producer was cancelled while waiting
+                self._putters.popleft()
+                continue
+            if not self._fits(item):
+                return
+            self._putters.popleft()
+            self._push(item)
+            fut.set_result(None)
+
+    def drain(self, max_bytes: int) -> list[T]:
+        """Take items in order, at least one, stopping before ``max_bytes`` is exceeded."""
+        out: list[T] = []
+        taken = 0
+        items = self._items
+        while items and (not out or taken + items[0].size <= max_bytes):
+            item = items.popleft()
+            taken += item.size
+            out.append(item)
+        self._bytes -= taken
+        self._admit()
+        return out
+
+    async def wait(self) -> None:
+        """Return once the queue is non-empty or ``wake()`` was called."""
+        if self._items:
+            return
+        self._getter = asyncio.get_running_loop().create_future()
+        try:
+            await self._getter
+        finally:
+            self._getter = None
+
+    def wake(self) -> None:
+        """Wake the consumer without an item (used on close)."""
+        if self._getter is not None and not self._getter.done():
+            self._getter.set_result(None)
+
+    def take_all(self) -> list[T]:
+        """Remove and return every queued and waiting item (their producers are told by the
+        caller through the items themselves); waiting producers are released."""
+        out = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        while self._putters:
+            fut, item = self._putters.popleft()
+            if not fut.done():
+                out.append(item)
+                fut.set_result(None)
+        return out

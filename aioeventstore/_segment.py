@@ -1,0 +1,98 @@
+"""One segment file: its header, reads and appends. Blocking I/O only, no asyncio.
+
+A segment is named after the position of its first event and starts with a 32-byte header
+(see FORMAT.md); frames follow back to back. Only the log's I/O thread appends to a segment;
+any thread may ``read`` from it (``pread`` needs no shared file offset).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ._format import (
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    FrameError,
+    FrameInfo,
+    check_frame,
+    pack_segment_header,
+    segment_name,
+    unpack_segment_header,
+)
+from ._fs import FileHandle, FileSystem
+
+FrameSink = Callable[[FrameInfo, bytes, int], None]
+"""Called for each good frame during a scan with (info, buffer, frame start in buffer);
+``info.offset`` is the frame's offset in the file."""
+
+
+class Segment:
+    """An open segment file and the position of its first event."""
+
+    __slots__ = ("file", "first_position", "path")
+
+    def __init__(self, path: str, first_position: int, file: FileHandle) -> None:
+        self.path = path
+        self.first_position = first_position
+        self.file = file
+
+    @classmethod
+    def create(cls, fs: FileSystem, directory: str, first_position: int) -> Segment:
+        """Create the file with its header and sync it; the caller syncs the directory."""
+        path = os.path.join(directory, segment_name(first_position))
+        file = fs.open(path, write=True, create=True)
+        try:
+            file.pwrite(pack_segment_header(first_position), 0)
+            file.sync()
+        except BaseException:
+            file.close()
+            raise
+        return cls(path, first_position, file)
+
+    def read_header(self) -> int:
+        """First position stored in the header; ValueError when the header is bad."""
+        return unpack_segment_header(self.file.pread(SEGMENT_HEADER_SIZE, 0))
+
+    def read(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at end of file)."""
+        return self.file.pread(size, offset)
+
+    def scan(
+        self, start: int, first_position: int, chunk: int, sink: FrameSink
+    ) -> tuple[int, int, str | None]:
+        """Check frames from byte ``start`` on, feeding each good one to ``sink``.
+
+        Returns (end offset of the last good frame, next position, reason the scan stopped
+        early or None when it reached end of file). A frame whose first position is not the
+        next expected one also stops the scan.
+        """
+        size = self.file.size()
+        off = start
+        pos = first_position
+        buf = b""
+        buf_off = start
+        while off < size:
+            rel = off - buf_off
+            try:
+                info = check_frame(buf, rel, len(buf))
+            except FrameError as exc:
+                if not exc.incomplete or buf_off + len(buf) >= size:
+                    return off, pos, exc.reason
+                need = chunk
+                if len(buf) - rel >= FRAME_HEADER_SIZE:
+                    need = max(chunk, FRAME_HEADER_SIZE + FRAME_HEADER.unpack_from(buf, rel)[1])
+                buf = self.read(min(need, size - off), off)
+                buf_off = off
+                continue
+            if info.first_position != pos:
+                return off, pos, (f"frame holds position {info.first_position}, expected {pos}")
+            sink(info._replace(offset=off), buf, rel)
+            off += info.length
+            pos += info.event_count
+        return off, pos, None
+
+    def close(self) -> None:
+        """Close the file handle (idempotent)."""
+        self.file.close()

@@ -1,0 +1,106 @@
+"""The one error hierarchy of aioeventstore.
+
+Every error the public API raises on purpose derives from :class:`EventStoreError`, and each
+class is named after the state it reports. Misuse of an argument (a wrong type, an empty stream
+name) raises plain :class:`TypeError`/:class:`ValueError` in the caller's task instead, because
+it is a bug in the caller, not a state of the store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .events import StreamState
+
+
+class EventStoreError(Exception):
+    """Base class of every error aioeventstore raises about the state of a store."""
+
+
+class WrongExpectedVersion(EventStoreError):
+    """Raised when an append's expected version does not match the stream; nothing is written.
+
+    ``expected`` is what the caller passed; ``actual`` is the version of the stream's last
+    event at the moment the commit loop checked it (-1 when the stream does not exist).
+    """
+
+    def __init__(self, stream: str, expected: int | StreamState, actual: int) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"wrong expected version for stream {stream!r}: expected {expected!r}, "
+            f"actual {actual} ({'no stream' if actual < 0 else 'last event version'})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stream, self.expected, self.actual))
+
+
+class EventTooLarge(EventStoreError, ValueError):
+    """Raised when an event (or a whole append) encodes to more bytes than the store allows."""
+
+    def __init__(self, stream: str, what: str, size: int, limit: int, option: str) -> None:
+        self.stream = stream
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} for stream {stream!r} encodes to {size} bytes, over the limit of "
+            f"{limit} bytes (StoreOptions.{option})"
+        )
+
+
+class DuplicateEventType(EventStoreError, TypeError):
+    """Raised when two different Event classes claim the same event type name."""
+
+
+class EventDecodeError(EventStoreError):
+    """Raised when a stored event cannot be turned back into its registered Event class.
+
+    The bytes on disk are intact (their checksum held); the registered class no longer accepts
+    them, e.g. after an incompatible schema change. ``__cause__`` is the pydantic error.
+    """
+
+    def __init__(self, stream: str, position: int, type_name: str, reason: str) -> None:
+        self.stream = stream
+        self.position = position
+        self.type_name = type_name
+        super().__init__(
+            f"cannot decode event at position {position} of stream {stream!r} "
+            f"as type {type_name!r}: {reason}"
+        )
+
+
+class StoreLocked(EventStoreError):
+    """Raised when another writer (in this or another process) holds the store's lock."""
+
+
+class StoreClosed(EventStoreError):
+    """Raised when a store is used before it was opened or after it was closed."""
+
+
+class StoreFailed(EventStoreError):
+    """Raised when a write or sync of the log failed: the store is fail-stopped.
+
+    The batch that failed and every later append raise this; reads of committed events keep
+    working; reopening the store recovers from what is on disk. ``__cause__`` is the OS error.
+    """
+
+
+class CorruptLog(EventStoreError):
+    """Raised when the log holds damaged data that is not a torn tail.
+
+    ``path`` is the segment file and ``offset`` the byte offset of the first bad frame. A torn
+    tail (an incomplete or bad frame with nothing valid after it) is cut on open instead.
+    """
+
+    def __init__(self, path: str | Path, offset: int, reason: str) -> None:
+        self.path = str(path)
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"corrupt log: {self.path} at byte offset {offset}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.offset, self.reason))

@@ -1,0 +1,181 @@
+"""Events as callers write them and as the store hands them back.
+
+``Event`` is the pydantic v2 base class of every domain event. Each subclass is registered under
+its type name (the class name, or ``__event_type__`` when the class sets it) so that reads can
+turn stored data back into the right class; a type this process does not know comes back as a
+plain ``dict``, so old or foreign data can always be read.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import DuplicateEventType
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendResult",
+    "Event",
+    "ExpectedVersion",
+    "NewEvent",
+    "RecordedEvent",
+    "StreamState",
+    "event_types",
+]
+
+
+class StreamState(enum.Enum):
+    """The symbolic expected versions: ``ANY``, ``NO_STREAM`` and ``STREAM_EXISTS``."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    STREAM_EXISTS = "stream_exists"
+
+    def __repr__(self) -> str:
+        return f"es.{self.name}"
+
+
+ANY: Final = StreamState.ANY
+"""Append whatever the stream's state (the default)."""
+NO_STREAM: Final = StreamState.NO_STREAM
+"""Append only if the stream has no events yet."""
+STREAM_EXISTS: Final = StreamState.STREAM_EXISTS
+"""Append only if the stream has at least one event."""
+
+ExpectedVersion = int | StreamState
+"""An int (the version of the stream's last event) or one of the three symbolic states."""
+
+
+_registry: dict[str, type[Event]] = {}
+
+
+class Event(BaseModel):
+    """Base class of domain events: an immutable pydantic v2 model.
+
+    Its type name (stored with every event) is the class name unless the class sets
+    ``__event_type__ = "some.name"``. Defining two different classes with one type name raises
+    :class:`DuplicateEventType`; redefining the same class (same module and qualified name, as
+    on a reload) replaces the earlier one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    __event_type__: ClassVar[str] = ""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = cls.__dict__.get("__event_type__") or cls.__name__
+        if not isinstance(name, str):
+            raise TypeError(f"{cls.__qualname__}.__event_type__ must be a str, not {name!r}")
+        cls.__event_type__ = name
+        _register(cls)
+
+
+def _register(cls: type[Event]) -> None:
+    name = cls.__event_type__
+    old = _registry.get(name)
+    if old is not None and old is not cls:
+        same = (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+        if not same:
+            raise DuplicateEventType(
+                f"event type name {name!r} is claimed by both "
+                f"{old.__module__}.{old.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
+                "set __event_type__ on one of them"
+            )
+    _registry[name] = cls
+
+
+def event_types() -> Mapping[str, type[Event]]:
+    """A read-only view of the registry: event type name → ``Event`` subclass."""
+    return MappingProxyType(_registry)
+
+
+def lookup_event_type(name: str) -> type[Event] | None:
+    """The class registered under ``name``, or None (internal; reads use it)."""
+    return _registry.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event plus the envelope fields a caller may set: its id and its metadata.
+
+    ``id`` defaults to a fresh random UUID. Giving your own ids makes retries safe: re-appending
+    the same ids to the same stream returns the first result and writes nothing.
+    ``metadata`` holds JSON-like values (str keys; str, int, float, bool, None, lists and
+    dicts; UUIDs and datetimes are stored as strings), e.g. correlation and causation ids.
+    """
+
+    event: Event
+    id: uuid.UUID | None = None
+    metadata: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, Event):
+            raise TypeError(
+                f"NewEvent.event must be an es.Event instance, not {type(self.event).__name__}"
+            )
+        if self.id is not None and not isinstance(self.id, uuid.UUID):
+            raise TypeError(
+                f"NewEvent.id must be a uuid.UUID or None, not {type(self.id).__name__}"
+            )
+        if self.metadata is not None and not isinstance(self.metadata, Mapping):
+            raise TypeError(
+                f"NewEvent.metadata must be a mapping or None, not {type(self.metadata).__name__}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append returns: the global position and stream version of its last event."""
+
+    position: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """One committed event, as reads and subscriptions deliver it.
+
+    ``data`` is an instance of the registered ``Event`` subclass for ``type``, or a plain dict
+    when this process has no class registered under that name. ``recorded_at`` is the commit
+    time of the append that wrote it, an aware UTC datetime (microsecond precision).
+    """
+
+    stream: str
+    version: int
+    position: int
+    id: uuid.UUID
+    type: str
+    data: Event | dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+    def to_json(self) -> str:
+        """The event as one line of JSON, for people and tools (not the storage format)."""
+        data = self.data.model_dump(mode="json") if isinstance(self.data, Event) else self.data
+        return json.dumps(
+            {
+                "stream": self.stream,
+                "version": self.version,
+                "position": self.position,
+                "id": str(self.id),
+                "type": self.type,
+                "data": data,
+                "metadata": self.metadata,
+                "recorded_at": self.recorded_at.isoformat(),
+            },
+            default=str,
+            separators=(",", ":"),
+        )

@@ -1,0 +1,80 @@
+"""StoreOptions: every tunable of a store, each stated as what it means for the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Durability", "StoreOptions"]
+
+Durability = Literal["fsync", "os"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How a store trades durability, memory and file sizes. Pass to ``EventStore(path, ...)``.
+
+    durability
+        ``"fsync"`` (default): an append is acknowledged only after its bytes are on stable
+        storage (``fdatasync`` on Linux, ``F_FULLFSYNC`` on macOS), so it survives a power cut.
+        ``"os"``: acknowledged once handed to the OS (``write`` returned); survives a crash of
+        this process, not a power cut or kernel crash.
+    segment_bytes
+        Size at which the log rotates to a new segment file (default 64 MiB). A segment can
+        exceed it by at most one commit batch, since a batch is never split across files.
+    max_event_bytes
+        Largest encoded event (type, metadata and data) accepted (default 4 MiB); a larger one
+        raises ``EventTooLarge`` in the caller's task.
+    max_append_bytes
+        Largest encoded append (all its events) accepted (default 16 MiB).
+    max_batch_bytes
+        The commit loop stops draining the queue into one batch past this many bytes (default
+        8 MiB); a single larger append still goes alone.
+    max_queue_bytes
+        Bytes of encoded appends allowed to wait for the commit loop (default 64 MiB). When it
+        is full, ``append`` waits (backpressure) instead of growing memory without end.
+    idempotency_window
+        How many recent appends (default 10,000) are remembered by their event ids, so that a
+        retry with ``expected_version=ANY`` and the same ids returns the first result instead
+        of writing again. The window is rebuilt from the log's tail on open. Retries with an
+        explicit expected version are checked exactly against the log, with no window.
+    read_chunk_bytes
+        How many bytes one read step takes from disk (default 1 MiB); bounds a reader's memory.
+    """
+
+    durability: Durability = "fsync"
+    segment_bytes: int = 64 * MiB
+    max_event_bytes: int = 4 * MiB
+    max_append_bytes: int = 16 * MiB
+    max_batch_bytes: int = 8 * MiB
+    max_queue_bytes: int = 64 * MiB
+    idempotency_window: int = 10_000
+    read_chunk_bytes: int = 1 * MiB
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("fsync", "os"):
+            raise ValueError(f"durability must be 'fsync' or 'os', not {self.durability!r}")
+        positive = {
+            "segment_bytes": (self.segment_bytes, 4 * KiB),
+            "max_event_bytes": (self.max_event_bytes, 64),
+            "max_append_bytes": (self.max_append_bytes, 64),
+            "max_batch_bytes": (self.max_batch_bytes, 1),
+            "max_queue_bytes": (self.max_queue_bytes, 1),
+            "idempotency_window": (self.idempotency_window, 0),
+            "read_chunk_bytes": (self.read_chunk_bytes, 4 * KiB),
+        }
+        for name, (value, low) in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"StoreOptions.{name} must be an int >= {low}, not {value!r}")
+        if self.max_append_bytes >= 1 << 31:
+            raise ValueError(
+                "StoreOptions.max_append_bytes must be below 2 GiB (frame length limit)"
+            )
+        if self.max_event_bytes > self.max_append_bytes:
+            raise ValueError(
+                f"StoreOptions.max_event_bytes ({self.max_event_bytes}) cannot exceed "
+                f"max_append_bytes ({self.max_append_bytes})"
+            )

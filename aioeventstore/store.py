@@ -1,0 +1,501 @@
+"""EventStore: the facade. Open and close, append, read, statistics.
+
+Reading order for a newcomer: this module, then ``_commit.py`` (the group-commit loop), then
+``_log.py`` / ``_segment.py`` (files on disk), ``_index.py`` and ``_codec.py``.
+
+Threads: the event loop thread runs producers, the commit loop and the index. One I/O thread
+(owned by the store) does every write and sync, one batch per hop. A small pool of reader
+threads does ``pread`` and decoding for reads, so neither blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import warnings
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ._codec import decode_frame_events, encode_events, frame_event_ids
+from ._commit import CommitLoop, PendingAppend, Recheck
+from ._format import MAX_STREAM_NAME_BYTES, FrameError, FrameInfo, check_frame
+from ._fs import FileSystem, Lock, OsFileSystem
+from ._index import FrameRef, Index
+from ._log import LOCK_NAME, Log, Recovery
+from ._segment import FrameSink, Segment
+from .errors import CorruptLog, StoreClosed, StoreLocked, WrongExpectedVersion
+from .events import (
+    ANY,
+    AppendResult,
+    Event,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamState,
+)
+from .options import StoreOptions
+
+__all__ = ["EventStore", "StoreStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """A snapshot of a store's counters (since it was opened) and sizes."""
+
+    head: int
+    """Position of the last durable event, -1 when the store is empty."""
+    streams: int
+    appends: int
+    """Append calls resolved (written, idempotent repeats and version conflicts)."""
+    events: int
+    """Events written since open."""
+    batches: int
+    """Writes to the log (one per commit batch)."""
+    syncs: int
+    """fdatasync/F_FULLFSYNC calls made for batches."""
+    bytes_written: int
+    queued: int
+    """Appends waiting for the commit loop right now."""
+    index_bytes: int
+    """Bytes held by the index arrays."""
+
+    @property
+    def events_per_sync(self) -> float:
+        """Events made durable per sync: the group commit's payoff."""
+        return self.events / self.syncs if self.syncs else 0.0
+
+
+class EventStore:
+    """An embedded, durable event store in one directory.
+
+    ``async with EventStore("data/") as store:`` opens the directory (creating it if missing),
+    recovers the log, starts the commit loop, and on exit commits what is queued, syncs, and
+    stops every task and thread it started. Options are a :class:`StoreOptions` or its fields as
+    keywords (``EventStore(path, durability="os")``).
+
+    Opening raises :class:`StoreLocked` when another writer has the directory open, and
+    :class:`CorruptLog` when the log is damaged other than by a torn tail (which is cut).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        options: StoreOptions | None = None,
+        *,
+        _fs: FileSystem | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._path = os.fspath(path)
+        base = options if options is not None else StoreOptions()
+        self._options = replace(base, **overrides) if overrides else base
+        self._fs: FileSystem = _fs if _fs is not None else OsFileSystem()
+        self._index = Index()
+        self._log = Log(self._fs, self._path, self._options)
+        self._lock: Lock | None = None
+        self._io: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._commit: CommitLoop | None = None
+        self._state = "new"  # new → open → closed
+        self.recovery: Recovery | None = None
+        """What opening found (None before open): segments, end position, any torn tail cut."""
+
+    # --- lifecycle ------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """The store's directory."""
+        return self._path
+
+    @property
+    def options(self) -> StoreOptions:
+        """The options this store runs with."""
+        return self._options
+
+    @property
+    def head(self) -> int:
+        """Position of the last durable event, or -1 when the store is empty."""
+        return self._index.head
+
+    async def open(self) -> EventStore:
+        """Lock the directory, recover the log, and start the commit loop. Returns self."""
+        if self._state != "new":
+            raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
+        self._state = "opening"
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
+        self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
+        loop = asyncio.get_running_loop()
+        window: dict[bytes, tuple[str, tuple[bytes, ...], AppendResult]] = {}
+        try:
+            await loop.run_in_executor(self._io, self._open_blocking, window)
+        except BaseException:
+            self._state = "closed"
+            await loop.run_in_executor(None, self._release_blocking)
+            raise
+        self._commit = CommitLoop(self._log, self._index, self._options, self._io, window)
+        self._commit.start()
+        self._state = "open"
+        return self
+
+    def _open_blocking(
+        self, window: dict[bytes, tuple[str, tuple[bytes, ...], AppendResult]]
+    ) -> None:
+        fs = self._fs
+        fs.makedirs(self._path)
+        try:
+            self._lock = fs.lock(os.path.join(self._path, LOCK_NAME))
+        except BlockingIOError:
+            raise StoreLocked(
+                f"store at {self._path} is already open for writing (by this or another process)"
+            ) from None
+        recent: deque[tuple[int, FrameInfo]] = deque(maxlen=self._options.idempotency_window)
+        index = self._index
+
+        def sink(ordinal: int, seg: Segment) -> FrameSink:
+            def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
+                if info.first_version != index.last_version(info.stream) + 1:
+                    raise CorruptLog(
+                        seg.path,
+                        info.offset,
+                        f"stream {info.stream!r} continues at version "
+                        f"{info.first_version}, expected "
+                        f"{index.last_version(info.stream) + 1}",
+                    )
+                index.add_frame(
+                    ordinal,
+                    info.offset,
+                    info.length,
+                    info.stream,
+                    info.first_position,
+                    info.first_version,
+                    info.event_count,
+                )
+                recent.append((ordinal, info))
+
+            return on_frame
+
+        self.recovery = self._log.recover(sink)
+        index.head = index.next_position - 1
+        for ordinal, info in recent:
+            data = self._log.read(ordinal, info.offset, info.length)
+            ids = tuple(frame_event_ids(data, 0, info))
+            last = info.first_position + info.event_count - 1
+            window[ids[0]] = (
+                info.stream,
+                ids,
+                AppendResult(last, info.first_version + info.event_count - 1),
+            )
+
+    def _release_blocking(self) -> None:
+        self._log.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    async def close(self) -> None:
+        """Commit what is queued, sync, stop every task and thread, release the lock.
+
+        Idempotent. Appends after close raise :class:`StoreClosed`; reads already running end
+        with it at their next step.
+        """
+        if self._state in ("closed", "new"):
+            self._state = "closed"
+            return
+        self._state = "closed"
+        loop = asyncio.get_running_loop()
+        try:
+            if self._commit is not None:
+                await self._commit.close()
+                if self._commit.failure is None and self._io is not None:
+                    await loop.run_in_executor(self._io, self._log.sync)
+        finally:
+            for pool in (self._io, self._readers):
+                if pool is not None:
+                    await loop.run_in_executor(None, pool.shutdown)
+            await loop.run_in_executor(None, self._release_blocking)
+
+    aclose = close
+
+    async def __aenter__(self) -> EventStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", "closed") == "open":
+            warnings.warn(
+                f"EventStore at {self._path} was never closed",
+                ResourceWarning,
+                stacklevel=1,
+                source=self,
+            )
+
+    def statistics(self) -> StoreStatistics:
+        """A snapshot of counters and sizes."""
+        st = self._commit.stats if self._commit is not None else None
+        return StoreStatistics(
+            head=self._index.head,
+            streams=self._index.stream_count(),
+            appends=st.appends if st else 0,
+            events=st.events if st else 0,
+            batches=st.batches if st else 0,
+            syncs=st.syncs if st else 0,
+            bytes_written=st.bytes_written if st else 0,
+            queued=self._commit.queued if self._commit is not None else 0,
+            index_bytes=self._index.memory_bytes(),
+        )
+
+    def _require_open(self) -> CommitLoop:
+        if self._state != "open" or self._commit is None:
+            raise StoreClosed(
+                f"store at {self._path} is {self._state}; use it inside "
+                "'async with EventStore(...)' or after 'await store.open()'"
+            )
+        return self._commit
+
+    # --- append -----------------------------------------------------------------------------
+    async def append(
+        self,
+        stream: str,
+        events: Event | NewEvent | Sequence[Event | NewEvent],
+        *,
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append one event or an atomic, ordered sequence of events to ``stream``.
+
+        Returns once every event is durable (per ``durability``), with the position and
+        version of the last one. Raises :class:`WrongExpectedVersion` (nothing written) when
+        ``expected_version`` does not match, :class:`StoreFailed` after a write or sync error,
+        :class:`StoreClosed` after close, and TypeError/ValueError/:class:`EventTooLarge` for bad
+        input, in the caller's task, before anything is queued.
+
+        Idempotent retries: re-appending the same event ids (``NewEvent(id=...)``) to the same
+        stream returns the first result and writes nothing. With an explicit expected version
+        (an int or ``NO_STREAM``) this is exact: the ids stored at those versions are compared.
+        With ``ANY`` it holds within the last ``idempotency_window`` appends.
+
+        If the calling task is cancelled while waiting, its events may still be committed
+        (when their batch was already being written); retrying with the same ids is safe.
+        """
+        commit = self._require_open()
+        stream_b = _check_stream(stream)
+        _check_expected(expected_version)
+        items = _as_list(stream, events)
+        opts = self._options
+        ids, entries = encode_events(stream, items, opts.max_event_bytes, opts.max_append_bytes)
+        fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
+        await commit.submit(PendingAppend(stream, stream_b, expected_version, ids, entries, fut))
+        outcome = await fut
+        if type(outcome) is AppendResult:
+            return outcome
+        assert isinstance(outcome, Recheck)
+        return await self._recheck(stream, expected_version, ids, outcome)
+
+    async def _recheck(
+        self, stream: str, expected: ExpectedVersion, ids: tuple[bytes, ...], outcome: Recheck
+    ) -> AppendResult:
+        """An explicit expected version the stream has moved past: a retry of the same ids
+        returns the original result; anything else is a conflict."""
+        first, last = outcome.first_version, outcome.first_version + len(ids) - 1
+        stored: list[bytes] = []
+        for ref, ref_first in self._index.stream_frames(stream, first, 1 << 20, False):
+            if len(stored) >= len(ids):
+                break
+            data = await self._run_read(self._log.read, ref.ordinal, ref.offset, ref.length)
+            info = self._check(data, ref)
+            frame_ids = frame_event_ids(data, 0, info)
+            skip = max(0, first - ref_first)
+            stored.extend(frame_ids[skip:])
+        if stored[: len(ids)] == list(ids):
+            return AppendResult(self._index.position_of(stream, last), last)
+        raise WrongExpectedVersion(stream, expected, outcome.actual)
+
+    # --- reads ------------------------------------------------------------------------------
+    async def read_stream(
+        self,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """The durable events of one stream, in version order (or reverse with ``backwards``).
+
+        ``from_version`` is inclusive; it defaults to 0 (forwards) or the last version
+        (backwards). A stream with no events yields nothing. Reads stream from disk in chunks
+        of ``read_chunk_bytes`` off the event loop, and may run while appends go on: events
+        committed while iterating may be included; uncommitted ones never are.
+        """
+        self._require_open()
+        _check_stream(stream)
+        _check_limit(limit)
+        index = self._index
+        if from_version is None:
+            from_version = index.committed_last_version(stream) if backwards else 0
+        elif (
+            not isinstance(from_version, int) or isinstance(from_version, bool) or from_version < 0
+        ):
+            raise ValueError(f"from_version must be an int >= 0, not {from_version!r}")
+        remaining = limit
+        version = from_version
+        chunk = self._options.read_chunk_bytes
+        while remaining is None or remaining > 0:
+            self._require_open()
+            frames = index.stream_frames(stream, version, chunk, backwards)
+            if not frames:
+                return
+            bound = index.position_of(stream, version)
+            lo, hi = (0, bound) if backwards else (bound, index.head)
+            records = await self._run_read(self._decode, [f for f, _ in frames], lo, hi, backwards)
+            if remaining is not None:
+                records = records[:remaining]
+                remaining -= len(records)
+            for rec in records:
+                yield rec
+            ref, first = frames[-1]
+            version = first - 1 if backwards else first + ref.event_count
+
+    async def read_all(
+        self,
+        *,
+        from_position: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every durable event of the store in position order (or reverse with ``backwards``).
+
+        ``from_position`` is inclusive; it defaults to 0 (forwards) or the head (backwards).
+        Streams from disk in bounded chunks off the event loop; sees only committed events.
+        """
+        self._require_open()
+        _check_limit(limit)
+        index = self._index
+        if from_position is None:
+            from_position = index.head if backwards else 0
+        elif (
+            not isinstance(from_position, int)
+            or isinstance(from_position, bool)
+            or from_position < 0
+        ):
+            raise ValueError(f"from_position must be an int >= 0, not {from_position!r}")
+        pos = min(from_position, index.head) if backwards else from_position
+        remaining = limit
+        chunk = self._options.read_chunk_bytes
+        while remaining is None or remaining > 0:
+            self._require_open()
+            frames = index.frames_from(pos, chunk, backwards)
+            if not frames:
+                return
+            lo, hi = (0, pos) if backwards else (pos, index.head)
+            records = await self._run_read(self._decode, frames, lo, hi, backwards)
+            if remaining is not None:
+                records = records[:remaining]
+                remaining -= len(records)
+            for rec in records:
+                yield rec
+            pos = (
+                frames[0].first_position - 1
+                if backwards
+                else frames[-1].first_position + frames[-1].event_count
+            )
+
+    async def _run_read(self, fn: Any, *args: Any) -> Any:
+        if self._readers is None:
+            raise StoreClosed(f"store at {self._path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    def _check(self, data: bytes, ref: FrameRef, at: int = 0) -> FrameInfo:
+        try:
+            info = check_frame(data, at, at + ref.length)
+        except FrameError as exc:
+            raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
+        if info.first_position != ref.first_position or info.length != ref.length:
+            raise CorruptLog(
+                self._log.path(ref.ordinal), ref.offset, "frame on disk does not match the index"
+            )
+        return info
+
+    def _decode(
+        self, frames: list[FrameRef], lo: int, hi: int, backwards: bool
+    ) -> list[RecordedEvent]:
+        """Read and decode frames (reader thread). Adjacent frames are read in one pread."""
+        out: list[RecordedEvent] = []
+        i = 0
+        while i < len(frames):
+            j = i + 1
+            while (
+                j < len(frames)
+                and frames[j].ordinal == frames[i].ordinal
+                and frames[j].offset == frames[j - 1].offset + frames[j - 1].length
+            ):
+                j += 1
+            start = frames[i].offset
+            end = frames[j - 1].offset + frames[j - 1].length
+            data = self._log.read(frames[i].ordinal, start, end - start)
+            for ref in frames[i:j]:
+                at = ref.offset - start
+                info = self._check(data, ref, at)
+                try:
+                    out += decode_frame_events(data, at, info, lo, hi)
+                except FrameError as exc:
+                    raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
+            i = j
+        if backwards:
+            out.reverse()
+        return out
+
+
+def _check_stream(stream: object) -> bytes:
+    if not isinstance(stream, str):
+        raise TypeError(f"stream name must be a str, not {type(stream).__name__}")
+    if not stream:
+        raise ValueError("stream name must not be empty")
+    if stream.startswith("$"):
+        raise ValueError(
+            f"stream name {stream[:64]!r} starts with '$', which is reserved for the store"
+        )
+    try:
+        b = stream.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"stream name {stream[:64]!r} is not valid UTF-8: {exc}") from None
+    if len(b) > MAX_STREAM_NAME_BYTES:
+        raise ValueError(
+            f"stream name {stream[:64]!r}... is {len(b)} bytes of UTF-8, over the limit of "
+            f"{MAX_STREAM_NAME_BYTES}"
+        )
+    return b
+
+
+def _check_expected(expected: object) -> None:
+    if isinstance(expected, StreamState):
+        return
+    if not isinstance(expected, int) or isinstance(expected, bool):
+        raise TypeError(
+            "expected_version must be an int or es.ANY / es.NO_STREAM / es.STREAM_EXISTS, "
+            f"not {expected!r}"
+        )
+    if expected < 0:
+        raise ValueError(
+            f"expected_version must be >= 0 (the version of the stream's last event), not "
+            f"{expected}; use es.NO_STREAM for a stream that must not exist"
+        )
+
+
+def _check_limit(limit: object) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+
+
+def _as_list(stream: str, events: object) -> Sequence[Event | NewEvent]:
+    if isinstance(events, (Event, NewEvent)):
+        return (events,)
+    if isinstance(events, (list, tuple)):
+        if not events:
+            raise ValueError(f"append to stream {stream!r}: the sequence of events is empty")
+        return events
+    raise TypeError(
+        f"append to stream {stream!r}: expected an es.Event, an es.NewEvent or a list/tuple of "
+        f"them, not {type(events).__name__}"
+    )
