@@ -22,8 +22,7 @@ SEGMENT_HEADER: Final = struct.Struct("<8sHHIQII")
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 32
 assert SEGMENT_HEADER_SIZE == 32
 
-# magic 8s | format version H | header length H | flags I | first position Q |
-# reserved I | crc I
+# --- frame: one append call, the atomic unit on disk ------------------------------------------
 FRAME_MAGIC: Final = b"\xc1AEF"  # 0xc1 is the one byte msgpack never emits
 # magic 4s | body length I | crc32c I   (crc over the 4 length bytes, then the body)
 FRAME_HEADER: Final = struct.Struct("<4sII")
