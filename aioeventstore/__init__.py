@@ -26,7 +26,7 @@ from .events import (
     StreamState,
     event_types,
 )
-from .options import Durability, StoreOptions
+from .options import Durability, OptionOverrides, StoreOptions
 from .store import EventStore, StoreStatistics
 
 __version__ = "0.1.0"
@@ -46,6 +46,7 @@ __all__ = [
     "EventTooLarge",
     "ExpectedVersion",
     "NewEvent",
+    "OptionOverrides",
     "RecordedEvent",
     "StoreClosed",
     "StoreFailed",

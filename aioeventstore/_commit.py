@@ -99,7 +99,7 @@ class CommitLoop:
         index: Index,
         options: StoreOptions,
         io: Executor,
-        window: dict[bytes, tuple[str, tuple[bytes, ...], AppendResult]],
+        window: dict[tuple[str, bytes], tuple[tuple[bytes, ...], AppendResult]],
     ) -> None:
         self._log = log
         self._index = index
@@ -125,6 +125,11 @@ class CommitLoop:
     def queued(self) -> int:
         """Appends queued or waiting for queue space."""
         return len(self._queue) + self._queue.waiting
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of appends in the queue."""
+        return self._queue.nbytes
 
     async def submit(self, item: PendingAppend) -> None:
         """Queue an append (waits while the queue is full). Raises StoreFailed/StoreClosed."""
@@ -199,9 +204,9 @@ class CommitLoop:
                 last = index.last_version(stream)
             exp = item.expected
             if exp is ANY:
-                hit = window.get(item.ids[0])
-                if hit is not None and hit[0] == stream and hit[1] == item.ids:
-                    outcomes.append((item, hit[2]))
+                hit = window.get((stream, item.ids[0]))
+                if hit is not None and hit[0] == item.ids:
+                    outcomes.append((item, hit[1]))
                     continue
                 ok = True
             elif exp is NO_STREAM:
@@ -224,7 +229,7 @@ class CommitLoop:
             result = AppendResult(pos + item.count - 1, version + item.count - 1)
             outcomes.append((item, result))
             if self._options.idempotency_window:
-                window[item.ids[0]] = (stream, item.ids, result)
+                window[stream, item.ids[0]] = (item.ids, result)
             pos += item.count
             rel += item.size
         if not accepted:

@@ -116,8 +116,8 @@ class Index:
     def stream_frames(
         self, stream: str, version: int, max_bytes: int, backwards: bool
     ) -> list[tuple[FrameRef, int]]:
-        """Committed frames of ``stream`` from the one holding ``version``, in read order,
-        with each frame's first version; about ``max_bytes`` in all (at least one)."""
+        """Committed frames of ``stream`` from the one holding ``version`` on (or back), with
+        each frame's first version, in position order; about ``max_bytes`` (at least one)."""
         positions = self._streams.get(stream)
         if positions is None:
             return []
@@ -134,6 +134,8 @@ class Index:
             out.append((ref, first_version))
             total += ref.length
             v = first_version - 1 if backwards else first_version + ref.event_count
+        if backwards:
+            out.reverse()
         return out
 
     def stream_count(self) -> int:

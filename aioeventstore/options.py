@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
-__all__ = ["Durability", "StoreOptions"]
+__all__ = ["Durability", "OptionOverrides", "StoreOptions"]
 
 Durability = Literal["fsync", "os"]
 
@@ -78,3 +78,16 @@ class StoreOptions:
                 f"StoreOptions.max_event_bytes ({self.max_event_bytes}) cannot exceed "
                 f"max_append_bytes ({self.max_append_bytes})"
             )
+
+
+class OptionOverrides(TypedDict, total=False):
+    """StoreOptions fields given as keywords to ``EventStore(path, **overrides)``."""
+
+    durability: Durability
+    segment_bytes: int
+    max_event_bytes: int
+    max_append_bytes: int
+    max_batch_bytes: int
+    max_queue_bytes: int
+    idempotency_window: int
+    read_chunk_bytes: int

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Unpack
 
 from ._codec import decode_frame_events, encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
@@ -36,7 +36,7 @@ from .events import (
     RecordedEvent,
     StreamState,
 )
-from .options import StoreOptions
+from .options import OptionOverrides, StoreOptions
 
 __all__ = ["EventStore", "StoreStatistics"]
 
@@ -58,7 +58,10 @@ class StoreStatistics:
     """fdatasync/F_FULLFSYNC calls made for batches."""
     bytes_written: int
     queued: int
-    """Appends waiting for the commit loop right now."""
+    """Appends waiting for the commit loop right now (queued or waiting for queue space)."""
+    queued_bytes: int
+    """Encoded bytes in the append queue right now (at most ``max_queue_bytes``, or one
+    append of any size when it is alone)."""
     index_bytes: int
     """Bytes held by the index arrays."""
 
@@ -86,7 +89,7 @@ class EventStore:
         options: StoreOptions | None = None,
         *,
         _fs: FileSystem | None = None,
-        **overrides: Any,
+        **overrides: Unpack[OptionOverrides],
     ) -> None:
         self._path = os.fspath(path)
         base = options if options is not None else StoreOptions()
@@ -126,7 +129,7 @@ class EventStore:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
         loop = asyncio.get_running_loop()
-        window: dict[bytes, tuple[str, tuple[bytes, ...], AppendResult]] = {}
+        window: dict[tuple[str, bytes], tuple[tuple[bytes, ...], AppendResult]] = {}
         try:
             await loop.run_in_executor(self._io, self._open_blocking, window)
         except BaseException:
@@ -139,7 +142,7 @@ class EventStore:
         return self
 
     def _open_blocking(
-        self, window: dict[bytes, tuple[str, tuple[bytes, ...], AppendResult]]
+        self, window: dict[tuple[str, bytes], tuple[tuple[bytes, ...], AppendResult]]
     ) -> None:
         fs = self._fs
         fs.makedirs(self._path)
@@ -181,8 +184,7 @@ class EventStore:
             data = self._log.read(ordinal, info.offset, info.length)
             ids = tuple(frame_event_ids(data, 0, info))
             last = info.first_position + info.event_count - 1
-            window[ids[0]] = (
-                info.stream,
+            window[info.stream, ids[0]] = (
                 ids,
                 AppendResult(last, info.first_version + info.event_count - 1),
             )
@@ -244,6 +246,7 @@ class EventStore:
             syncs=st.syncs if st else 0,
             bytes_written=st.bytes_written if st else 0,
             queued=self._commit.queued if self._commit is not None else 0,
+            queued_bytes=self._commit.queued_bytes if self._commit is not None else 0,
             index_bytes=self._index.memory_bytes(),
         )
 
@@ -354,7 +357,7 @@ class EventStore:
                 remaining -= len(records)
             for rec in records:
                 yield rec
-            ref, first = frames[-1]
+            ref, first = frames[0] if backwards else frames[-1]
             version = first - 1 if backwards else first + ref.event_count
 
     async def read_all(

@@ -1,0 +1,43 @@
+"""The public surface: explicit re-exports, each documented."""
+
+from __future__ import annotations
+
+import inspect
+
+import aioeventstore as es
+
+
+def test_all_names_exist_and_are_documented() -> None:
+    for name in es.__all__:
+        obj = getattr(es, name)
+        if name.startswith("__") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        assert inspect.getdoc(obj), f"es.{name} has no docstring"
+
+
+def test_all_lists_every_public_name() -> None:
+    public = {n for n in vars(es) if not n.startswith("_") and not inspect.ismodule(getattr(es, n))}
+    assert public == set(es.__all__) - {"__version__"}
+
+
+def test_public_methods_are_documented() -> None:
+    for cls in (es.EventStore, es.StoreOptions, es.StoreStatistics, es.RecordedEvent):
+        for name, member in vars(cls).items():
+            if name.startswith("_") or not callable(member):
+                continue
+            assert inspect.getdoc(member), f"{cls.__name__}.{name} has no docstring"
+
+
+def test_error_hierarchy() -> None:
+    for name in (
+        "WrongExpectedVersion",
+        "StoreLocked",
+        "StoreClosed",
+        "StoreFailed",
+        "CorruptLog",
+        "EventTooLarge",
+        "DuplicateEventType",
+        "EventDecodeError",
+    ):
+        assert issubclass(getattr(es, name), es.EventStoreError)
+    assert issubclass(es.EventTooLarge, ValueError)

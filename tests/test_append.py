@@ -1,0 +1,247 @@
+"""Appends: round trips, expected versions, idempotent retries and bad input."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aioeventstore as es
+from aioeventstore import events as events_module
+from tests.helpers import Deposited, Note, Withdrawn
+
+
+async def stream_of(store: es.EventStore, stream: str) -> list[es.RecordedEvent]:
+    return [rec async for rec in store.read_stream(stream)]
+
+
+async def everything(store: es.EventStore) -> list[es.RecordedEvent]:
+    return [rec async for rec in store.read_all()]
+
+
+async def test_round_trip_single_and_multi(store_path: Path) -> None:
+    eid = uuid.uuid4()
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    async with es.EventStore(store_path) as store:
+        assert store.head == -1
+        r1 = await store.append("acc-1", Deposited(account="1", amount=10))
+        assert (r1.position, r1.version) == (0, 0)
+        r2 = await store.append(
+            "acc-2",
+            [
+                es.NewEvent(
+                    Withdrawn(account="2", amount=3), id=eid, metadata={"corr": "c-1", "n": [1, 2]}
+                ),
+                Note(text="héllo ✓"),
+            ],
+        )
+        assert (r2.position, r2.version) == (2, 1)
+        assert store.head == 2
+        recs = await stream_of(store, "acc-2")
+    assert [(r.stream, r.version, r.position) for r in recs] == [("acc-2", 0, 1), ("acc-2", 1, 2)]
+    assert recs[0].id == eid
+    assert recs[0].type == "tests.withdrawn.v1"
+    assert recs[0].data == Withdrawn(account="2", amount=3)
+    assert recs[0].metadata == {"corr": "c-1", "n": [1, 2]}
+    assert recs[1].data == Note(text="héllo ✓") and recs[1].metadata == {}
+    assert recs[0].recorded_at.tzinfo is UTC and recs[0].recorded_at >= before
+    assert recs[0].recorded_at == recs[1].recorded_at  # one append, one commit time
+    # and again after reopening, from disk alone
+    async with es.EventStore(store_path) as store:
+        again = await everything(store)
+    assert [r.position for r in again] == [0, 1, 2]
+    assert again[1:] == recs
+
+
+async def test_unknown_type_reads_as_dict(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Ephemeral(es.Event):
+        __event_type__ = "tests.ephemeral"
+        when: datetime
+        ref: uuid.UUID
+
+    ref = uuid.uuid4()
+    when = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    async with es.EventStore(store_path) as store:
+        await store.append("s", Ephemeral(when=when, ref=ref))
+        (typed,) = await stream_of(store, "s")
+        assert typed.data == Ephemeral(when=when, ref=ref)
+        monkeypatch.delitem(events_module._registry, "tests.ephemeral")
+        (raw,) = await stream_of(store, "s")
+    assert raw.type == "tests.ephemeral"
+    assert raw.data == {"when": "2026-05-01T12:00:00Z", "ref": str(ref)}
+
+
+async def test_expected_version_cases(store_path: Path) -> None:
+    e = Deposited(account="a", amount=1)
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(es.WrongExpectedVersion) as info:
+            await store.append("s", e, expected_version=es.STREAM_EXISTS)
+        assert (info.value.stream, info.value.expected, info.value.actual) == (
+            "s",
+            es.STREAM_EXISTS,
+            -1,
+        )
+        with pytest.raises(es.WrongExpectedVersion) as info:
+            await store.append("s", e, expected_version=0)
+        assert info.value.actual == -1
+        assert (await store.append("s", e, expected_version=es.NO_STREAM)).version == 0
+        with pytest.raises(es.WrongExpectedVersion) as info:
+            await store.append("s", e, expected_version=es.NO_STREAM)
+        assert info.value.actual == 0 and info.value.expected == es.NO_STREAM
+        assert (await store.append("s", e, expected_version=es.STREAM_EXISTS)).version == 1
+        assert (await store.append("s", [e, e], expected_version=1)).version == 3
+        with pytest.raises(es.WrongExpectedVersion) as info:
+            await store.append("s", e, expected_version=2)
+        assert (info.value.expected, info.value.actual) == (2, 3)
+        with pytest.raises(es.WrongExpectedVersion):
+            await store.append("s", e, expected_version=7)
+        assert (await store.append("s", e, expected_version=es.ANY)).version == 4
+        assert (await store.append("s", e)).version == 5
+        # nothing was written by the failed appends: versions and positions stay dense
+        recs = await stream_of(store, "s")
+        assert [r.version for r in recs] == list(range(6))
+        assert [r.position for r in recs] == list(range(6))
+        assert store.head == 5
+    assert "expected es.NO_STREAM" in str(es.WrongExpectedVersion("s", es.NO_STREAM, 0))
+
+
+async def test_retry_with_explicit_version_is_idempotent(store_path: Path) -> None:
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    batch = [es.NewEvent(Deposited(account="a", amount=i), id=ids[i]) for i in range(2)]
+    async with es.EventStore(store_path) as store:
+        first = await store.append("s", batch, expected_version=es.NO_STREAM)
+        await store.append("s", Deposited(account="a", amount=9))  # the stream moves on
+        again = await store.append("s", batch, expected_version=es.NO_STREAM)
+        assert again == first
+        more = await store.append("s", es.NewEvent(Note(text="x"), id=ids[0]), expected_version=2)
+        assert more.version == 3  # a new version: ids are only compared on a mismatch
+        assert (
+            await store.append("s", es.NewEvent(Note(text="x"), id=ids[0]), expected_version=2)
+            == more
+        )
+        # same versions, different ids: a real conflict
+        other = [es.NewEvent(Deposited(account="a", amount=i)) for i in range(2)]
+        with pytest.raises(es.WrongExpectedVersion) as info:
+            await store.append("s", other, expected_version=es.NO_STREAM)
+        assert info.value.actual == 3
+        # only one of the ids matching is a conflict too
+        with pytest.raises(es.WrongExpectedVersion):
+            await store.append("s", [batch[0], other[1]], expected_version=es.NO_STREAM)
+        assert [r.version for r in await stream_of(store, "s")] == [0, 1, 2, 3]
+    # exact after reopening too: the check reads the ids from the log
+    async with es.EventStore(store_path) as store:
+        assert await store.append("s", batch, expected_version=es.NO_STREAM) == first
+        assert store.head == 3
+
+
+async def test_retry_with_any_is_idempotent_within_the_window(store_path: Path) -> None:
+    eid = uuid.uuid4()
+    ev = es.NewEvent(Deposited(account="a", amount=1), id=eid)
+    async with es.EventStore(store_path, idempotency_window=3) as store:
+        first = await store.append("s", ev)
+        assert await store.append("s", ev) == first
+        assert store.head == 0
+        # the same id in a different stream is a different append
+        assert (await store.append("t", ev)).position == 1
+    async with es.EventStore(store_path, idempotency_window=3) as store:
+        assert await store.append("s", ev) == first  # the window is rebuilt on open
+        for i in range(3):
+            await store.append("u", Note(text=str(i)))
+        again = await store.append("s", ev)  # fell out of the window: written again
+        assert again.position == 5 and again.version == 1
+
+
+async def test_duplicates_in_one_batch(store_path: Path) -> None:
+    import asyncio
+
+    ev = es.NewEvent(Deposited(account="a", amount=1), id=uuid.uuid4())
+    async with es.EventStore(store_path) as store:
+        results = await asyncio.gather(*(store.append("s", ev) for _ in range(20)))
+        assert len(set(results)) == 1
+        nostream = await asyncio.gather(
+            *(store.append("t", ev, expected_version=es.NO_STREAM) for _ in range(20))
+        )
+        assert len(set(nostream)) == 1
+        assert store.head == 1
+
+
+BAD_INPUTS: list[tuple[Any, Any, dict[str, Any], type[Exception], str]] = [
+    (42, Deposited(account="a", amount=1), {}, TypeError, "must be a str"),
+    ("", Deposited(account="a", amount=1), {}, ValueError, "must not be empty"),
+    (
+        "x" * 1025,
+        Deposited(account="a", amount=1),
+        {},
+        ValueError,
+        "1025 bytes of UTF-8, over the limit of 1024",
+    ),
+    ("é" * 513, Deposited(account="a", amount=1), {}, ValueError, "1026 bytes"),
+    ("$system", Deposited(account="a", amount=1), {}, ValueError, "reserved"),
+    ("\udcff", Deposited(account="a", amount=1), {}, ValueError, "UTF-8"),
+    ("s", [], {}, ValueError, "empty"),
+    ("s", {"a": 1}, {}, TypeError, "not dict"),
+    ("s", [Deposited(account="a", amount=1), "nope"], {}, TypeError, "item 1 is a str"),
+    ("s", Deposited(account="a", amount=1), {"expected_version": -1}, ValueError, "NO_STREAM"),
+    (
+        "s",
+        Deposited(account="a", amount=1),
+        {"expected_version": "3"},
+        TypeError,
+        "expected_version",
+    ),
+    (
+        "s",
+        Deposited(account="a", amount=1),
+        {"expected_version": True},
+        TypeError,
+        "expected_version",
+    ),
+    (
+        "s",
+        es.NewEvent(Note(text="x"), metadata={1: "a"}),  # type: ignore[dict-item]
+        {},
+        ValueError,
+        "metadata key 1",
+    ),
+    (
+        "s",
+        es.NewEvent(Note(text="x"), metadata={"a": object()}),
+        {},
+        ValueError,
+        "metadata cannot be stored",
+    ),
+]
+
+
+@pytest.mark.parametrize(("stream", "events", "kwargs", "exc", "message"), BAD_INPUTS)
+async def test_bad_input_fails_in_the_caller(
+    store_path: Path,
+    stream: Any,
+    events: Any,
+    kwargs: dict[str, Any],
+    exc: type[Exception],
+    message: str,
+) -> None:
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(exc, match=message):
+            await store.append(stream, events, **kwargs)
+        assert store.statistics().appends == 0  # nothing reached the commit loop
+        assert (await store.append("ok", Note(text="still works"))).position == 0
+
+
+async def test_size_limits(store_path: Path) -> None:
+    async with es.EventStore(store_path, max_event_bytes=1024, max_append_bytes=4096) as store:
+        with pytest.raises(
+            es.EventTooLarge, match=r"stream 'big'.*over the limit of 1024 bytes.*max_event_bytes"
+        ) as info:
+            await store.append("big", Note(text="x" * 2000))
+        assert info.value.limit == 1024 and info.value.size > 1024
+        with pytest.raises(es.EventTooLarge, match="max_append_bytes"):
+            await store.append("big", [Note(text="x" * 900) for _ in range(5)])
+        assert (await store.append("big", Note(text="x" * 900))).position == 0
+        assert store.head == 0

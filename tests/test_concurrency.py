@@ -1,0 +1,139 @@
+"""Many producers at once: dense positions, races, cancellation, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+import aioeventstore as es
+from tests.helpers import Deposited, FaultyFileSystem, Note
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks (no wall-clock waiting)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_thousand_producers_get_dense_positions_and_versions(store_path: Path) -> None:
+    async def producer(i: int) -> list[es.AppendResult]:
+        out = []
+        version: es.ExpectedVersion = es.NO_STREAM
+        for j in range(5):
+            r = await store.append(
+                f"p-{i}", Deposited(account=str(i), amount=j), expected_version=version
+            )
+            version = r.version
+            out.append(r)
+            out.append(
+                await store.append("shared", [Note(text=f"{i}/{j}"), Note(text=f"{i}/{j}b")])
+            )
+        return out
+
+    async with es.EventStore(store_path) as store:
+        results = await asyncio.gather(*(producer(i) for i in range(1000)))
+        stats = store.statistics()
+        assert stats.head == 1000 * 15 - 1
+        assert stats.events_per_sync > 1  # the group commit did group
+        recs = [r async for r in store.read_all()]
+    assert [r.position for r in recs] == list(range(15000))
+    versions: dict[str, list[int]] = defaultdict(list)
+    for r in recs:
+        versions[r.stream].append(r.version)
+    assert all(v == list(range(len(v))) for v in versions.values())
+    assert len(versions["shared"]) == 10000
+    for i, rs in enumerate(results):
+        own = [r for k, r in enumerate(rs) if k % 2 == 0]
+        assert [r.version for r in own] == list(range(5))
+        assert all(recs[r.position].stream == f"p-{i}" for r in own)
+    # each two-event append is contiguous and in order
+    shared = [r for r in recs if r.stream == "shared"]
+    for a, b in zip(shared[::2], shared[1::2], strict=True):
+        assert b.position == a.position + 1
+        assert isinstance(a.data, Note) and isinstance(b.data, Note)
+        assert b.data.text == a.data.text + "b"
+
+
+async def test_no_stream_race_has_exactly_one_winner(store_path: Path) -> None:
+    async def contender(i: int) -> es.AppendResult | es.WrongExpectedVersion:
+        try:
+            return await store.append("race", Note(text=str(i)), expected_version=es.NO_STREAM)
+        except es.WrongExpectedVersion as exc:
+            return exc
+
+    async with es.EventStore(store_path) as store:
+        outcomes = await asyncio.gather(*(contender(i) for i in range(100)))
+        wins = [o for o in outcomes if isinstance(o, es.AppendResult)]
+        losses = [o for o in outcomes if isinstance(o, es.WrongExpectedVersion)]
+        assert len(wins) == 1 and len(losses) == 99
+        assert all(e.actual == 0 and e.stream == "race" for e in losses)
+        assert store.head == 0
+
+
+async def test_backpressure_bounds_the_queue(store_path: Path) -> None:
+    fs = FaultyFileSystem()
+    cap = 4096
+    async with es.EventStore(store_path, _fs=fs, max_queue_bytes=cap, max_batch_bytes=cap) as store:
+        fs.faults.gate = threading.Event()  # the I/O thread blocks on the next write
+        tasks = [
+            asyncio.create_task(store.append(f"s-{i % 7}", Note(text="x" * 100)))
+            for i in range(300)
+        ]
+        await settle()
+        stats = store.statistics()
+        assert stats.queued_bytes <= cap
+        assert stats.queued > 0
+        assert sum(t.done() for t in tasks) == 0  # nobody acknowledged before the write
+        fs.faults.gate.set()
+        results = await asyncio.gather(*tasks)
+        assert sorted(r.position for r in results) == list(range(300))
+        assert store.statistics().queued == 0
+
+
+async def test_cancelled_producers_never_corrupt_a_batch(store_path: Path) -> None:
+    fs = FaultyFileSystem()
+    async with es.EventStore(store_path, _fs=fs) as store:
+        fs.faults.gate = threading.Event()
+        ids = [[uuid.uuid4(), uuid.uuid4()] for _ in range(60)]
+
+        def batch(i: int) -> list[es.NewEvent]:
+            return [es.NewEvent(Note(text=f"{i}-{k}"), id=ids[i][k]) for k in range(2)]
+
+        first = asyncio.create_task(store.append("c-first", Note(text="in flight")))
+        await settle()  # its batch is now blocked in the write
+        tasks = [
+            asyncio.create_task(store.append(f"c-{i}", batch(i), expected_version=es.NO_STREAM))
+            for i in range(60)
+        ]
+        await settle()
+        for t in tasks[::2]:
+            t.cancel()
+        first.cancel()
+        await settle()
+        fs.faults.gate.set()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(d, asyncio.CancelledError) for d in done[::2])
+        assert all(isinstance(d, es.AppendResult) for d in done[1::2])
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # the store goes on working, and every append is all or nothing
+        await store.append("after", Note(text="ok"))
+        recs = [r async for r in store.read_all()]
+        assert [r.position for r in recs] == list(range(len(recs)))
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for r in recs:
+            assert isinstance(r.data, Note)
+            by_stream[r.stream].append(r.data.text)
+        for i in range(60):
+            assert by_stream.get(f"c-{i}", []) in ([], [f"{i}-0", f"{i}-1"])
+        # a retry of a cancelled append with the same ids is safe either way
+        for i in range(0, 60, 2):
+            res = await store.append(f"c-{i}", batch(i), expected_version=es.NO_STREAM)
+            assert res.version == 1
+        for i in range(0, 60, 2):
+            assert [x.version async for x in store.read_stream(f"c-{i}")] == [0, 1]

@@ -1,0 +1,90 @@
+"""Event classes, the type registry, NewEvent and RecordedEvent."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pydantic
+import pytest
+
+import aioeventstore as es
+from tests.helpers import Deposited, Withdrawn
+
+
+def test_type_name_defaults_to_class_name_and_can_be_set() -> None:
+    assert Deposited.__event_type__ == "Deposited"
+    assert Withdrawn.__event_type__ == "tests.withdrawn.v1"
+    assert es.event_types()["Deposited"] is Deposited
+    assert es.event_types()["tests.withdrawn.v1"] is Withdrawn
+
+
+def test_two_classes_claiming_one_name_is_an_error() -> None:
+    with pytest.raises(es.DuplicateEventType, match="Deposited"):
+
+        class Other(es.Event):
+            __event_type__ = "Deposited"
+
+    assert es.event_types()["Deposited"] is Deposited
+
+
+def test_redefining_the_same_class_replaces_it() -> None:
+    def make() -> type[es.Event]:
+        class Reloaded(es.Event):
+            x: int
+
+        return Reloaded
+
+    first, second = make(), make()
+    assert es.event_types()["Reloaded"] is second
+    assert first is not second
+
+
+def test_events_are_immutable() -> None:
+    e = Deposited(account="a", amount=1)
+    with pytest.raises(pydantic.ValidationError):
+        e.amount = 2
+
+
+def test_new_event_checks_its_fields() -> None:
+    with pytest.raises(TypeError, match=r"es\.Event"):
+        es.NewEvent({"not": "an event"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="uuid"):
+        es.NewEvent(Deposited(account="a", amount=1), id="abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="mapping"):
+        es.NewEvent(Deposited(account="a", amount=1), metadata=[1])  # type: ignore[arg-type]
+
+
+def test_recorded_event_to_json() -> None:
+    rid = uuid.uuid4()
+    rec = es.RecordedEvent(
+        "s",
+        0,
+        5,
+        rid,
+        "Deposited",
+        Deposited(account="a", amount=1),
+        {"k": 1},
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    out = json.loads(rec.to_json())
+    assert out == {
+        "stream": "s",
+        "version": 0,
+        "position": 5,
+        "id": str(rid),
+        "type": "Deposited",
+        "data": {"account": "a", "amount": 1},
+        "metadata": {"k": 1},
+        "recorded_at": "2026-01-01T00:00:00+00:00",
+    }
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="durability"):
+        es.StoreOptions(durability="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="segment_bytes"):
+        es.StoreOptions(segment_bytes=10)
+    with pytest.raises(ValueError, match="max_event_bytes"):
+        es.StoreOptions(max_event_bytes=1 << 20, max_append_bytes=1 << 10)

@@ -1,0 +1,147 @@
+"""Open, close, the directory lock, fail-stop after a write or sync error."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import aioeventstore as es
+from tests.helpers import FaultyFileSystem, Note
+
+
+async def test_close_commits_what_is_queued(store_path: Path) -> None:
+    fs = FaultyFileSystem()
+    store = await es.EventStore(store_path, _fs=fs).open()
+    fs.faults.gate = threading.Event()
+    tasks = [asyncio.create_task(store.append("s", Note(text=str(i)))) for i in range(50)]
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    with pytest.raises(es.StoreClosed):
+        await store.append("s", Note(text="late"))
+    fs.faults.gate.set()
+    await closing
+    results = await asyncio.gather(*tasks)
+    assert sorted(r.position for r in results) == list(range(50))
+    async with es.EventStore(store_path) as again:
+        assert again.head == 49
+
+
+async def test_use_outside_open_raises_store_closed(store_path: Path) -> None:
+    store = es.EventStore(store_path)
+    with pytest.raises(es.StoreClosed, match="is new"):
+        await store.append("s", Note(text="x"))
+    async with store:
+        await store.append("s", Note(text="x"))
+        reader = store.read_all()
+        assert (await anext(reader)).position == 0
+    await store.close()  # idempotent
+    with pytest.raises(es.StoreClosed):
+        await store.append("s", Note(text="y"))
+    with pytest.raises(es.StoreClosed):
+        _ = [r async for r in store.read_stream("s")]
+    with pytest.raises(es.StoreClosed):
+        await anext(reader)
+    with pytest.raises(es.StoreClosed, match="already opened"):
+        await store.open()
+
+
+async def test_second_writer_in_this_process_is_locked_out(store_path: Path) -> None:
+    async with es.EventStore(store_path):
+        with pytest.raises(es.StoreLocked, match="already open"):
+            await es.EventStore(store_path).open()
+    async with es.EventStore(store_path) as again:  # released on close
+        assert again.head == -1
+
+
+async def test_second_writer_in_another_process_is_locked_out(store_path: Path) -> None:
+    script = (
+        "import asyncio, sys, aioeventstore as es\n"
+        "async def main():\n"
+        "    try:\n"
+        "        async with es.EventStore(sys.argv[1]):\n"
+        "            print('opened')\n"
+        "    except es.StoreLocked as exc:\n"
+        "        print('locked:', exc)\n"
+        "asyncio.run(main())\n"
+    )
+    async with es.EventStore(store_path):
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(store_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert out.stdout.startswith("locked:"), out.stdout + out.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(store_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "opened"
+
+
+@pytest.mark.parametrize("fault", ["sync", "write", "short"])
+async def test_write_or_sync_error_fails_stop(store_path: Path, fault: str) -> None:
+    fs = FaultyFileSystem()
+    async with es.EventStore(store_path, _fs=fs) as store:
+        for i in range(5):
+            await store.append("s", Note(text=str(i)))
+        fs.faults.gate = threading.Event()
+        blocked = asyncio.create_task(store.append("s", Note(text="in flight")))
+        await asyncio.sleep(0)
+        queued = [asyncio.create_task(store.append("t", Note(text=str(i)))) for i in range(10)]
+        await asyncio.sleep(0)
+        if fault == "sync":
+            fs.faults.fail_sync = OSError(errno.EIO, "Input/output error")
+        elif fault == "write":
+            fs.faults.fail_write = OSError(errno.ENOSPC, "No space left on device")
+        else:
+            fs.faults.short_write = True
+        fs.faults.gate.set()
+        with pytest.raises(es.StoreFailed, match="writing the log failed") as info:
+            await blocked
+        assert isinstance(info.value.__cause__, OSError)
+        for t in queued:  # the next batch, queued behind the failure, fails too
+            with pytest.raises(es.StoreFailed):
+                await t
+        with pytest.raises(es.StoreFailed):
+            await store.append("s", Note(text="later"))
+        # reads of what was durable keep working
+        assert store.head == 4
+        assert [r.version async for r in store.read_stream("s")] == [0, 1, 2, 3, 4]
+    # reopening recovers: every acknowledged event, and the failed batch all or nothing
+    async with es.EventStore(store_path) as store:
+        texts = [r.data.text async for r in store.read_stream("s") if isinstance(r.data, Note)]
+        assert texts[:5] == ["0", "1", "2", "3", "4"]
+        assert texts[5:] in ([], ["in flight"])
+        r = await store.append("s", Note(text="again"))
+        assert r.version == len(texts)
+
+
+async def test_store_left_open_warns(store_path: Path) -> None:
+    store = await es.EventStore(store_path).open()
+    await store.append("s", Note(text="x"))
+    with pytest.warns(ResourceWarning, match="never closed"):
+        store.__del__()
+    await store.close()
+    del store
+    gc.collect()
+
+
+async def test_durability_os_round_trip(store_path: Path) -> None:
+    async with es.EventStore(store_path, durability="os") as store:
+        await asyncio.gather(*(store.append(f"s{i % 3}", Note(text=str(i))) for i in range(100)))
+        assert store.statistics().syncs == 0
+    async with es.EventStore(store_path) as store:
+        assert store.head == 99

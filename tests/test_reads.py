@@ -1,0 +1,134 @@
+"""read_stream and read_all: directions, bounds, chunking, and reads during appends."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import aioeventstore as es
+from aioeventstore import events as events_module
+from tests.helpers import Deposited, Note
+
+
+async def fill(store: es.EventStore, n: int) -> None:
+    # three streams interleaved; every third append carries two events
+    for i in range(n):
+        events: list[es.Event] = [Note(text=f"{i}")]
+        if i % 3 == 0:
+            events.append(Note(text=f"{i}b"))
+        await store.append(f"s{i % 3}", events)
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])
+async def test_read_stream_directions_and_bounds(store_path: Path, chunk: int) -> None:
+    async with es.EventStore(store_path, read_chunk_bytes=chunk, segment_bytes=8192) as store:
+        await fill(store, 300)
+        s0 = [r async for r in store.read_stream("s0")]
+        assert [r.version for r in s0] == list(range(200))
+        assert all(r.stream == "s0" for r in s0)
+        assert [r.position for r in s0] == sorted(r.position for r in s0)
+        tail = [r.version async for r in store.read_stream("s0", from_version=150)]
+        assert tail == list(range(150, 200))
+        back = [r.version async for r in store.read_stream("s0", backwards=True)]
+        assert back == list(range(199, -1, -1))
+        back_from = [
+            r.version
+            async for r in store.read_stream("s0", from_version=101, backwards=True, limit=4)
+        ]
+        assert back_from == [101, 100, 99, 98]
+        assert [r.version async for r in store.read_stream("s0", from_version=3, limit=3)] == [
+            3,
+            4,
+            5,
+        ]
+        assert [r async for r in store.read_stream("s0", limit=0)] == []
+        assert [r async for r in store.read_stream("s0", from_version=200)] == []
+        assert [r async for r in store.read_stream("nope")] == []
+        assert [r async for r in store.read_stream("nope", backwards=True)] == []
+        by_pos = {r.position: r async for r in store.read_all()}
+        assert all(by_pos[r.position] == r for r in s0)
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])
+async def test_read_all_directions_and_bounds(store_path: Path, chunk: int) -> None:
+    async with es.EventStore(store_path, read_chunk_bytes=chunk, segment_bytes=8192) as store:
+        await fill(store, 300)
+        n = store.head + 1
+        assert n == 400
+        assert [r.position async for r in store.read_all()] == list(range(n))
+        assert [r.position async for r in store.read_all(from_position=397)] == [397, 398, 399]
+        assert [r.position async for r in store.read_all(from_position=1, limit=2)] == [1, 2]
+        assert [r.position async for r in store.read_all(backwards=True)] == list(
+            range(n - 1, -1, -1)
+        )
+        assert [
+            r.position async for r in store.read_all(from_position=10, backwards=True, limit=3)
+        ] == [10, 9, 8]
+        assert [
+            r.position async for r in store.read_all(from_position=10_000, backwards=True, limit=1)
+        ] == [399]
+        assert [r async for r in store.read_all(from_position=400)] == []
+
+
+async def test_read_argument_errors(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(ValueError, match="from_position"):
+            _ = [r async for r in store.read_all(from_position=-1)]
+        with pytest.raises(ValueError, match="limit"):
+            _ = [r async for r in store.read_all(limit=-5)]
+        with pytest.raises(ValueError, match="from_version"):
+            _ = [r async for r in store.read_stream("s", from_version=-2)]
+        with pytest.raises(TypeError, match="stream name"):
+            _ = [r async for r in store.read_stream(7)]  # type: ignore[arg-type]
+
+
+async def test_reads_during_appends_see_dense_committed_prefixes(store_path: Path) -> None:
+    async with es.EventStore(store_path, read_chunk_bytes=4096) as store:
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            i = 0
+            while not stop.is_set():
+                await store.append(f"w{w}", [Note(text=f"{w}-{i}"), Note(text=f"{w}-{i}b")])
+                i += 1
+
+        writers = [asyncio.create_task(writer(w)) for w in range(20)]
+        for _ in range(30):
+            head_before = store.head
+            seen = [r.position async for r in store.read_all()]
+            assert seen == list(range(len(seen)))
+            assert len(seen) >= head_before + 1
+            assert len(seen) % 2 == 0  # whole appends only
+            versions = [r.version async for r in store.read_stream("w3")]
+            assert versions == list(range(len(versions)))
+        stop.set()
+        await asyncio.gather(*writers)
+
+
+async def test_incompatible_schema_raises_decode_error(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Renamed(es.Event):
+        __event_type__ = "tests.renamed"
+        owner: str
+
+    async with es.EventStore(store_path) as store:
+        await store.append("acc", Deposited(account="a", amount=1))
+        monkeypatch.setitem(events_module._registry, "Deposited", Renamed)
+        with pytest.raises(es.EventDecodeError, match="position 0 of stream 'acc'"):
+            _ = [r async for r in store.read_stream("acc")]
+
+
+async def test_damage_after_open_is_reported_on_read(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        for i in range(5):
+            await store.append("s", Note(text=f"n{i}"))
+        seg = next(store_path.glob("*.seg"))
+        with open(seg, "r+b") as f:
+            f.seek(seg.stat().st_size - 3)
+            f.write(b"\x00\x00\x00")
+        with pytest.raises(es.CorruptLog) as info:
+            _ = [r async for r in store.read_all()]
+        assert info.value.path == str(seg)
