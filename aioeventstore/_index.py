@@ -91,9 +91,12 @@ class Index:
             self._frame_seg[row], self._frame_off[row], self._frame_len[row], first, nxt - first
         )
 
-    def frames_from(self, position: int, max_bytes: int, backwards: bool) -> list[FrameRef]:
+    def frames_from(
+        self, position: int, max_bytes: int, backwards: bool, max_events: int | None = None
+    ) -> list[FrameRef]:
         """Committed frames from the one holding ``position``, contiguous in one segment,
-        about ``max_bytes`` long in all (always at least one); empty past the head."""
+        about ``max_bytes`` long and holding about ``max_events`` events from ``position`` on
+        (always at least one frame); empty past the head."""
         if position < 0 or position > self.head:
             return []
         row = self.frame_at(position)
@@ -102,19 +105,31 @@ class Index:
         step = -1 if backwards else 1
         nrows = bisect_right(self._frame_pos, self.head)  # rows with committed events
         r = row + step
-        while 0 <= r < nrows and total < max_bytes:
+        want = (1 << 62) if max_events is None else max_events
+        have = (
+            (position - out[0].first_position + 1)
+            if backwards
+            else (out[0].first_position + out[0].event_count - position)
+        )
+        while 0 <= r < nrows and total < max_bytes and have < want:
             ref = self.frame(r)
             if ref.ordinal != out[-1].ordinal:
                 break
             out.append(ref)
             total += ref.length
+            have += ref.event_count
             r += step
         if backwards:
             out.reverse()
         return out
 
     def stream_frames(
-        self, stream: str, version: int, max_bytes: int, backwards: bool
+        self,
+        stream: str,
+        version: int,
+        max_bytes: int,
+        backwards: bool,
+        max_events: int | None = None,
     ) -> list[tuple[FrameRef, int]]:
         """Committed frames of ``stream`` from the one holding ``version`` on (or back), with
         each frame's first version, in position order; about ``max_bytes`` (at least one)."""
@@ -126,13 +141,16 @@ class Index:
             return []
         out: list[tuple[FrameRef, int]] = []
         total = 0
+        have = 0
+        want = (1 << 62) if max_events is None else max_events
         v = version
-        while 0 <= v <= last and (not out or total < max_bytes):
+        while 0 <= v <= last and (not out or (total < max_bytes and have < want)):
             pos = positions[v]
             ref = self.frame(self.frame_at(pos))
             first_version = v - (pos - ref.first_position)
             out.append((ref, first_version))
             total += ref.length
+            have += (v - first_version + 1) if backwards else (first_version + ref.event_count - v)
             v = first_version - 1 if backwards else first_version + ref.event_count
         if backwards:
             out.reverse()

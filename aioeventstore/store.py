@@ -346,7 +346,7 @@ class EventStore:
         chunk = self._options.read_chunk_bytes
         while remaining is None or remaining > 0:
             self._require_open()
-            frames = index.stream_frames(stream, version, chunk, backwards)
+            frames = index.stream_frames(stream, version, chunk, backwards, remaining)
             if not frames:
                 return
             bound = index.position_of(stream, version)
@@ -388,7 +388,7 @@ class EventStore:
         chunk = self._options.read_chunk_bytes
         while remaining is None or remaining > 0:
             self._require_open()
-            frames = index.frames_from(pos, chunk, backwards)
+            frames = index.frames_from(pos, chunk, backwards, remaining)
             if not frames:
                 return
             lo, hi = (0, pos) if backwards else (pos, index.head)

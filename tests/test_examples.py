@@ -1,0 +1,51 @@
+"""The example programs run and check themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_agents_demo_runs_and_verifies_its_replay(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "agents.py"),
+            "--agents",
+            "40",
+            "--rounds",
+            "10",
+            "--dir",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "every balance and board matches" in out.stdout
+    assert "events per fsync" in out.stdout
+    assert str(tmp_path / "store") in out.stdout
+
+
+def test_bench_append_runs(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "perf" / "bench_append.py"),
+            "--seconds",
+            "0.2",
+            "--producers",
+            "1,8",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "ours / sqlite-wal-full" in out.stdout
