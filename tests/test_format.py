@@ -1,0 +1,56 @@
+"""FORMAT.md is the spec: its worked example must open and read back as it says."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aioeventstore as es
+from tests.helpers import Deposited
+
+FORMAT_MD = Path(__file__).parent.parent / "FORMAT.md"
+
+
+def example_bytes() -> bytes:
+    text = FORMAT_MD.read_text()
+    block = text.split("## Worked example", 1)[1].split("```", 2)[1]
+    out = bytearray()
+    for line in block.strip().splitlines():
+        m = re.match(r"^([0-9a-f]{4})  ((?:[0-9a-f]{2} ?)+)", line)
+        assert m, line
+        assert int(m.group(1), 16) == len(out)
+        out += bytes.fromhex(m.group(2))
+    return bytes(out)
+
+
+async def test_worked_example_reads_back_as_documented(store_path: Path) -> None:
+    data = example_bytes()
+    assert len(data) == 150
+    store_path.mkdir()
+    (store_path / "00000000000000000000.seg").write_bytes(data)
+    async with es.EventStore(store_path) as store:
+        assert store.recovery is not None and store.recovery.cut_bytes == 0
+        (rec,) = [r async for r in store.read_all()]
+        assert rec.stream == "acc-42" and rec.version == 0 and rec.position == 0
+        assert rec.id == uuid.UUID(int=1)
+        assert rec.type == "Deposited"
+        assert rec.data == Deposited(account="42", amount=10)
+        assert rec.metadata == {"c": "x"}
+        assert rec.recorded_at == datetime(2026, 11, 27, 11, 20, 58, 816215, tzinfo=UTC)
+        # and the store appends after it
+        r = await store.append("acc-42", Deposited(account="42", amount=1), expected_version=0)
+        assert (r.position, r.version) == (1, 1)
+
+
+async def test_the_store_writes_the_documented_layout(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        ev = es.NewEvent(Deposited(account="42", amount=10), id=uuid.UUID(int=1), metadata={"c": "x"})
+        await store.append("acc-42", ev, expected_version=es.NO_STREAM)
+    written = (store_path / "00000000000000000000.seg").read_bytes()
+    documented = example_bytes()
+    # identical except the commit time (0x44..0x4b) and the frame CRC that covers it
+    assert len(written) == len(documented)
+    for lo, hi in ((0, 0x28), (0x2C, 0x44), (0x4C, len(documented))):
+        assert written[lo:hi] == documented[lo:hi], (lo, hi)
