@@ -46,7 +46,9 @@ async def test_worked_example_reads_back_as_documented(store_path: Path) -> None
 
 async def test_the_store_writes_the_documented_layout(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
-        ev = es.NewEvent(Deposited(account="42", amount=10), id=uuid.UUID(int=1), metadata={"c": "x"})
+        ev = es.NewEvent(
+            Deposited(account="42", amount=10), id=uuid.UUID(int=1), metadata={"c": "x"}
+        )
         await store.append("acc-42", ev, expected_version=es.NO_STREAM)
     written = (store_path / "00000000000000000000.seg").read_bytes()
     documented = example_bytes()
