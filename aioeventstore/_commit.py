@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
-from ._format import BODY_HEAD_SIZE, FRAME_HEADER_SIZE, pack_frame
+from ._format import BODY_HEAD_SIZE, FRAME_HEADER_SIZE, FRAME_KIND_CHECKPOINT, pack_frame
 from ._index import Index
 from ._log import Log, WritePlan
 from ._queue import ByteBoundedQueue
 from .errors import StoreClosed, StoreFailed, WrongExpectedVersion
-from .events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion
+from .events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Event, ExpectedVersion, NewEvent
 from .options import StoreOptions
 
 FRAME_OVERHEAD = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
@@ -53,7 +53,18 @@ Outcome = AppendResult | Recheck | BaseException
 class PendingAppend:
     """One encoded append waiting for the commit loop."""
 
-    __slots__ = ("count", "entries", "expected", "future", "ids", "size", "stream", "stream_b")
+    __slots__ = (
+        "checkpoint",
+        "count",
+        "entries",
+        "expected",
+        "future",
+        "ids",
+        "size",
+        "source",
+        "stream",
+        "stream_b",
+    )
 
     def __init__(
         self,
@@ -63,6 +74,8 @@ class PendingAppend:
         ids: tuple[bytes, ...],
         entries: bytes,
         future: asyncio.Future[AppendResult | Recheck],
+        source: Sequence[Event | NewEvent] = (),
+        checkpoint: int = -1,
     ) -> None:
         self.stream = stream
         self.stream_b = stream_b
@@ -72,6 +85,8 @@ class PendingAppend:
         self.entries = entries
         self.size = FRAME_OVERHEAD + len(stream_b) + len(entries)
         self.future = future
+        self.source = source  # the caller's events, for the live fan-out
+        self.checkpoint = checkpoint  # >= 0: a named consumer's acknowledged position
 
 
 @dataclass(slots=True)
@@ -85,8 +100,9 @@ class CommitStats:
     bytes_written: int = 0
 
 
-CommitListener = Callable[[int, int], None]
-"""Called on the loop thread with (first, last) positions of each durable batch."""
+CommitListener = Callable[[int, int, "list[PendingAppend]", int], None]
+"""Called on the loop thread for each durable batch with events: (first position, last
+position, the event appends in position order, recorded_at in microseconds)."""
 
 
 class CommitLoop:
@@ -188,15 +204,18 @@ class CommitLoop:
         """Check versions in queue order and lay out accepted appends (commit task only)."""
         index = self._index
         window = self._window
-        write_pos = pos = index.next_position
-        now_us = time.time_ns() // 1000
+        first_pos = pos = index.next_position
         outcomes: list[tuple[PendingAppend, Outcome]] = []
-        accepted: list[tuple[PendingAppend, int, int, int]] = []  # item, pos, version, rel offset
+        accepted: list[tuple[PendingAppend, int, int]] = []  # item, position, version
         touched: dict[str, int] = {}
-        parts: list[bytes] = []
-        rel = 0
+        nbytes = 0
         for item in items:
             if item.future.done():  # producer cancelled before its batch: drop it
+                continue
+            if item.checkpoint >= 0:
+                accepted.append((item, pos, item.checkpoint))
+                outcomes.append((item, AppendResult(item.checkpoint, -1)))
+                nbytes += item.size
                 continue
             stream = item.stream
             last = touched.get(stream)
@@ -221,30 +240,47 @@ class CommitLoop:
                 continue
             version = last + 1
             touched[stream] = last + item.count
-            frame = pack_frame(
-                item.stream_b, item.count, pos, version, now_us, write_pos, item.entries
-            )
-            parts += frame
-            accepted.append((item, pos, version, rel))
+            accepted.append((item, pos, version))
             result = AppendResult(pos + item.count - 1, version + item.count - 1)
             outcomes.append((item, result))
             if self._options.idempotency_window:
                 window[stream, item.ids[0]] = (item.ids, result)
             pos += item.count
-            rel += item.size
+            nbytes += item.size
         if not accepted:
-            return _Batch(outcomes, None, b"", -1, -1)
+            return _Batch(outcomes, None, b"", -1, -1, [], 0)
+        plan = self._log.reserve(nbytes, first_pos)
+        now_us = time.time_ns() // 1000
+        parts: list[bytes] = []
+        off = plan.offset
+        for item, first, version in accepted:
+            if item.checkpoint >= 0:
+                parts += pack_frame(
+                    item.stream_b,
+                    0,
+                    first,
+                    version,
+                    now_us,
+                    plan.offset,
+                    b"",
+                    FRAME_KIND_CHECKPOINT,
+                )
+            else:
+                parts += pack_frame(
+                    item.stream_b, item.count, first, version, now_us, plan.offset, item.entries
+                )
+                index.add_frame(
+                    plan.ordinal, off, item.size, item.stream, first, version, item.count
+                )
+            off += item.size
         data = b"".join(parts)
-        plan = self._log.reserve(len(data), write_pos)
-        for item, first, version, off in accepted:
-            index.add_frame(
-                plan.ordinal, plan.offset + off, item.size, item.stream, first, version, item.count
-            )
+        assert len(data) == nbytes
         excess = len(window) - self._options.idempotency_window
         if excess > 0:
             for key in list(islice(window, excess)):
                 del window[key]
-        return _Batch(outcomes, plan, data, write_pos, pos - 1)
+        events = [item for item, _, _ in accepted if item.checkpoint < 0]
+        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us)
 
     @staticmethod
     def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:
@@ -256,12 +292,12 @@ class CommitLoop:
 
     def _complete(self, batch: _Batch) -> None:
         """The batch is durable: publish it and resolve its producers (commit task only)."""
-        if batch.last >= 0:
+        if batch.last >= batch.first >= 0:
             self._index.head = batch.last
             st = self.stats
             st.events += batch.last - batch.first + 1
             for listener in self.listeners:
-                listener(batch.first, batch.last)
+                listener(batch.first, batch.last, batch.appends, batch.recorded_us)
         self.stats.appends += len(batch.outcomes)
         for item, outcome in batch.outcomes:
             fut = item.future
@@ -307,5 +343,7 @@ class _Batch:
     outcomes: list[tuple[PendingAppend, Outcome]]
     plan: WritePlan | None
     data: bytes
-    first: int
+    first: int  # position of the batch's first event (-1: no events)
     last: int
+    appends: list[PendingAppend]  # the event appends written, in position order
+    recorded_us: int

@@ -28,10 +28,14 @@ FRAME_MAGIC: Final = b"\xc1AEF"  # 0xc1 is the one byte msgpack never emits
 FRAME_HEADER: Final = struct.Struct("<4sII")
 FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 12
 # kind B | flags B | stream length H | event count I | first position Q | first version Q |
-# recorded_at (microseconds since the Unix epoch, UTC) q | first position of its write Q
+# recorded_at (microseconds since the Unix epoch, UTC) q | write offset Q (the byte offset in this
+# segment at which the write, i.e. the commit batch, holding this frame begins)
 BODY_HEAD: Final = struct.Struct("<BBHIQQqQ")
 BODY_HEAD_SIZE: Final = BODY_HEAD.size  # 40
 FRAME_KIND_EVENTS: Final = 1
+FRAME_KIND_CHECKPOINT: Final = 2
+"""A named consumer's acknowledged position. No events; the stream-name field holds the
+consumer's name and the first-version field the acknowledged position."""
 MAX_FRAME_BODY: Final = (1 << 31) - 1
 
 # --- event entry inside a frame body ----------------------------------------------------------
@@ -101,7 +105,8 @@ class FrameInfo(NamedTuple):
     first_position: int
     first_version: int
     recorded_at_us: int
-    write_position: int  # first position of the write (commit batch) this frame was part of
+    write_offset: int  # byte offset in its segment where this frame's write (batch) begins
+    kind: int = FRAME_KIND_EVENTS
 
 
 def pack_frame(
@@ -110,19 +115,24 @@ def pack_frame(
     first_position: int,
     first_version: int,
     recorded_us: int,
-    write_position: int,
+    write_offset: int,
     entries: bytes,
+    kind: int = FRAME_KIND_EVENTS,
 ) -> list[bytes]:
-    """The parts of one frame, in order; joined they are the frame's bytes."""
+    """The parts of one frame, in order; joined they are the frame's bytes.
+
+    For a checkpoint frame pass ``kind=FRAME_KIND_CHECKPOINT``, ``count=0``, the consumer name
+    as ``stream_b``, the acknowledged position as ``first_version`` and no entries.
+    """
     head = BODY_HEAD.pack(
-        FRAME_KIND_EVENTS,
+        kind,
         0,
         len(stream_b),
         count,
         first_position,
         first_version,
         recorded_us,
-        write_position,
+        write_offset,
     )
     body_len = BODY_HEAD_SIZE + len(stream_b) + len(entries)
     len_b = body_len.to_bytes(4, "little")
@@ -157,13 +167,17 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
     actual = crc32c(buf[body_start : body_start + body_len], crc32c(buf[off + 4 : off + 8]))
     if actual != crc:
         raise FrameError(f"frame checksum mismatch (stored {crc:#010x}, computed {actual:#010x})")
-    kind, _flags, slen, count, first_pos, first_ver, rec_us, wpos = BODY_HEAD.unpack_from(
+    kind, _flags, slen, count, first_pos, first_ver, rec_us, woff = BODY_HEAD.unpack_from(
         buf, body_start
     )
-    if kind != FRAME_KIND_EVENTS:
+    if kind == FRAME_KIND_EVENTS:
+        if count == 0 or BODY_HEAD_SIZE + slen > body_len:
+            raise FrameError("frame header fields out of range")
+    elif kind == FRAME_KIND_CHECKPOINT:
+        if count != 0 or BODY_HEAD_SIZE + slen != body_len:
+            raise FrameError("checkpoint frame fields out of range")
+    else:
         raise FrameError(f"unknown frame kind {kind}")
-    if count == 0 or BODY_HEAD_SIZE + slen > body_len or wpos > first_pos:
-        raise FrameError("frame header fields out of range")
     s0 = body_start + BODY_HEAD_SIZE
     try:
         stream = bytes(buf[s0 : s0 + slen]).decode("utf-8")
@@ -178,5 +192,6 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
         first_pos,
         first_ver,
         rec_us,
-        wpos,
+        woff,
+        kind,
     )

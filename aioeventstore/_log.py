@@ -4,9 +4,10 @@ Recovery rules (FORMAT.md, "Recovery"):
 
 * Every segment but the last must be whole: any bad frame in it is corruption.
 * In the last segment, scanning stops at the first frame that is incomplete or fails its
-  checks. If no frame from a *later write* (a frame whose write position lies past the bad
-  frame's expected position) follows it, the damage is a torn tail: it is cut, and the cut is
-  synced. Otherwise good data follows bad data, which no crash can produce: ``CorruptLog``.
+  checks. If no well-formed frame from a *later write* follows it (every frame records the byte
+  offset where its write began; a later write began after the bad frame's offset), the damage
+  lies inside the last write: a torn tail. It is cut, and the cut is synced. Otherwise good data
+  follows bad data, which no crash can produce: ``CorruptLog``.
 * A last segment whose header never became durable (and holds no frame) is removed.
 
 Threads: ``recover`` runs once, before the commit loop starts. ``reserve`` runs on the commit
@@ -124,7 +125,7 @@ class Log:
             )
             if reason is None:
                 continue
-            if not last or self._holds_frames(seg, end + 1, position):
+            if not last or self._holds_frames(seg, end + 1, end):
                 raise CorruptLog(path, end, reason)
             size = seg.file.size()
             log.warning(
@@ -142,11 +143,9 @@ class Log:
             return Recovery(len(self.segments), position)
         return Recovery(len(self.segments), position, *cut)
 
-    def _holds_frames(self, seg: Segment, start: int, expected: int) -> bool:
-        """Whether a frame from a write after ``expected`` lies at or after byte ``start``.
-
-        With ``expected == -1`` any well-formed frame counts.
-        """
+    def _holds_frames(self, seg: Segment, start: int, bad_offset: int) -> bool:
+        """Whether a well-formed frame from a write that began after byte ``bad_offset`` lies
+        at or after byte ``start``. With ``bad_offset == -1`` any well-formed frame counts."""
         size = seg.file.size()
         if start >= size:
             return False
@@ -158,7 +157,7 @@ class Log:
             except FrameError:
                 pass
             else:
-                if info.write_position > expected:
+                if info.write_offset > bad_offset:
                     return True
             i = data.find(FRAME_MAGIC, i + 1)
         return False

@@ -21,7 +21,13 @@ from typing import Any, Unpack
 
 from ._codec import decode_frame_events, encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
-from ._format import MAX_STREAM_NAME_BYTES, FrameError, FrameInfo, check_frame
+from ._format import (
+    FRAME_KIND_CHECKPOINT,
+    MAX_STREAM_NAME_BYTES,
+    FrameError,
+    FrameInfo,
+    check_frame,
+)
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import FrameRef, Index
 from ._log import LOCK_NAME, Log, Recovery
@@ -102,6 +108,7 @@ class EventStore:
         self._readers: ThreadPoolExecutor | None = None
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
+        self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
         self.recovery: Recovery | None = None
         """What opening found (None before open): segments, end position, any torn tail cut."""
 
@@ -157,6 +164,9 @@ class EventStore:
 
         def sink(ordinal: int, seg: Segment) -> FrameSink:
             def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
+                if info.kind == FRAME_KIND_CHECKPOINT:
+                    self._checkpoints[info.stream] = info.first_version
+                    return
                 if info.first_version != index.last_version(info.stream) + 1:
                     raise CorruptLog(
                         seg.path,

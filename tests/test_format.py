@@ -38,7 +38,7 @@ async def test_worked_example_reads_back_as_documented(store_path: Path) -> None
         assert rec.type == "Deposited"
         assert rec.data == Deposited(account="42", amount=10)
         assert rec.metadata == {"c": "x"}
-        assert rec.recorded_at == datetime(2026, 11, 27, 11, 20, 58, 816215, tzinfo=UTC)
+        assert rec.recorded_at == datetime(2026, 11, 27, 11, 25, 28, 98949, tzinfo=UTC)
         # and the store appends after it
         r = await store.append("acc-42", Deposited(account="42", amount=1), expected_version=0)
         assert (r.position, r.version) == (1, 1)
