@@ -16,23 +16,27 @@ from .errors import (
 )
 from .events import (
     ANY,
+    END,
     NO_STREAM,
     STREAM_EXISTS,
     AppendResult,
     Event,
+    EventFilter,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StartAt,
     StreamState,
     event_types,
 )
 from .options import Durability, OptionOverrides, StoreOptions
-from .store import EventStore, StoreStatistics
+from .store import EventStore, StoreStatistics, Subscription
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ANY",
+    "END",
     "NO_STREAM",
     "STREAM_EXISTS",
     "AppendResult",
@@ -41,6 +45,7 @@ __all__ = [
     "Durability",
     "Event",
     "EventDecodeError",
+    "EventFilter",
     "EventStore",
     "EventStoreError",
     "EventTooLarge",
@@ -48,12 +53,14 @@ __all__ = [
     "NewEvent",
     "OptionOverrides",
     "RecordedEvent",
+    "StartAt",
     "StoreClosed",
     "StoreFailed",
     "StoreLocked",
     "StoreOptions",
     "StoreStatistics",
     "StreamState",
+    "Subscription",
     "WrongExpectedVersion",
     "__version__",
     "event_types",

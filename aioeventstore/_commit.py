@@ -58,8 +58,10 @@ class PendingAppend:
         "count",
         "entries",
         "expected",
+        "first_version",
         "future",
         "ids",
+        "metas",
         "size",
         "source",
         "stream",
@@ -75,6 +77,7 @@ class PendingAppend:
         entries: bytes,
         future: asyncio.Future[AppendResult | Recheck],
         source: Sequence[Event | NewEvent] = (),
+        metas: tuple[bytes, ...] | None = None,
         checkpoint: int = -1,
     ) -> None:
         self.stream = stream
@@ -86,6 +89,8 @@ class PendingAppend:
         self.size = FRAME_OVERHEAD + len(stream_b) + len(entries)
         self.future = future
         self.source = source  # the caller's events, for the live fan-out
+        self.metas = metas  # their packed metadata, or None when none has any
+        self.first_version = -1  # set when the commit loop accepts the append
         self.checkpoint = checkpoint  # >= 0: a named consumer's acknowledged position
 
 
@@ -238,7 +243,7 @@ class CommitLoop:
             if not ok:
                 outcomes.append((item, self._mismatch(item, last)))
                 continue
-            version = last + 1
+            version = item.first_version = last + 1
             touched[stream] = last + item.count
             accepted.append((item, pos, version))
             result = AppendResult(pos + item.count - 1, version + item.count - 1)

@@ -75,6 +75,13 @@ class Index:
             return -1
         return bisect_right(positions, self.head) - 1
 
+    def committed_version_after(self, stream: str, position: int) -> int:
+        """The first version of ``stream`` whose position is past ``position``."""
+        positions = self._streams.get(stream)
+        if positions is None:
+            return 0
+        return bisect_right(positions, position)
+
     def position_of(self, stream: str, version: int) -> int:
         """Position of a (planned) stream version; the caller checks the range."""
         return self._streams[stream][version]

@@ -17,34 +17,37 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Unpack
+from typing import Unpack
+from weakref import WeakSet
 
-from ._codec import decode_frame_events, encode_events, frame_event_ids
+from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
 from ._format import (
     FRAME_KIND_CHECKPOINT,
     MAX_STREAM_NAME_BYTES,
-    FrameError,
     FrameInfo,
-    check_frame,
 )
 from ._fs import FileSystem, Lock, OsFileSystem
-from ._index import FrameRef, Index
+from ._index import Index
 from ._log import LOCK_NAME, Log, Recovery
+from ._reader import Reader
 from ._segment import FrameSink, Segment
+from ._subscriptions import LiveHub, Subscription
 from .errors import CorruptLog, StoreClosed, StoreLocked, WrongExpectedVersion
 from .events import (
     ANY,
     AppendResult,
     Event,
+    EventFilter,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StartAt,
     StreamState,
 )
 from .options import OptionOverrides, StoreOptions
 
-__all__ = ["EventStore", "StoreStatistics"]
+__all__ = ["EventStore", "StoreStatistics", "Subscription"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,9 @@ class EventStore:
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
+        self._reader = Reader(self._log, self._index, self._options.read_chunk_bytes)
+        self._hub = LiveHub()
+        self._subscriptions: WeakSet[Subscription] = WeakSet()
         self.recovery: Recovery | None = None
         """What opening found (None before open): segments, end position, any torn tail cut."""
 
@@ -144,6 +150,8 @@ class EventStore:
             await loop.run_in_executor(None, self._release_blocking)
             raise
         self._commit = CommitLoop(self._log, self._index, self._options, self._io, window)
+        self._commit.listeners.append(self._hub.publish)
+        self._reader.executor = self._readers
         self._commit.start()
         self._state = "open"
         return self
@@ -209,7 +217,8 @@ class EventStore:
         """Commit what is queued, sync, stop every task and thread, release the lock.
 
         Idempotent. Appends after close raise :class:`StoreClosed`; reads already running end
-        with it at their next step.
+        with it at their next step. Subscriptions end: their iteration stops (no exception);
+        events they had not delivered yet are not delivered.
         """
         if self._state in ("closed", "new"):
             self._state = "closed"
@@ -222,6 +231,9 @@ class EventStore:
                 if self._commit.failure is None and self._io is not None:
                     await loop.run_in_executor(self._io, self._log.sync)
         finally:
+            for sub in list(self._subscriptions):
+                sub._end()
+            self._reader.executor = None
             for pool in (self._io, self._readers):
                 if pool is not None:
                     await loop.run_in_executor(None, pool.shutdown)
@@ -297,9 +309,13 @@ class EventStore:
         _check_expected(expected_version)
         items = _as_list(stream, events)
         opts = self._options
-        ids, entries = encode_events(stream, items, opts.max_event_bytes, opts.max_append_bytes)
+        ids, entries, metas = encode_events(
+            stream, items, opts.max_event_bytes, opts.max_append_bytes
+        )
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
-        await commit.submit(PendingAppend(stream, stream_b, expected_version, ids, entries, fut))
+        await commit.submit(
+            PendingAppend(stream, stream_b, expected_version, ids, entries, fut, items, metas)
+        )
         outcome = await fut
         if type(outcome) is AppendResult:
             return outcome
@@ -312,16 +328,8 @@ class EventStore:
         """An explicit expected version the stream has moved past: a retry of the same ids
         returns the original result; anything else is a conflict."""
         first, last = outcome.first_version, outcome.first_version + len(ids) - 1
-        stored: list[bytes] = []
-        for ref, ref_first in self._index.stream_frames(stream, first, 1 << 20, False):
-            if len(stored) >= len(ids):
-                break
-            data = await self._run_read(self._log.read, ref.ordinal, ref.offset, ref.length)
-            info = self._check(data, ref)
-            frame_ids = frame_event_ids(data, 0, info)
-            skip = max(0, first - ref_first)
-            stored.extend(frame_ids[skip:])
-        if stored[: len(ids)] == list(ids):
+        stored = await self._reader.stream_ids(stream, first, len(ids))
+        if stored == list(ids):
             return AppendResult(self._index.position_of(stream, last), last)
         raise WrongExpectedVersion(stream, expected, outcome.actual)
 
@@ -344,31 +352,23 @@ class EventStore:
         self._require_open()
         _check_stream(stream)
         _check_limit(limit)
-        index = self._index
         if from_version is None:
-            from_version = index.committed_last_version(stream) if backwards else 0
-        elif (
-            not isinstance(from_version, int) or isinstance(from_version, bool) or from_version < 0
-        ):
-            raise ValueError(f"from_version must be an int >= 0, not {from_version!r}")
+            from_version = self._index.committed_last_version(stream) if backwards else 0
+        else:
+            _check_index("from_version", from_version)
         remaining = limit
         version = from_version
-        chunk = self._options.read_chunk_bytes
         while remaining is None or remaining > 0:
             self._require_open()
-            frames = index.stream_frames(stream, version, chunk, backwards, remaining)
-            if not frames:
+            chunk = await self._reader.stream_chunk(stream, version, backwards, remaining)
+            if chunk is None:
                 return
-            bound = index.position_of(stream, version)
-            lo, hi = (0, bound) if backwards else (bound, index.head)
-            records = await self._run_read(self._decode, [f for f, _ in frames], lo, hi, backwards)
+            records, version = chunk
             if remaining is not None:
                 records = records[:remaining]
                 remaining -= len(records)
             for rec in records:
                 yield rec
-            ref, first = frames[0] if backwards else frames[-1]
-            version = first - 1 if backwards else first + ref.event_count
 
     async def read_all(
         self,
@@ -376,88 +376,109 @@ class EventStore:
         from_position: int | None = None,
         backwards: bool = False,
         limit: int | None = None,
+        filter: EventFilter | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Every durable event of the store in position order (or reverse with ``backwards``).
 
         ``from_position`` is inclusive; it defaults to 0 (forwards) or the head (backwards).
-        Streams from disk in bounded chunks off the event loop; sees only committed events.
+        ``filter`` keeps only matching streams/types (``limit`` counts what passes); events
+        filtered out are never decoded. Streams from disk in bounded chunks off the event loop;
+        sees only committed events.
         """
         self._require_open()
         _check_limit(limit)
-        index = self._index
+        _check_filter(filter)
         if from_position is None:
-            from_position = index.head if backwards else 0
-        elif (
-            not isinstance(from_position, int)
-            or isinstance(from_position, bool)
-            or from_position < 0
-        ):
-            raise ValueError(f"from_position must be an int >= 0, not {from_position!r}")
-        pos = min(from_position, index.head) if backwards else from_position
+            from_position = self._index.head if backwards else 0
+        else:
+            _check_index("from_position", from_position)
+        pos = min(from_position, self._index.head) if backwards else from_position
         remaining = limit
-        chunk = self._options.read_chunk_bytes
         while remaining is None or remaining > 0:
             self._require_open()
-            frames = index.frames_from(pos, chunk, backwards, remaining)
-            if not frames:
+            chunk = await self._reader.all_chunk(
+                pos, backwards, remaining if filter is None else None, filter
+            )
+            if chunk is None:
                 return
-            lo, hi = (0, pos) if backwards else (pos, index.head)
-            records = await self._run_read(self._decode, frames, lo, hi, backwards)
+            records, pos = chunk
             if remaining is not None:
                 records = records[:remaining]
                 remaining -= len(records)
             for rec in records:
                 yield rec
-            pos = (
-                frames[0].first_position - 1
-                if backwards
-                else frames[-1].first_position + frames[-1].event_count
-            )
 
-    async def _run_read(self, fn: Any, *args: Any) -> Any:
-        if self._readers is None:
-            raise StoreClosed(f"store at {self._path} is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+    # --- subscriptions ----------------------------------------------------------------------
+    def subscribe(
+        self,
+        *,
+        from_position: int | StartAt = 0,
+        stream: str | None = None,
+        from_version: int | StartAt = 0,
+        filter: EventFilter | None = None,
+        name: str | None = None,
+        buffer_events: int = 10_000,
+    ) -> Subscription:
+        """A subscription: every event from ``from_position`` on (inclusive), history from
+        disk first, then live events as they become durable, with no gap and no duplicate.
 
-    def _check(self, data: bytes, ref: FrameRef, at: int = 0) -> FrameInfo:
-        try:
-            info = check_frame(data, at, at + ref.length)
-        except FrameError as exc:
-            raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
-        if info.first_position != ref.first_position or info.length != ref.length:
-            raise CorruptLog(
-                self._log.path(ref.ordinal), ref.offset, "frame on disk does not match the index"
-            )
-        return info
+        ``from_position=es.END`` delivers only events committed after the subscription opens.
+        ``stream=`` follows one stream from ``from_version`` (or ``es.END``) instead of the
+        whole store. ``filter`` keeps only matching streams/types (whole-store only).
+        ``name=`` makes a durable consumer: it starts after its last ``ack``-ed position when it
+        has one (``from_position``/``from_version`` only apply to a new name).
+        ``buffer_events`` bounds the live buffer; a consumer that falls further behind is moved
+        back to reading from disk, never dropped, and the writer never waits for it.
 
-    def _decode(
-        self, frames: list[FrameRef], lo: int, hi: int, backwards: bool
-    ) -> list[RecordedEvent]:
-        """Read and decode frames (reader thread). Adjacent frames are read in one pread."""
-        out: list[RecordedEvent] = []
-        i = 0
-        while i < len(frames):
-            j = i + 1
-            while (
-                j < len(frames)
-                and frames[j].ordinal == frames[i].ordinal
-                and frames[j].offset == frames[j - 1].offset + frames[j - 1].length
-            ):
-                j += 1
-            start = frames[i].offset
-            end = frames[j - 1].offset + frames[j - 1].length
-            data = self._log.read(frames[i].ordinal, start, end - start)
-            for ref in frames[i:j]:
-                at = ref.offset - start
-                info = self._check(data, ref, at)
-                try:
-                    out += decode_frame_events(data, at, info, lo, hi)
-                except FrameError as exc:
-                    raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
-            i = j
-        if backwards:
-            out.reverse()
-        return out
+        Use as ``async with store.subscribe(...) as sub: async for rec in sub: ...``.
+        """
+        self._require_open()
+        if stream is not None:
+            _check_stream(stream)
+            if filter is not None:
+                raise ValueError("filter applies to whole-store subscriptions, not stream=")
+        if not isinstance(from_position, StartAt):
+            _check_index("from_position", from_position)
+        if not isinstance(from_version, StartAt):
+            _check_index("from_version", from_version)
+        _check_filter(filter)
+        if name is not None:
+            _check_consumer_name(name)
+        if not isinstance(buffer_events, int) or buffer_events < 1:
+            raise ValueError(f"buffer_events must be an int >= 1, not {buffer_events!r}")
+        sub = Subscription(
+            index=self._index,
+            reader=self._reader,
+            hub=self._hub,
+            checkpoints=self,
+            on_close=self._subscriptions.discard,
+            from_position=from_position,
+            stream=stream,
+            from_version=from_version,
+            filter=filter,
+            name=name,
+            buffer_events=buffer_events,
+        )
+        self._subscriptions.add(sub)
+        return sub
+
+    def checkpoint(self, name: str) -> int | None:
+        """The last position acknowledged by the named consumer, or None if it has none."""
+        return self._checkpoints.get(name)
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        """Durably record a named consumer's position (what ``Subscription.ack`` calls).
+
+        Goes through the group commit as a checkpoint frame: cheap, durable on return, never
+        seen by reads. A lower position than the saved one is ignored.
+        """
+        commit = self._require_open()
+        name_b = _check_consumer_name(name)
+        fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
+        await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
+        await fut
+        if position > self._checkpoints.get(name, -1):
+            self._checkpoints[name] = position
 
 
 def _check_stream(stream: object) -> bytes:
@@ -494,6 +515,25 @@ def _check_expected(expected: object) -> None:
             f"expected_version must be >= 0 (the version of the stream's last event), not "
             f"{expected}; use es.NO_STREAM for a stream that must not exist"
         )
+
+
+def _check_index(what: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{what} must be an int >= 0, not {value!r}")
+
+
+def _check_filter(filt: object) -> None:
+    if filt is not None and not isinstance(filt, EventFilter):
+        raise TypeError(f"filter must be an es.EventFilter or None, not {type(filt).__name__}")
+
+
+def _check_consumer_name(name: object) -> bytes:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a consumer name must be a non-empty str, not {name!r}")
+    b = name.encode("utf-8", "surrogatepass")
+    if len(b) > MAX_STREAM_NAME_BYTES:
+        raise ValueError(f"consumer name {name[:64]!r}... is over {MAX_STREAM_NAME_BYTES} bytes")
+    return b
 
 
 def _check_limit(limit: object) -> None:

@@ -1,0 +1,135 @@
+"""Reading committed events: index lookups on the loop thread, pread + decode off it.
+
+The index is only touched on the event loop thread (see ``_index.py``); the frame list it yields
+is handed to a reader thread, which reads adjacent frames with one ``pread``, checks each frame's
+CRC again (so damage that happens after open is reported, never returned), and decodes only the
+events in range and through the filter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from ._codec import decode_frame_events, frame_event_ids
+from ._format import FrameError, FrameInfo, check_frame
+from ._index import FrameRef, Index
+from ._log import Log
+from .errors import CorruptLog, StoreClosed
+from .events import EventFilter, RecordedEvent
+
+T = TypeVar("T")
+
+
+class Reader:
+    """Chunked reads of committed events for ``read_all``, ``read_stream`` and subscriptions."""
+
+    def __init__(self, log: Log, index: Index, chunk_bytes: int) -> None:
+        self._log = log
+        self._index = index
+        self._chunk = chunk_bytes
+        self.executor: Executor | None = None  # set while the store is open
+
+    async def all_chunk(
+        self, pos: int, backwards: bool, max_events: int | None, filt: EventFilter | None
+    ) -> tuple[list[RecordedEvent], int] | None:
+        """Committed events from ``pos`` on (or back), and the position to continue from.
+
+        None when there is nothing at ``pos`` (past the head, or before 0). With a filter the
+        list may be empty while the returned position still moves on.
+        """
+        index = self._index
+        frames = index.frames_from(pos, self._chunk, backwards, max_events)
+        if not frames:
+            return None
+        lo, hi = (0, pos) if backwards else (pos, index.head)
+        records = await self._run(frames, lo, hi, backwards, filt)
+        if backwards:
+            return records, frames[0].first_position - 1
+        last = frames[-1]
+        return records, last.first_position + last.event_count
+
+    async def stream_chunk(
+        self, stream: str, version: int, backwards: bool, max_events: int | None
+    ) -> tuple[list[RecordedEvent], int] | None:
+        """Committed events of ``stream`` from ``version`` on (or back), and the version to
+        continue from; None when the stream has no committed event at ``version``."""
+        index = self._index
+        frames = index.stream_frames(stream, version, self._chunk, backwards, max_events)
+        if not frames:
+            return None
+        bound = index.position_of(stream, version)
+        lo, hi = (0, bound) if backwards else (bound, index.head)
+        records = await self._run([f for f, _ in frames], lo, hi, backwards, None)
+        ref, first = frames[0] if backwards else frames[-1]
+        return records, (first - 1 if backwards else first + ref.event_count)
+
+    async def stream_ids(self, stream: str, first: int, count: int) -> list[bytes]:
+        """The 16-byte ids of a stream's committed versions ``first`` .. ``first+count-1``
+        (fewer if the stream is shorter)."""
+        ids: list[bytes] = []
+        for ref, ref_first in self._index.stream_frames(stream, first, 1 << 20, False, count):
+            data = await self._run_blocking(self._log.read, ref.ordinal, ref.offset, ref.length)
+            info = self._check(data, ref, 0)
+            ids += frame_event_ids(data, 0, info)[max(0, first - ref_first) :]
+        return ids[:count]
+
+    async def _run(
+        self, frames: list[FrameRef], lo: int, hi: int, backwards: bool, filt: EventFilter | None
+    ) -> list[RecordedEvent]:
+        return await self._run_blocking(self._decode, frames, lo, hi, backwards, filt)
+
+    async def _run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.executor is None:
+            raise StoreClosed("the store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _check(self, data: bytes, ref: FrameRef, at: int) -> FrameInfo:
+        try:
+            info = check_frame(data, at, at + ref.length)
+        except FrameError as exc:
+            raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
+        if info.first_position != ref.first_position or info.length != ref.length:
+            raise CorruptLog(
+                self._log.path(ref.ordinal), ref.offset, "frame on disk does not match the index"
+            )
+        return info
+
+    def _decode(
+        self,
+        frames: list[FrameRef],
+        lo: int,
+        hi: int,
+        backwards: bool,
+        filt: EventFilter | None,
+    ) -> list[RecordedEvent]:
+        """Read and decode frames (reader thread). Adjacent frames are read in one pread."""
+        out: list[RecordedEvent] = []
+        types = filt.type_names if filt is not None and filt.event_types else None
+        i = 0
+        while i < len(frames):
+            j = i + 1
+            while (
+                j < len(frames)
+                and frames[j].ordinal == frames[i].ordinal
+                and frames[j].offset == frames[j - 1].offset + frames[j - 1].length
+            ):
+                j += 1
+            start = frames[i].offset
+            end = frames[j - 1].offset + frames[j - 1].length
+            data = self._log.read(frames[i].ordinal, start, end - start)
+            for ref in frames[i:j]:
+                at = ref.offset - start
+                info = self._check(data, ref, at)
+                if filt is not None and not filt.matches_stream(info.stream):
+                    continue
+                try:
+                    decode_frame_events(data, at, info, lo, hi, types, out)
+                except FrameError as exc:
+                    raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
+            i = j
+        if backwards:
+            out.reverse()
+        return out

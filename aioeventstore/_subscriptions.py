@@ -1,0 +1,385 @@
+"""Subscriptions: history from disk, then the live fan-out, with no gap and no duplicate.
+
+A subscription has a cursor: the next position (whole-store subscriptions) or the next version
+(stream subscriptions) it has not yet examined. It reads history from disk in chunks until the
+cursor passes what is committed; then, in the same synchronous step (no ``await`` in between,
+so no batch can be published in between), it registers with the :class:`LiveHub`. The hub is
+called by the commit loop after each batch is durable and pushes that batch's events to every
+live subscription. Nothing is ever delivered before it is durable.
+
+Each live subscription has a bounded buffer. The hub never waits: when a push would overflow
+the buffer, the subscription leaves the hub, keeps what it had buffered (which is contiguous
+with its cursor), and once that is delivered reads the rest from disk and rejoins live later.
+So a slow consumer never slows the writer, is never dropped, and never sees a gap.
+
+Threads: everything here runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+from ._codec import fast_uuid, recorded_at, unpack_metadata
+from ._index import Index
+from ._reader import Reader
+from .errors import StoreClosed
+from .events import END, Event, EventFilter, RecordedEvent, StartAt
+
+if TYPE_CHECKING:
+    from ._commit import PendingAppend
+
+_new_tuple = tuple.__new__
+
+
+def build_records(item: PendingAppend, first_position: int, when: datetime) -> list[RecordedEvent]:
+    """The RecordedEvents of one committed append, from what its producer queued."""
+    out = []
+    metas = item.metas
+    version = item.first_version
+    for k, src in enumerate(item.source):
+        event = src if isinstance(src, Event) else src.event
+        meta = unpack_metadata(metas[k]) if metas is not None else {}
+        out.append(
+            _new_tuple(
+                RecordedEvent,
+                (
+                    item.stream,
+                    version + k,
+                    first_position + k,
+                    fast_uuid(item.ids[k]),
+                    event.__event_type__,
+                    event,
+                    meta,
+                    when,
+                ),
+            )
+        )
+    return out
+
+
+class LiveHub:
+    """Fan-out of durable batches to live subscriptions (event loop thread only)."""
+
+    def __init__(self) -> None:
+        self._all: set[Subscription] = set()
+        self._by_stream: dict[str, set[Subscription]] = {}
+
+    def __len__(self) -> int:
+        return len(self._all) + sum(len(s) for s in self._by_stream.values())
+
+    def add(self, sub: Subscription) -> None:
+        """Start pushing batches to ``sub``."""
+        if sub.stream is None:
+            self._all.add(sub)
+        else:
+            self._by_stream.setdefault(sub.stream, set()).add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        """Stop pushing to ``sub`` (idempotent)."""
+        if sub.stream is None:
+            self._all.discard(sub)
+        else:
+            subs = self._by_stream.get(sub.stream)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_stream[sub.stream]
+
+    def publish(
+        self, first: int, last: int, appends: list[PendingAppend], recorded_us: int
+    ) -> None:
+        """Push a durable batch to every live subscription (the commit loop's listener).
+
+        Records are built once per batch and shared; a stream subscription only gets (and
+        only costs) the appends of its own stream.
+        """
+        if not self._all and not self._by_stream:
+            return
+        when = recorded_at(recorded_us)
+        everything: list[RecordedEvent] = []
+        by_stream = self._by_stream
+        pos = first
+        for item in appends:
+            subs = by_stream.get(item.stream)
+            if subs or self._all:
+                records = build_records(item, pos, when)
+                if subs:
+                    for sub in list(subs):
+                        sub._push(records, records[-1].position)
+                everything += records
+            pos += item.count
+        for sub in list(self._all):
+            sub._push(everything, last)
+
+    def close_all(self) -> None:
+        """End every live subscription (store closing)."""
+        for sub in list(self._all):
+            sub._end()
+        for subs in list(self._by_stream.values()):
+            for sub in list(subs):
+                sub._end()
+
+
+class Checkpointer(Protocol):
+    """What a named subscription needs of the store to save and load its position."""
+
+    def checkpoint(self, name: str) -> int | None: ...
+    def save_checkpoint(self, name: str, position: int) -> Awaitable[None]: ...
+
+
+class Subscription:
+    """An async iterator of RecordedEvent: history first, then live events, never a gap.
+
+    Use it as ``async with store.subscribe(...) as sub: async for rec in sub: ...``. Leaving
+    the ``async with``, calling ``aclose()``, or closing the store ends it: iteration then stops
+    (``StopAsyncIteration``), it does not raise. Cancelling the consuming task is harmless.
+
+    * ``await sub.caught_up()`` returns once the subscription has delivered everything that was
+      committed when it switched to live (at once if it already has).
+    * ``sub.lag``: events committed but not yet examined by this subscription (whole-store:
+      positions; stream subscriptions: versions of that stream).
+    * ``await sub.ack(rec)`` (named subscriptions only) durably saves ``rec.position`` so that a
+      subscription with the same name resumes after it, also after a restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        index: Index,
+        reader: Reader,
+        hub: LiveHub,
+        checkpoints: Checkpointer,
+        on_close: Callable[[Subscription], None],
+        from_position: int | StartAt,
+        stream: str | None,
+        from_version: int | StartAt,
+        filter: EventFilter | None,
+        name: str | None,
+        buffer_events: int,
+    ) -> None:
+        self.stream = stream
+        """The stream followed, or None for the whole store."""
+        self.name = name
+        """The durable consumer name, or None."""
+        self.filter = filter
+        self._index = index
+        self._reader = reader
+        self._hub = hub
+        self._checkpoints = checkpoints
+        self._on_close = on_close
+        self._from_position = from_position
+        self._from_version = from_version
+        self._cap = buffer_events
+        self._cursor = 0  # next position (whole store) or version (stream) not yet examined
+        self._cur: list[RecordedEvent] = []
+        self._i = 0
+        self._cur_end = -1  # position (or version) through which _cur covers the log
+        self._through = -1  # position/version through which everything was delivered
+        self._buffer: deque[tuple[list[RecordedEvent], int]] = deque()
+        self._buffered = 0
+        self._live = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._state = "new"  # new → open → closed
+        self._caught_up = asyncio.Event()
+        self._acked = -1
+        self.overflows = 0
+        """How many times the live buffer overflowed and the subscription went back to disk."""
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def __aenter__(self) -> Subscription:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def _open(self) -> None:
+        if self._state != "new":
+            if self._state == "closed":
+                raise StoreClosed("this subscription is closed")
+            return
+        self._state = "open"
+        index = self._index
+        saved = self._checkpoints.checkpoint(self.name) if self.name is not None else None
+        if self.stream is None:
+            if saved is not None:
+                self._cursor = saved + 1
+            elif self._from_position is END:
+                self._cursor = index.head + 1
+            else:
+                assert isinstance(self._from_position, int)
+                self._cursor = self._from_position
+            self._through = self._cursor - 1
+        else:
+            if saved is not None:
+                self._cursor = index.committed_version_after(self.stream, saved)
+            elif self._from_version is END:
+                self._cursor = index.committed_last_version(self.stream) + 1
+            else:
+                assert isinstance(self._from_version, int)
+                self._cursor = self._from_version
+            self._through = self._cursor - 1
+
+    async def aclose(self) -> None:
+        """End the subscription and release what it holds (idempotent)."""
+        self._end()
+
+    def _end(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._hub.remove(self)
+        self._live = False
+        self._buffer.clear()
+        self._buffered = 0
+        self._cur = []
+        self._i = 0
+        self._wake()
+        self._on_close(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription has ended (closed by the caller or by the store)."""
+        return self._state == "closed"
+
+    @property
+    def is_live(self) -> bool:
+        """Whether events currently come from the live fan-out (not from disk)."""
+        return self._live
+
+    @property
+    def lag(self) -> int:
+        """Committed events this subscription has not examined yet (0 when caught up)."""
+        if self.stream is None:
+            head = self._index.head
+        else:
+            head = self._index.committed_last_version(self.stream)
+        return max(0, head - self._through)
+
+    async def caught_up(self) -> None:
+        """Return once everything committed before the switch to live has been delivered."""
+        await self._caught_up.wait()
+
+    async def ack(self, rec: RecordedEvent | int) -> None:
+        """Durably record that everything up to ``rec`` (or a position) was processed.
+
+        A named subscription resumes after the highest acknowledged position when it is opened
+        again, also after a restart. Checkpoints go through the same group commit as appends
+        and are never seen by reads. At-least-once: events after the last ack are delivered
+        again after a restart.
+        """
+        if self.name is None:
+            raise ValueError("ack() needs a named subscription: store.subscribe(name=...)")
+        position = rec if isinstance(rec, int) else rec.position
+        if not isinstance(position, int) or position < 0:
+            raise ValueError(f"ack position must be an int >= 0, not {position!r}")
+        if position <= self._acked:
+            return
+        await self._checkpoints.save_checkpoint(self.name, position)
+        self._acked = max(self._acked, position)
+
+    # --- delivery ---------------------------------------------------------------------------
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> RecordedEvent:
+        if self._state != "open":
+            if self._state == "closed":
+                raise StopAsyncIteration
+            self._open()
+        filt = self.filter
+        is_stream = self.stream is not None
+        while True:
+            cur = self._cur
+            i = self._i
+            if i < len(cur):
+                rec = cur[i]
+                self._i = i + 1
+                if filt is not None and not filt.matches(rec):
+                    continue
+                self._through = rec.version if is_stream else rec.position
+                return rec
+            self._through = max(self._through, self._cur_end)
+            if self._state == "closed":
+                raise StopAsyncIteration
+            if self._buffer:
+                records, end = self._buffer.popleft()
+                self._buffered -= len(records)
+                self._load(records, end)
+                continue
+            if self._live:
+                await self._wait()
+                continue
+            if self._go_live():
+                continue
+            await self._read_history()
+
+    def _load(self, records: list[RecordedEvent], end: int) -> None:
+        """Make ``records`` current; ``end`` is the last position the list covers."""
+        self._cur = records
+        self._i = 0
+        if self.stream is None:
+            self._cur_end = end
+            self._cursor = end + 1
+        elif records:
+            self._cur_end = records[-1].version
+            self._cursor = self._cur_end + 1
+
+    async def _read_history(self) -> None:
+        if self.stream is None:
+            chunk = await self._reader.all_chunk(self._cursor, False, None, self.filter)
+        else:
+            chunk = await self._reader.stream_chunk(self.stream, self._cursor, False, None)
+        if self._state == "closed" or chunk is None:
+            return
+        records, nxt = chunk
+        self._load(records, nxt - 1)
+        if self.stream is not None:
+            self._cur_end = nxt - 1
+            self._cursor = nxt
+
+    def _go_live(self) -> bool:
+        """Register with the hub if history is exhausted. Synchronous on purpose: no batch
+        can be published between the check and the registration."""
+        index = self._index
+        if self.stream is None:
+            if self._cursor <= index.head:
+                return False
+        elif self._cursor <= index.committed_last_version(self.stream):
+            return False
+        self._live = True
+        self._hub.add(self)
+        self._caught_up.set()
+        return True
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _push(self, records: list[RecordedEvent], end: int) -> None:
+        """A durable batch from the hub (synchronous; never waits)."""
+        if not self._live:
+            return
+        if self._buffered + len(records) > self._cap and self._buffer:
+            self._live = False  # too slow: deliver what is buffered, then read from disk
+            self._hub.remove(self)
+            self.overflows += 1
+        else:
+            self._buffer.append((records, end))
+            self._buffered += len(records)
+        self._wake()
