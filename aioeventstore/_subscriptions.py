@@ -140,7 +140,7 @@ class Subscription:
     (``StopAsyncIteration``), it does not raise. Cancelling the consuming task is harmless.
 
     * ``await sub.caught_up()`` returns once the subscription has delivered everything that was
-      committed when it switched to live (at once if it already has).
+      committed at that moment (at once if it already has).
     * ``sub.lag``: events committed but not yet examined by this subscription (whole-store:
       positions; stream subscriptions: versions of that stream).
     * ``await sub.ack(rec)`` (named subscriptions only) durably saves ``rec.position`` so that a
@@ -176,6 +176,7 @@ class Subscription:
         self._from_version = from_version
         self._cap = buffer_events
         self._cursor = 0  # next position (whole store) or version (stream) not yet examined
+        self._start = 0
         self._cur: list[RecordedEvent] = []
         self._i = 0
         self._cur_end = -1  # position (or version) through which _cur covers the log
@@ -186,6 +187,7 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._state = "new"  # new → open → closed
         self._caught_up = asyncio.Event()
+        self._reached_head = False
         self._acked = -1
         self.overflows = 0
         """How many times the live buffer overflowed and the subscription went back to disk."""
@@ -226,6 +228,8 @@ class Subscription:
                 assert isinstance(self._from_version, int)
                 self._cursor = self._from_version
             self._through = self._cursor - 1
+        self._start = self._cursor  # a start past the head skips live events before it
+        self._go_live()  # with no history to read, it is live (and caught up) from the start
 
     async def aclose(self) -> None:
         """End the subscription and release what it holds (idempotent)."""
@@ -257,14 +261,12 @@ class Subscription:
     @property
     def lag(self) -> int:
         """Committed events this subscription has not examined yet (0 when caught up)."""
-        if self.stream is None:
-            head = self._index.head
-        else:
-            head = self._index.committed_last_version(self.stream)
-        return max(0, head - self._through)
+        return max(0, self._head() - self._through)
 
     async def caught_up(self) -> None:
-        """Return once everything committed before the switch to live has been delivered."""
+        """Return once the subscription has delivered everything committed at that moment
+        (its first ``lag == 0``): right after the last historical event was handed out, or when
+        it switched to live. Returns at once if that already happened."""
         await self._caught_up.wait()
 
     async def ack(self, rec: RecordedEvent | int) -> None:
@@ -304,7 +306,9 @@ class Subscription:
                 self._i = i + 1
                 if filt is not None and not filt.matches(rec):
                     continue
-                self._through = rec.version if is_stream else rec.position
+                self._through = through = rec.version if is_stream else rec.position
+                if not self._reached_head and through >= self._head():
+                    self._mark_caught_up()
                 return rec
             self._through = max(self._through, self._cur_end)
             if self._state == "closed":
@@ -323,6 +327,8 @@ class Subscription:
 
     def _load(self, records: list[RecordedEvent], end: int) -> None:
         """Make ``records`` current; ``end`` is the last position the list covers."""
+        if records and self._key(records[0]) < self._start:
+            records = [r for r in records if self._key(r) >= self._start]
         self._cur = records
         self._i = 0
         if self.stream is None:
@@ -345,6 +351,9 @@ class Subscription:
             self._cur_end = nxt - 1
             self._cursor = nxt
 
+    def _key(self, rec: RecordedEvent) -> int:
+        return rec.position if self.stream is None else rec.version
+
     def _go_live(self) -> bool:
         """Register with the hub if history is exhausted. Synchronous on purpose: no batch
         can be published between the check and the registration."""
@@ -356,8 +365,17 @@ class Subscription:
             return False
         self._live = True
         self._hub.add(self)
-        self._caught_up.set()
+        self._mark_caught_up()
         return True
+
+    def _head(self) -> int:
+        if self.stream is None:
+            return self._index.head
+        return self._index.committed_last_version(self.stream)
+
+    def _mark_caught_up(self) -> None:
+        self._reached_head = True
+        self._caught_up.set()
 
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()

@@ -1,0 +1,335 @@
+"""Subscriptions: catch-up then live with no gap or duplicate, filters, slow consumers,
+durable named consumers, lag, and lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import aioeventstore as es
+from aioeventstore import events as events_module
+from tests.helpers import Deposited, Note, Withdrawn
+
+
+async def fill(store: es.EventStore, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        await store.append(f"s{i % 3}", Note(text=str(i)))
+
+
+async def take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
+    out = []
+    async for rec in sub:
+        out.append(rec)
+        if len(out) == n:
+            break
+    return out
+
+
+async def test_replays_history_then_goes_live(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 50)
+        async with store.subscribe() as sub:
+            first = await take(sub, 50)
+            assert [r.position for r in first] == list(range(50))
+            assert not sub.is_live
+
+            async def writer() -> None:
+                await sub.caught_up()
+                await fill(store, 50, start=50)
+
+            task = asyncio.create_task(writer())
+            rest = await take(sub, 50)
+            await task
+            assert [r.position for r in rest] == list(range(50, 100))
+            assert sub.is_live and sub.lag == 0
+            assert isinstance(rest[0].data, Note) and rest[0].data.text == "50"
+        # live events equal what a replay reads back
+        replayed = [r async for r in store.read_all(from_position=50)]
+        assert [(r.position, r.id, r.stream, r.version, r.data) for r in replayed] == [
+            (r.position, r.id, r.stream, r.version, r.data) for r in rest
+        ]
+
+
+async def test_start_points(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 30)
+        async with store.subscribe(from_position=25) as sub:
+            assert [r.position for r in await take(sub, 5)] == [25, 26, 27, 28, 29]
+        async with store.subscribe(from_position=es.END) as sub:
+            await sub.caught_up()
+            assert sub.lag == 0
+            await fill(store, 2, start=30)
+            assert [r.position for r in await take(sub, 2)] == [30, 31]
+        async with store.subscribe(stream="s1", from_version=3) as sub:
+            recs = await take(sub, 5)
+            assert [r.version for r in recs] == [3, 4, 5, 6, 7]
+            assert all(r.stream == "s1" for r in recs)
+        async with store.subscribe(stream="s2", from_version=es.END) as sub:
+            await sub.caught_up()
+            await store.append("s1", Note(text="other"))
+            await store.append("s2", Note(text="mine"))
+            (rec,) = await take(sub, 1)
+            assert rec.stream == "s2" and isinstance(rec.data, Note) and rec.data.text == "mine"
+        async with store.subscribe(stream="new-stream") as sub:
+            await sub.caught_up()
+            await store.append("new-stream", [Note(text="a"), Note(text="b")])
+            assert [r.version for r in await take(sub, 2)] == [0, 1]
+
+
+async def test_filters_agree_between_read_all_and_subscribe(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        for i in range(60):
+            ev: es.Event = (
+                Deposited(account=str(i), amount=i)
+                if i % 2
+                else Withdrawn(account=str(i), amount=i)
+            )
+            await store.append(f"{'order' if i % 3 else 'user'}-{i % 5}", ev)
+        filt = es.EventFilter(stream_prefixes=["order-"], event_types=[Deposited])
+        read = [r.position async for r in store.read_all(filter=filt)]
+        assert read and all(p % 2 == 1 and p % 3 != 0 for p in read)
+        assert len(read) == sum(1 for i in range(60) if i % 2 and i % 3)
+        async with store.subscribe(filter=filt) as sub:
+            got = await take(sub, len(read))
+            assert [r.position for r in got] == read
+            await store.append("user-9", Deposited(account="x", amount=1))  # filtered out
+            await store.append("order-9", Withdrawn(account="x", amount=1))  # filtered out
+            await store.append("order-9", Deposited(account="x", amount=2))
+            (live,) = await take(sub, 1)
+            assert live.position == 62
+            assert sub.lag == 0  # filtered-out events count as examined
+        assert [r.position async for r in store.read_all(filter=filt, limit=3)] == read[:3]
+        by_type = es.EventFilter(event_types=["tests.withdrawn.v1"])
+        types = {r.type async for r in store.read_all(filter=by_type)}
+        assert types == {"tests.withdrawn.v1"}
+
+
+async def test_filtered_catch_up_does_not_decode_what_it_throws_away(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Incompatible(es.Event):
+        __event_type__ = "tests.incompatible"
+        required_field: str
+
+    async with es.EventStore(store_path) as store:
+        await store.append("a", Deposited(account="1", amount=1))
+        await store.append("b", Note(text="x"))
+        # Stored Deposited/Note data can no longer be decoded as these classes:
+        monkeypatch.setitem(events_module._registry, "Deposited", Incompatible)
+        with pytest.raises(es.EventDecodeError):
+            _ = [r async for r in store.read_all()]
+        only_notes = es.EventFilter(event_types=["Note"])
+        assert [r.position async for r in store.read_all(filter=only_notes)] == [1]
+        not_a = es.EventFilter(stream_prefixes=["b"])
+        async with store.subscribe(filter=not_a) as sub:
+            assert [r.position for r in await take(sub, 1)] == [1]
+
+
+async def test_slow_consumer_is_never_dropped_and_never_slows_the_writer(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        release = asyncio.Event()
+        async with store.subscribe(buffer_events=64) as sub:
+            await sub.caught_up()
+            positions: list[int] = []
+
+            async def consumer() -> None:
+                async for rec in sub:
+                    positions.append(rec.position)
+                    if len(positions) == 1:
+                        await release.wait()  # stuck until every writer has finished
+                    elif len(positions) % 100 == 0:
+                        await asyncio.sleep(0.001)  # and slow afterwards
+                    if rec.position == 3999:
+                        return
+
+            reading = asyncio.create_task(consumer())
+
+            async def writer(w: int) -> None:
+                for i in range(200):
+                    await store.append(f"w{w}", Note(text=f"{w}-{i}"))
+
+            await asyncio.gather(*(writer(w) for w in range(20)))  # completes while stuck
+            assert len(positions) <= 1
+            assert sub.overflows >= 1 and not sub.is_live
+            assert sub.lag > 3000
+            release.set()
+            await reading
+            assert positions == list(range(4000))
+            assert sub.lag == 0
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    writers=st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=25), min_size=1, max_size=6),
+    subscribers=st.lists(
+        st.tuples(st.integers(0, 150), st.integers(0, 3), st.integers(1, 40), st.integers(0, 60)),
+        min_size=1,
+        max_size=5,
+    ),
+    history=st.integers(0, 60),
+)
+def test_property_every_subscriber_sees_exactly_n_n1_n2(
+    writers: list[list[int]], subscribers: list[tuple[int, int, int, int]], history: int
+) -> None:
+    """Random concurrent writers, random subscriber start points, speeds, buffer sizes and
+    start moments: every subscriber sees exactly positions N, N+1, ... in order."""
+
+    async def scenario(path: str) -> None:
+        async with es.EventStore(path) as store:
+            await fill(store, history)
+            total = history + sum(sum(w) for w in writers)
+
+            async def writer(sizes: list[int], w: int) -> None:
+                for k, n in enumerate(sizes):
+                    await store.append(f"w{w}", [Note(text=f"{w}/{k}/{j}") for j in range(n)])
+                    await asyncio.sleep(0)
+
+            async def subscriber(start: int, slowness: int, buffer: int, delay: int) -> list[int]:
+                for _ in range(delay):
+                    await asyncio.sleep(0)
+                start = min(start, total)
+                seen: list[int] = []
+                if start >= total:
+                    return seen
+                async with store.subscribe(from_position=start, buffer_events=buffer) as sub:
+                    async for rec in sub:
+                        seen.append(rec.position)
+                        for _ in range(slowness):
+                            await asyncio.sleep(0)
+                        if rec.position == total - 1:
+                            break
+                assert seen == list(range(start, total)), (start, seen[:10])
+                return seen
+
+            results = await asyncio.gather(
+                *(writer(w, i) for i, w in enumerate(writers)),
+                *(subscriber(*s) for s in subscribers),
+            )
+            assert store.head == total - 1
+            assert all(isinstance(r, list) or r is None for r in results)
+
+    with tempfile.TemporaryDirectory() as d:
+        asyncio.run(scenario(d))
+
+
+async def test_named_consumer_resumes_after_its_last_ack(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 40)
+        assert store.checkpoint("projector") is None
+        async with store.subscribe(name="projector") as sub:
+            for rec in await take(sub, 25):
+                if rec.position % 10 == 9:
+                    await sub.ack(rec)
+        assert store.checkpoint("projector") == 19
+        async with store.subscribe(name="projector", from_position=0) as sub:
+            assert (await take(sub, 1))[0].position == 20  # the checkpoint wins over from_position
+            await sub.ack(30)
+            await sub.ack(25)  # lower: ignored
+        # checkpoints never show up as events
+        assert [r.position async for r in store.read_all()] == list(range(40))
+        assert store.head == 39
+        async with store.subscribe() as plain:
+            with pytest.raises(ValueError, match="named subscription"):
+                await plain.ack(1)
+    async with es.EventStore(store_path) as store:
+        assert store.checkpoint("projector") == 30
+        async with store.subscribe(name="projector") as sub:
+            assert (await take(sub, 1))[0].position == 31
+        async with store.subscribe(name="by-stream", stream="s2") as sub:
+            recs = await take(sub, 3)
+            await sub.ack(recs[-1])
+    async with es.EventStore(store_path) as store:
+        assert store.checkpoint("by-stream") == 8  # s2 holds positions 2, 5, 8, ...
+        async with store.subscribe(name="by-stream", stream="s2") as sub:
+            assert (await take(sub, 1))[0].version == 3
+
+
+async def test_lifecycle_releases_everything(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 10)
+        async with store.subscribe() as sub:
+            await take(sub, 10)
+            await sub.caught_up()  # the last historical event was delivered
+            assert sub.lag == 0
+        async with store.subscribe(from_position=es.END) as sub:
+            assert sub.is_live and len(store._hub) == 1
+        assert len(store._hub) == 0 and sub.closed
+        assert [r async for r in sub] == []  # a closed subscription yields nothing
+
+        sub2 = store.subscribe()
+        async for _ in sub2:  # without async with, breaking out...
+            break
+        await sub2.aclose()
+        assert len(store._hub) == 0
+
+        async with store.subscribe() as sub3:
+            consumer = asyncio.create_task(take(sub3, 1000))
+            while not sub3.is_live:
+                await asyncio.sleep(0)
+            consumer.cancel()  # cancelling the consuming task is harmless
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+            await fill(store, 1, start=10)
+            assert [r.position for r in await take(sub3, 1)] == [10]
+        assert len(store._hub) == 0
+
+
+async def test_closing_the_store_ends_subscriptions(store_path: Path) -> None:
+    store = await es.EventStore(store_path).open()
+    await fill(store, 5)
+    subs = [store.subscribe(from_position=0) for _ in range(300)]
+    for s in subs:
+        await s.__aenter__()
+
+    async def drain(sub: es.Subscription) -> list[int]:
+        return [r.position async for r in sub]
+
+    tasks = [asyncio.create_task(drain(s)) for s in subs]
+    await asyncio.gather(*(s.caught_up() for s in subs))
+    await fill(store, 5, start=5)
+    assert len(store._hub) == 300
+    await store.close()
+    results = await asyncio.gather(*tasks)  # iteration stops; nothing raises
+    for seen in results:
+        assert seen == list(range(len(seen))) and len(seen) >= 5
+    assert all(s.closed for s in subs)
+    with pytest.raises(es.StoreClosed):
+        store.subscribe()
+
+
+async def test_many_subscribers_each_see_everything(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 20)
+        subs = [store.subscribe(from_position=i % 20) for i in range(200)]
+
+        async def follow(i: int, sub: es.Subscription) -> None:
+            async with sub:
+                recs = await take(sub, 100 - i % 20)
+                assert [r.position for r in recs] == list(range(i % 20, 100))
+
+        followers = asyncio.gather(*(follow(i, s) for i, s in enumerate(subs)))
+        await asyncio.gather(*(fill(store, 20, start=20 + 20 * k) for k in range(4)))
+        await followers
+
+
+async def test_subscribe_argument_errors(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(ValueError, match="from_position"):
+            store.subscribe(from_position=-1)
+        with pytest.raises(ValueError, match="buffer_events"):
+            store.subscribe(buffer_events=0)
+        with pytest.raises(ValueError, match="filter applies"):
+            store.subscribe(stream="s", filter=es.EventFilter(event_types=["Note"]))
+        with pytest.raises(TypeError, match="EventFilter"):
+            store.subscribe(filter="Note")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="consumer name"):
+            store.subscribe(name="")
