@@ -147,6 +147,7 @@ class FrameError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.incomplete = incomplete
+        self.offset = 0  # where in the buffer, when the raiser knows
 
 
 def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:

@@ -12,7 +12,7 @@ batch is durable; readers clamp everything to ``head``, so they never see an unc
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import NamedTuple
 
 
@@ -24,6 +24,17 @@ class FrameRef(NamedTuple):
     length: int
     first_position: int
     event_count: int
+
+
+class Span(NamedTuple):
+    """Contiguous whole frames in one segment: bytes ``[start, end)`` holding positions
+    ``[first_position, end_position)`` (checkpoint frames in between hold none)."""
+
+    ordinal: int
+    start: int
+    end: int
+    first_position: int
+    end_position: int
 
 
 class Index:
@@ -98,37 +109,40 @@ class Index:
             self._frame_seg[row], self._frame_off[row], self._frame_len[row], first, nxt - first
         )
 
-    def frames_from(
+    def span_from(
         self, position: int, max_bytes: int, backwards: bool, max_events: int | None = None
-    ) -> list[FrameRef]:
-        """Committed frames from the one holding ``position``, contiguous in one segment,
-        about ``max_bytes`` long and holding about ``max_events`` events from ``position`` on
-        (always at least one frame); empty past the head."""
+    ) -> Span | None:
+        """A byte range of whole committed frames in one segment: from the frame holding
+        ``position`` forwards (or back to it), about ``max_bytes`` and ``max_events`` events
+        long (always at least that frame). None past the head or before 0.
+
+        Computed with bisections only, no object per frame: replay is bounded by decoding.
+        """
         if position < 0 or position > self.head:
-            return []
-        row = self.frame_at(position)
-        out = [self.frame(row)]
-        total = out[0].length
-        step = -1 if backwards else 1
-        nrows = bisect_right(self._frame_pos, self.head)  # rows with committed events
-        r = row + step
-        want = (1 << 62) if max_events is None else max_events
-        have = (
-            (position - out[0].first_position + 1)
-            if backwards
-            else (out[0].first_position + out[0].event_count - position)
-        )
-        while 0 <= r < nrows and total < max_bytes and have < want:
-            ref = self.frame(r)
-            if ref.ordinal != out[-1].ordinal:
-                break
-            out.append(ref)
-            total += ref.length
-            have += ref.event_count
-            r += step
+            return None
+        fpos, fseg, foff, flen = self._frame_pos, self._frame_seg, self._frame_off, self._frame_len
+        row = bisect_right(fpos, position) - 1
+        seg = fseg[row]
         if backwards:
-            out.reverse()
-        return out
+            first_row = bisect_left(fseg, seg)  # first row of this segment
+            lo_off = foff[row] + flen[row] - max_bytes
+            r0 = max(first_row, bisect_left(foff, lo_off, first_row, row))
+            if max_events is not None:
+                target = position - max_events + 1  # the row holding it starts the span
+                r0 = max(r0, bisect_right(fpos, target, first_row, row + 1) - 1)
+            r0 = min(r0, row)
+            return Span(seg, foff[r0], foff[row] + flen[row], fpos[r0], self._row_end(row))
+        nrows = bisect_right(fpos, self.head)  # rows holding committed events
+        last_row = min(nrows, bisect_right(fseg, seg, row)) - 1  # last committed row here
+        r1 = bisect_right(foff, foff[row] + max_bytes, row, last_row + 1) - 1
+        if max_events is not None:
+            r1 = min(r1, bisect_left(fpos, position + max_events, row, last_row + 1) - 1)
+        r1 = max(r1, row)
+        return Span(seg, foff[row], foff[r1] + flen[r1], fpos[row], self._row_end(r1))
+
+    def _row_end(self, row: int) -> int:
+        """Position after the last event of the frame in ``row``."""
+        return self._frame_pos[row + 1] if row + 1 < len(self._frame_pos) else self.next_position
 
     def stream_frames(
         self,

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-from ._codec import decode_frame_events, frame_event_ids
+from ._codec import decode_frame_events, decode_span, frame_event_ids
 from ._format import FrameError, FrameInfo, check_frame
-from ._index import FrameRef, Index
+from ._index import FrameRef, Index, Span
 from ._log import Log
 from .errors import CorruptLog, StoreClosed
 from .events import EventFilter, RecordedEvent
@@ -40,16 +40,35 @@ class Reader:
         None when there is nothing at ``pos`` (past the head, or before 0). With a filter the
         list may be empty while the returned position still moves on.
         """
-        index = self._index
-        frames = index.frames_from(pos, self._chunk, backwards, max_events)
-        if not frames:
+        span = self._index.span_from(pos, self._chunk, backwards, max_events)
+        if span is None:
             return None
-        lo, hi = (0, pos) if backwards else (pos, index.head)
-        records = await self._run(frames, lo, hi, backwards, filt)
+        lo, hi = (0, pos) if backwards else (pos, self._index.head)
+        records = await self._run_blocking(self._decode_span, span, lo, hi, backwards, filt)
+        return records, (span.first_position - 1 if backwards else span.end_position)
+
+    def _decode_span(
+        self, span: Span, lo: int, hi: int, backwards: bool, filt: EventFilter | None
+    ) -> list[RecordedEvent]:
+        """One pread of a span of frames, checked and decoded (reader thread)."""
+        data = self._log.read(span.ordinal, span.start, span.end - span.start)
+        out: list[RecordedEvent] = []
+        types = prefixes = None
+        if filt is not None:
+            types = filt.type_names or None
+            prefixes = filt.stream_prefixes or None
+        try:
+            if len(data) != span.end - span.start:
+                raise FrameError("segment shorter than the index says")
+            end = decode_span(data, span.first_position, lo, hi, types, prefixes, out)
+            if end != span.end_position:
+                raise FrameError(f"frames end at position {end}, index says {span.end_position}")
+        except FrameError as exc:
+            path = self._log.path(span.ordinal)
+            raise CorruptLog(path, span.start + exc.offset, exc.reason) from None
         if backwards:
-            return records, frames[0].first_position - 1
-        last = frames[-1]
-        return records, last.first_position + last.event_count
+            out.reverse()
+        return out
 
     async def stream_chunk(
         self, stream: str, version: int, backwards: bool, max_events: int | None

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._codec import fast_uuid, recorded_at, unpack_metadata
+from ._codec import recorded_at, unpack_metadata
 from ._index import Index
 from ._reader import Reader
 from .errors import StoreClosed
-from .events import END, Event, EventFilter, RecordedEvent, StartAt
+from .events import END, NO_METADATA, Event, EventFilter, RecordedEvent, StartAt
 
 if TYPE_CHECKING:
     from ._commit import PendingAppend
@@ -43,7 +43,7 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
     version = item.first_version
     for k, src in enumerate(item.source):
         event = src if isinstance(src, Event) else src.event
-        meta = unpack_metadata(metas[k]) if metas is not None else {}
+        meta = unpack_metadata(metas[k]) if metas is not None else NO_METADATA
         out.append(
             _new_tuple(
                 RecordedEvent,
@@ -51,7 +51,7 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
                     item.stream,
                     version + k,
                     first_position + k,
-                    fast_uuid(item.ids[k]),
+                    item.ids[k],
                     event.__event_type__,
                     event,
                     meta,
@@ -180,6 +180,8 @@ class Subscription:
         self._cur: list[RecordedEvent] = []
         self._i = 0
         self._cur_end = -1  # position (or version) through which _cur covers the log
+        self._mark_at = -1  # 1-based index in _cur whose delivery reaches the head, or -1
+        self._gen: AsyncGenerator[RecordedEvent, None] | None = None
         self._through = -1  # position/version through which everything was delivered
         self._buffer: deque[tuple[list[RecordedEvent], int]] = deque()
         self._buffered = 0
@@ -189,6 +191,8 @@ class Subscription:
         self._caught_up = asyncio.Event()
         self._reached_head = False
         self._acked = -1
+        self._prefetch: tuple[int, asyncio.Future[tuple[list[RecordedEvent], int] | None]] | None
+        self._prefetch = None
         self.overflows = 0
         """How many times the live buffer overflowed and the subscription went back to disk."""
 
@@ -239,6 +243,9 @@ class Subscription:
         if self._state == "closed":
             return
         self._state = "closed"
+        if self._prefetch is not None:
+            self._prefetch[1].cancel()
+            self._prefetch = None
         self._hub.remove(self)
         self._live = False
         self._buffer.clear()
@@ -288,47 +295,90 @@ class Subscription:
         self._acked = max(self._acked, position)
 
     # --- delivery ---------------------------------------------------------------------------
-    def __aiter__(self) -> Subscription:
-        return self
+    def __aiter__(self) -> AsyncIterator[RecordedEvent]:
+        gen = self._gen
+        if gen is None or cast(Any, gen).ag_frame is None:  # new, or ended by a cancellation
+            gen = self._gen = self._events()
+        return gen
 
     async def __anext__(self) -> RecordedEvent:
-        if self._state != "open":
-            if self._state == "closed":
-                raise StopAsyncIteration
-            self._open()
-        filt = self.filter
+        return await self.__aiter__().__anext__()
+
+    async def _events(self) -> AsyncGenerator[RecordedEvent, None]:
+        # All state lives on self, so a new generator (after a cancelled consumer) goes on
+        # exactly where the last one stopped.
         is_stream = self.stream is not None
         while True:
             cur = self._cur
             i = self._i
-            if i < len(cur):
+            n = len(cur)
+            mark = self._mark_at
+            while i < n:
                 rec = cur[i]
-                self._i = i + 1
-                if filt is not None and not filt.matches(rec):
-                    continue
-                self._through = through = rec.version if is_stream else rec.position
-                if not self._reached_head and through >= self._head():
+                i += 1
+                self._i = i
+                self._through = rec[1] if is_stream else rec[2]
+                if i == mark:
                     self._mark_caught_up()
-                return rec
-            self._through = max(self._through, self._cur_end)
+                yield rec
+                if self._cur is not cur:  # closed while the consumer held the event
+                    break
+            if not await self._advance():
+                return
+
+    async def batches(self) -> AsyncGenerator[list[RecordedEvent], None]:
+        """Deliver events a list at a time (what is ready, in order) instead of one by one.
+
+        The same subscription, cursor and guarantees as ``async for rec in sub``; a consumer
+        that handles events in bulk saves the per-event ``await`` of the async iterator.
+        """
+        while True:
+            cur = self._cur
+            i = self._i
+            if i < len(cur):
+                batch = cur if i == 0 else cur[i:]
+                self._i = len(cur)
+                last = batch[-1]
+                self._through = last[1] if self.stream is not None else last[2]
+                if self._mark_at >= 0:
+                    self._mark_caught_up()
+                yield batch
+            if not await self._advance():
+                return
+
+    async def _advance(self) -> bool:
+        """Make the next non-empty list of events current; False once the subscription ended."""
+        if self._state == "new":
+            self._open()
+        while True:
+            if self._cur_end > self._through:
+                self._through = self._cur_end
+            if not self._reached_head and self._through >= self._head():
+                self._mark_caught_up()
             if self._state == "closed":
-                raise StopAsyncIteration
+                return False
             if self._buffer:
                 records, end = self._buffer.popleft()
                 self._buffered -= len(records)
-                self._load(records, end)
-                continue
-            if self._live:
+                self._load(records, end, self.filter)
+            elif self._live:
                 await self._wait()
                 continue
-            if self._go_live():
+            elif self._go_live():
                 continue
-            await self._read_history()
+            else:
+                await self._read_history()
+            if self._i < len(self._cur):
+                return True
 
-    def _load(self, records: list[RecordedEvent], end: int) -> None:
+    def _load(
+        self, records: list[RecordedEvent], end: int, filt: EventFilter | None = None
+    ) -> None:
         """Make ``records`` current; ``end`` is the last position the list covers."""
         if records and self._key(records[0]) < self._start:
             records = [r for r in records if self._key(r) >= self._start]
+        if filt is not None:
+            records = [r for r in records if filt.matches(r)]
         self._cur = records
         self._i = 0
         if self.stream is None:
@@ -337,12 +387,21 @@ class Subscription:
         elif records:
             self._cur_end = records[-1].version
             self._cursor = self._cur_end + 1
+        self._mark_at = -1
+        if not self._reached_head and records and self._cur_end >= self._head():
+            self._mark_at = len(records)  # reached when the last one is handed out
 
     async def _read_history(self) -> None:
-        if self.stream is None:
-            chunk = await self._reader.all_chunk(self._cursor, False, None, self.filter)
+        """Load the next chunk of history, and start reading the one after it, so that the
+        reader thread decodes while the consumer works through this one."""
+        pending = self._prefetch
+        self._prefetch = None
+        if pending is not None and pending[0] == self._cursor:
+            chunk = await pending[1]
         else:
-            chunk = await self._reader.stream_chunk(self.stream, self._cursor, False, None)
+            if pending is not None:
+                pending[1].cancel()
+            chunk = await self._chunk_at(self._cursor)
         if self._state == "closed" or chunk is None:
             return
         records, nxt = chunk
@@ -350,6 +409,13 @@ class Subscription:
         if self.stream is not None:
             self._cur_end = nxt - 1
             self._cursor = nxt
+        if nxt <= self._head():
+            self._prefetch = (nxt, asyncio.ensure_future(self._chunk_at(nxt)))
+
+    def _chunk_at(self, cursor: int) -> Awaitable[tuple[list[RecordedEvent], int] | None]:
+        if self.stream is None:
+            return self._reader.all_chunk(cursor, False, None, self.filter)
+        return self._reader.stream_chunk(self.stream, cursor, False, None)
 
     def _key(self, rec: RecordedEvent) -> int:
         return rec.position if self.stream is None else rec.version

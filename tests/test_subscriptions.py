@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,47 @@ async def test_subscribe_argument_errors(store_path: Path) -> None:
             store.subscribe(filter="Note")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="consumer name"):
             store.subscribe(name="")
+
+
+async def test_batches_deliver_the_same_events_in_lists(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 30)
+        async with store.subscribe(from_position=5, buffer_events=8) as sub:
+            seen: list[int] = []
+            writer = None
+            async for batch in sub.batches():
+                assert batch and all(isinstance(r, es.RecordedEvent) for r in batch)
+                seen += [r.position for r in batch]
+                if writer is None:
+                    writer = asyncio.create_task(fill(store, 40, start=30))
+                if seen[-1] == 69:
+                    break
+            assert writer is not None
+            await writer
+            assert seen == list(range(5, 70))
+            assert sub.lag == 0
+            # one-by-one iteration continues from the same cursor
+            await store.append("s9", Note(text="next"))
+            assert [r.position for r in await take(sub, 1)] == [70]
+
+
+async def test_recorded_event_fields(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        eid = uuid.uuid4()
+        await store.append("s", es.NewEvent(Note(text="x"), id=eid, metadata={"k": "v"}))
+        async with store.subscribe(from_position=es.END) as sub:
+            await store.append("s", Note(text="y"))
+            (live,) = await take(sub, 1)
+        replayed = [r async for r in store.read_all()]
+    rec = replayed[0]
+    assert rec.id == eid and rec.metadata == {"k": "v"} and rec.stream == "s"
+    assert live.metadata == {} and live == replayed[1]
+    with pytest.raises(TypeError):
+        live.metadata["x"] = 1  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        rec.position = 3  # type: ignore[misc]
+    assert "RecordedEvent(stream='s', version=0, position=0" in repr(rec)
+    assert str(eid) in repr(rec)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(rec)) == rec

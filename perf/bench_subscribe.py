@@ -1,0 +1,282 @@
+"""Subscriptions under load: what live subscribers cost the writer, delivery latency, and
+catch-up speed from disk.
+
+1. Append throughput at P producers (single ≈150-byte events over 1,000 streams, durable)
+   with 0, 10 and 100 live subscribers that each consume every event and check its model,
+   either one by one (``async for rec in sub``) or a list at a time
+   (``async for batch in sub.batches()``); printed with the ratio to 0 subscribers.
+2. End-to-end latency, append acknowledged → event delivered to a live subscriber, p50/p99
+   (signed: a subscriber can be handed an event before its producer's task resumes), and
+   append started → delivered.
+3. Catch-up: a subscriber starting at position 0 of a store with ``--catchup-events`` events
+   (default 1,000,000) consumes to the head, decoding every event into its model.
+
+    python perf/bench_subscribe.py [--quick] [--loop uvloop] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit_json, percentile, print_table, run
+from bench_append import STREAMS, Deposited, make_event
+
+import aioeventstore as es
+
+
+async def throughput(
+    directory: str, producers: int, subscribers: int, seconds: float, mode: str
+) -> dict[str, Any]:
+    async with es.EventStore(directory) as store:
+        events = [make_event(i) for i in range(STREAMS)]
+        names = [f"acct-{i:04d}" for i in range(STREAMS)]
+        stop = asyncio.Event()
+        delivered = [0] * subscribers
+
+        async def consume(k: int, sub: es.Subscription) -> None:
+            n = 0
+            if mode == "events":
+                async for rec in sub:
+                    assert isinstance(rec.data, Deposited)
+                    n += 1
+                    delivered[k] = n
+                    if stop.is_set() and sub.lag == 0:
+                        return
+            else:
+                async for batch in sub.batches():
+                    for rec in batch:
+                        assert isinstance(rec.data, Deposited)
+                        n += 1
+                    delivered[k] = n
+                    if stop.is_set() and sub.lag == 0:
+                        return
+
+        subs = [store.subscribe(from_position=es.END) for _ in range(subscribers)]
+        for sub in subs:
+            await sub.__aenter__()
+        consumers = [asyncio.create_task(consume(k, s)) for k, s in enumerate(subs)]
+        deadline = time.perf_counter() + seconds
+        count = 0
+
+        async def producer(p: int) -> None:
+            nonlocal count
+            i = p
+            while time.perf_counter() < deadline:
+                await store.append(names[i % STREAMS], events[i % STREAMS])
+                count += 1
+                i += producers
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(producer(p) for p in range(producers)))
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        await store.append("end", make_event(0))  # wake every consumer for the stop check
+        await asyncio.gather(*consumers)
+        overflows = sum(s.overflows for s in subs)
+        for sub in subs:
+            await sub.aclose()
+        return {
+            "test": "throughput",
+            "mode": mode,
+            "producers": producers,
+            "subscribers": subscribers,
+            "events_per_s": count / elapsed,
+            "delivered_per_subscriber": (sum(delivered) / subscribers) if subscribers else None,
+            "overflows": overflows,
+        }
+
+
+async def latency(directory: str, producers: int, seconds: float) -> dict[str, Any]:
+    async with es.EventStore(directory) as store:
+        started: dict[int, float] = {}
+        acked: dict[int, float] = {}
+        delivered: dict[int, float] = {}
+        done = asyncio.Event()
+        total = [0]
+
+        async with store.subscribe(from_position=es.END) as sub:
+
+            async def consume() -> None:
+                async for rec in sub:
+                    delivered[rec.position] = time.perf_counter()
+                    if done.is_set() and len(delivered) >= total[0]:
+                        return
+
+            consumer = asyncio.create_task(consume())
+            deadline = time.perf_counter() + seconds
+
+            async def producer(p: int) -> None:
+                i = p
+                while time.perf_counter() < deadline:
+                    t = time.perf_counter()
+                    r = await store.append(f"acct-{i % STREAMS:04d}", make_event(i))
+                    acked[r.position] = time.perf_counter()
+                    started[r.position] = t
+                    i += producers
+
+            await asyncio.gather(*(producer(p) for p in range(producers)))
+            total[0] = len(acked)
+            done.set()
+            if len(delivered) < total[0]:
+                await consumer
+            else:
+                consumer.cancel()
+    from_ack = sorted(delivered[p] - acked[p] for p in acked)
+    from_start = sorted(delivered[p] - started[p] for p in acked)
+    return {
+        "test": "latency",
+        "producers": producers,
+        "events": len(acked),
+        "ack_to_delivered_p50_ms": percentile(from_ack, 0.5) * 1e3,
+        "ack_to_delivered_p99_ms": percentile(from_ack, 0.99) * 1e3,
+        "start_to_delivered_p50_ms": percentile(from_start, 0.5) * 1e3,
+        "start_to_delivered_p99_ms": percentile(from_start, 0.99) * 1e3,
+    }
+
+
+async def catchup(directory: str, n_events: int, quiet: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    async with es.EventStore(directory, durability="os") as store:
+        batch = 100
+        events = [make_event(i) for i in range(batch)]
+
+        async def writer(w: int) -> None:
+            for k in range(w, n_events // batch, 8):
+                await store.append(f"acct-{k % STREAMS:04d}", events)
+
+        await asyncio.gather(*(writer(w) for w in range(8)))
+        single = n_events - store.head - 1
+        for i in range(single):
+            await store.append(f"acct-{i % STREAMS:04d}", make_event(i))
+    if not quiet:
+        print(
+            f"  built a store of {n_events:,} events in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+    rows = []
+    async with es.EventStore(directory) as store:
+        for mode in ("subscribe", "read_all"):
+            t = time.perf_counter()
+            n = 0
+            if mode == "subscribe":
+                async with store.subscribe(from_position=0) as sub:
+                    async for rec in sub:
+                        assert isinstance(rec.data, Deposited)
+                        n += 1
+                        if rec.position == store.head:
+                            break
+            else:
+                async for rec in store.read_all():
+                    assert isinstance(rec.data, Deposited)
+                    n += 1
+            dt = time.perf_counter() - t
+            rows.append(
+                {"test": f"catchup-{mode}", "events": n, "seconds": dt, "events_per_s": n / dt}
+            )
+    return {"rows": rows}
+
+
+async def main(args: argparse.Namespace) -> None:
+    rows: list[dict[str, Any]] = []
+
+    def show(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if args.json:
+            emit_json([row])
+
+    if not args.json:
+        print(
+            f"# bench_subscribe: loop={args.loop} seconds/row={args.seconds} cpus={os.cpu_count()}",
+            flush=True,
+        )
+    base = None
+    for mode in ("events", "batches"):
+        for subscribers in (0, 10, 100):
+            if subscribers == 0 and base is not None:
+                continue
+            with tempfile.TemporaryDirectory(dir=args.dir) as d:
+                row = await throughput(d, args.producers, subscribers, args.seconds, mode)
+            base = base or row["events_per_s"]
+            row["ratio_to_0"] = row["events_per_s"] / base
+            show(row)
+            if not args.json:
+                print(
+                    f"  P={args.producers} subscribers={subscribers:<4d} ({mode}) "
+                    f"{row['events_per_s']:>10,.0f} events/s ({row['ratio_to_0']:.2f}x of 0)",
+                    flush=True,
+                )
+    for producers in (1, 16):
+        with tempfile.TemporaryDirectory(dir=args.dir) as d:
+            show(await latency(d, producers, args.seconds))
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        for row in (await catchup(d, args.catchup_events, args.json))["rows"]:
+            show(row)
+    if args.json:
+        return
+    print()
+    print_table(
+        [r for r in rows if r["test"] == "throughput"],
+        [
+            ("producers", "P", "d"),
+            ("subscribers", "live subscribers", "d"),
+            ("mode", "consumed as", "s"),
+            ("events_per_s", "appends/s", ",.0f"),
+            ("ratio_to_0", "ratio to 0", ".2f"),
+            ("overflows", "buffer overflows", "d"),
+        ],
+    )
+    print()
+    print_table(
+        [r for r in rows if r["test"] == "latency"],
+        [
+            ("producers", "P", "d"),
+            ("events", "events", ",d"),
+            ("ack_to_delivered_p50_ms", "ack→delivered p50 ms", ".3f"),
+            ("ack_to_delivered_p99_ms", "ack→delivered p99 ms", ".3f"),
+            ("start_to_delivered_p50_ms", "append→delivered p50 ms", ".3f"),
+            ("start_to_delivered_p99_ms", "append→delivered p99 ms", ".3f"),
+        ],
+    )
+    print()
+    print_table(
+        [r for r in rows if r["test"].startswith("catchup")],
+        [
+            ("test", "catch-up (models decoded)", "s"),
+            ("events", "events", ",d"),
+            ("seconds", "seconds", ".2f"),
+            ("events_per_s", "events/s", ",.0f"),
+        ],
+    )
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--producers", type=int, default=1024)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--catchup-events", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="1 s rows, 200,000-event catch-up")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dir", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.seconds = 1.0
+        args.catchup_events = min(args.catchup_events, 200_000)
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    run(main(arguments), arguments.loop)
