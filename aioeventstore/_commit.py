@@ -121,6 +121,7 @@ class CommitLoop:
         options: StoreOptions,
         io: Executor,
         window: dict[tuple[str, bytes], tuple[tuple[bytes, ...], AppendResult]],
+        checkpoints: dict[str, int],
     ) -> None:
         self._log = log
         self._index = index
@@ -128,6 +129,7 @@ class CommitLoop:
         self._io = io
         self._queue: ByteBoundedQueue[PendingAppend] = ByteBoundedQueue(options.max_queue_bytes)
         self._window = window
+        self.checkpoints = checkpoints  # named consumer -> last durable acknowledged position
         self._task: asyncio.Task[None] | None = None
         self._current: _Batch | None = None  # the batch being written, for _fail on cancel
         self._closing = False
@@ -253,7 +255,7 @@ class CommitLoop:
             pos += item.count
             nbytes += item.size
         if not accepted:
-            return _Batch(outcomes, None, b"", -1, -1, [], 0)
+            return _Batch(outcomes, None, b"", -1, -1, [], 0, [])
         plan = self._log.reserve(nbytes, first_pos)
         now_us = time.time_ns() // 1000
         parts: list[bytes] = []
@@ -285,7 +287,8 @@ class CommitLoop:
             for key in list(islice(window, excess)):
                 del window[key]
         events = [item for item, _, _ in accepted if item.checkpoint < 0]
-        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us)
+        marks = [(item.stream, item.checkpoint) for item, _, _ in accepted if item.checkpoint >= 0]
+        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us, marks)
 
     @staticmethod
     def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:
@@ -303,6 +306,9 @@ class CommitLoop:
             st.events += batch.last - batch.first + 1
             for listener in self.listeners:
                 listener(batch.first, batch.last, batch.appends, batch.recorded_us)
+        for name, position in batch.checkpoints:  # durable now, whoever still waits
+            if position > self.checkpoints.get(name, -1):
+                self.checkpoints[name] = position
         self.stats.appends += len(batch.outcomes)
         for item, outcome in batch.outcomes:
             fut = item.future
@@ -352,3 +358,4 @@ class _Batch:
     last: int
     appends: list[PendingAppend]  # the event appends written, in position order
     recorded_us: int
+    checkpoints: list[tuple[str, int]]  # (consumer name, position) written

@@ -149,7 +149,9 @@ class EventStore:
             self._state = "closed"
             await loop.run_in_executor(None, self._release_blocking)
             raise
-        self._commit = CommitLoop(self._log, self._index, self._options, self._io, window)
+        self._commit = CommitLoop(
+            self._log, self._index, self._options, self._io, window, self._checkpoints
+        )
         self._commit.listeners.append(self._hub.publish)
         self._reader.executor = self._readers
         self._commit.start()
@@ -476,9 +478,7 @@ class EventStore:
         name_b = _check_consumer_name(name)
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
-        await fut
-        if position > self._checkpoints.get(name, -1):
-            self._checkpoints[name] = position
+        await fut  # the commit loop records it in self._checkpoints once durable
 
 
 def _check_stream(stream: object) -> bytes:

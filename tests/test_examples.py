@@ -49,3 +49,37 @@ def test_bench_append_runs(tmp_path: Path) -> None:
         check=True,
     )
     assert "ours / sqlite-wal-full" in out.stdout
+
+
+def test_projection_example_resumes_and_matches_a_replay(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "projection.py"), "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "balances match a full replay" in out.stdout
+    assert "resumed and caught up" in out.stdout
+
+
+def test_bench_subscribe_runs(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "perf" / "bench_subscribe.py"),
+            "--seconds",
+            "0.2",
+            "--producers",
+            "16",
+            "--catchup-events",
+            "2000",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    assert "catchup-subscribe" in out.stdout and "ratio to 0" in out.stdout
