@@ -23,6 +23,7 @@ from ._format import (
     FRAME_HEADER_SIZE,
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_EVENTS,
+    FRAME_LENGTH_AT,
     FRAME_MAGIC,
     MAX_FRAME_BODY,
     FrameError,
@@ -270,11 +271,11 @@ def decode_span(
     while at < size:
         if size - at < head_size:
             raise _span_error("frame header cut short", at)
-        magic, blen, crc, kind, _fl, slen, count, fpos, fver, us, _woff = unpack_frame(buf, at)
+        magic, crc, blen, kind, _fl, slen, count, fpos, fver, us, _woff = unpack_frame(buf, at)
         end = at + FRAME_HEADER_SIZE + blen
         if magic != FRAME_MAGIC or blen > MAX_FRAME_BODY or end > size or blen < BODY_HEAD_SIZE:
             raise _span_error("bad frame magic or length", at)
-        if crc32c(buf[at + FRAME_HEADER_SIZE : end], crc32c(buf[at + 4 : at + 8])) != crc:
+        if crc32c(buf[at + FRAME_LENGTH_AT : end]) != crc:
             raise _span_error(f"frame checksum mismatch (stored {crc:#010x})", at)
         if kind != FRAME_KIND_EVENTS:
             if kind != FRAME_KIND_CHECKPOINT:

@@ -24,8 +24,10 @@ assert SEGMENT_HEADER_SIZE == 32
 
 # --- frame: one append call, the atomic unit on disk ------------------------------------------
 FRAME_MAGIC: Final = b"\xc1AEF"  # 0xc1 is the one byte msgpack never emits
-# magic 4s | body length I | crc32c I   (crc over the 4 length bytes, then the body)
+# magic 4s | crc32c I | body length I   (the crc covers the length field and the body: one
+# contiguous range, so a reader checks a frame with one call)
 FRAME_HEADER: Final = struct.Struct("<4sII")
+FRAME_LENGTH_AT: Final = 8  # offset of the body length within the frame
 FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 12
 # kind B | flags B | stream length H | event count I | first position Q | first version Q |
 # recorded_at (microseconds since the Unix epoch, UTC) q | write offset Q (the byte offset in this
@@ -137,7 +139,7 @@ def pack_frame(
     body_len = BODY_HEAD_SIZE + len(stream_b) + len(entries)
     len_b = body_len.to_bytes(4, "little")
     crc = crc32c(entries, crc32c(stream_b, crc32c(head, crc32c(len_b))))
-    return [FRAME_MAGIC, len_b, crc.to_bytes(4, "little"), head, stream_b, entries]
+    return [FRAME_MAGIC, crc.to_bytes(4, "little"), len_b, head, stream_b, entries]
 
 
 class FrameError(Exception):
@@ -157,7 +159,7 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
     """
     if end - off < FRAME_HEADER_SIZE:
         raise FrameError("frame header cut short", incomplete=True)
-    magic, body_len, crc = FRAME_HEADER.unpack_from(buf, off)
+    magic, crc, body_len = FRAME_HEADER.unpack_from(buf, off)
     if magic != FRAME_MAGIC:
         raise FrameError(f"bad frame magic {bytes(magic)!r}")
     if body_len < BODY_HEAD_SIZE or body_len > MAX_FRAME_BODY:
@@ -165,7 +167,7 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
     body_start = off + FRAME_HEADER_SIZE
     if end - body_start < body_len:
         raise FrameError("frame body cut short", incomplete=True)
-    actual = crc32c(buf[body_start : body_start + body_len], crc32c(buf[off + 4 : off + 8]))
+    actual = crc32c(buf[off + FRAME_LENGTH_AT : body_start + body_len])
     if actual != crc:
         raise FrameError(f"frame checksum mismatch (stored {crc:#010x}, computed {actual:#010x})")
     kind, _flags, slen, count, first_pos, first_ver, rec_us, woff = BODY_HEAD.unpack_from(

@@ -7,6 +7,7 @@ ENOSPC or EIO. All calls block: callers run them off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -38,7 +39,14 @@ class FileSystem(Protocol):
 
     def open(self, path: str, *, write: bool, create: bool = False) -> FileHandle: ...
     def listdir(self, path: str) -> list[str]: ...
-    def makedirs(self, path: str) -> None: ...
+    def makedirs(self, path: str) -> None:
+        """Create ``path`` and its missing parents, durably: each directory created is synced
+        into its parent before this returns (else a power cut can lose a new store directory
+        with everything later synced inside it). Directories that exist already are synced
+        into their parents all the same, best effort, in case an earlier call created them
+        and failed to sync."""
+        ...
+
     def remove(self, path: str) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
     def sync_dir(self, path: str) -> None: ...
@@ -131,7 +139,24 @@ class OsFileSystem:
         return os.listdir(path)
 
     def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        full = os.path.abspath(path)
+        chain: list[str] = []  # full, its parent, ..., the child of the root
+        p = full
+        while os.path.dirname(p) != p:
+            chain.append(p)
+            p = os.path.dirname(p)
+        for d in reversed(chain):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise
+                # It existed: an earlier call may have created it and failed to sync it, so
+                # sync it into its parent, best effort (that parent may not be readable).
+                with contextlib.suppress(OSError):
+                    self.sync_dir(os.path.dirname(d))
+            else:
+                self.sync_dir(os.path.dirname(d))
 
     def remove(self, path: str) -> None:
         os.remove(path)

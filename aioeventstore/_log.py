@@ -7,7 +7,8 @@ Recovery rules (FORMAT.md, "Recovery"):
   checks. If no well-formed frame from a *later write* follows it (every frame records the byte
   offset where its write began; a later write began after the bad frame's offset), the damage
   lies inside the last write: a torn tail. It is cut, and the cut is synced. Otherwise good data
-  follows bad data, which no crash can produce: ``CorruptLog``.
+  follows bad data, which no crash can produce: ``CorruptLog``. So is a damaged "tail"
+  longer than one write can be: a crash tears at most the write in flight.
 * A last segment whose header never became durable (and holds no frame) is removed.
 
 Threads: ``recover`` runs once, before the commit loop starts. ``reserve`` runs on the commit
@@ -17,17 +18,22 @@ any thread, for ranges the index says are committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._format import (
+    BODY_HEAD_SIZE,
+    FRAME_HEADER_SIZE,
     FRAME_MAGIC,
+    MAX_STREAM_NAME_BYTES,
     SEGMENT_HEADER_SIZE,
     FrameError,
     check_frame,
     parse_segment_name,
+    segment_name,
 )
 from ._fs import FileSystem
 from ._segment import FrameSink, Segment
@@ -60,6 +66,28 @@ class WritePlan:
     new_segment_at: int | None  # first position of a segment to create first, if rotating
 
 
+def later_write_at(seg: Segment, start: int, bad_offset: int) -> int | None:
+    """Offset of the first well-formed frame at or after byte ``start`` of ``seg`` from a write
+    that began after byte ``bad_offset`` (with ``bad_offset == -1``: any well-formed frame), or
+    None. Such a frame after damage proves the damage is not a torn last write. Shared by
+    recovery and ``_verify`` so that both always reach the same verdict."""
+    size = seg.file.size()
+    if start >= size:
+        return None
+    data = seg.read(size - start, start)
+    i = data.find(FRAME_MAGIC)
+    while i >= 0:
+        try:
+            info = check_frame(data, i, len(data))
+        except FrameError:
+            pass
+        else:
+            if info.write_offset > bad_offset:
+                return start + i
+        i = data.find(FRAME_MAGIC, i + 1)
+    return None
+
+
 class Log:
     """A directory of append-only segment files."""
 
@@ -70,6 +98,7 @@ class Log:
         self.segments: list[Segment] = []
         self._end = 0  # byte offset after the last reserved write in the tail segment
         self._tail = -1  # ordinal of the tail segment, as planned by reserve()
+        self._planned: dict[int, int] = {}  # ordinal → first position of a planned segment
 
     # --- recovery -------------------------------------------------------------------------
     def recover(self, sink: Callable[[int, Segment], FrameSink]) -> Recovery:
@@ -92,7 +121,7 @@ class Log:
             try:
                 header_first = seg.read_header()
             except ValueError as exc:
-                if last and not self._holds_frames(seg, 0, -1):
+                if last and later_write_at(seg, 0, -1) is None:
                     log.warning("removing segment %s whose header was never completed", path)
                     seg.close()
                     self.fs.remove(path)
@@ -125,9 +154,16 @@ class Log:
             )
             if reason is None:
                 continue
-            if not last or self._holds_frames(seg, end + 1, end):
+            if not last or later_write_at(seg, end + 1, end) is not None:
                 raise CorruptLog(path, end, reason)
             size = seg.file.size()
+            if size - end > self.max_write_bytes():
+                raise CorruptLog(
+                    path,
+                    end,
+                    f"{reason}; the {size - end} bytes from there to the end are more than "
+                    f"one write can hold ({self.max_write_bytes()}), so this is not a torn write",
+                )
             log.warning(
                 "cutting torn tail of %s at byte %d (%d bytes): %s", path, end, size - end, reason
             )
@@ -136,31 +172,21 @@ class Log:
             cut = (path, end, size - end, reason)
         if not self.segments:
             self.segments.append(Segment.create(self.fs, self.directory, position))
-            self.fs.sync_dir(self.directory)
+        # Every open syncs the directory once: entries a failed earlier process created but
+        # could not sync (a rotation whose sync_dir failed) become durable before anything
+        # is appended to them.
+        self.fs.sync_dir(self.directory)
         self._tail = len(self.segments) - 1
         self._end = self.segments[-1].file.size()
         if cut is None:
             return Recovery(len(self.segments), position)
         return Recovery(len(self.segments), position, *cut)
 
-    def _holds_frames(self, seg: Segment, start: int, bad_offset: int) -> bool:
-        """Whether a well-formed frame from a write that began after byte ``bad_offset`` lies
-        at or after byte ``start``. With ``bad_offset == -1`` any well-formed frame counts."""
-        size = seg.file.size()
-        if start >= size:
-            return False
-        data = seg.read(size - start, start)
-        i = data.find(FRAME_MAGIC)
-        while i >= 0:
-            try:
-                info = check_frame(data, i, len(data))
-            except FrameError:
-                pass
-            else:
-                if info.write_offset > bad_offset:
-                    return True
-            i = data.find(FRAME_MAGIC, i + 1)
-        return False
+    def max_write_bytes(self) -> int:
+        """The most bytes one write (commit batch) can hold: a torn write cuts no more."""
+        opts = self.options
+        frame = opts.max_append_bytes + FRAME_HEADER_SIZE + BODY_HEAD_SIZE + MAX_STREAM_NAME_BYTES
+        return max(opts.max_batch_bytes, frame)
 
     # --- writing ----------------------------------------------------------------------------
     def reserve(self, nbytes: int, first_position: int) -> WritePlan:
@@ -172,6 +198,7 @@ class Log:
         if self._end > SEGMENT_HEADER_SIZE and self._end + nbytes > self.options.segment_bytes:
             self._tail += 1
             self._end = SEGMENT_HEADER_SIZE + nbytes
+            self._planned[self._tail] = first_position
             return WritePlan(self._tail, SEGMENT_HEADER_SIZE, first_position)
         plan = WritePlan(self._tail, self._end, None)
         self._end += nbytes
@@ -182,16 +209,38 @@ class Log:
 
         The old segment is synced before its successor exists, so every segment but the last
         is always whole on disk. Raises OSError; the caller then fails the store.
+
+        A failed write or sync leaves nothing of the batch behind for a reader: the batch's
+        bytes are cut off again (and a new segment whose header may not be on disk is removed)
+        before the error is raised. After an fsync error Linux may keep the failed pages
+        readable in the page cache although they will never be written ("fsyncgate"); a
+        reopen in the same boot would otherwise take them for committed data, append after
+        them, and a later power cut would leave a hole in the middle of the log. Best effort:
+        if the clean-up fails too, recovery still treats the batch as an unacknowledged write.
         """
         if plan.new_segment_at is not None:
             self.segments[-1].file.sync()
-            self.segments.append(Segment.create(self.fs, self.directory, plan.new_segment_at))
+            try:
+                created = Segment.create(self.fs, self.directory, plan.new_segment_at)
+            except FileExistsError:
+                raise
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self.fs.remove(os.path.join(self.directory, segment_name(plan.new_segment_at)))
+                raise
+            self.segments.append(created)
+            self._planned.pop(plan.ordinal, None)
             self.fs.sync_dir(self.directory)
         assert plan.ordinal == len(self.segments) - 1, "writes follow their plans in order"
         seg = self.segments[plan.ordinal]
-        seg.file.pwrite(data, plan.offset)
-        if sync:
-            seg.file.sync()
+        try:
+            seg.file.pwrite(data, plan.offset)
+            if sync:
+                seg.file.sync()
+        except OSError:
+            with contextlib.suppress(OSError):
+                seg.file.truncate(plan.offset)
+            raise
 
     def sync(self) -> None:
         """Sync the tail segment (used on close in ``durability="os"`` mode)."""
@@ -204,8 +253,18 @@ class Log:
         return self.segments[ordinal].read(size, offset)
 
     def path(self, ordinal: int) -> str:
-        """File path of a segment, for error messages."""
-        return self.segments[ordinal].path
+        """File path of a segment, for error messages; never raises.
+
+        A planned segment whose creation failed (the rotation's first steps can fail before
+        the file exists) is named by the path it was to have: the commit loop reports a
+        failed write with this, and an exception here would leave every producer waiting.
+        """
+        if 0 <= ordinal < len(self.segments):
+            return self.segments[ordinal].path
+        first = self._planned.get(ordinal)
+        if first is None:
+            return self.directory
+        return os.path.join(self.directory, segment_name(first))
 
     def close(self) -> None:
         """Close every segment file."""

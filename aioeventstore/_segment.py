@@ -82,7 +82,7 @@ class Segment:
                     return off, pos, exc.reason
                 need = chunk
                 if len(buf) - rel >= FRAME_HEADER_SIZE:
-                    need = max(chunk, FRAME_HEADER_SIZE + FRAME_HEADER.unpack_from(buf, rel)[1])
+                    need = max(chunk, FRAME_HEADER_SIZE + FRAME_HEADER.unpack_from(buf, rel)[2])
                 buf = self.read(min(need, size - off), off)
                 buf_off = off
                 continue

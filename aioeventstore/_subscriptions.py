@@ -268,7 +268,14 @@ class Subscription:
     @property
     def lag(self) -> int:
         """Committed events this subscription has not examined yet (0 when caught up)."""
-        return max(0, self._head() - self._through)
+        return max(0, self._head() - self._delivered_through())
+
+    def _delivered_through(self) -> int:
+        """Position (or version) through which everything was examined and handed out."""
+        if self._i:
+            last = self._cur[self._i - 1]
+            return max(self._through, last[1] if self.stream is not None else last[2])
+        return self._through
 
     async def caught_up(self) -> None:
         """Return once the subscription has delivered everything committed at that moment
@@ -307,7 +314,6 @@ class Subscription:
     async def _events(self) -> AsyncGenerator[RecordedEvent, None]:
         # All state lives on self, so a new generator (after a cancelled consumer) goes on
         # exactly where the last one stopped.
-        is_stream = self.stream is not None
         while True:
             cur = self._cur
             i = self._i
@@ -316,8 +322,7 @@ class Subscription:
             while i < n:
                 rec = cur[i]
                 i += 1
-                self._i = i
-                self._through = rec[1] if is_stream else rec[2]
+                self._i = i  # the whole per-event bookkeeping: lag is derived from it
                 if i == mark:
                     self._mark_caught_up()
                 yield rec
@@ -338,8 +343,6 @@ class Subscription:
             if i < len(cur):
                 batch = cur if i == 0 else cur[i:]
                 self._i = len(cur)
-                last = batch[-1]
-                self._through = last[1] if self.stream is not None else last[2]
                 if self._mark_at >= 0:
                     self._mark_caught_up()
                 yield batch
@@ -352,9 +355,9 @@ class Subscription:
             self._open()
         while True:
             if self._cur_end > self._through:
-                self._through = self._cur_end
+                self._through = self._cur_end  # the whole current list was examined
             if not self._reached_head and self._through >= self._head():
-                self._mark_caught_up()
+                self._mark_caught_up()  # e.g. everything after the last match was filtered
             if self._state == "closed":
                 return False
             if self._buffer:

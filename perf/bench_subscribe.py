@@ -169,11 +169,12 @@ async def catchup(directory: str, n_events: int, quiet: bool) -> dict[str, Any]:
             t = time.perf_counter()
             n = 0
             if mode == "subscribe":
+                head = store.head  # nothing is written during the catch-up
                 async with store.subscribe(from_position=0) as sub:
                     async for rec in sub:
                         assert isinstance(rec.data, Deposited)
                         n += 1
-                        if rec.position == store.head:
+                        if rec.position == head:
                             break
             else:
                 async for rec in store.read_all():

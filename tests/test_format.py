@@ -38,7 +38,7 @@ async def test_worked_example_reads_back_as_documented(store_path: Path) -> None
         assert rec.type == "Deposited"
         assert rec.data == Deposited(account="42", amount=10)
         assert rec.metadata == {"c": "x"}
-        assert rec.recorded_at == datetime(2026, 11, 27, 11, 25, 28, 98949, tzinfo=UTC)
+        assert rec.recorded_at == datetime(2026, 11, 27, 11, 44, 7, 258404, tzinfo=UTC)
         # and the store appends after it
         r = await store.append("acc-42", Deposited(account="42", amount=1), expected_version=0)
         assert (r.position, r.version) == (1, 1)
@@ -54,5 +54,5 @@ async def test_the_store_writes_the_documented_layout(store_path: Path) -> None:
     documented = example_bytes()
     # identical except the commit time (0x44..0x4b) and the frame CRC that covers it
     assert len(written) == len(documented)
-    for lo, hi in ((0, 0x28), (0x2C, 0x44), (0x4C, len(documented))):
+    for lo, hi in ((0, 0x24), (0x28, 0x44), (0x4C, len(documented))):
         assert written[lo:hi] == documented[lo:hi], (lo, hi)

@@ -175,3 +175,18 @@ async def test_bad_header_in_an_older_segment_is_corruption(store_path: Path) ->
         f.write(b"NOTALOG!")
     with pytest.raises(es.CorruptLog, match="bad segment magic"):
         await es.EventStore(store_path).open()
+
+
+async def test_a_damaged_tail_longer_than_one_write_is_not_cut(store_path: Path) -> None:
+    opts = es.StoreOptions(max_batch_bytes=4096, max_append_bytes=1024, max_event_bytes=1024)
+    async with es.EventStore(store_path, opts) as store:
+        for i in range(200):
+            await store.append("s", Note(text=f"e{i}"))
+    seg = segments(store_path)[0]
+    size = seg.stat().st_size
+    with open(seg, "r+b") as f:  # no frame parses any more: it all looks like one torn tail
+        f.seek(32)
+        f.write(bytes(size - 32))
+    with pytest.raises(es.CorruptLog, match="more than one write"):
+        await es.EventStore(store_path, opts).open()
+    assert seg.stat().st_size == size  # nothing was cut
