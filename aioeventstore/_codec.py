@@ -25,7 +25,6 @@ from ._format import (
     FRAME_KIND_EVENTS,
     FRAME_LENGTH_AT,
     FRAME_MAGIC,
-    MAX_FRAME_BODY,
     FrameError,
     FrameInfo,
     crc32c,
@@ -268,75 +267,79 @@ def decode_span(
     head_size = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
     last_us = -1
     when = _EPOCH
-    while at < size:
-        if size - at < head_size:
-            raise _span_error("frame header cut short", at)
-        magic, crc, blen, kind, _fl, slen, count, fpos, fver, us, _woff = unpack_frame(buf, at)
-        end = at + FRAME_HEADER_SIZE + blen
-        if magic != FRAME_MAGIC or blen > MAX_FRAME_BODY or end > size or blen < BODY_HEAD_SIZE:
-            raise _span_error("bad frame magic or length", at)
-        if crc32c(buf[at + FRAME_LENGTH_AT : end]) != crc:
-            raise _span_error(f"frame checksum mismatch (stored {crc:#010x})", at)
-        if kind != FRAME_KIND_EVENTS:
-            if kind != FRAME_KIND_CHECKPOINT:
-                raise _span_error(f"unknown frame kind {kind}", at)
-            at = end
-            continue
-        if fpos != pos or count == 0:
-            raise _span_error(f"frame holds position {fpos}, expected {pos}", at)
-        pos = fpos + count
-        if pos <= lo or fpos > hi:
-            at = end
-            continue
-        s0 = at + head_size
-        raw_name = buf[s0 : s0 + slen]
-        stream = names.get(raw_name)
-        if stream is None:
-            if len(names) > 65536:
-                names.clear()
-            stream = names[raw_name] = raw_name.decode("utf-8")
-        if prefixes is not None and not stream.startswith(prefixes):
-            at = end
-            continue
-        if us != last_us:
-            when = _when(us)
-            last_us = us
-        e = s0 + slen
-        for k in range(count):
-            if end - e < ENTRY_HEAD_SIZE:
-                raise _span_error("event entry runs past its frame", at)
-            esize, eid, tlen, mlen = unpack_entry(buf, e)
-            nxt = e + 4 + esize
-            if nxt > end or esize < ENTRY_HEAD_SIZE - 4 + tlen + mlen:
-                raise _span_error("event entry runs past its frame", at)
-            p = fpos + k
-            if p < lo or p > hi:
-                e = nxt
+    try:
+        while at < size:
+            magic, crc, blen, kind, _fl, slen, count, fpos, fver, us, _wo = unpack_frame(buf, at)
+            end = at + FRAME_HEADER_SIZE + blen
+            if magic != FRAME_MAGIC or end > size or blen < BODY_HEAD_SIZE:
+                raise _span_error("bad frame magic or length", at)
+            if crc32c(buf[at + FRAME_LENGTH_AT : end]) != crc:
+                raise _span_error(f"frame checksum mismatch (stored {crc:#010x})", at)
+            # From here on the bytes are the ones the writer wrote: the checks that remain
+            # guard the reader against its own index, not against damage.
+            if kind != FRAME_KIND_EVENTS:
+                if kind != FRAME_KIND_CHECKPOINT:
+                    raise _span_error(f"unknown frame kind {kind}", at)
+                at = end
                 continue
-            t0 = e + ENTRY_HEAD_SIZE
-            m0 = t0 + tlen
-            type_name = buf[t0:m0].decode("utf-8")
-            if types is not None and type_name not in types:
-                e = nxt
+            if fpos != pos or count == 0:
+                raise _span_error(f"frame holds position {fpos}, expected {pos}", at)
+            pos = fpos + count
+            if pos <= lo or fpos > hi:
+                at = end
                 continue
-            try:
-                meta = unpackb(buf[m0 : m0 + mlen]) if mlen else NO_METADATA
-                raw = unpackb(buf[m0 + mlen : nxt])
-            except Exception as exc:  # msgpack raises several unrelated types
-                raise _span_error(f"undecodable event payload at position {p}: {exc}", at) from exc
-            try:
-                validate = validators[type_name]
-            except KeyError:
-                cls = registry.get(type_name)
-                validate = validators[type_name] = None if cls is None else _validator(cls)
-            if validate is not None:
+            s0 = at + head_size
+            raw_name = buf[s0 : s0 + slen]
+            stream = names.get(raw_name)
+            if stream is None:
+                if len(names) > 65536:
+                    names.clear()
+                stream = names[raw_name] = raw_name.decode("utf-8")
+            if prefixes is not None and not stream.startswith(prefixes):
+                at = end
+                continue
+            if us != last_us:
+                when = _when(us)
+                last_us = us
+            whole = fpos >= lo and pos <= hi + 1  # no per-event range check needed
+            e = s0 + slen
+            for k in range(count):
+                esize, eid, tlen, mlen = unpack_entry(buf, e)
+                nxt = e + 4 + esize
+                if nxt > end:
+                    raise _span_error("event entry runs past its frame", at)
+                p = fpos + k
+                if not whole and (p < lo or p > hi):
+                    e = nxt
+                    continue
+                t0 = e + ENTRY_HEAD_SIZE
+                m0 = t0 + tlen
+                type_name = buf[t0:m0].decode("utf-8")
+                if types is not None and type_name not in types:
+                    e = nxt
+                    continue
                 try:
-                    raw = validate(raw)
-                except ValidationError as exc:
-                    raise EventDecodeError(stream, p, type_name, str(exc)) from exc
-            out.append(new_tuple(record, (stream, fver + k, p, eid, type_name, raw, meta, when)))
-            e = nxt
-        at = end
+                    meta = unpackb(buf[m0 : m0 + mlen]) if mlen else NO_METADATA
+                    raw = unpackb(buf[m0 + mlen : nxt])
+                except Exception as exc:  # msgpack raises several unrelated types
+                    raise _span_error(f"undecodable event payload at {p}: {exc}", at) from exc
+                try:
+                    validate = validators[type_name]
+                except KeyError:
+                    cls = registry.get(type_name)
+                    validate = validators[type_name] = None if cls is None else _validator(cls)
+                if validate is not None:
+                    try:
+                        raw = validate(raw)
+                    except ValidationError as exc:
+                        raise EventDecodeError(stream, p, type_name, str(exc)) from exc
+                out.append(
+                    new_tuple(record, (stream, fver + k, p, eid, type_name, raw, meta, when))
+                )
+                e = nxt
+            at = end
+    except (struct.error, UnicodeDecodeError) as exc:  # a header or entry cut short
+        raise _span_error(f"malformed frame: {exc}", at) from exc
     return pos
 
 

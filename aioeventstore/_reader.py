@@ -9,8 +9,11 @@ events in range and through the filter.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import gc
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ._codec import decode_frame_events, decode_span, frame_event_ids
@@ -22,14 +25,43 @@ from .events import EventFilter, RecordedEvent
 
 T = TypeVar("T")
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # reader threads decoding right now
+_gc_resume = False  # whether the collector was enabled when the first of them began
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while a reader thread decodes one chunk.
+
+    Decoding a chunk creates thousands of container objects that are all still alive, so the
+    collector would scan them again and again (it costs replay about a fifth of its speed);
+    reference counting still frees everything as usual. The collector is resumed when the last
+    concurrent decode ends, and only if it was enabled when the first began.
+    """
+    global _gc_pauses, _gc_resume
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_resume:
+                gc.enable()
+
 
 class Reader:
     """Chunked reads of committed events for ``read_all``, ``read_stream`` and subscriptions."""
 
-    def __init__(self, log: Log, index: Index, chunk_bytes: int) -> None:
+    def __init__(self, log: Log, index: Index, chunk_bytes: int, pause_gc: bool = True) -> None:
         self._log = log
         self._index = index
         self._chunk = chunk_bytes
+        self._pause_gc = pause_gc
         self.executor: Executor | None = None  # set while the store is open
 
     async def all_chunk(
@@ -60,7 +92,11 @@ class Reader:
         try:
             if len(data) != span.end - span.start:
                 raise FrameError("segment shorter than the index says")
-            end = decode_span(data, span.first_position, lo, hi, types, prefixes, out)
+            if self._pause_gc:
+                with gc_paused():
+                    end = decode_span(data, span.first_position, lo, hi, types, prefixes, out)
+            else:
+                end = decode_span(data, span.first_position, lo, hi, types, prefixes, out)
             if end != span.end_position:
                 raise FrameError(f"frames end at position {end}, index says {span.end_position}")
         except FrameError as exc:
@@ -145,7 +181,11 @@ class Reader:
                 if filt is not None and not filt.matches_stream(info.stream):
                     continue
                 try:
-                    decode_frame_events(data, at, info, lo, hi, types, out)
+                    if self._pause_gc:
+                        with gc_paused():
+                            decode_frame_events(data, at, info, lo, hi, types, out)
+                    else:
+                        decode_frame_events(data, at, info, lo, hi, types, out)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             i = j

@@ -191,8 +191,6 @@ class Subscription:
         self._caught_up = asyncio.Event()
         self._reached_head = False
         self._acked = -1
-        self._prefetch: tuple[int, asyncio.Future[tuple[list[RecordedEvent], int] | None]] | None
-        self._prefetch = None
         self.overflows = 0
         """How many times the live buffer overflowed and the subscription went back to disk."""
 
@@ -243,9 +241,6 @@ class Subscription:
         if self._state == "closed":
             return
         self._state = "closed"
-        if self._prefetch is not None:
-            self._prefetch[1].cancel()
-            self._prefetch = None
         self._hub.remove(self)
         self._live = False
         self._buffer.clear()
@@ -395,16 +390,10 @@ class Subscription:
             self._mark_at = len(records)  # reached when the last one is handed out
 
     async def _read_history(self) -> None:
-        """Load the next chunk of history, and start reading the one after it, so that the
-        reader thread decodes while the consumer works through this one."""
-        pending = self._prefetch
-        self._prefetch = None
-        if pending is not None and pending[0] == self._cursor:
-            chunk = await pending[1]
+        if self.stream is None:
+            chunk = await self._reader.all_chunk(self._cursor, False, None, self.filter)
         else:
-            if pending is not None:
-                pending[1].cancel()
-            chunk = await self._chunk_at(self._cursor)
+            chunk = await self._reader.stream_chunk(self.stream, self._cursor, False, None)
         if self._state == "closed" or chunk is None:
             return
         records, nxt = chunk
@@ -412,13 +401,6 @@ class Subscription:
         if self.stream is not None:
             self._cur_end = nxt - 1
             self._cursor = nxt
-        if nxt <= self._head():
-            self._prefetch = (nxt, asyncio.ensure_future(self._chunk_at(nxt)))
-
-    def _chunk_at(self, cursor: int) -> Awaitable[tuple[list[RecordedEvent], int] | None]:
-        if self.stream is None:
-            return self._reader.all_chunk(cursor, False, None, self.filter)
-        return self._reader.stream_chunk(self.stream, cursor, False, None)
 
     def _key(self, rec: RecordedEvent) -> int:
         return rec.position if self.stream is None else rec.version

@@ -112,7 +112,12 @@ class EventStore:
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
-        self._reader = Reader(self._log, self._index, self._options.read_chunk_bytes)
+        self._reader = Reader(
+            self._log,
+            self._index,
+            self._options.read_chunk_bytes,
+            self._options.pause_gc_while_decoding,
+        )
         self._hub = LiveHub()
         self._subscriptions: WeakSet[Subscription] = WeakSet()
         self.recovery: Recovery | None = None

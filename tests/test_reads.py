@@ -132,3 +132,23 @@ async def test_damage_after_open_is_reported_on_read(store_path: Path) -> None:
         with pytest.raises(es.CorruptLog) as info:
             _ = [r async for r in store.read_all()]
         assert info.value.path == str(seg)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_reads_leave_the_garbage_collector_as_they_found_it(
+    store_path: Path, enabled: bool
+) -> None:
+    import gc
+
+    async with es.EventStore(store_path) as store:
+        await fill(store, 50)
+        was = gc.isenabled()
+        try:
+            if not enabled:
+                gc.disable()
+            assert len([r async for r in store.read_all()]) == 67
+            assert len([r async for r in store.read_stream("s0")]) == 34
+            assert gc.isenabled() is enabled
+        finally:
+            if was:
+                gc.enable()
