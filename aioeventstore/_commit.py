@@ -20,6 +20,7 @@ retry with the same event ids is safe (see idempotency in ``store.py``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -36,6 +37,7 @@ from .events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Event, Expected
 from .options import StoreOptions
 
 FRAME_OVERHEAD = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
+log = logging.getLogger("aioeventstore")
 
 
 class Recheck(NamedTuple):
@@ -188,7 +190,13 @@ class CommitLoop:
                         return
                     await self._queue.wait()
                     continue
-                batch = self._current = self._plan(self._queue.drain(self._options.max_batch_bytes))
+                items = self._queue.drain(self._options.max_batch_bytes)
+                try:
+                    batch = self._current = self._plan(items)
+                except Exception as exc:  # a bug: the index may be half-updated, so stop
+                    log.exception("aioeventstore: planning a batch failed")
+                    self._fail(exc, _Batch([(i, exc) for i in items], None, b"", -1, -1, [], 0, []))
+                    return
                 if batch.plan is not None:
                     try:
                         await loop.run_in_executor(
@@ -229,7 +237,7 @@ class CommitLoop:
             if last is None:
                 last = index.last_version(stream)
             exp = item.expected
-            if exp is ANY:
+            if exp is ANY or (exp is STREAM_EXISTS and last >= 0):
                 hit = window.get((stream, item.ids[0]))
                 if hit is not None and hit[0] == item.ids:
                     outcomes.append((item, hit[1]))
@@ -238,7 +246,7 @@ class CommitLoop:
             elif exp is NO_STREAM:
                 ok = last == -1
             elif exp is STREAM_EXISTS:
-                ok = last >= 0
+                ok = False
             else:
                 assert isinstance(exp, int)
                 ok = last == exp
@@ -305,7 +313,10 @@ class CommitLoop:
             st = self.stats
             st.events += batch.last - batch.first + 1
             for listener in self.listeners:
-                listener(batch.first, batch.last, batch.appends, batch.recorded_us)
+                try:
+                    listener(batch.first, batch.last, batch.appends, batch.recorded_us)
+                except Exception:  # a listener's bug must not cost producers their answer
+                    log.exception("aioeventstore: a commit listener failed")
         for name, position in batch.checkpoints:  # durable now, whoever still waits
             if position > self.checkpoints.get(name, -1):
                 self.checkpoints[name] = position

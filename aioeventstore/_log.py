@@ -99,6 +99,7 @@ class Log:
         self._end = 0  # byte offset after the last reserved write in the tail segment
         self._tail = -1  # ordinal of the tail segment, as planned by reserve()
         self._planned: dict[int, int] = {}  # ordinal → first position of a planned segment
+        self._tail_first = 0  # first position of the tail segment, as planned by reserve()
 
     # --- recovery -------------------------------------------------------------------------
     def recover(self, sink: Callable[[int, Segment], FrameSink]) -> Recovery:
@@ -177,6 +178,7 @@ class Log:
         # is appended to them.
         self.fs.sync_dir(self.directory)
         self._tail = len(self.segments) - 1
+        self._tail_first = self.segments[-1].first_position
         self._end = self.segments[-1].file.size()
         if cut is None:
             return Recovery(len(self.segments), position)
@@ -193,10 +195,17 @@ class Log:
         """Plan the next write of ``nbytes`` (commit loop thread only).
 
         A write is never split across segments: when it would take a non-empty tail segment
-        past ``segment_bytes``, it starts a new segment named after ``first_position``.
+        past ``segment_bytes``, it starts a new segment named after ``first_position``, but
+        only if the tail already holds an event: segments are named by their first position, so
+        a tail holding only checkpoint frames (or nothing) keeps growing instead.
         """
-        if self._end > SEGMENT_HEADER_SIZE and self._end + nbytes > self.options.segment_bytes:
+        if (
+            self._end > SEGMENT_HEADER_SIZE
+            and self._end + nbytes > self.options.segment_bytes
+            and first_position > self._tail_first
+        ):
             self._tail += 1
+            self._tail_first = first_position
             self._end = SEGMENT_HEADER_SIZE + nbytes
             self._planned[self._tail] = first_position
             return WritePlan(self._tail, SEGMENT_HEADER_SIZE, first_position)

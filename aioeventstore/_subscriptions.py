@@ -41,7 +41,9 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
     out = []
     metas = item.metas
     version = item.first_version
-    for k, src in enumerate(item.source):
+    source = item.source
+    for k in range(item.count):
+        src = source[k]
         event = src if isinstance(src, Event) else src.event
         meta = unpack_metadata(metas[k]) if metas is not None else NO_METADATA
         out.append(
@@ -248,6 +250,7 @@ class Subscription:
         self._cur = []
         self._i = 0
         self._wake()
+        self._caught_up.set()  # release caught_up() waiters; they see _reached_head
         self._on_close(self)
 
     @property
@@ -275,8 +278,11 @@ class Subscription:
     async def caught_up(self) -> None:
         """Return once the subscription has delivered everything committed at that moment
         (its first ``lag == 0``): right after the last historical event was handed out, or when
-        it switched to live. Returns at once if that already happened."""
+        it switched to live. Returns at once if that already happened. Raises StoreClosed if
+        the subscription ends before it catches up."""
         await self._caught_up.wait()
+        if not self._reached_head:
+            raise StoreClosed("the subscription ended before it caught up")
 
     async def ack(self, rec: RecordedEvent | int) -> None:
         """Durably record that everything up to ``rec`` (or a position) was processed.
@@ -336,7 +342,7 @@ class Subscription:
             cur = self._cur
             i = self._i
             if i < len(cur):
-                batch = cur if i == 0 else cur[i:]
+                batch = cur[i:]  # a copy: live lists are shared with other subscribers
                 self._i = len(cur)
                 if self._mark_at >= 0:
                     self._mark_caught_up()
@@ -349,12 +355,12 @@ class Subscription:
         if self._state == "new":
             self._open()
         while True:
+            if self._state == "closed":
+                return False
             if self._cur_end > self._through:
                 self._through = self._cur_end  # the whole current list was examined
             if not self._reached_head and self._through >= self._head():
                 self._mark_caught_up()  # e.g. everything after the last match was filtered
-            if self._state == "closed":
-                return False
             if self._buffer:
                 records, end = self._buffer.popleft()
                 self._buffered -= len(records)

@@ -180,7 +180,9 @@ class EventStore:
         def sink(ordinal: int, seg: Segment) -> FrameSink:
             def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
                 if info.kind == FRAME_KIND_CHECKPOINT:
-                    self._checkpoints[info.stream] = info.first_version
+                    # the highest wins, as in memory (a lower one may come later on disk)
+                    old = self._checkpoints.get(info.stream, -1)
+                    self._checkpoints[info.stream] = max(old, info.first_version)
                     return
                 if info.first_version != index.last_version(info.stream) + 1:
                     raise CorruptLog(
@@ -363,6 +365,8 @@ class EventStore:
             from_version = self._index.committed_last_version(stream) if backwards else 0
         else:
             _check_index("from_version", from_version)
+            if backwards:  # as read_all does: a start past the end reads from the end
+                from_version = min(from_version, self._index.committed_last_version(stream))
         remaining = limit
         version = from_version
         while remaining is None or remaining > 0:
@@ -481,6 +485,10 @@ class EventStore:
         """
         commit = self._require_open()
         name_b = _check_consumer_name(name)
+        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < 2**63:
+            raise ValueError(f"checkpoint position must be an int in [0, 2**63), not {position!r}")
+        if position <= self._checkpoints.get(name, -1):
+            return  # not an advance: nothing to write
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
         await fut  # the commit loop records it in self._checkpoints once durable
@@ -552,7 +560,7 @@ def _as_list(stream: str, events: object) -> Sequence[Event | NewEvent]:
     if isinstance(events, (list, tuple)):
         if not events:
             raise ValueError(f"append to stream {stream!r}: the sequence of events is empty")
-        return events
+        return tuple(events)  # a copy: the caller may change its list while we wait
     raise TypeError(
         f"append to stream {stream!r}: expected an es.Event, an es.NewEvent or a list/tuple of "
         f"them, not {type(events).__name__}"

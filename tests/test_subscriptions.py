@@ -378,3 +378,105 @@ async def test_recorded_event_fields(store_path: Path) -> None:
     import pickle
 
     assert pickle.loads(pickle.dumps(rec)) == rec
+
+
+# --- regressions found in review -------------------------------------------------------------
+
+
+async def test_checkpoint_only_batches_never_start_a_segment(store_path: Path) -> None:
+    # A segment is named by its first position: a tail holding only checkpoints must grow
+    # instead of rotating to a second file with the same name.
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        await store.append("s", Note(text="x"))
+        for i in range(200):
+            await store.save_checkpoint("c", i)
+        for i in range(50):
+            await store.append("s", Note(text=f"y{i}" * 20))
+        assert store.checkpoint("c") == 199
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        assert store.checkpoint("c") == 199 and store.head == 50
+        await store.append("s", Note(text="after"))
+        assert [r.position async for r in store.read_all()] == list(range(52))
+
+
+async def test_bad_checkpoint_positions_are_rejected_and_the_store_goes_on(
+    store_path: Path,
+) -> None:
+    async with es.EventStore(store_path) as store:
+        for bad in (2**64, -1, "3"):
+            with pytest.raises(ValueError, match="checkpoint position"):
+                await store.save_checkpoint("c", bad)  # type: ignore[arg-type]
+        assert (await store.append("s", Note(text="ok"))).position == 0
+
+
+async def test_highest_checkpoint_wins_also_after_reopen(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 20)
+        async with store.subscribe(name="p") as a, store.subscribe(name="p") as b:
+            await a.ack(9)
+            await b.ack(3)  # lower: not written
+        assert store.checkpoint("p") == 9
+    async with es.EventStore(store_path) as store:
+        assert store.checkpoint("p") == 9
+
+
+async def test_callers_list_changes_after_append_do_not_leak(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        async with store.subscribe(from_position=es.END) as sub:
+            events: list[es.Event] = [Note(text="a"), Note(text="b")]
+            task = asyncio.create_task(store.append("s", events))
+            await asyncio.sleep(0)
+            events[0] = Note(text="REPLACED")
+            events.append(Note(text="extra"))
+            assert (await task).version == 1
+            live = [r.data for r in await take(sub, 2)]
+        stored = [r.data async for r in store.read_all()]
+        assert live == stored == [Note(text="a"), Note(text="b")]
+
+
+async def test_stream_exists_retry_with_same_ids_is_idempotent(store_path: Path) -> None:
+    ev = es.NewEvent(Note(text="x"), id=uuid.uuid4())
+    async with es.EventStore(store_path) as store:
+        await store.append("s", Note(text="first"))
+        r1 = await store.append("s", ev, expected_version=es.STREAM_EXISTS)
+        r2 = await store.append("s", ev, expected_version=es.STREAM_EXISTS)
+        assert r1 == r2 and store.head == 1
+
+
+async def test_caught_up_raises_when_the_subscription_ends_first(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 30)
+        sub = store.subscribe()
+        async with sub:
+            await take(sub, 3)
+            waiter = asyncio.create_task(sub.caught_up())
+            await asyncio.sleep(0)
+        with pytest.raises(es.StoreClosed, match="before it caught up"):
+            await waiter
+
+
+async def test_read_stream_backwards_from_past_the_end(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 9)
+        got = [r.version async for r in store.read_stream("s0", from_version=99, backwards=True)]
+        assert got == [2, 1, 0]
+
+
+async def test_batches_are_the_subscribers_own(store_path: Path) -> None:
+    async with (
+        es.EventStore(store_path) as store, store.subscribe(from_position=es.END) as a,
+        store.subscribe(from_position=es.END) as b,
+    ):
+        await fill(store, 5)
+        ga, gb = a.batches(), b.batches()
+        batch_a = await anext(ga)
+        batch_a.reverse()
+        del batch_a[1:]
+        seen: list[int] = []
+        async for batch in gb:
+            seen += [r.position for r in batch]
+            if seen[-1] == 4:
+                break
+        assert seen == [0, 1, 2, 3, 4]
+        await ga.aclose()
+        await gb.aclose()
