@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) perf/bench_append.py $(BENCH_ARGS)
+
+# SIGKILL torture for as long as asked: `make soak SECONDS=600` (tests/torture.py).
+SECONDS ?= 600
+soak: $(STAMP)
+	$(PY) tests/torture.py --seconds $(SECONDS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 Only re-exports live here; see ``store.py`` for where reading the code starts.
 """
 
+from ._verify import SegmentProblem, SegmentReport, VerifyReport
 from .errors import (
     CorruptLog,
     DuplicateEventType,
@@ -53,6 +54,8 @@ __all__ = [
     "NewEvent",
     "OptionOverrides",
     "RecordedEvent",
+    "SegmentProblem",
+    "SegmentReport",
     "StartAt",
     "StoreClosed",
     "StoreFailed",
@@ -61,6 +64,7 @@ __all__ = [
     "StoreStatistics",
     "StreamState",
     "Subscription",
+    "VerifyReport",
     "WrongExpectedVersion",
     "__version__",
     "event_types",

@@ -331,19 +331,28 @@ class CommitLoop:
                 fut.set_result(outcome)
 
     def _fail(self, exc: BaseException, batch: _Batch | None) -> None:
-        """Fail-stop: every producer of this batch, and every later one, gets StoreFailed."""
+        """Fail-stop: every producer of this batch, and every later one, gets StoreFailed.
+
+        Written so that nothing in here can raise before every waiting producer is answered.
+        """
+        failure: StoreFailed | StoreClosed
         if isinstance(exc, StoreClosed):
-            failure: StoreFailed | StoreClosed = exc
+            failure = exc
         else:
-            where = (
-                self._log.path(batch.plan.ordinal) if batch and batch.plan else self._log.directory
-            )
-            self.failure = StoreFailed(
+            try:
+                where = (
+                    self._log.path(batch.plan.ordinal)
+                    if batch and batch.plan
+                    else self._log.directory
+                )
+            except Exception:  # the message must not cost anyone their answer
+                where = self._log.directory
+            failure = self.failure = StoreFailed(
                 f"writing the log failed at {where}: {exc}; the store "
                 "is stopped for writes (reads still work; reopen to recover)"
             )
-            self.failure.__cause__ = exc
-            failure = self.failure
+            failure.__cause__ = exc
+        self._closing = True
         pending = [item for item, _ in batch.outcomes] if batch else []
         pending += self._queue.take_all()
         for item in pending:

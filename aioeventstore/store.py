@@ -33,6 +33,7 @@ from ._log import LOCK_NAME, Log, Recovery
 from ._reader import Reader
 from ._segment import FrameSink, Segment
 from ._subscriptions import LiveHub, Subscription
+from ._verify import VerifyReport, verify_store
 from .errors import CorruptLog, StoreClosed, StoreLocked, WrongExpectedVersion
 from .events import (
     ANY,
@@ -288,6 +289,19 @@ class EventStore:
                 "'async with EventStore(...)' or after 'await store.open()'"
             )
         return self._commit
+
+    async def verify(self) -> VerifyReport:
+        """Check every frame of every segment on disk and report per segment (read-only).
+
+        Runs on the store's I/O thread, between two commit batches, so a write in progress is
+        never mistaken for a torn tail; appends wait while it runs. ``python -m aioeventstore
+        verify PATH`` does the same for a store that is not open.
+        """
+        self._require_open()
+        assert self._io is not None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._io, verify_store, self._path, self._fs, self._options
+        )
 
     # --- append -----------------------------------------------------------------------------
     async def append(

@@ -190,3 +190,17 @@ async def test_a_damaged_tail_longer_than_one_write_is_not_cut(store_path: Path)
     with pytest.raises(es.CorruptLog, match="more than one write"):
         await es.EventStore(store_path, opts).open()
     assert seg.stat().st_size == size  # nothing was cut
+
+
+async def test_store_verify_reports_every_segment_while_open(store_path: Path) -> None:
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        for i in range(80):
+            await store.append(f"s{i % 4}", [Note(text=f"e{i}"), Note(text=f"f{i}")])
+        await store.save_checkpoint("c", 10)
+        report = await store.verify()
+        assert report.ok and not report.corrupt and report.first_problem is None
+        assert report.events == 160 == store.head + 1
+        assert len(report.segments) == len(segments(store_path)) > 1
+        assert report.segments[0].first_position == 0
+        assert report.segments[-1].last_position == 159
+        assert isinstance(report, es.VerifyReport)

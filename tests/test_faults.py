@@ -1,0 +1,296 @@
+"""Write and sync errors: fail-stop, nothing of the failed batch left behind, nothing
+acknowledged lost, reopening recovers.
+
+The contract (README "Errors", docs/guarantees.md): after any error writing or syncing the log,
+the producers of the failed batch and every later append get ``StoreFailed`` (``__cause__`` is
+the OS error), never success; reads of what was committed keep working; the failed batch's
+bytes are cut off again, so that a reopen never shows them; reopening recovers.
+
+The simulated file system (tests/simfs.py) models the page cache, including Linux's behaviour
+after an fsync error: the failed pages stay readable but never reach the disk. Several tests
+here reopen *in the same boot* after a failure, append, and then cut the power: that is where
+data that is readable but not durable would turn into a hole in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+
+import aioeventstore as es
+from aioeventstore._fs import OsFileSystem
+from aioeventstore._verify import repair_store
+from tests.crashload import (
+    PAD,
+    STORE,
+    Attempt,
+    Run,
+    check_recovered,
+    reopen_and_check,
+    run_workload,
+)
+from tests.helpers import Note
+from tests.simfs import LOSS_MODES, Fault, PowerCut, SimFS
+
+APPENDS = 24
+
+
+async def committed(store: es.EventStore) -> list[es.RecordedEvent]:
+    return [r async for r in store.read_all()]
+
+
+def note(text: str, eid: uuid.UUID) -> es.NewEvent:
+    return es.NewEvent(Note(text=text + PAD), id=eid)
+
+
+async def append_more(store: es.EventStore, run: Run, n: int, stream: str = "later") -> None:
+    """``n`` acknowledged appends, recorded in ``run``."""
+    for i in range(n):
+        a = Attempt(stream, [uuid.uuid4()], [f"{stream}/{i}"], es.ANY)
+        run.attempts.append(a)
+        a.outcome = await store.append(stream, note(a.texts[0], a.ids[0]))
+
+
+async def reopen_same_boot(fs: SimFS, run: Run) -> None:
+    """Open again without a power cut: exactly the acknowledged appends are there (the failed
+    batch was cut off again), and the store takes new appends."""
+    async with es.EventStore(STORE, _fs=fs, segment_bytes=4096) as store:
+        check_recovered(await committed(store), run.attempts, exact=True)
+        await append_more(store, run, 3)
+
+
+async def reads_still_work(store: es.EventStore, run: Run) -> None:
+    """The ``after`` hook of the workload: if the store failed, reads of committed events
+    still work and show exactly the acknowledged appends, and appends keep failing."""
+    failures = [a.outcome for a in run.attempts if isinstance(a.outcome, es.StoreFailed)]
+    if not failures:
+        return
+    check_recovered(await committed(store), run.attempts, exact=True)
+    with pytest.raises(es.StoreFailed):
+        await store.append("late", Note(text="late"))
+
+
+async def test_a_fault_at_every_operation() -> None:
+    """Every counted operation of the workload, in turn, fails: with its natural error
+    (ENOSPC for writes and creates, EIO for syncs and the rest), and every write also as a
+    short write. Then three ways on: a power cut right away (each loss mode), and a reopen in
+    the same boot, more appends, then a power cut."""
+    reference = SimFS(0)
+    await run_workload(reference, appends=APPENDS)
+    trace = reference.trace
+    points = [(k, False) for k in range(len(trace))]
+    points += [(k, True) for k, op in enumerate(trace) if op.startswith("pwrite")]
+    failed_batches = 0
+    for n, (k, short) in enumerate(points):
+        fs = SimFS(k)
+        fault = fs.inject(Fault(at=k, short=short))
+        run = await run_workload(fs, appends=APPENDS, after=reads_still_work)
+        assert fault.hits == 1
+        failures = [a for a in run.attempts if isinstance(a.outcome, es.StoreFailed)]
+        if run.opened and failures:
+            failed_batches += 1
+            first = failures[0].outcome
+            assert isinstance(first, es.StoreFailed) and isinstance(first.__cause__, OSError)
+            expected = errno.ENOSPC if short or trace[k].startswith(("pwrite", "create")) else 5
+            assert first.__cause__.errno == expected
+        assert not any(a.outcome is None for a in run.attempts), "an append never returned"
+        mode = LOSS_MODES[n % 3]
+        crashed = fs.clone()
+        crashed.power_cut(mode, random.Random(k))
+        # A failed write never reached the disk; a failed fsync may have written some or all
+        # of the batch before it failed, and the clean-up cut was not synced: then the batch
+        # is all or nothing after a power cut, like any unacknowledged write.
+        never_synced = trace[k].split()[0] != "sync" or short
+        await reopen_and_check(
+            crashed, run, exact=mode == "kept" or (mode == "lost" and never_synced)
+        )
+        await reopen_same_boot(fs, run)
+        fs.power_cut(LOSS_MODES[(n + 1) % 3], random.Random(-k))
+        await reopen_and_check(fs, run, exact=True)
+    assert failed_batches > len(trace) // 2
+
+
+@pytest.mark.parametrize("short", [False, True], ids=["enospc", "short-write"])
+async def test_enospc_fails_the_batch_and_every_later_append(short: bool) -> None:
+    fs = SimFS(1)
+    run = Run()
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await append_more(store, run, 5, "s")
+        fs.inject(Fault(op="pwrite", errno=errno.ENOSPC, short=short))
+        batch = [Attempt("t", [uuid.uuid4()], [f"t/{i}"], es.ANY) for i in range(10)]
+        run.attempts += batch
+        outcomes = await asyncio.gather(
+            *(store.append(a.stream, note(a.texts[0], a.ids[0])) for a in batch),
+            return_exceptions=True,
+        )
+        for a, out in zip(batch, outcomes, strict=True):
+            a.outcome = out
+            assert isinstance(out, es.StoreFailed), out  # never a success
+            assert isinstance(out.__cause__, OSError) and out.__cause__.errno == errno.ENOSPC
+        with pytest.raises(es.StoreFailed):
+            await store.append("s", Note(text="later"))
+        assert store.head == 4  # reads of what was committed keep working
+        check_recovered(await committed(store), run.attempts, exact=True)
+    for mode in ("lost", "kept"):  # the process dies: nothing of the failed batch
+        crashed = fs.clone()
+        crashed.power_cut(mode)
+        await reopen_and_check(crashed, run, exact=True)
+    await reopen_same_boot(fs, run)  # nothing of it without a power cut either
+
+
+async def test_short_write_then_crash_before_the_cleanup_is_a_torn_tail() -> None:
+    """The process dies between the short write and cutting it off again: the partial frame
+    is a torn tail, cut on open; nothing of the batch is visible."""
+    fs = SimFS(2)
+    run = Run()
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await append_more(store, run, 5, "s")
+        fs.inject(Fault(op="pwrite", short=True))
+        fs.cut_after(1)  # the truncate that would clean up
+        a = Attempt("t", [uuid.uuid4()], ["t"], es.ANY)
+        run.attempts.append(a)
+        with pytest.raises(es.StoreFailed):
+            await store.append("t", note("t", a.ids[0]))
+        a.outcome = es.StoreFailed("power cut")
+    fs.reboot("kept")
+    store = await reopen_and_check(fs, run, exact=True)
+    assert store.recovery is not None and store.recovery.cut_path is not None
+
+
+@pytest.mark.parametrize("sync_error", ["doom", "keep"])
+async def test_fsync_eio_fails_stop_and_reopen_keeps_every_ack(sync_error: str) -> None:
+    """After an fsync error ("doom": Linux keeps the failed pages readable but never writes
+    them; "keep": they stay dirty) the store fails stop, reads keep working, and a reopen in
+    the same boot neither shows the failed batch nor builds on it: after more appends and a
+    power cut, every acknowledged append is there and the log is not corrupt.
+
+    Regression: before ``Log.write`` cut a failed batch off again, the reopen took the
+    never-durable batch for committed data, appended after it, and the power cut left a hole
+    in the middle of the log (CorruptLog, acknowledged appends unreadable).
+    """
+    fs = SimFS(3, sync_error="doom" if sync_error == "doom" else "keep")
+    run = Run()
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await append_more(store, run, 5, "s")
+        fs.inject(Fault(op="sync", errno=errno.EIO))
+        a = Attempt("t", [uuid.uuid4(), uuid.uuid4()], ["t0", "t1"], es.ANY)
+        run.attempts.append(a)
+        with pytest.raises(es.StoreFailed) as info:
+            await store.append("t", [note(x, i) for x, i in zip(a.texts, a.ids, strict=True)])
+        a.outcome = info.value
+        assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == 5
+        with pytest.raises(es.StoreFailed):
+            await store.append("s", Note(text="later"))
+        assert [r.position for r in await committed(store)] == [0, 1, 2, 3, 4]
+    await reopen_same_boot(fs, run)
+    fs.power_cut("lost")
+    await reopen_and_check(fs, run, exact=True)
+
+
+@pytest.mark.parametrize("failing", ["sync", "create", "pwrite", "sync_dir"])
+async def test_failure_while_rotating_fails_the_batch_and_recovers(failing: str) -> None:
+    """The steps of a rotation: sync the old segment, create the new one, write and sync its
+    header, sync the directory. Each may fail: the batch's producers get StoreFailed (once,
+    before ``Log.path`` knew planned segments, they waited forever: the commit task died of
+    an IndexError while failing the batch), and every acknowledged append survives a reopen
+    in the same boot followed by more appends and a power cut (once, a header whose sync
+    failed was trusted by the reopen, and a directory sync that failed was never redone)."""
+    fs = SimFS(4)
+    run = Run()
+    segment = f"{STORE}/{0:020d}.seg"
+    async with es.EventStore(STORE, _fs=fs, segment_bytes=4096) as store:
+        while len(fs.read_file(segment)) < 3000:  # the next 1.5 KiB write must rotate
+            await append_more(store, run, 1, "s")
+        head = store.head
+        n_ops = len(fs.trace)
+        fault = fs.inject(Fault(op=failing, path=".seg" if failing != "sync_dir" else None))
+        a = Attempt("big", [uuid.uuid4() for _ in range(8)], [f"b{i}" for i in range(8)], es.ANY)
+        run.attempts.append(a)
+        events = [note(x, i) for x, i in zip(a.texts, a.ids, strict=True)]
+        with pytest.raises(es.StoreFailed):
+            await asyncio.wait_for(store.append("big", events), 30)
+        a.outcome = es.StoreFailed("failed")
+        assert fault.hits == 1
+        assert fs.trace[n_ops] == f"sync {0:020d}.seg"  # a rotation began
+        assert f"pwrite {0:020d}.seg" not in fs.trace[n_ops:]  # nothing of the batch written
+        assert store.head == head
+    for mode in LOSS_MODES:
+        crashed = fs.clone()
+        crashed.power_cut(mode)
+        await reopen_and_check(crashed, run, exact=mode != "torn")
+    await reopen_same_boot(fs, run)
+    fs.power_cut("lost")
+    await reopen_and_check(fs, run, exact=True)
+
+
+async def test_power_cut_makes_every_later_call_fail() -> None:
+    """The cut is a dead process: the failed batch's producers get StoreFailed, and so does
+    every call after it, reads included (there is no machine left to read from)."""
+    fs = SimFS(5)
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await store.append("s", Note(text="a"))
+        fs.cut_after(0)
+        with pytest.raises(es.StoreFailed) as info:
+            await store.append("s", Note(text="b"))
+        assert isinstance(info.value.__cause__, PowerCut)
+        with pytest.raises(PowerCut):
+            _ = [r async for r in store.read_all()]
+    fs.reboot("lost")
+    async with es.EventStore(STORE, _fs=fs) as store:
+        assert [r.position async for r in store.read_all()] == [0]
+
+
+def test_makedirs_syncs_every_new_directory_into_its_parent(tmp_path: Path) -> None:
+    """A new store directory is durable before anything is written in it: a power cut cannot
+    take the directory, and every acknowledged append inside it, away (the crash sweep found
+    this: ``os.makedirs`` alone syncs nothing). Directories that exist are synced into their
+    parents too, best effort, in case an earlier call failed before syncing."""
+    synced: list[str] = []
+
+    class Spy(OsFileSystem):
+        def sync_dir(self, path: str) -> None:
+            synced.append(path)
+            super().sync_dir(path)
+
+    Spy().makedirs(str(tmp_path / "a" / "b"))
+    assert (tmp_path / "a" / "b").is_dir()
+    assert synced[-2:] == [str(tmp_path), str(tmp_path / "a")]
+    synced.clear()
+    Spy().makedirs(str(tmp_path / "a" / "b"))
+    assert synced[-2:] == [str(tmp_path), str(tmp_path / "a")]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        Spy().makedirs(str(tmp_path / "file"))
+
+
+async def test_limit_fsync_error_and_a_failed_cleanup() -> None:
+    """The documented limit of the fsync-error clean-up (best effort): when cutting the failed
+    batch off fails too (or the process dies first), its never-durable pages stay readable,
+    a reopen in the same boot takes them for committed data, and after a power cut the log
+    has a hole there. Opening then raises CorruptLog at that offset (nothing is silently
+    skipped) and ``repair`` keeps everything before it: every append acknowledged before the
+    fsync error."""
+    fs = SimFS(3)  # sync_error="doom"
+    run = Run()
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await append_more(store, run, 5, "s")
+        fs.inject(Fault(op="sync", written_back=0))
+        fs.inject(Fault(op="truncate"))
+        with pytest.raises(es.StoreFailed):
+            await store.append("t", Note(text="never durable"))
+    async with es.EventStore(STORE, _fs=fs) as store:  # same boot: the page cache has it
+        assert store.head == 5
+        await store.append("t", Note(text="acknowledged, then lost behind the hole"))
+    fs.power_cut("lost")
+    with pytest.raises(es.CorruptLog) as info:
+        await es.EventStore(STORE, _fs=fs).open()
+    report = repair_store(STORE, fs)
+    assert report.before.corrupt and report.after is not None and report.after.ok
+    assert report.actions[-1].offset == info.value.offset
+    async with es.EventStore(STORE, _fs=fs) as store:
+        check_recovered(await committed(store), run.attempts, exact=True)
