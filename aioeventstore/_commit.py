@@ -37,6 +37,7 @@ from .events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Event, Expected
 from .options import StoreOptions
 
 FRAME_OVERHEAD = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
+_new_tuple = tuple.__new__  # NamedTuple's own __new__ is a Python function
 log = logging.getLogger("aioeventstore")
 
 
@@ -256,7 +257,7 @@ class CommitLoop:
             version = item.first_version = last + 1
             touched[stream] = last + item.count
             accepted.append((item, pos, version))
-            result = AppendResult(pos + item.count - 1, version + item.count - 1)
+            result = _new_tuple(AppendResult, (pos + item.count - 1, version + item.count - 1))
             outcomes.append((item, result))
             if self._options.idempotency_window:
                 window[stream, item.ids[0]] = (item.ids, result)

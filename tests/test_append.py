@@ -245,3 +245,30 @@ async def test_size_limits(store_path: Path) -> None:
             await store.append("big", [Note(text="x" * 900) for _ in range(5)])
         assert (await store.append("big", Note(text="x" * 900))).position == 0
         assert store.head == 0
+
+
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork.*:DeprecationWarning")
+def test_generated_ids_are_random_v4_uuids_and_not_shared_with_a_forked_child() -> None:
+    import multiprocessing
+    import os
+
+    from aioeventstore._codec import new_event_id
+
+    ids = [new_event_id() for _ in range(3000)]
+    assert len(set(ids)) == 3000
+    for raw in ids[:50]:
+        u = uuid.UUID(bytes=raw)
+        assert u.version == 4 and u.variant == uuid.RFC_4122
+    if not hasattr(os, "fork"):
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply(_ids_in_child)
+    parent = {new_event_id() for _ in range(600)}
+    assert not parent & set(child)
+
+
+def _ids_in_child() -> list[bytes]:
+    from aioeventstore._codec import new_event_id
+
+    return [new_event_id() for _ in range(600)]
