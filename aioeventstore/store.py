@@ -20,11 +20,19 @@ from dataclasses import dataclass, replace
 from typing import Unpack
 from weakref import WeakSet
 
+from ._checks import (
+    as_event_list,
+    check_consumer_name,
+    check_expected,
+    check_filter,
+    check_index,
+    check_limit,
+    check_stream,
+)
 from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
 from ._format import (
     FRAME_KIND_CHECKPOINT,
-    MAX_STREAM_NAME_BYTES,
     FrameInfo,
 )
 from ._fs import FileSystem, Lock, OsFileSystem
@@ -44,7 +52,6 @@ from .events import (
     NewEvent,
     RecordedEvent,
     StartAt,
-    StreamState,
 )
 from .options import OptionOverrides, StoreOptions
 
@@ -328,9 +335,9 @@ class EventStore:
         (when their batch was already being written); retrying with the same ids is safe.
         """
         commit = self._require_open()
-        stream_b = _check_stream(stream)
-        _check_expected(expected_version)
-        items = _as_list(stream, events)
+        stream_b = check_stream(stream)
+        check_expected(expected_version)
+        items = as_event_list(stream, events)
         opts = self._options
         ids, entries, metas = encode_events(
             stream, items, opts.max_event_bytes, opts.max_append_bytes
@@ -373,12 +380,12 @@ class EventStore:
         committed while iterating may be included; uncommitted ones never are.
         """
         self._require_open()
-        _check_stream(stream)
-        _check_limit(limit)
+        check_stream(stream)
+        check_limit(limit)
         if from_version is None:
             from_version = self._index.committed_last_version(stream) if backwards else 0
         else:
-            _check_index("from_version", from_version)
+            check_index("from_version", from_version)
             if backwards:  # as read_all does: a start past the end reads from the end
                 from_version = min(from_version, self._index.committed_last_version(stream))
         remaining = limit
@@ -411,12 +418,12 @@ class EventStore:
         sees only committed events.
         """
         self._require_open()
-        _check_limit(limit)
-        _check_filter(filter)
+        check_limit(limit)
+        check_filter(filter)
         if from_position is None:
             from_position = self._index.head if backwards else 0
         else:
-            _check_index("from_position", from_position)
+            check_index("from_position", from_position)
         pos = min(from_position, self._index.head) if backwards else from_position
         remaining = limit
         while remaining is None or remaining > 0:
@@ -459,16 +466,16 @@ class EventStore:
         """
         self._require_open()
         if stream is not None:
-            _check_stream(stream)
+            check_stream(stream)
             if filter is not None:
                 raise ValueError("filter applies to whole-store subscriptions, not stream=")
         if not isinstance(from_position, StartAt):
-            _check_index("from_position", from_position)
+            check_index("from_position", from_position)
         if not isinstance(from_version, StartAt):
-            _check_index("from_version", from_version)
-        _check_filter(filter)
+            check_index("from_version", from_version)
+        check_filter(filter)
         if name is not None:
-            _check_consumer_name(name)
+            check_consumer_name(name)
         if not isinstance(buffer_events, int) or buffer_events < 1:
             raise ValueError(f"buffer_events must be an int >= 1, not {buffer_events!r}")
         sub = Subscription(
@@ -498,7 +505,7 @@ class EventStore:
         seen by reads. A lower position than the saved one is ignored.
         """
         commit = self._require_open()
-        name_b = _check_consumer_name(name)
+        name_b = check_consumer_name(name)
         if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < 2**63:
             raise ValueError(f"checkpoint position must be an int in [0, 2**63), not {position!r}")
         if position <= self._checkpoints.get(name, -1):
@@ -506,76 +513,3 @@ class EventStore:
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
         await fut  # the commit loop records it in self._checkpoints once durable
-
-
-def _check_stream(stream: object) -> bytes:
-    if not isinstance(stream, str):
-        raise TypeError(f"stream name must be a str, not {type(stream).__name__}")
-    if not stream:
-        raise ValueError("stream name must not be empty")
-    if stream.startswith("$"):
-        raise ValueError(
-            f"stream name {stream[:64]!r} starts with '$', which is reserved for the store"
-        )
-    try:
-        b = stream.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"stream name {stream[:64]!r} is not valid UTF-8: {exc}") from None
-    if len(b) > MAX_STREAM_NAME_BYTES:
-        raise ValueError(
-            f"stream name {stream[:64]!r}... is {len(b)} bytes of UTF-8, over the limit of "
-            f"{MAX_STREAM_NAME_BYTES}"
-        )
-    return b
-
-
-def _check_expected(expected: object) -> None:
-    if isinstance(expected, StreamState):
-        return
-    if not isinstance(expected, int) or isinstance(expected, bool):
-        raise TypeError(
-            "expected_version must be an int or es.ANY / es.NO_STREAM / es.STREAM_EXISTS, "
-            f"not {expected!r}"
-        )
-    if expected < 0:
-        raise ValueError(
-            f"expected_version must be >= 0 (the version of the stream's last event), not "
-            f"{expected}; use es.NO_STREAM for a stream that must not exist"
-        )
-
-
-def _check_index(what: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{what} must be an int >= 0, not {value!r}")
-
-
-def _check_filter(filt: object) -> None:
-    if filt is not None and not isinstance(filt, EventFilter):
-        raise TypeError(f"filter must be an es.EventFilter or None, not {type(filt).__name__}")
-
-
-def _check_consumer_name(name: object) -> bytes:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a consumer name must be a non-empty str, not {name!r}")
-    b = name.encode("utf-8", "surrogatepass")
-    if len(b) > MAX_STREAM_NAME_BYTES:
-        raise ValueError(f"consumer name {name[:64]!r}... is over {MAX_STREAM_NAME_BYTES} bytes")
-    return b
-
-
-def _check_limit(limit: object) -> None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
-
-
-def _as_list(stream: str, events: object) -> Sequence[Event | NewEvent]:
-    if isinstance(events, (Event, NewEvent)):
-        return (events,)
-    if isinstance(events, (list, tuple)):
-        if not events:
-            raise ValueError(f"append to stream {stream!r}: the sequence of events is empty")
-        return tuple(events)  # a copy: the caller may change its list while we wait
-    raise TypeError(
-        f"append to stream {stream!r}: expected an es.Event, an es.NewEvent or a list/tuple of "
-        f"them, not {type(events).__name__}"
-    )

@@ -1,0 +1,82 @@
+"""Argument checks for the public API: bad input fails in the caller's task, before anything
+is queued, with a message that names the stream, the field and the limit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._format import MAX_STREAM_NAME_BYTES
+from .events import Event, EventFilter, NewEvent, StreamState
+
+
+def check_stream(stream: object) -> bytes:
+    if not isinstance(stream, str):
+        raise TypeError(f"stream name must be a str, not {type(stream).__name__}")
+    if not stream:
+        raise ValueError("stream name must not be empty")
+    if stream.startswith("$"):
+        raise ValueError(
+            f"stream name {stream[:64]!r} starts with '$', which is reserved for the store"
+        )
+    try:
+        b = stream.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"stream name {stream[:64]!r} is not valid UTF-8: {exc}") from None
+    if len(b) > MAX_STREAM_NAME_BYTES:
+        raise ValueError(
+            f"stream name {stream[:64]!r}... is {len(b)} bytes of UTF-8, over the limit of "
+            f"{MAX_STREAM_NAME_BYTES}"
+        )
+    return b
+
+
+def check_expected(expected: object) -> None:
+    if isinstance(expected, StreamState):
+        return
+    if not isinstance(expected, int) or isinstance(expected, bool):
+        raise TypeError(
+            "expected_version must be an int or es.ANY / es.NO_STREAM / es.STREAM_EXISTS, "
+            f"not {expected!r}"
+        )
+    if expected < 0:
+        raise ValueError(
+            f"expected_version must be >= 0 (the version of the stream's last event), not "
+            f"{expected}; use es.NO_STREAM for a stream that must not exist"
+        )
+
+
+def check_index(what: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{what} must be an int >= 0, not {value!r}")
+
+
+def check_filter(filt: object) -> None:
+    if filt is not None and not isinstance(filt, EventFilter):
+        raise TypeError(f"filter must be an es.EventFilter or None, not {type(filt).__name__}")
+
+
+def check_consumer_name(name: object) -> bytes:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a consumer name must be a non-empty str, not {name!r}")
+    b = name.encode("utf-8", "surrogatepass")
+    if len(b) > MAX_STREAM_NAME_BYTES:
+        raise ValueError(f"consumer name {name[:64]!r}... is over {MAX_STREAM_NAME_BYTES} bytes")
+    return b
+
+
+def check_limit(limit: object) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+
+
+def as_event_list(stream: str, events: object) -> Sequence[Event | NewEvent]:
+    if isinstance(events, (Event, NewEvent)):
+        return (events,)
+    if isinstance(events, (list, tuple)):
+        if not events:
+            raise ValueError(f"append to stream {stream!r}: the sequence of events is empty")
+        return tuple(events)  # a copy: the caller may change its list while we wait
+    raise TypeError(
+        f"append to stream {stream!r}: expected an es.Event, an es.NewEvent or a list/tuple of "
+        f"them, not {type(events).__name__}"
+    )
