@@ -469,6 +469,12 @@ class EventStore:
             check_stream(stream)
             if filter is not None:
                 raise ValueError("filter applies to whole-store subscriptions, not stream=")
+            if from_position != 0:
+                raise ValueError(
+                    "a stream subscription starts at from_version=, not from_position="
+                )
+        elif from_version != 0:
+            raise ValueError("from_version= needs stream=; a whole-store one takes from_position=")
         if not isinstance(from_position, StartAt):
             check_index("from_position", from_position)
         if not isinstance(from_version, StartAt):

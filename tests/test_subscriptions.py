@@ -334,6 +334,10 @@ async def test_subscribe_argument_errors(store_path: Path) -> None:
             store.subscribe(filter="Note")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="consumer name"):
             store.subscribe(name="")
+        with pytest.raises(ValueError, match="from_version= needs stream="):
+            store.subscribe(from_version=3)
+        with pytest.raises(ValueError, match="starts at from_version="):
+            store.subscribe(stream="s", from_position=es.END)
 
 
 async def test_batches_deliver_the_same_events_in_lists(store_path: Path) -> None:
@@ -464,7 +468,8 @@ async def test_read_stream_backwards_from_past_the_end(store_path: Path) -> None
 
 async def test_batches_are_the_subscribers_own(store_path: Path) -> None:
     async with (
-        es.EventStore(store_path) as store, store.subscribe(from_position=es.END) as a,
+        es.EventStore(store_path) as store,
+        store.subscribe(from_position=es.END) as a,
         store.subscribe(from_position=es.END) as b,
     ):
         await fill(store, 5)
