@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -103,7 +103,7 @@ class LiveHub:
         if not self._all and not self._by_stream:
             return
         when = recorded_at(recorded_us)
-        everything: list[RecordedEvent] = []
+        everything: list[RecordedEvent] = []  # shared by every subscriber, as a tuple
         by_stream = self._by_stream
         pos = first
         for item in appends:
@@ -111,12 +111,15 @@ class LiveHub:
             if subs or self._all:
                 records = build_records(item, pos, when)
                 if subs:
+                    own = tuple(records)
                     for sub in list(subs):
-                        sub._push(records, records[-1].position)
+                        sub._push(own, own[-1].position)
                 everything += records
             pos += item.count
-        for sub in list(self._all):
-            sub._push(everything, last)
+        if self._all:
+            shared = tuple(everything)
+            for sub in list(self._all):
+                sub._push(shared, last)
 
     def close_all(self) -> None:
         """End every live subscription (store closing)."""
@@ -179,13 +182,13 @@ class Subscription:
         self._cap = buffer_events
         self._cursor = 0  # next position (whole store) or version (stream) not yet examined
         self._start = 0
-        self._cur: list[RecordedEvent] = []
+        self._cur: Sequence[RecordedEvent] = ()
         self._i = 0
         self._cur_end = -1  # position (or version) through which _cur covers the log
         self._mark_at = -1  # 1-based index in _cur whose delivery reaches the head, or -1
         self._gen: AsyncGenerator[RecordedEvent, None] | None = None
         self._through = -1  # position/version through which everything was delivered
-        self._buffer: deque[tuple[list[RecordedEvent], int]] = deque()
+        self._buffer: deque[tuple[Sequence[RecordedEvent], int]] = deque()
         self._buffered = 0
         self._live = False
         self._waiter: asyncio.Future[None] | None = None
@@ -247,7 +250,7 @@ class Subscription:
         self._live = False
         self._buffer.clear()
         self._buffered = 0
-        self._cur = []
+        self._cur = ()
         self._i = 0
         self._wake()
         self._caught_up.set()  # release caught_up() waiters; they see _reached_head
@@ -332,7 +335,7 @@ class Subscription:
             if not await self._advance():
                 return
 
-    async def batches(self) -> AsyncGenerator[list[RecordedEvent], None]:
+    async def batches(self) -> AsyncGenerator[Sequence[RecordedEvent], None]:
         """Deliver events a list at a time (what is ready, in order) instead of one by one.
 
         The same subscription, cursor and guarantees as ``async for rec in sub``; a consumer
@@ -342,7 +345,7 @@ class Subscription:
             cur = self._cur
             i = self._i
             if i < len(cur):
-                batch = cur[i:]  # a copy: live lists are shared with other subscribers
+                batch = cur if i == 0 else cur[i:]  # live batches are tuples: safe to share
                 self._i = len(cur)
                 if self._mark_at >= 0:
                     self._mark_caught_up()
@@ -376,7 +379,7 @@ class Subscription:
                 return True
 
     def _load(
-        self, records: list[RecordedEvent], end: int, filt: EventFilter | None = None
+        self, records: Sequence[RecordedEvent], end: int, filt: EventFilter | None = None
     ) -> None:
         """Make ``records`` current; ``end`` is the last position the list covers."""
         if records and self._key(records[0]) < self._start:
@@ -446,7 +449,7 @@ class Subscription:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _push(self, records: list[RecordedEvent], end: int) -> None:
+    def _push(self, records: Sequence[RecordedEvent], end: int) -> None:
         """A durable batch from the hub (synchronous; never waits)."""
         if not self._live:
             return
