@@ -181,19 +181,6 @@ class Index:
         """Number of streams with at least one planned event."""
         return len(self._streams)
 
-    def has_stream_version(self, stream: str, version: int) -> bool:
-        """Whether a stream has a planned event at ``version``."""
-        positions = self._streams.get(stream)
-        return positions is not None and 0 <= version < len(positions)
-
-    def versions_in(self, stream: str, lo: int, hi: int) -> list[int]:
-        """Positions of a stream's versions ``lo..hi`` inclusive (planned)."""
-        return list(self._streams[stream][lo : hi + 1])
-
-    def frames_total(self) -> int:
-        """Number of frames (append calls) in the log."""
-        return len(self._frame_pos)
-
     def memory_bytes(self) -> int:
         """Approximate bytes held by the index arrays (not counting dict overhead)."""
         cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
