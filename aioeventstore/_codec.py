@@ -207,6 +207,7 @@ def decode_frame_events(
     hi: int,
     types: frozenset[str] | None,
     out: list[RecordedEvent],
+    as_dicts: bool = False,
 ) -> None:
     """Append to ``out`` the events of a checked frame with positions in ``[lo, hi]`` (and a
     type in ``types``, when given), in order. Skipped events are not decoded.
@@ -246,7 +247,7 @@ def decode_frame_events(
             raw = unpackb(buf[m0 + mlen : nxt])
         except Exception as exc:  # msgpack raises several unrelated types
             raise FrameError(f"undecodable event payload at position {pos}: {exc}") from exc
-        cls = lookup_event_type(type_name)
+        cls = None if as_dicts else lookup_event_type(type_name)
         data: Event | dict[str, Any]
         if cls is None:
             data = raw
@@ -277,6 +278,7 @@ def decode_span(
     types: frozenset[str] | None,
     prefixes: tuple[str, ...] | None,
     out: list[RecordedEvent],
+    as_dicts: bool = False,
 ) -> int:
     """Check and decode a buffer of whole, back-to-back frames whose first event has
     ``first_position``; append the events in ``[lo, hi]`` (passing the filter) to ``out``.
@@ -362,7 +364,9 @@ def decode_span(
                     validate = validators[type_name]
                 except KeyError:
                     cls = registry.get(type_name)
-                    validate = validators[type_name] = None if cls is None else _validator(cls)
+                    validate = validators[type_name] = (
+                        None if as_dicts or cls is None else _validator(cls)
+                    )
                 if validate is not None:
                     try:
                         raw = validate(raw)

@@ -65,7 +65,12 @@ class Reader:
         self.executor: Executor | None = None  # set while the store is open
 
     async def all_chunk(
-        self, pos: int, backwards: bool, max_events: int | None, filt: EventFilter | None
+        self,
+        pos: int,
+        backwards: bool,
+        max_events: int | None,
+        filt: EventFilter | None,
+        raw: bool = False,
     ) -> tuple[list[RecordedEvent], int] | None:
         """Committed events from ``pos`` on (or back), and the position to continue from.
 
@@ -76,11 +81,17 @@ class Reader:
         if span is None:
             return None
         lo, hi = (0, pos) if backwards else (pos, self._index.head)
-        records = await self._run_blocking(self._decode_span, span, lo, hi, backwards, filt)
+        records = await self._run_blocking(self._decode_span, span, lo, hi, backwards, filt, raw)
         return records, (span.first_position - 1 if backwards else span.end_position)
 
     def _decode_span(
-        self, span: Span, lo: int, hi: int, backwards: bool, filt: EventFilter | None
+        self,
+        span: Span,
+        lo: int,
+        hi: int,
+        backwards: bool,
+        filt: EventFilter | None,
+        raw: bool = False,
     ) -> list[RecordedEvent]:
         """One pread of a span of frames, checked and decoded (reader thread)."""
         data = self._log.read(span.ordinal, span.start, span.end - span.start)
@@ -94,9 +105,9 @@ class Reader:
                 raise FrameError("segment shorter than the index says")
             if self._pause_gc:
                 with gc_paused():
-                    end = decode_span(data, span.first_position, lo, hi, types, prefixes, out)
+                    end = decode_span(data, span.first_position, lo, hi, types, prefixes, out, raw)
             else:
-                end = decode_span(data, span.first_position, lo, hi, types, prefixes, out)
+                end = decode_span(data, span.first_position, lo, hi, types, prefixes, out, raw)
             if end != span.end_position:
                 raise FrameError(f"frames end at position {end}, index says {span.end_position}")
         except FrameError as exc:
@@ -107,7 +118,12 @@ class Reader:
         return out
 
     async def stream_chunk(
-        self, stream: str, version: int, backwards: bool, max_events: int | None
+        self,
+        stream: str,
+        version: int,
+        backwards: bool,
+        max_events: int | None,
+        raw: bool = False,
     ) -> tuple[list[RecordedEvent], int] | None:
         """Committed events of ``stream`` from ``version`` on (or back), and the version to
         continue from; None when the stream has no committed event at ``version``."""
@@ -117,7 +133,7 @@ class Reader:
             return None
         bound = index.position_of(stream, version)
         lo, hi = (0, bound) if backwards else (bound, index.head)
-        records = await self._run([f for f, _ in frames], lo, hi, backwards, None)
+        records = await self._run([f for f, _ in frames], lo, hi, backwards, None, raw)
         ref, first = frames[0] if backwards else frames[-1]
         return records, (first - 1 if backwards else first + ref.event_count)
 
@@ -132,9 +148,15 @@ class Reader:
         return ids[:count]
 
     async def _run(
-        self, frames: list[FrameRef], lo: int, hi: int, backwards: bool, filt: EventFilter | None
+        self,
+        frames: list[FrameRef],
+        lo: int,
+        hi: int,
+        backwards: bool,
+        filt: EventFilter | None,
+        raw: bool = False,
     ) -> list[RecordedEvent]:
-        return await self._run_blocking(self._decode, frames, lo, hi, backwards, filt)
+        return await self._run_blocking(self._decode, frames, lo, hi, backwards, filt, raw)
 
     async def _run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         if self.executor is None:
@@ -159,6 +181,7 @@ class Reader:
         hi: int,
         backwards: bool,
         filt: EventFilter | None,
+        raw: bool = False,
     ) -> list[RecordedEvent]:
         """Read and decode frames (reader thread). Adjacent frames are read in one pread."""
         out: list[RecordedEvent] = []
@@ -183,9 +206,9 @@ class Reader:
                 try:
                     if self._pause_gc:
                         with gc_paused():
-                            decode_frame_events(data, at, info, lo, hi, types, out)
+                            decode_frame_events(data, at, info, lo, hi, types, out, raw)
                     else:
-                        decode_frame_events(data, at, info, lo, hi, types, out)
+                        decode_frame_events(data, at, info, lo, hi, types, out, raw)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             i = j

@@ -371,6 +371,7 @@ class EventStore:
         from_version: int | None = None,
         backwards: bool = False,
         limit: int | None = None,
+        raw: bool = False,
     ) -> AsyncIterator[RecordedEvent]:
         """The durable events of one stream, in version order (or reverse with ``backwards``).
 
@@ -378,6 +379,8 @@ class EventStore:
         (backwards). A stream with no events yields nothing. Reads stream from disk in chunks
         of ``read_chunk_bytes`` off the event loop, and may run while appends go on: events
         committed while iterating may be included; uncommitted ones never are.
+        With ``raw=True`` ``rec.data`` is the stored dict and no model is built (faster, and
+        readable whatever the registered classes say).
         """
         self._require_open()
         check_stream(stream)
@@ -392,7 +395,7 @@ class EventStore:
         version = from_version
         while remaining is None or remaining > 0:
             self._require_open()
-            chunk = await self._reader.stream_chunk(stream, version, backwards, remaining)
+            chunk = await self._reader.stream_chunk(stream, version, backwards, remaining, raw)
             if chunk is None:
                 return
             records, version = chunk
@@ -409,13 +412,14 @@ class EventStore:
         backwards: bool = False,
         limit: int | None = None,
         filter: EventFilter | None = None,
+        raw: bool = False,
     ) -> AsyncIterator[RecordedEvent]:
         """Every durable event of the store in position order (or reverse with ``backwards``).
 
         ``from_position`` is inclusive; it defaults to 0 (forwards) or the head (backwards).
         ``filter`` keeps only matching streams/types (``limit`` counts what passes); events
         filtered out are never decoded. Streams from disk in bounded chunks off the event loop;
-        sees only committed events.
+        sees only committed events. ``raw=True``: ``rec.data`` is the stored dict, no model.
         """
         self._require_open()
         check_limit(limit)
@@ -429,7 +433,7 @@ class EventStore:
         while remaining is None or remaining > 0:
             self._require_open()
             chunk = await self._reader.all_chunk(
-                pos, backwards, remaining if filter is None else None, filter
+                pos, backwards, remaining if filter is None else None, filter, raw
             )
             if chunk is None:
                 return

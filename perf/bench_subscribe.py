@@ -15,7 +15,8 @@ catch-up speed from disk.
 3. Catch-up: a subscriber starting at position 0 of a store with ``--catchup-events`` events
    (default 1,000,000) consumes to the head, decoding every event into its model; the store
    is built once with one event per append (one frame each, the worst case for the reader)
-   and once with 100 events per append. ``read_all`` over the same store for comparison.
+   and once with 100 events per append. ``read_all`` over the same store for comparison, and
+   ``read_all(raw=True)``, which hands back the stored dicts without building models.
 
     python perf/bench_subscribe.py [--quick] [--loop uvloop] [--json]
 """
@@ -186,7 +187,7 @@ async def catchup(
         )
     rows = []
     async with es.EventStore(directory) as store:
-        for mode in ("subscribe", "read_all"):
+        for mode in ("subscribe", "read_all", "read_all-raw"):
             t = time.perf_counter()
             n = 0
             if mode == "subscribe":
@@ -197,9 +198,13 @@ async def catchup(
                         n += 1
                         if rec.position == head:
                             break
-            else:
+            elif mode == "read_all":
                 async for rec in store.read_all():
                     assert isinstance(rec.data, Deposited)
+                    n += 1
+            else:  # raw: the stored dicts, no models built
+                async for rec in store.read_all(raw=True):
+                    assert isinstance(rec.data, dict)
                     n += 1
             dt = time.perf_counter() - t
             rows.append(

@@ -152,3 +152,30 @@ async def test_reads_leave_the_garbage_collector_as_they_found_it(
         finally:
             if was:
                 gc.enable()
+
+
+async def test_raw_reads_return_the_stored_dicts_without_models(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("acc", [Deposited(account="a", amount=1), Note(text="n")])
+        typed = [r async for r in store.read_all()]
+        raw = [r async for r in store.read_all(raw=True)]
+        raw_stream = [r async for r in store.read_stream("acc", raw=True)]
+        assert raw == raw_stream
+        assert [r.data for r in raw] == [{"account": "a", "amount": 1}, {"text": "n"}]
+        assert [(r.position, r.id, r.type) for r in raw] == [
+            (r.position, r.id, r.type) for r in typed
+        ]
+
+        # readable even when the registered class no longer accepts the data
+        class Incompatible(es.Event):
+            __event_type__ = "tests.incompatible.raw"
+            other: int
+
+        monkeypatch.setitem(events_module._registry, "Deposited", Incompatible)
+        with pytest.raises(es.EventDecodeError):
+            _ = [r async for r in store.read_all()]
+        from_all = [r.data async for r in store.read_all(raw=True)]
+        from_stream = [r.data async for r in store.read_stream("acc", raw=True)]
+        assert from_all == from_stream == [{"account": "a", "amount": 1}, {"text": "n"}]
