@@ -95,10 +95,11 @@ def _type_bytes(cls: type[Event]) -> bytes:
 
 def encode_events(
     stream: str, events: Sequence[Event | NewEvent], max_event_bytes: int, max_append_bytes: int
-) -> tuple[tuple[bytes, ...], bytes, tuple[bytes, ...] | None]:
+) -> tuple[tuple[bytes, ...], bytes, tuple[bytes, ...] | None, bool]:
     """Encode one append's events: their 16-byte ids, the frame's entry bytes, and each event's
     packed metadata (None when no event has any; the live fan-out decodes it from there so
-    that live and replayed events carry the same metadata).
+    that live and replayed events carry the same metadata), and whether the caller chose
+    every id (only then can a retry repeat them).
 
     Raises TypeError for objects that are not events, ValueError for metadata that cannot be
     stored, and EventTooLarge past the size limits. Nothing is queued until this succeeds.
@@ -107,6 +108,7 @@ def encode_events(
     ids: list[bytes] = []
     metas: list[bytes] = []
     any_meta = False
+    own_ids = True
     total = 0
     packb = msgpack.packb
     pack_head = ENTRY_HEAD.pack
@@ -114,10 +116,15 @@ def encode_events(
         if isinstance(item, Event):
             event = item
             eid = new_event_id()
+            own_ids = False
             meta = b""
         elif isinstance(item, NewEvent):
             event = item.event
-            eid = item.id.bytes if item.id is not None else new_event_id()
+            if item.id is not None:
+                eid = item.id.bytes
+            else:
+                eid = new_event_id()
+                own_ids = False
             meta = _pack_metadata(stream, i, item.metadata) if item.metadata else b""
             any_meta = any_meta or bool(meta)
         else:
@@ -151,7 +158,7 @@ def encode_events(
         parts.append(type_b)
         parts.append(meta)
         parts.append(data)
-    return tuple(ids), b"".join(parts), tuple(metas) if any_meta else None
+    return tuple(ids), b"".join(parts), tuple(metas) if any_meta else None, own_ids
 
 
 def unpack_metadata(packed: bytes) -> Mapping[str, Any]:

@@ -64,6 +64,7 @@ class PendingAppend:
         "first_version",
         "future",
         "ids",
+        "key",
         "metas",
         "size",
         "source",
@@ -82,6 +83,7 @@ class PendingAppend:
         source: Sequence[Event | NewEvent] = (),
         metas: tuple[bytes, ...] | None = None,
         checkpoint: int = -1,
+        own_ids: bool = False,
     ) -> None:
         self.stream = stream
         self.stream_b = stream_b
@@ -94,6 +96,9 @@ class PendingAppend:
         self.source = source  # the caller's events, for the live fan-out
         self.metas = metas  # their packed metadata, or None when none has any
         self.first_version = -1  # set when the commit loop accepts the append
+        # The idempotency window key, only when the caller chose every id: generated ids are
+        # fresh, so a retry can never repeat them and remembering them would be wasted work.
+        self.key = stream_b + ids[0] if own_ids and ids else None
         self.checkpoint = checkpoint  # >= 0: a named consumer's acknowledged position
 
 
@@ -123,7 +128,7 @@ class CommitLoop:
         index: Index,
         options: StoreOptions,
         io: Executor,
-        window: dict[tuple[str, bytes], tuple[tuple[bytes, ...], AppendResult]],
+        window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]],
         checkpoints: dict[str, int],
     ) -> None:
         self._log = log
@@ -156,6 +161,16 @@ class CommitLoop:
     def queued_bytes(self) -> int:
         """Bytes of appends in the queue."""
         return self._queue.nbytes
+
+    def try_submit(self, item: PendingAppend) -> bool:
+        """Queue an append if there is room now (the fast path: no coroutine, no wait).
+
+        False when the caller must ``await submit(item)``: the queue is full, or the store
+        stopped (``submit`` then raises).
+        """
+        if self.failure is not None or self._closing:
+            return False
+        return self._queue.put_nowait(item)
 
     async def submit(self, item: PendingAppend) -> None:
         """Queue an append (waits while the queue is full). Raises StoreFailed/StoreClosed."""
@@ -239,10 +254,11 @@ class CommitLoop:
                 last = index.last_version(stream)
             exp = item.expected
             if exp is ANY or (exp is STREAM_EXISTS and last >= 0):
-                hit = window.get((stream, item.ids[0]))
-                if hit is not None and hit[0] == item.ids:
-                    outcomes.append((item, hit[1]))
-                    continue
+                if item.key is not None:
+                    hit = window.get(item.key)
+                    if hit is not None and hit[0] == item.ids:
+                        outcomes.append((item, hit[1]))
+                        continue
                 ok = True
             elif exp is NO_STREAM:
                 ok = last == -1
@@ -259,8 +275,8 @@ class CommitLoop:
             accepted.append((item, pos, version))
             result = _new_tuple(AppendResult, (pos + item.count - 1, version + item.count - 1))
             outcomes.append((item, result))
-            if self._options.idempotency_window:
-                window[stream, item.ids[0]] = (item.ids, result)
+            if item.key is not None and self._options.idempotency_window:
+                window[item.key] = (item.ids, result)
             pos += item.count
             nbytes += item.size
         if not accepted:

@@ -54,6 +54,13 @@ class ByteBoundedQueue(Generic[T]):
         if getter is not None and not getter.done():
             getter.set_result(None)
 
+    def put_nowait(self, item: T) -> bool:
+        """Enqueue ``item`` if it fits now and nobody is waiting ahead of it."""
+        if not self._putters and self._fits(item):
+            self._push(item)
+            return True
+        return False
+
     async def put(self, item: T) -> None:
         """Enqueue ``item``, waiting while the queue is full.
 

@@ -37,10 +37,12 @@ class StoreOptions:
         Bytes of encoded appends allowed to wait for the commit loop (default 64 MiB). When it
         is full, ``append`` waits (backpressure) instead of growing memory without end.
     idempotency_window
-        How many recent appends (default 10,000) are remembered by their event ids, so that a
-        retry with ``expected_version=ANY`` and the same ids returns the first result instead
-        of writing again. The window is rebuilt from the log's tail on open. Retries with an
-        explicit expected version are checked exactly against the log, with no window.
+        How many recent appends (default 10,000) whose event ids the caller chose
+        (``NewEvent(id=...)``) are remembered, so that a retry with ``expected_version=ANY``
+        (or ``STREAM_EXISTS``) and the same ids returns the first result instead of writing
+        again. Appends with generated ids are not remembered: no retry can repeat those ids.
+        The window is rebuilt from the log's tail on open. Retries with an explicit expected
+        version are checked exactly against the log, with no window.
     read_chunk_bytes
         How many bytes one read step takes from disk (default 1 MiB); bounds a reader's memory.
     pause_gc_while_decoding

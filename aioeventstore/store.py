@@ -155,7 +155,7 @@ class EventStore:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
         loop = asyncio.get_running_loop()
-        window: dict[tuple[str, bytes], tuple[tuple[bytes, ...], AppendResult]] = {}
+        window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
         try:
             await loop.run_in_executor(self._io, self._open_blocking, window)
         except BaseException:
@@ -171,9 +171,7 @@ class EventStore:
         self._state = "open"
         return self
 
-    def _open_blocking(
-        self, window: dict[tuple[str, bytes], tuple[tuple[bytes, ...], AppendResult]]
-    ) -> None:
+    def _open_blocking(self, window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]]) -> None:
         fs = self._fs
         fs.makedirs(self._path)
         try:
@@ -219,7 +217,7 @@ class EventStore:
             data = self._log.read(ordinal, info.offset, info.length)
             ids = tuple(frame_event_ids(data, 0, info))
             last = info.first_position + info.event_count - 1
-            window[info.stream, ids[0]] = (
+            window[info.stream.encode("utf-8") + ids[0]] = (
                 ids,
                 AppendResult(last, info.first_version + info.event_count - 1),
             )
@@ -339,13 +337,15 @@ class EventStore:
         check_expected(expected_version)
         items = as_event_list(stream, events)
         opts = self._options
-        ids, entries, metas = encode_events(
+        ids, entries, metas, own_ids = encode_events(
             stream, items, opts.max_event_bytes, opts.max_append_bytes
         )
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
-        await commit.submit(
-            PendingAppend(stream, stream_b, expected_version, ids, entries, fut, items, metas)
+        pending = PendingAppend(
+            stream, stream_b, expected_version, ids, entries, fut, items, metas, own_ids=own_ids
         )
+        if not commit.try_submit(pending):  # the queue is full (or the store stopped): wait
+            await commit.submit(pending)
         outcome = await fut
         if type(outcome) is AppendResult:
             return outcome

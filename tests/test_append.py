@@ -150,10 +150,13 @@ async def test_retry_with_any_is_idempotent_within_the_window(store_path: Path) 
         assert (await store.append("t", ev)).position == 1
     async with es.EventStore(store_path, idempotency_window=3) as store:
         assert await store.append("s", ev) == first  # the window is rebuilt on open
-        for i in range(3):
+        for i in range(3):  # appends with generated ids are never remembered ...
             await store.append("u", Note(text=str(i)))
+        assert await store.append("s", ev) == first
+        for i in range(3):  # ... three with caller-chosen ids push it out of the window
+            await store.append("u", es.NewEvent(Note(text=str(i)), id=uuid.uuid4()))
         again = await store.append("s", ev)  # fell out of the window: written again
-        assert again.position == 5 and again.version == 1
+        assert again.position == 8 and again.version == 1
 
 
 async def test_duplicates_in_one_batch(store_path: Path) -> None:
