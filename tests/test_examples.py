@@ -83,3 +83,23 @@ def test_bench_subscribe_runs(tmp_path: Path) -> None:
         check=True,
     )
     assert "catchup-subscribe" in out.stdout and "ratio to 0" in out.stdout
+
+
+def test_bench_scale_runs(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "perf" / "bench_scale.py"),
+            "--steps",
+            "2000,5000",
+            "--appends",
+            "2000",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "index B/event" in out.stdout

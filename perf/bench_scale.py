@@ -1,0 +1,141 @@
+"""How the store behaves as it grows: open time, durable append rate, index and process memory.
+
+The store is grown in steps (default 10k, 100k, 1M events over ``--streams`` streams; the
+growth itself uses 100-event appends with ``durability="os"`` to get there quickly). At each
+step the store is closed and reopened with the default ``durability="fsync"``, and the script
+prints: how long opening took (it scans the log), the durable single-event append rate at
+P=1024 over ``--appends`` appends, the index's bytes per event, and the process's peak RSS.
+
+    python perf/bench_scale.py [--steps 10000,100000,1000000] [--streams 1000] [--json]
+
+Asserts nothing; the numbers are for reading (and for the next steps of issue #5: an index
+checkpoint so that opening does not rescan everything, and curves to 10M events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit_json, print_table, run
+from bench_append import make_event
+
+import aioeventstore as es
+
+
+async def grow(directory: str, start: int, target: int, streams: int) -> None:
+    async with es.EventStore(directory, durability="os") as store:
+        batch = [make_event(i) for i in range(100)]
+        appends = (target - start) // 100
+
+        async def writer(w: int) -> None:
+            for k in range(w, appends, 64):
+                await store.append(f"s-{(start // 100 + k) % streams}", batch)
+
+        await asyncio.gather(*(writer(w) for w in range(64)))
+        for i in range(target - store.head - 1):
+            await store.append(f"s-{i % streams}", make_event(i))
+
+
+async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    store = await es.EventStore(directory).open()
+    opened = time.perf_counter() - t0
+    try:
+        events = [make_event(i) for i in range(streams)] if streams <= 1000 else None
+        count = 0
+
+        async def producer(p: int) -> None:
+            nonlocal count
+            for i in range(p, appends, 1024):
+                ev = events[i % streams] if events is not None else make_event(i)
+                await store.append(f"s-{i % streams}", ev)
+                count += 1
+
+        t1 = time.perf_counter()
+        await asyncio.gather(*(producer(p) for p in range(1024)))
+        rate = count / (time.perf_counter() - t1)
+        stats = store.statistics()
+        return {
+            "events": stats.head + 1,
+            "streams": stats.streams,
+            "open_s": opened,
+            "appends_per_s": rate,
+            "index_bytes_per_event": stats.index_bytes / (stats.head + 1),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    finally:
+        await store.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    steps = [int(s) for s in args.steps.split(",")]
+    rows: list[dict[str, Any]] = []
+    if not args.json:
+        print(
+            f"# bench_scale: streams={args.streams} measured appends/step={args.appends} "
+            f"cpus={os.cpu_count()}",
+            flush=True,
+        )
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        size = 0
+        for target in steps:
+            t0 = time.perf_counter()
+            await grow(d, size, target, args.streams)
+            grown = time.perf_counter() - t0
+            row = await measure(d, args.streams, args.appends)
+            size = row["events"]
+            row["grow_s"] = grown
+            rows.append(row)
+            if args.json:
+                emit_json([row])
+            else:
+                print(
+                    f"  {row['events']:>12,} events: open {row['open_s']:.2f} s, "
+                    f"{row['appends_per_s']:,.0f} appends/s, "
+                    f"{row['index_bytes_per_event']:.1f} index bytes/event, "
+                    f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+    if args.json:
+        return
+    print()
+    print_table(
+        rows,
+        [
+            ("events", "events in store", ",d"),
+            ("streams", "streams", ",d"),
+            ("open_s", "open s", ".2f"),
+            ("appends_per_s", "durable appends/s (P=1024)", ",.0f"),
+            ("index_bytes_per_event", "index B/event", ".1f"),
+            ("peak_rss_mb", "peak RSS MB", ".0f"),
+        ],
+    )
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--steps", default="10000,100000,1000000")
+    ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument("--appends", type=int, default=30_000, help="durable appends measured per step")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dir", default=None)
+    return ap.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    run(main(arguments), arguments.loop)
