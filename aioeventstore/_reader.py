@@ -13,7 +13,7 @@ import gc
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from ._codec import decode_frame_events, decode_span, frame_event_ids
@@ -103,10 +103,7 @@ class Reader:
         try:
             if len(data) != span.end - span.start:
                 raise FrameError("segment shorter than the index says")
-            if self._pause_gc:
-                with gc_paused():
-                    end = decode_span(data, span.first_position, lo, hi, types, prefixes, out, raw)
-            else:
+            with self._gc_guard():
                 end = decode_span(data, span.first_position, lo, hi, types, prefixes, out, raw)
             if end != span.end_position:
                 raise FrameError(f"frames end at position {end}, index says {span.end_position}")
@@ -184,6 +181,15 @@ class Reader:
         raw: bool = False,
     ) -> list[RecordedEvent]:
         """Read and decode frames (reader thread). Adjacent frames are read in one pread."""
+        with self._gc_guard():
+            out = self._decode_frames(frames, lo, hi, filt, raw)
+        if backwards:
+            out.reverse()
+        return out
+
+    def _decode_frames(
+        self, frames: list[FrameRef], lo: int, hi: int, filt: EventFilter | None, raw: bool
+    ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
         types = filt.type_names if filt is not None and filt.event_types else None
         i = 0
@@ -204,14 +210,12 @@ class Reader:
                 if filt is not None and not filt.matches_stream(info.stream):
                     continue
                 try:
-                    if self._pause_gc:
-                        with gc_paused():
-                            decode_frame_events(data, at, info, lo, hi, types, out, raw)
-                    else:
-                        decode_frame_events(data, at, info, lo, hi, types, out, raw)
+                    decode_frame_events(data, at, info, lo, hi, types, out, raw)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             i = j
-        if backwards:
-            out.reverse()
         return out
+
+    def _gc_guard(self) -> AbstractContextManager[None]:
+        """The collector pause around one chunk's decoding, unless the options turned it off."""
+        return gc_paused() if self._pause_gc else nullcontext()
