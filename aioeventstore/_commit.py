@@ -144,6 +144,9 @@ class CommitLoop:
         self.failure: StoreFailed | None = None
         self.stats = CommitStats()
         self.listeners: list[CommitListener] = []
+        self.on_sealed: Callable[[int], None] | None = None
+        """Called on the loop thread with a segment's ordinal once it is sealed: every frame
+        in it is durable and the log has moved on to a new segment."""
 
     def start(self) -> None:
         """Start the commit task on the running loop."""
@@ -226,6 +229,12 @@ class CommitLoop:
                     self.stats.bytes_written += len(batch.data)
                 self._complete(batch)
                 self._current = None
+                plan = batch.plan
+                if plan is not None and plan.new_segment_at is not None and self.on_sealed:
+                    try:
+                        self.on_sealed(plan.ordinal - 1)
+                    except Exception:
+                        log.exception("aioeventstore: a segment-sealed hook failed")
         except asyncio.CancelledError:
             self._closing = True
             self._fail(StoreClosed("the store's commit loop was cancelled"), self._current)
@@ -297,6 +306,7 @@ class CommitLoop:
                     b"",
                     FRAME_KIND_CHECKPOINT,
                 )
+                index.add_mark(plan.ordinal, item.stream, item.checkpoint)
             else:
                 parts += pack_frame(
                     item.stream_b, item.count, first, version, now_us, plan.offset, item.entries

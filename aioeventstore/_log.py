@@ -55,6 +55,10 @@ class Recovery:
     cut_offset: int = 0
     cut_bytes: int = 0
     cut_reason: str | None = None
+    indexed_segments: int = 0
+    """Segments whose index came (at least partly) from a sidecar file instead of a scan."""
+    scanned_bytes: int = 0
+    """Bytes of the log read frame by frame; everything else came from index sidecars."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +106,18 @@ class Log:
         self._tail_first = 0  # first position of the tail segment, as planned by reserve()
 
     # --- recovery -------------------------------------------------------------------------
-    def recover(self, sink: Callable[[int, Segment], FrameSink]) -> Recovery:
+    def recover(
+        self,
+        sink: Callable[[int, Segment], FrameSink],
+        resume: Callable[[int, Segment, int, bool], tuple[int, int]] | None = None,
+    ) -> Recovery:
         """Open every segment, check every frame, cut a torn tail; blocking.
 
         ``sink(ordinal, segment)`` returns the callback that receives that segment's frames.
-        Raises CorruptLog for damage that is not a torn tail.
+        ``resume(ordinal, segment, first position, is last)``, when given, may account for a
+        prefix of the segment itself (from an index sidecar) and returns where the scan
+        starts: (byte offset, position there). Raises CorruptLog for damage that is not a
+        torn tail.
         """
         names = sorted(
             (first, name)
@@ -115,6 +126,7 @@ class Log:
         )
         position = 0
         cut: tuple[str, int, int, str] | None = None
+        indexed = scanned = 0
         for i, (first, name) in enumerate(names):
             path = os.path.join(self.directory, name)
             last = i == len(names) - 1
@@ -147,12 +159,17 @@ class Log:
                     f"expected {position}",
                 )
             self.segments.append(seg)
+            start = SEGMENT_HEADER_SIZE
+            if resume is not None:
+                start, position = resume(len(self.segments) - 1, seg, position, last)
+                indexed += start > SEGMENT_HEADER_SIZE
             end, position, reason = seg.scan(
-                SEGMENT_HEADER_SIZE,
-                first,
+                start,
+                position,
                 self.options.read_chunk_bytes,
                 sink(len(self.segments) - 1, seg),
             )
+            scanned += end - start
             if reason is None:
                 continue
             if not last or later_write_at(seg, end + 1, end) is not None:
@@ -181,8 +198,8 @@ class Log:
         self._tail_first = self.segments[-1].first_position
         self._end = self.segments[-1].file.size()
         if cut is None:
-            return Recovery(len(self.segments), position)
-        return Recovery(len(self.segments), position, *cut)
+            return Recovery(len(self.segments), position, None, 0, 0, None, indexed, scanned)
+        return Recovery(len(self.segments), position, *cut, indexed, scanned)
 
     def max_write_bytes(self) -> int:
         """The most bytes one write (commit batch) can hold: a torn write cuts no more."""

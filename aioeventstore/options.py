@@ -51,6 +51,13 @@ class StoreOptions:
         otherwise scan over and over, costing replay about a fifth of its speed. Reference
         counting frees memory as usual; the collector resumes after the chunk (if it was
         enabled). Set False if your application manages ``gc`` itself.
+    verify_on_open
+        Opening loads each segment's index from its sidecar file instead of rescanning the
+        segment, checking the sidecar against the segment's size and last frame. With
+        ``verify_on_open=True`` (default False) every byte a sidecar covers is also
+        checksummed (one fast CRC32C pass, no decoding), so damage anywhere in the log is
+        reported by opening (``CorruptLog``) rather than by the first read that reaches it.
+        Reads check every frame's checksum either way; ``verify()`` checks everything.
     """
 
     durability: Durability = "fsync"
@@ -62,6 +69,7 @@ class StoreOptions:
     idempotency_window: int = 10_000
     read_chunk_bytes: int = 1 * MiB
     pause_gc_while_decoding: bool = True
+    verify_on_open: bool = False
 
     def __post_init__(self) -> None:
         if self.durability not in ("fsync", "os"):
@@ -101,3 +109,4 @@ class OptionOverrides(TypedDict, total=False):
     idempotency_window: int
     read_chunk_bytes: int
     pause_gc_while_decoding: bool
+    verify_on_open: bool

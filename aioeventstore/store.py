@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import warnings
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -31,12 +30,11 @@ from ._checks import (
 )
 from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
-from ._format import (
-    FRAME_KIND_CHECKPOINT,
-    FrameInfo,
-)
+from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER_SIZE, FrameError, FrameInfo, check_frame
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
+from ._indexfile import SidecarWriter
+from ._indexfile import load as load_sidecar
 from ._log import LOCK_NAME, Log, Recovery
 from ._reader import Reader
 from ._segment import FrameSink, Segment
@@ -127,6 +125,8 @@ class EventStore:
             self._options.pause_gc_while_decoding,
         )
         self._hub = LiveHub()
+        self._sidecars = SidecarWriter(self._log, self._index, self._fs)
+        self._unsaved: list[int] = []
         self._subscriptions: WeakSet[Subscription] = WeakSet()
         self.recovery: Recovery | None = None
         """What opening found (None before open): segments, end position, any torn tail cut."""
@@ -166,6 +166,11 @@ class EventStore:
             self._log, self._index, self._options, self._io, window, self._checkpoints
         )
         self._commit.listeners.append(self._hub.publish)
+        self._commit.on_sealed = self._sidecars.export
+        self._sidecars.executor = self._io
+        for ordinal in self._unsaved:  # sealed segments that were scanned: save them now
+            self._sidecars.export(ordinal)
+        self._unsaved = []
         self._reader.executor = self._readers
         self._commit.start()
         self._state = "open"
@@ -180,8 +185,20 @@ class EventStore:
             raise StoreLocked(
                 f"store at {self._path} is already open for writing (by this or another process)"
             ) from None
-        recent: deque[tuple[int, FrameInfo]] = deque(maxlen=self._options.idempotency_window)
         index = self._index
+        scanned: list[int] = []  # sealed segments without a usable sidecar
+
+        def resume(ordinal: int, seg: Segment, position: int, last: bool) -> tuple[int, int]:
+            car = load_sidecar(fs, seg, position, self._options.verify_on_open)
+            if car is None:
+                if not last:
+                    scanned.append(ordinal)
+                return SEGMENT_HEADER_SIZE, position
+            index.load_rows(ordinal, car.rows, car.end_position, sids=last)
+            for name, mark in car.marks.items():
+                index.add_mark(ordinal, name, mark)
+                self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
+            return car.covered_end, car.end_position
 
         def sink(ordinal: int, seg: Segment) -> FrameSink:
             def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
@@ -189,6 +206,7 @@ class EventStore:
                     # the highest wins, as in memory (a lower one may come later on disk)
                     old = self._checkpoints.get(info.stream, -1)
                     self._checkpoints[info.stream] = max(old, info.first_version)
+                    index.add_mark(ordinal, info.stream, info.first_version)
                     return
                 if info.first_version != index.last_version(info.stream) + 1:
                     raise CorruptLog(
@@ -207,20 +225,27 @@ class EventStore:
                     info.first_version,
                     info.event_count,
                 )
-                recent.append((ordinal, info))
 
             return on_frame
 
-        self.recovery = self._log.recover(sink)
+        self.recovery = self._log.recover(sink, resume)
         index.head = index.next_position - 1
-        for ordinal, info in recent:
-            data = self._log.read(ordinal, info.offset, info.length)
+        # The idempotency window: the last appends on disk, oldest first.
+        rows = index.row_count()
+        for row in range(max(0, rows - self._options.idempotency_window), rows):
+            ref = index.frame(row)
+            data = self._log.read(ref.ordinal, ref.offset, ref.length)
+            try:
+                info = check_frame(data, 0, len(data))
+            except FrameError as exc:  # in a range an index sidecar vouched for
+                raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             ids = tuple(frame_event_ids(data, 0, info))
             last = info.first_position + info.event_count - 1
             window[info.stream.encode("utf-8") + ids[0]] = (
                 ids,
                 AppendResult(last, info.first_version + info.event_count - 1),
             )
+        self._unsaved = scanned
 
     def _release_blocking(self) -> None:
         self._log.close()
@@ -245,7 +270,12 @@ class EventStore:
                 await self._commit.close()
                 if self._commit.failure is None and self._io is not None:
                     await loop.run_in_executor(self._io, self._log.sync)
+                    # the tail segment's sidecar: the next open then scans nothing
+                    tail = len(self._log.segments) - 1
+                    await loop.run_in_executor(self._io, self._sidecars.export_now, tail)
         finally:
+            await loop.run_in_executor(None, self._sidecars.drain)
+            self._sidecars.executor = None
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None

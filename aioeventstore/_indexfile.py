@@ -1,0 +1,326 @@
+"""Index sidecar files: one per segment, so that opening a large store does not rescan its log.
+
+A sidecar ``<first position>.idx`` holds the index rows of the frames of segment
+``<first position>.seg`` up to a byte offset (``covered_end``), the streams' positions in them
+grouped by stream, and the named-consumer checkpoints planned there. Open loads it and scans
+the segment only from ``covered_end`` on, so a store opened after a clean close scans nothing,
+and after a crash only what was written since its segment's sidecar.
+
+Sidecars are a cache of the log, never a source of truth:
+
+* Written only for committed, durable frames: when a segment is sealed (in the background)
+  and for the tail segment on a clean close; atomically (temporary file, sync, rename, sync
+  of the directory), all through the file-layer seam.
+* Checked on open against the segment they describe: the checksum of the whole file, the
+  segment's first position, its size (at least ``covered_end``), and the last covered frame
+  (read and checked in full: damage at a log's end is the likely kind). Anything wrong and
+  the segment is scanned as if the sidecar were absent (and a new sidecar is written later),
+  so a repaired, truncated or replaced segment is never described by a stale sidecar.
+* A failure to write one is logged and otherwise ignored: the store is correct without them.
+
+Frames before ``covered_end`` are not re-checked on open (that is the point); ``verify`` still
+reads every frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import sys
+from array import array
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Final, NamedTuple
+
+from ._format import FRAME_HEADER, FRAME_HEADER_SIZE, FrameError, check_frame, crc32c
+from ._fs import FileSystem
+from ._index import Index, SegmentRows
+from ._log import Log
+from ._segment import Segment
+
+log = logging.getLogger("aioeventstore")
+
+SUFFIX: Final = ".idx"
+MAGIC: Final = b"AIOESIDX"
+VERSION: Final = 1
+_LITTLE: Final = 1 if sys.byteorder == "little" else 0
+# magic 8s | version H | little-endian B | reserved B | first position q | covered end q |
+# end position q | last frame offset q | last frame length q | last frame crc I | crc32c of the
+# segment's bytes [0, covered end) I | rows I | streams I | marks I | names bytes I |
+# mark names bytes I
+HEAD: Final = struct.Struct("<8sHBBqqqqqIIIIIII")
+CHUNK: Final = 8 << 20
+
+
+class Sidecar(NamedTuple):
+    """A sidecar file's contents."""
+
+    first_position: int  # of its segment
+    covered_end: int  # byte offset in the segment after the last frame it describes
+    end_position: int  # position after the last event it describes
+    last_offset: int  # of the last covered frame (an event frame)
+    last_length: int
+    last_crc: int  # that frame's stored checksum
+    range_crc: int  # crc32c of the segment's bytes [0, covered_end)
+    rows: SegmentRows
+    marks: dict[str, int]
+
+
+def sidecar_path(segment_path: str) -> str:
+    """The sidecar file of a segment file."""
+    return os.path.splitext(segment_path)[0] + SUFFIX
+
+
+def pack(car: Sidecar) -> bytes:
+    """The bytes of a sidecar file (native byte order, recorded in the header)."""
+    rows = car.rows
+    names_b = [n.encode("utf-8") for n in rows.names]
+    mark_names = [n.encode("utf-8") for n in car.marks]
+    head = HEAD.pack(
+        MAGIC,
+        VERSION,
+        _LITTLE,
+        0,
+        car.first_position,
+        car.covered_end,
+        car.end_position,
+        car.last_offset,
+        car.last_length,
+        car.last_crc,
+        car.range_crc,
+        len(rows.pos),
+        len(rows.names),
+        len(car.marks),
+        sum(map(len, names_b)),
+        sum(map(len, mark_names)),
+    )
+    parts = [
+        head,
+        rows.pos.tobytes(),
+        rows.off.tobytes(),
+        rows.length.tobytes(),
+        rows.sids.tobytes(),
+        array("I", map(len, names_b)).tobytes(),
+        rows.counts.tobytes(),
+        b"".join(names_b),
+        rows.positions.tobytes(),
+        array("I", map(len, mark_names)).tobytes(),
+        array("q", car.marks.values()).tobytes(),
+        b"".join(mark_names),
+    ]
+    body = b"".join(parts)
+    return body + crc32c(body).to_bytes(4, "little")
+
+
+def unpack(raw: bytes) -> Sidecar:
+    """Parse a sidecar file; ValueError saying what is wrong."""
+    if len(raw) < HEAD.size + 4:
+        raise ValueError("shorter than its header")
+    if int.from_bytes(raw[-4:], "little") != crc32c(raw[:-4]):
+        raise ValueError("checksum mismatch")
+    (magic, version, little, _r, first, covered, end_pos, last_off, last_len, last_crc, range_crc,
+     nrows, nstreams, nmarks, names_len, mark_names_len) = HEAD.unpack_from(raw)  # fmt: skip
+    if magic != MAGIC or version != VERSION:
+        raise ValueError(f"not a version-{VERSION} sidecar")
+    if little != _LITTLE:
+        raise ValueError("written with another byte order")
+    view = memoryview(raw)
+    at = HEAD.size
+
+    def take(code: str, n: int) -> array[int]:
+        nonlocal at
+        out = array(code)
+        size = out.itemsize * n
+        out.frombytes(view[at : at + size])
+        at += size
+        return out
+
+    def take_bytes(n: int) -> bytes:
+        nonlocal at
+        out = bytes(view[at : at + n])
+        at += n
+        return out
+
+    pos, off, length, sids = take("q", nrows), take("q", nrows), take("I", nrows), take("I", nrows)
+    name_lens, counts = take("I", nstreams), take("q", nstreams)
+    names_blob = take_bytes(names_len)
+    positions = take("q", sum(counts))
+    mark_lens, mark_pos = take("I", nmarks), take("q", nmarks)
+    mark_blob = take_bytes(mark_names_len)
+    if at != len(raw) - 4 or sum(name_lens) != names_len or sum(mark_lens) != mark_names_len:
+        raise ValueError("sections do not add up")
+    names: list[str] = []
+    i = 0
+    for n in name_lens:
+        names.append(names_blob[i : i + n].decode("utf-8"))
+        i += n
+    marks: dict[str, int] = {}
+    i = 0
+    for n, p in zip(mark_lens, mark_pos, strict=True):
+        marks[mark_blob[i : i + n].decode("utf-8")] = p
+        i += n
+    if nrows and (max(sids) >= nstreams or sum(counts) != end_pos - pos[0]):
+        raise ValueError("rows and streams disagree")
+    rows = SegmentRows(pos, off, length, sids, names, counts, positions)
+    return Sidecar(first, covered, end_pos, last_off, last_len, last_crc, range_crc, rows, marks)
+
+
+def range_crc(seg: Segment, end: int) -> int:
+    """crc32c of the segment's bytes ``[0, end)``, read in chunks."""
+    crc = 0
+    at = 0
+    while at < end:
+        chunk = seg.read(min(CHUNK, end - at), at)
+        if not chunk:
+            break
+        crc = crc32c(chunk, crc)
+        at += len(chunk)
+    return crc
+
+
+def describes(car: Sidecar, seg: Segment, position: int, checksum: bool) -> str | None:
+    """Why ``car`` does not describe ``seg`` (whose first event is ``position``), or None.
+    With ``checksum`` the segment's covered bytes are checksummed too."""
+    if car.first_position != seg.first_position or car.first_position != position:
+        return "it is for another segment"
+    if not car.rows.pos or car.rows.pos[0] != position:
+        return "its rows do not start at the segment's first position"
+    if seg.file.size() < car.covered_end:
+        return "the segment is shorter than what it describes"
+    if car.last_offset + car.last_length != car.covered_end:
+        return "its last frame does not end where it says"
+    raw = seg.read(car.last_length, car.last_offset)
+    try:
+        info = check_frame(raw, 0, len(raw))
+    except FrameError:
+        return "the segment's last covered frame is damaged or missing"
+    if info.length != car.last_length or int.from_bytes(raw[4:8], "little") != car.last_crc:
+        return "the segment's frame there is not the one it describes"
+    if checksum and range_crc(seg, car.covered_end) != car.range_crc:
+        return "the segment's bytes do not match its checksum"
+    return None
+
+
+def load(fs: FileSystem, seg: Segment, position: int, checksum: bool) -> Sidecar | None:
+    """The sidecar of ``seg`` if there is one that describes it, else None (logged).
+    ``checksum``: also checksum the segment's covered bytes (``verify_on_open``)."""
+    path = sidecar_path(seg.path)
+    try:
+        handle = fs.open(path, write=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot open index sidecar %s (%s); scanning the segment", path, exc)
+        return None
+    try:
+        raw = handle.pread(handle.size(), 0)
+    except OSError as exc:
+        log.warning("cannot read index sidecar %s (%s); scanning the segment", path, exc)
+        return None
+    finally:
+        handle.close()
+    try:
+        car = unpack(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("ignoring damaged index sidecar %s (%s); scanning the segment", path, exc)
+        return None
+    why = describes(car, seg, position, checksum)
+    if why is not None:
+        log.warning("ignoring stale index sidecar %s: %s; scanning the segment", path, why)
+        return None
+    return car
+
+
+def write(fs: FileSystem, directory: str, segment_path: str, car: Sidecar) -> None:
+    """Write a sidecar atomically: temporary file, sync, rename, sync the directory."""
+    path = sidecar_path(segment_path)
+    tmp = path + ".tmp"
+    data = pack(car)
+    handle = fs.open(tmp, write=True, create=True)
+    try:
+        handle.truncate(0)
+        handle.pwrite(data, 0)
+        handle.sync()
+    finally:
+        handle.close()
+    fs.rename(tmp, path)
+    fs.sync_dir(directory)
+
+
+class SidecarWriter:
+    """Writes sidecars in the background for the store that owns it.
+
+    ``export`` snapshots which rows to save on the commit loop's thread (cheap: two
+    bisections); the rows are copied, grouped and written on the store's I/O thread, queued
+    behind the write that sealed the segment. One thread for all file writes keeps the order
+    of file operations deterministic, which the crash sweeps rely on; the cost is a pause of
+    the commit loop's next write while a segment's sidecar is written (once per segment).
+    """
+
+    def __init__(self, log_: Log, index: Index, fs: FileSystem) -> None:
+        self._log = log_
+        self._index = index
+        self._fs = fs
+        self.executor: Executor | None = None
+        """The store's I/O thread, set while the store is open."""
+        self._pending: list[Future[None]] = []
+        self.written = 0
+        """Sidecars written since open."""
+
+    def _task(self, ordinal: int) -> Callable[[], None] | None:
+        index = self._index
+        r0, r1 = index.segment_rows(ordinal)
+        if r1 <= r0:
+            return None
+        last = index.frame(r1 - 1)
+        end_position = last.first_position + last.event_count
+        seg = self._log.segments[ordinal]
+        marks = dict(index.marks.get(ordinal, {}))
+
+        def run() -> None:
+            raw = seg.read(FRAME_HEADER_SIZE, last.offset)
+            _magic, crc, _len = FRAME_HEADER.unpack_from(raw)
+            rows = index.export_rows(r0, r1, end_position)
+            covered = last.offset + last.length
+            car = Sidecar(
+                seg.first_position,
+                covered,
+                end_position,
+                last.offset,
+                last.length,
+                crc,
+                range_crc(seg, covered),
+                rows,
+                marks,
+            )
+            write(self._fs, self._log.directory, seg.path, car)
+            self.written += 1
+
+        return run
+
+    def export(self, ordinal: int) -> None:
+        """Save segment ``ordinal``'s committed rows in the background (loop thread only)."""
+        run = self._task(ordinal)
+        if run is None or self.executor is None:
+            return
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self.executor.submit(self._guard, run, ordinal))
+
+    def export_now(self, ordinal: int) -> None:
+        """Save segment ``ordinal``'s rows on this thread (close, after the loop stopped)."""
+        run = self._task(ordinal)
+        if run is not None:
+            self._guard(run, ordinal)
+
+    def _guard(self, run: Callable[[], None], ordinal: int) -> None:
+        try:
+            run()
+        except Exception as exc:  # a cache: the store stays correct without it
+            log.warning("could not write the index sidecar of %s: %s", self._log.path(ordinal), exc)
+
+    def drain(self) -> None:
+        """Wait for background writes (blocking; on close, before the I/O thread stops)."""
+        for fut in self._pending:
+            fut.result()
+        self._pending.clear()

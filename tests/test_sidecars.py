@@ -1,0 +1,186 @@
+"""Index sidecar files: opening loads each segment's index instead of rescanning it, and a
+missing, damaged or stale sidecar only costs a scan, never a wrong answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import aioeventstore as es
+from tests.helpers import Note
+
+OPTS = es.StoreOptions(segment_bytes=8192)
+
+
+async def fill(path: Path, appends: int = 300) -> None:
+    async with es.EventStore(path, OPTS) as store:
+        for i in range(appends):
+            n = 1 + i % 3
+            await store.append(f"s{i % 7}", [Note(text=f"{i}/{k}") for k in range(n)])
+            if i % 50 == 0:
+                await store.save_checkpoint("proj", store.head)
+
+
+async def snapshot(path: Path) -> tuple[object, ...]:
+    """Everything the index answers, read through the public API."""
+    async with es.EventStore(path, OPTS) as store:
+        rows = [(r.stream, r.version, r.position, r.id) async for r in store.read_all()]
+        back = [r.position async for r in store.read_all(backwards=True, limit=50)]
+        streams = {}
+        for s in range(7):
+            streams[s] = [
+                (r.version, r.position) async for r in store.read_stream(f"s{s}", from_version=3)
+            ]
+        rec = store.recovery
+        assert rec is not None
+        stats = store.statistics()
+        return rows, back, streams, store.checkpoint("proj"), store.head, stats.streams
+
+
+def sidecars(path: Path) -> list[Path]:
+    return sorted(path.glob("*.idx"))
+
+
+async def test_a_clean_close_leaves_a_sidecar_per_segment_and_open_scans_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s"
+    await fill(path)
+    segs = sorted(path.glob("*.seg"))
+    assert len(segs) >= 4
+    assert [p.stem for p in sidecars(path)] == [p.stem for p in segs]
+    async with es.EventStore(path, OPTS) as store:
+        rec = store.recovery
+        assert rec is not None
+        assert rec.indexed_segments == len(segs) and rec.scanned_bytes == 0
+        assert store.checkpoint("proj") is not None
+        # the idempotency window is rebuilt from the index: a retry with the same ids
+        ids = [es.NewEvent(Note(text="x"), id=uuid.uuid4())]
+        first = await store.append("retry", ids)
+    async with es.EventStore(path, OPTS) as store:
+        assert await store.append("retry", ids) == first
+
+
+async def test_the_index_from_sidecars_answers_exactly_as_a_full_scan(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    await fill(path)
+    with_sidecars = await snapshot(path)
+    for p in sidecars(path):
+        p.unlink()
+    scanned = await snapshot(path)
+    assert scanned == with_sidecars
+    assert len(sidecars(path)) == len(list(path.glob("*.seg")))  # written again
+
+
+async def test_damaged_or_foreign_sidecars_are_ignored_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    await fill(path)
+    truth = await snapshot(path)
+    cars = sidecars(path)
+    raw = bytearray(cars[0].read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    cars[0].write_bytes(bytes(raw))  # checksum mismatch
+    cars[1].write_bytes(cars[2].read_bytes())  # another segment's sidecar
+    cars[2].write_bytes(b"")  # empty
+    async with es.EventStore(path, OPTS) as store:
+        rec = store.recovery
+        assert rec is not None
+        assert rec.indexed_segments == len(cars) - 3 and rec.scanned_bytes > 0
+    assert await snapshot(path) == truth
+    async with es.EventStore(path, OPTS) as store:  # rewritten: nothing to scan now
+        assert store.recovery is not None and store.recovery.scanned_bytes == 0
+
+
+async def test_after_a_crash_only_what_follows_the_sidecars_is_scanned(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL leaves sidecars for its sealed segments only; the next
+    open loads those and scans the tail segment, and loses nothing acknowledged."""
+    path = tmp_path / "s"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, sys
+        import aioeventstore as es
+        from tests.helpers import Note
+
+        async def main() -> None:
+            store = await es.EventStore({str(path)!r}, segment_bytes=8192).open()
+            for i in range(400):
+                await store.append(f"s{{i % 7}}", Note(text=str(i)))
+            print(store.head, flush=True)
+            os.kill(os.getpid(), 9)
+
+        asyncio.run(main())
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    head = int(proc.stdout.strip())
+    segs = sorted(path.glob("*.seg"))
+    assert len(segs) >= 3
+    assert [p.stem for p in sidecars(path)] == [p.stem for p in segs[:-1]]
+    async with es.EventStore(path, OPTS) as store:
+        rec = store.recovery
+        assert rec is not None
+        assert rec.indexed_segments == len(segs) - 1
+        assert 0 < rec.scanned_bytes <= os.path.getsize(segs[-1])
+        assert store.head == head
+        got = [r.data.text async for r in store.read_all() if isinstance(r.data, Note)]
+        assert got == [str(i) for i in range(400)]
+
+
+async def test_a_sidecar_for_a_shortened_segment_is_stale(tmp_path: Path) -> None:
+    """A segment cut shorter after its sidecar was written (a repair, a restore from an older
+    copy) is scanned: the sidecar never vouches for frames that are gone."""
+    path = tmp_path / "s"
+    await fill(path)
+    last = sorted(path.glob("*.seg"))[-1]
+    size = last.stat().st_size
+    with open(last, "r+b") as f:
+        f.truncate(size - 40)  # the last frame is torn now
+    async with es.EventStore(path, OPTS) as store:
+        rec = store.recovery
+        assert rec is not None
+        assert rec.cut_path == str(last)
+        assert rec.indexed_segments == len(sidecars(path)) - 1
+        n = 0
+        async for _ in store.read_all():
+            n += 1
+        assert n == store.head + 1
+
+
+async def test_verify_on_open_checksums_what_sidecars_cover(tmp_path: Path) -> None:
+    """Damage in the middle of a sealed segment: trusted by default until a read reaches it;
+    found by opening with ``verify_on_open``."""
+    path = tmp_path / "s"
+    await fill(path)
+    first = sorted(path.glob("*.seg"))[0]
+    raw = bytearray(first.read_bytes())
+    raw[200] ^= 0x01
+    first.write_bytes(bytes(raw))
+    # (a small idempotency window: open reads the window's frames, which would find it)
+    async with es.EventStore(path, OPTS, idempotency_window=10) as store:
+        try:
+            async for _ in store.read_all():
+                pass
+        except es.CorruptLog as exc:
+            assert exc.path == str(first)
+        else:
+            raise AssertionError("a read returned damaged data")
+    try:
+        async with es.EventStore(path, OPTS, verify_on_open=True):
+            pass
+    except es.CorruptLog as exc:
+        assert exc.path == str(first)
+    else:
+        raise AssertionError("verify_on_open missed the damage")
