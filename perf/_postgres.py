@@ -151,7 +151,13 @@ def throwaway_server(parent: str | None = None, max_connections: int = 100) -> I
             if init.returncode != 0:
                 who = f" as {user.pw_name}" if user else ""
                 last = (init.stderr or init.stdout).strip().splitlines()[-1:]
-                raise Unavailable(f"initdb{who} failed in {top}: {' '.join(last)}")
+                hint = (
+                    f" (the server runs as {user.pw_name}: every directory above {top} must be"
+                    " searchable by that user; try --dir under /tmp)"
+                    if user
+                    else ""
+                )
+                raise Unavailable(f"initdb{who} failed in {top}: {' '.join(last)}{hint}")
             port = _free_port()
             settings = {
                 "listen_addresses": "127.0.0.1",

@@ -486,11 +486,7 @@ def main() -> int:
                 systems.remove("postgres")
         print_header(info, args, systems)
         show = show_row(sys.stderr if args.json else sys.stdout)
-        try:
-            rows = run(bench(args, systems, dsn, show), args.loop)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        rows = run(bench(args, systems, dsn, show), args.loop)
     if args.json:
         document = {
             "machine": {k: v for k, v in info.items() if k != "notes"},
@@ -546,4 +542,8 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # everything started has been stopped and deleted by now
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
