@@ -31,26 +31,6 @@ def test_agents_demo_runs_and_verifies_its_replay(tmp_path: Path) -> None:
     assert str(tmp_path / "store") in out.stdout
 
 
-def test_bench_append_runs(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "perf" / "bench_append.py"),
-            "--seconds",
-            "0.2",
-            "--producers",
-            "1,8",
-            "--dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "ours / sqlite-wal-full" in out.stdout
-
-
 def test_projection_example_resumes_and_matches_a_replay(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "projection.py"), "--dir", str(tmp_path)],

@@ -1,0 +1,130 @@
+"""perf/bench_append.py and its bare group-commit loop run, report what they claim, and clean up.
+
+No speed is asserted anywhere: only that every system runs and the output has its shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import crc32c
+import pytest
+
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "perf"))
+
+from _bare import BareLog  # noqa: E402
+
+BENCH = str(ROOT / "perf" / "bench_append.py")
+TINY = ["--seconds", "0.2", "--warmup", "0.05", "--producers", "1,8"]
+TINY += ["--batch-producers", "2", "--batch-size", "10"]
+
+
+def read_frames(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    frames, at = [], 0
+    while at < len(data):
+        length, crc = struct.unpack_from("<II", data, at)
+        body = data[at + 8 : at + 8 + length]
+        assert len(body) == length and crc32c.crc32c(body) == crc, f"bad frame at {at}"
+        frames.append(body)
+        at += 8 + length
+    return frames
+
+
+async def test_bare_log_writes_every_record_framed_in_group_commits(tmp_path: Path) -> None:
+    path = tmp_path / "bare.log"
+    async with BareLog(str(path)) as log:
+
+        async def producer(p: int) -> None:
+            for i in range(5):
+                await log.append(f"p{p}-{i}".encode())
+
+        await asyncio.gather(*(producer(p) for p in range(20)))
+        assert log.appends == 100
+        assert 1 <= log.batches < 100  # 20 producers at once: appends shared a sync
+    frames = read_frames(path)
+    assert sorted(frames) == sorted(f"p{p}-{i}".encode() for p in range(20) for i in range(5))
+    # each producer's appends are in its own order
+    for p in range(20):
+        mine = [f for f in frames if f.startswith(f"p{p}-".encode())]
+        assert mine == [f"p{p}-{i}".encode() for i in range(5)]
+
+
+def test_bench_append_json_has_every_row_and_ratio(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, BENCH, "--only", "ours,bare", "--json", *TINY, "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    doc = json.loads(out.stdout)
+    assert {"cpus", "cpu_model", "kernel", "python", "loop", "versions"} <= doc["machine"].keys()
+    assert doc["machine"]["loop"] == "asyncio"
+    assert doc["workload"]["systems"] == ["ours", "bare"]
+    rows = {(r["system"], r["producers"], r["events_per_append"]): r for r in doc["rows"]}
+    expected = {(s, p, 1) for s in ("ours", "bare") for p in (1, 8)}
+    expected |= {("ours", 2, 10), ("bare", 2, 10)}
+    assert set(rows) == expected
+    for row in rows.values():
+        assert row["appends"] > 0 and row["events"] == row["appends"] * row["events_per_append"]
+        assert row["events_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["events_per_fsync"] >= 1
+    ratios = {(r["producers"], r["events_per_append"]): r for r in doc["ratios"]}
+    assert set(ratios) == {(1, 1), (8, 1), (2, 10)}
+    assert all(r["ours_over_bare"] > 0 for r in ratios.values())
+    assert "P=8" in out.stderr  # progress goes to stderr, so stdout is only the JSON
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A temp dir that an unprivileged PostgreSQL server user can enter (pytest's tmp_path
+    is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="perf-smoke-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_bench_append_runs_every_peer_and_cleans_up(reachable_dir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, BENCH, *TINY, "--dir", str(reachable_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    for peer in ("bare", "file"):
+        assert f"ours/{peer}" in out.stdout
+    # the client-server peers run where their client (the `bench` extra) and, for
+    # PostgreSQL, its binaries are; otherwise the header says why they were skipped
+    if importlib.util.find_spec("aiosqlite") is not None:
+        assert "ours/sqlite" in out.stdout
+    else:
+        assert "sqlite skipped" in out.stdout
+    have_postgres = importlib.util.find_spec("asyncpg") is not None and all(
+        shutil.which(b) is not None for b in ("initdb", "postgres")
+    )
+    if have_postgres:
+        notes = [line for line in out.stdout.splitlines() if line.startswith("# note")]
+        assert "ours/postgres" in out.stdout, notes
+    else:
+        assert "postgres skipped" in out.stdout
+    assert "CPUs" in out.stdout and "loop asyncio" in out.stdout
+    assert "10 events per append" in out.stdout and "ours / bare" in out.stdout
+    # the throwaway server's directory and every row's store are gone
+    assert os.listdir(reachable_dir) == []
