@@ -15,7 +15,7 @@ import os
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Unpack
 from weakref import WeakSet
@@ -38,6 +38,7 @@ from ._format import (
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
 from ._log import LOCK_NAME, Log, Recovery
+from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
 from ._reader import Reader
 from ._segment import FrameSink, Segment
 from ._subscriptions import LiveHub, Subscription
@@ -55,7 +56,10 @@ from .events import (
 )
 from .options import OptionOverrides, StoreOptions
 
-__all__ = ["EventStore", "StoreStatistics", "Subscription"]
+__all__ = ["EventStore", "MemoryStorage", "StoreStatistics", "Subscription"]
+
+MEMORY_PATH = ":memory:"
+"""The path of an in-memory store (``EventStore.memory()``, or this path as SQLite takes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,9 @@ class EventStore:
 
     Opening raises :class:`StoreLocked` when another writer has the directory open, and
     :class:`CorruptLog` when the log is damaged other than by a torn tail (which is cut).
+
+    ``EventStore(":memory:")`` (as in SQLite) is :meth:`EventStore.memory`: a store held in
+    this process's memory, not a directory of that name.
     """
 
     def __init__(
@@ -111,12 +118,14 @@ class EventStore:
         self._path = os.fspath(path)
         base = options if options is not None else StoreOptions()
         self._options = replace(base, **overrides) if overrides else base
-        self._fs: FileSystem = _fs if _fs is not None else OsFileSystem()
+        if _fs is None:
+            _fs = MemoryFileSystem() if self._path == MEMORY_PATH else OsFileSystem()
+        self._fs: FileSystem = _fs
         self._index = Index()
         self._log = Log(self._fs, self._path, self._options)
         self._lock: Lock | None = None
-        self._io: ThreadPoolExecutor | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._io: Executor | None = None
+        self._readers: Executor | None = None
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
@@ -130,6 +139,33 @@ class EventStore:
         self._subscriptions: WeakSet[Subscription] = WeakSet()
         self.recovery: Recovery | None = None
         """What opening found (None before open): segments, end position, any torn tail cut."""
+
+    @classmethod
+    def memory(
+        cls,
+        options: StoreOptions | None = None,
+        *,
+        storage: MemoryStorage | None = None,
+        **overrides: Unpack[OptionOverrides],
+    ) -> EventStore:
+        """A store held in this process's memory, for tests and throw-away work.
+
+        It runs the same engine as a disk store (segments, frames, index, commit loop and
+        subscriptions over an in-memory file system), so it has the same semantics: every
+        method, result, error and ordering guarantee is the disk store's. What differs is what
+        "durable" means: an acknowledged append is in memory, which is all the durability
+        there is; nothing survives the process, and ``durability`` changes nothing.
+
+        Each call without ``storage`` starts from an empty store that no one else can reach.
+        To open the same store again (to test a restart, a named consumer resuming, or
+        recovery), pass the same :class:`MemoryStorage` each time; while one store has it
+        open, opening another on it raises :class:`StoreLocked`, as for a directory.
+
+        File operations are memory copies, so the store runs them inline on the event loop
+        instead of on I/O threads. ``path`` is ``":memory:"``.
+        """
+        fs = storage._fs if storage is not None else MemoryFileSystem()
+        return cls(MEMORY_PATH, options, _fs=fs, **overrides)
 
     # --- lifecycle ------------------------------------------------------------------------
     @property
@@ -152,8 +188,11 @@ class EventStore:
         if self._state != "new":
             raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
         self._state = "opening"
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
-        self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
+        if isinstance(self._fs, MemoryFileSystem):  # nothing blocks: no thread to hop to
+            self._io = self._readers = InlineExecutor()
+        else:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
+            self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
         loop = asyncio.get_running_loop()
         window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
         try:
@@ -249,7 +288,7 @@ class EventStore:
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None
-            for pool in (self._io, self._readers):
+            for pool in dict.fromkeys((self._io, self._readers)):  # one object in a memory store
                 if pool is not None:
                     await loop.run_in_executor(None, pool.shutdown)
             await loop.run_in_executor(None, self._release_blocking)
