@@ -4,8 +4,8 @@ operations inline (instead of on I/O and reader threads) buys.
 Three stores on the same workload, in one run: ``EventStore.memory()`` as shipped (inline),
 the same in-memory file system driven through thread pools as a disk store is ("memory,
 threads"), and a disk store with ``durability="os"`` (no fsync: the nearest disk peer). For
-each: single-event appends at P=1 and P=256 concurrent producers, then one ``read_all`` of
-everything.
+each: single-event appends at P=1 and P=256 concurrent producers, one ``read_all`` of
+everything, and short lives (open, append one event, read it, close), as a test suite has.
 
     python perf/bench_memory.py [--appends 20000] [--loop asyncio|uvloop] [--json]
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import tempfile
 import time
@@ -48,6 +49,12 @@ async def append_rate(store: es.EventStore, n: int, producers: int) -> float:
 
 async def measure(name: str, make: Callable[[], es.EventStore], n: int) -> dict[str, Any]:
     row: dict[str, Any] = {"store": name}
+    t0 = time.perf_counter()
+    for _ in range(200):  # what a test suite does over and over
+        async with make() as store:
+            await store.append("s", make_event(0))
+            assert [r async for r in store.read_all()]
+    row["cycles"] = 200 / (time.perf_counter() - t0)
     async with make() as store:
         row["p1"] = await append_rate(store, n // 4, 1)
         row["p256"] = await append_rate(store, n, 256)
@@ -88,11 +95,15 @@ class ThreadedMemoryFS:
 
 async def main(args: argparse.Namespace) -> None:
     rows = []
+    n = itertools.count()
     with tempfile.TemporaryDirectory() as tmp:
         stores: list[tuple[str, Callable[[], es.EventStore]]] = [
             ("memory (inline)", es.EventStore.memory),
             ("memory, threads", lambda: es.EventStore(":memory:", _fs=ThreadedMemoryFS())),
-            ("disk, durability=os", lambda: es.EventStore(Path(tmp) / "s", durability="os")),
+            (
+                "disk, durability=os",
+                lambda: es.EventStore(Path(tmp) / str(next(n)), durability="os"),
+            ),
         ]
         for name, make in stores:
             rows.append(await measure(name, make, args.appends))
@@ -106,6 +117,7 @@ async def main(args: argparse.Namespace) -> None:
                 ("p1", "appends/s P=1", ",.0f"),
                 ("p256", "appends/s P=256", ",.0f"),
                 ("read", "read_all events/s", ",.0f"),
+                ("cycles", "open+append+read+close/s", ",.0f"),
             ],
         )
 
