@@ -164,6 +164,8 @@ class EventStore:
         File operations are memory copies, so the store runs them inline on the event loop
         instead of on I/O threads. ``path`` is ``":memory:"``.
         """
+        if storage is not None and not isinstance(storage, MemoryStorage):
+            raise TypeError(f"storage must be an es.MemoryStorage, not {type(storage).__name__}")
         fs = storage._fs if storage is not None else MemoryFileSystem()
         return cls(MEMORY_PATH, options, _fs=fs, **overrides)
 
@@ -199,7 +201,7 @@ class EventStore:
             await loop.run_in_executor(self._io, self._open_blocking, window)
         except BaseException:
             self._state = "closed"
-            await loop.run_in_executor(None, self._release_blocking)
+            await loop.run_in_executor(self._chores(), self._release_blocking)
             raise
         self._commit = CommitLoop(
             self._log, self._index, self._options, self._io, window, self._checkpoints
@@ -261,6 +263,11 @@ class EventStore:
                 AppendResult(last, info.first_version + info.event_count - 1),
             )
 
+    def _chores(self) -> Executor | None:
+        """Where closing runs its blocking steps: the loop's default executor, or inline for
+        a memory store (which then starts no thread at all)."""
+        return self._io if isinstance(self._io, InlineExecutor) else None
+
     def _release_blocking(self) -> None:
         self._log.close()
         if self._lock is not None:
@@ -288,10 +295,11 @@ class EventStore:
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None
+            chores = self._chores()
             for pool in dict.fromkeys((self._io, self._readers)):  # one object in a memory store
                 if pool is not None:
-                    await loop.run_in_executor(None, pool.shutdown)
-            await loop.run_in_executor(None, self._release_blocking)
+                    await loop.run_in_executor(chores, pool.shutdown)
+            await loop.run_in_executor(chores, self._release_blocking)
 
     aclose = close
 

@@ -50,13 +50,24 @@ async def test_storage_reopens_and_recovers_like_a_directory() -> None:
         assert [r.position async for r in store.read_all()] == list(range(100))
 
 
+def test_storage_must_be_a_memory_storage(store_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"storage must be an es\.MemoryStorage, not PosixPath"):
+        es.EventStore.memory(storage=store_path)  # type: ignore[arg-type]
+
+
 async def test_memory_store_runs_no_threads() -> None:
     before = set(threading.enumerate())
-    async with es.EventStore.memory() as store:
+    storage = es.MemoryStorage()
+    async with es.EventStore.memory(storage=storage) as store:
         await store.append("s", Note(text="x"))
         assert [r.position async for r in store.read_all()] == [0]
         assert store._io is store._readers and isinstance(store._io, InlineExecutor)
         assert set(threading.enumerate()) <= before
+    assert set(threading.enumerate()) <= before  # closing starts none either
+    with pytest.raises(es.StoreLocked):  # nor does a failed open
+        async with es.EventStore.memory(storage=storage), es.EventStore.memory(storage=storage):
+            pass
+    assert set(threading.enumerate()) <= before
 
 
 def test_memory_fs_follows_posix() -> None:
