@@ -31,7 +31,7 @@ from .events import (
     event_types,
 )
 from .options import Durability, OptionOverrides, StoreOptions
-from .store import EventStore, StoreStatistics, Subscription
+from .store import EventStore, MemoryStorage, StoreStatistics, Subscription
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "EventStoreError",
     "EventTooLarge",
     "ExpectedVersion",
+    "MemoryStorage",
     "NewEvent",
     "OptionOverrides",
     "RecordedEvent",

@@ -14,7 +14,7 @@ import asyncio
 import os
 import warnings
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Unpack
 from weakref import WeakSet
@@ -36,6 +36,7 @@ from ._index import Index
 from ._indexfile import SidecarWriter
 from ._indexfile import load as load_sidecar
 from ._log import LOCK_NAME, Log, Recovery
+from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
 from ._reader import Reader
 from ._segment import FrameSink, Segment
 from ._subscriptions import LiveHub, Subscription
@@ -53,7 +54,10 @@ from .events import (
 )
 from .options import OptionOverrides, StoreOptions
 
-__all__ = ["EventStore", "StoreStatistics", "Subscription"]
+__all__ = ["EventStore", "MemoryStorage", "StoreStatistics", "Subscription"]
+
+MEMORY_PATH = ":memory:"
+"""The path of an in-memory store (``EventStore.memory()``, or this path as SQLite takes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,9 @@ class EventStore:
 
     Opening raises :class:`StoreLocked` when another writer has the directory open, and
     :class:`CorruptLog` when the log is damaged other than by a torn tail (which is cut).
+
+    ``EventStore(":memory:")`` (as in SQLite) is :meth:`EventStore.memory`: a store held in
+    this process's memory, not a directory of that name.
     """
 
     def __init__(
@@ -109,12 +116,14 @@ class EventStore:
         self._path = os.fspath(path)
         base = options if options is not None else StoreOptions()
         self._options = replace(base, **overrides) if overrides else base
-        self._fs: FileSystem = _fs if _fs is not None else OsFileSystem()
+        if _fs is None:
+            _fs = MemoryFileSystem() if self._path == MEMORY_PATH else OsFileSystem()
+        self._fs: FileSystem = _fs
         self._index = Index()
         self._log = Log(self._fs, self._path, self._options)
         self._lock: Lock | None = None
-        self._io: ThreadPoolExecutor | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._io: Executor | None = None
+        self._readers: Executor | None = None
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
@@ -130,6 +139,35 @@ class EventStore:
         self._subscriptions: WeakSet[Subscription] = WeakSet()
         self.recovery: Recovery | None = None
         """What opening found (None before open): segments, end position, any torn tail cut."""
+
+    @classmethod
+    def memory(
+        cls,
+        options: StoreOptions | None = None,
+        *,
+        storage: MemoryStorage | None = None,
+        **overrides: Unpack[OptionOverrides],
+    ) -> EventStore:
+        """A store held in this process's memory, for tests and throw-away work.
+
+        It runs the same engine as a disk store (segments, frames, index, commit loop and
+        subscriptions over an in-memory file system), so it has the same semantics: every
+        method, result, error and ordering guarantee is the disk store's. What differs is what
+        "durable" means: an acknowledged append is in memory, which is all the durability
+        there is; nothing survives the process, and ``durability`` changes nothing.
+
+        Each call without ``storage`` starts from an empty store that no one else can reach.
+        To open the same store again (to test a restart, a named consumer resuming, or
+        recovery), pass the same :class:`MemoryStorage` each time; while one store has it
+        open, opening another on it raises :class:`StoreLocked`, as for a directory.
+
+        File operations are memory copies, so the store runs them inline on the event loop
+        instead of on I/O threads. ``path`` is ``":memory:"``.
+        """
+        if storage is not None and not isinstance(storage, MemoryStorage):
+            raise TypeError(f"storage must be an es.MemoryStorage, not {type(storage).__name__}")
+        fs = storage._fs if storage is not None else MemoryFileSystem()
+        return cls(MEMORY_PATH, options, _fs=fs, **overrides)
 
     # --- lifecycle ------------------------------------------------------------------------
     @property
@@ -152,15 +190,18 @@ class EventStore:
         if self._state != "new":
             raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
         self._state = "opening"
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
-        self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
+        if isinstance(self._fs, MemoryFileSystem):  # nothing blocks: no thread to hop to
+            self._io = self._readers = InlineExecutor()
+        else:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
+            self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
         loop = asyncio.get_running_loop()
         window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
         try:
             await loop.run_in_executor(self._io, self._open_blocking, window)
         except BaseException:
             self._state = "closed"
-            await loop.run_in_executor(None, self._release_blocking)
+            await loop.run_in_executor(self._chores(), self._release_blocking)
             raise
         self._commit = CommitLoop(
             self._log, self._index, self._options, self._io, window, self._checkpoints
@@ -247,6 +288,11 @@ class EventStore:
             )
         self._unsaved = scanned
 
+    def _chores(self) -> Executor | None:
+        """Where closing runs its blocking steps: the loop's default executor, or inline for
+        a memory store (which then starts no thread at all)."""
+        return self._io if isinstance(self._io, InlineExecutor) else None
+
     def _release_blocking(self) -> None:
         self._log.close()
         if self._lock is not None:
@@ -279,10 +325,11 @@ class EventStore:
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None
-            for pool in (self._io, self._readers):
+            chores = self._chores()
+            for pool in dict.fromkeys((self._io, self._readers)):  # one object in a memory store
                 if pool is not None:
-                    await loop.run_in_executor(None, pool.shutdown)
-            await loop.run_in_executor(None, self._release_blocking)
+                    await loop.run_in_executor(chores, pool.shutdown)
+            await loop.run_in_executor(chores, self._release_blocking)
 
     aclose = close
 

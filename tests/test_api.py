@@ -21,11 +21,31 @@ def test_all_lists_every_public_name() -> None:
 
 
 def test_public_methods_are_documented() -> None:
-    for cls in (es.EventStore, es.StoreOptions, es.StoreStatistics, es.RecordedEvent):
+    for cls in (
+        es.EventStore,
+        es.StoreOptions,
+        es.StoreStatistics,
+        es.RecordedEvent,
+        es.MemoryStorage,
+    ):
         for name, member in vars(cls).items():
+            if isinstance(member, classmethod | staticmethod):
+                member = member.__func__
             if name.startswith("_") or not callable(member):
                 continue
             assert inspect.getdoc(member), f"{cls.__name__}.{name} has no docstring"
+
+
+def test_in_memory_store_api() -> None:
+    """``EventStore.memory(options=None, *, storage=None, **overrides)`` and ``MemoryStorage``."""
+    assert "MemoryStorage" in es.__all__
+    assert isinstance(inspect.getattr_static(es.EventStore, "memory"), classmethod)
+    params = inspect.signature(es.EventStore.memory).parameters
+    assert list(params) == ["options", "storage", "overrides"]
+    assert params["storage"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert isinstance(es.EventStore.memory(), es.EventStore)
+    assert es.EventStore(":memory:").path == ":memory:"
+    assert inspect.signature(es.MemoryStorage).parameters == {}
 
 
 def test_error_hierarchy() -> None:
