@@ -5,20 +5,25 @@ Reading order for a newcomer: this module, then ``_commit.py`` (the group-commit
 
 Threads: the event loop thread runs producers, the commit loop and the index. One I/O thread
 (owned by the store) does every write and sync, one batch per hop. A small pool of reader
-threads does ``pread`` and decoding for reads, so neither blocks the event loop.
+threads does ``pread`` and decoding for reads, so neither blocks the event loop. Snapshot files
+(``_snapshots.py``) are written and read on two threads of their own, so a snapshot's fsync
+never delays a commit batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Unpack
+from typing import Any, TypeVar, Unpack
 from weakref import WeakSet
+
+from pydantic import BaseModel
 
 from ._checks import (
     as_event_list,
@@ -29,20 +34,31 @@ from ._checks import (
     check_limit,
     check_stream,
 )
-from ._codec import encode_events, frame_event_ids
+from ._codec import encode_events, frame_event_ids, pack_state, unpack_state
 from ._commit import CommitLoop, PendingAppend, Recheck
 from ._format import (
     FRAME_KIND_CHECKPOINT,
+    MAX_SNAPSHOT_STATE_BYTES,
     FrameInfo,
+    pack_snapshot,
 )
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
 from ._log import LOCK_NAME, Log, Recovery
 from ._reader import Reader
 from ._segment import FrameSink, Segment
+from ._snapshots import SnapshotDamaged, SnapshotFiles, Stored
 from ._subscriptions import LiveHub, Subscription
 from ._verify import VerifyReport, verify_store
-from .errors import CorruptLog, StoreClosed, StoreLocked, WrongExpectedVersion
+from .aggregate import Snapshot
+from .errors import (
+    CorruptLog,
+    SnapshotFailed,
+    SnapshotVersionError,
+    StoreClosed,
+    StoreLocked,
+    WrongExpectedVersion,
+)
 from .events import (
     ANY,
     AppendResult,
@@ -56,6 +72,10 @@ from .events import (
 from .options import OptionOverrides, StoreOptions
 
 __all__ = ["EventStore", "StoreStatistics", "Subscription"]
+
+S = TypeVar("S", bound=BaseModel)
+T = TypeVar("T")
+log = logging.getLogger("aioeventstore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +137,8 @@ class EventStore:
         self._lock: Lock | None = None
         self._io: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._snapshot_io: ThreadPoolExecutor | None = None
+        self._snapshots = SnapshotFiles(self._fs, self._path)
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
@@ -154,6 +176,7 @@ class EventStore:
         self._state = "opening"
         self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
+        self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
         loop = asyncio.get_running_loop()
         window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
         try:
@@ -212,6 +235,8 @@ class EventStore:
             return on_frame
 
         self.recovery = self._log.recover(sink)
+        if removed := self._snapshots.remove_temporaries():
+            log.info("removed %d snapshot file(s) a crash left half-written", removed)
         index.head = index.next_position - 1
         for ordinal, info in recent:
             data = self._log.read(ordinal, info.offset, info.length)
@@ -249,7 +274,7 @@ class EventStore:
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None
-            for pool in (self._io, self._readers):
+            for pool in (self._io, self._readers, self._snapshot_io):
                 if pool is not None:
                     await loop.run_in_executor(None, pool.shutdown)
             await loop.run_in_executor(None, self._release_blocking)
@@ -523,3 +548,139 @@ class EventStore:
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
         await fut  # the commit loop records it in self._checkpoints once durable
+
+    # --- snapshots --------------------------------------------------------------------------
+    async def save_snapshot(self, stream: str, state: BaseModel, version: int) -> bool:
+        """Durably save ``state`` (any pydantic model) as the state of ``stream`` after its
+        events ``0..version``; ``load_snapshot`` and ``es.load_aggregate`` start from it.
+
+        Durable when it returns: the snapshot file is written under a temporary name, synced,
+        renamed over the previous one and the directory synced, so a crash at any moment leaves
+        the previous snapshot or this one, never a mix. The state is encoded when called (later
+        changes to the model are not saved). Snapshots are files beside the log: they never go
+        through the commit loop, never delay an append, and reads and subscriptions never see
+        them. One snapshot is kept per stream, the newest: returns True when this one was
+        written, False when the stored one has a higher version (nothing written). If the
+        calling task is cancelled, the save may still complete.
+
+        Raises :class:`SnapshotVersionError` unless ``0 <= version <=`` the stream's last
+        committed version (a stream with no events has no snapshot), :class:`SnapshotFailed`
+        when the file system refuses (the previous snapshot stays), :class:`StoreClosed`,
+        TypeError/ValueError for a state that is not a model or cannot be stored.
+        """
+        self._require_open()
+        check_stream(stream)
+        if not isinstance(state, BaseModel):
+            raise TypeError(f"snapshot state must be a pydantic model, not {type(state).__name__}")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise TypeError(f"snapshot version must be an int, not {version!r}")
+        last = self._index.committed_last_version(stream)
+        if not 0 <= version <= last:
+            raise SnapshotVersionError(stream, version, last)
+        position = self._index.position_of(stream, version)
+        state_b = pack_state(stream, state)
+        if len(state_b) > MAX_SNAPSHOT_STATE_BYTES:
+            raise ValueError(
+                f"snapshot of stream {stream!r} encodes to {len(state_b)} bytes, over the limit "
+                f"of {MAX_SNAPSHOT_STATE_BYTES}"
+            )
+        (event_id,) = await self._reader.stream_ids(stream, version, 1)
+        data = pack_snapshot(
+            stream.encode("utf-8"),
+            type(state).__qualname__.encode("utf-8"),
+            version,
+            position,
+            event_id,
+            state_b,
+        )
+        save = self._snapshots.save
+        kept = await self._snapshot_call(stream, save, stream, version, position, data, None)
+        if kept is None:
+            return True
+        if self._snapshot_matches_log(stream, kept):
+            return False  # a newer snapshot that still holds: keep it
+        # the stored snapshot is ahead of the log (see load_snapshot): replace it
+        return (
+            await self._snapshot_call(stream, save, stream, version, position, data, kept) is None
+        )
+
+    async def load_snapshot(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
+        """The latest snapshot of ``stream`` as ``Snapshot(state, version)``, or None.
+
+        A snapshot is a cache of what the stream's events define, so whatever makes one
+        unusable makes this return None (and log a warning on the ``"aioeventstore"`` logger)
+        instead of raising: a damaged file (its CRC32C does not match), a snapshot saved from
+        another model class (by ``__qualname__``) or that ``state_type`` no longer validates,
+        and one that no longer matches the log: past the stream's last committed version, or
+        whose event at ``version`` is not the one it was saved for (after ``repair`` cut the
+        log, or a power cut lost appends acknowledged with ``durability="os"``). The next
+        ``save_snapshot`` of the stream replaces an unusable snapshot.
+
+        Raises :class:`SnapshotFailed` when the file cannot be read (an OS error),
+        :class:`StoreClosed`, and TypeError when ``state_type`` is not a pydantic model class.
+        """
+        self._require_open()
+        check_stream(stream)
+        if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
+            raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
+        found = await self._snapshot_call(stream, self._load_snapshot_blocking, stream, state_type)
+        if isinstance(found, str):
+            log.warning("ignoring the snapshot of stream %r: %s", stream, found)
+            return None
+        if found is None:
+            return None
+        state, stored, event_id = found
+        last = self._index.committed_last_version(stream)
+        why: str | None = None
+        if stored.version > last:
+            why = f"it is for version {stored.version}, the stream's last version is {last}"
+        elif not self._snapshot_matches_log(stream, stored):
+            why = f"the event at version {stored.version} has another position than it had"
+        elif await self._reader.stream_ids(stream, stored.version, 1) != [event_id]:
+            why = f"the event at version {stored.version} is not the one it was saved after"
+        if why is not None:
+            log.warning("ignoring the snapshot of stream %r: %s", stream, why)
+            return None
+        return Snapshot(state, stored.version)
+
+    def _snapshot_matches_log(self, stream: str, stored: Stored) -> bool:
+        """Whether a stored snapshot's version is committed at the position it was saved at."""
+        return (
+            stored.version <= self._index.committed_last_version(stream)
+            and self._index.position_of(stream, stored.version) == stored.position
+        )
+
+    def _load_snapshot_blocking(
+        self, stream: str, state_type: type[S]
+    ) -> tuple[S, Stored, bytes] | str | None:
+        """Read, check and decode (on a snapshot thread): the state, or why it is unusable."""
+        try:
+            fields = self._snapshots.read(stream)
+        except SnapshotDamaged as exc:
+            self._snapshots.forget(stream)
+            return f"damaged file {exc.path}: {exc.reason}"
+        if fields is None:
+            return None
+        if fields.type_name != state_type.__qualname__:
+            return f"it holds a {fields.type_name!r}, not a {state_type.__qualname__!r}"
+        try:
+            state = unpack_state(fields.state, state_type)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            return f"its state does not validate as {state_type.__qualname__}: {exc}"
+        return state, Stored(fields.version, fields.position), fields.event_id
+
+    async def _snapshot_call(self, stream: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking snapshot call on the snapshot threads; OSError → SnapshotFailed."""
+        self._require_open()
+        pool = self._snapshot_io
+        assert pool is not None, "an open store has its snapshot threads"
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except RuntimeError:  # the pool was shut down: the store closed meanwhile
+            if self._state == "open":
+                raise
+            raise StoreClosed(f"store at {self._path} closed during a snapshot call") from None
+        except OSError as exc:
+            raise SnapshotFailed(
+                f"snapshot of stream {stream!r} in {self._path}: {exc.strerror or exc}"
+            ) from exc
