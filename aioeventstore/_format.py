@@ -227,6 +227,20 @@ class SnapshotFields(NamedTuple):
     event_id: bytes
     state: bytes  # the encoded state (MessagePack)
 
+    @property
+    def stored(self) -> Stored:
+        """Which snapshot this is: version, position and event id."""
+        return Stored(self.version, self.position, self.event_id)
+
+
+class Stored(NamedTuple):
+    """Which snapshot of a stream is on disk: its version, and the position and id of the
+    event at that version when it was saved (to tell whether it still matches the log)."""
+
+    version: int
+    position: int
+    event_id: bytes
+
 
 def snapshot_name(stream_b: bytes) -> str:
     """File name of a stream's snapshot: stream names can hold any character, so the name

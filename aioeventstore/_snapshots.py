@@ -19,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import NamedTuple
 
 from ._format import (
     SNAPSHOT_SUFFIX,
     SNAPSHOT_TEMP_SUFFIX,
     SnapshotFields,
+    Stored,
     snapshot_name,
     unpack_snapshot,
 )
@@ -42,14 +42,7 @@ class SnapshotDamaged(Exception):
         self.reason = reason
 
 
-class Stored(NamedTuple):
-    """Which snapshot of a stream is on disk: its version and the position of that event."""
-
-    version: int
-    position: int
-
-
-_NONE = Stored(-1, -1)
+_NONE = Stored(-1, -1, b"")
 
 
 class SnapshotFiles:
@@ -106,9 +99,10 @@ class SnapshotFiles:
 
     # --- writing ------------------------------------------------------------------------------
     def save(
-        self, stream: str, version: int, position: int, data: bytes, replace: Stored | None
+        self, stream: str, stored_as: Stored, data: bytes, replace: Stored | None
     ) -> Stored | None:
-        """Write ``data`` (a whole snapshot file for ``version``) as ``stream``'s snapshot,
+        """Write ``data`` (a whole snapshot file, described by ``stored_as``) as ``stream``'s
+        snapshot,
         atomically and durably, unless a newer snapshot is stored: then write nothing and
         return what is stored. ``replace`` names a stored snapshot that may be replaced even
         though it is newer (the caller found that it no longer matches the log). Returns None
@@ -121,7 +115,7 @@ class SnapshotFiles:
                 stored = self._stored.get(stream)
             if stored is None:
                 stored = self._read_stored(stream)
-            if stored.version > version and stored != replace:
+            if stored.version > stored_as.version and stored != replace:
                 with self._mu:
                     self._stored[stream] = stored
                 return stored
@@ -129,7 +123,7 @@ class SnapshotFiles:
                 self._stored.pop(stream, None)
             self._write(self.path(stream), data)
             with self._mu:
-                self._stored[stream] = Stored(version, position)
+                self._stored[stream] = stored_as
             return None
 
     def _read_stored(self, stream: str) -> Stored:
@@ -137,7 +131,7 @@ class SnapshotFiles:
             fields = self.read(stream)
         except SnapshotDamaged:
             return _NONE  # a damaged file is replaced by any save
-        return _NONE if fields is None else Stored(fields.version, fields.position)
+        return _NONE if fields is None else fields.stored
 
     def _write(self, path: str, data: bytes) -> None:
         """Temporary file, write, sync, rename over ``path``, sync the directory."""

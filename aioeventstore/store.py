@@ -40,6 +40,7 @@ from ._format import (
     FRAME_KIND_CHECKPOINT,
     MAX_SNAPSHOT_STATE_BYTES,
     FrameInfo,
+    Stored,
     pack_snapshot,
 )
 from ._fs import FileSystem, Lock, OsFileSystem
@@ -47,7 +48,7 @@ from ._index import Index
 from ._log import LOCK_NAME, Log, Recovery
 from ._reader import Reader
 from ._segment import FrameSink, Segment
-from ._snapshots import SnapshotDamaged, SnapshotFiles, Stored
+from ._snapshots import SnapshotDamaged, SnapshotFiles
 from ._subscriptions import LiveHub, Subscription
 from ._verify import VerifyReport, verify_store
 from .aggregate import Snapshot
@@ -593,16 +594,14 @@ class EventStore:
             event_id,
             state_b,
         )
-        save = self._snapshots.save
-        kept = await self._snapshot_call(stream, save, stream, version, position, data, None)
+        save, this = self._snapshots.save, Stored(version, position, event_id)
+        kept = await self._snapshot_call(stream, save, stream, this, data, None)
         if kept is None:
             return True
-        if self._snapshot_matches_log(stream, kept):
-            return False  # a newer snapshot that still holds: keep it
-        # the stored snapshot is ahead of the log (see load_snapshot): replace it
-        return (
-            await self._snapshot_call(stream, save, stream, version, position, data, kept) is None
-        )
+        if await self._snapshot_mismatch(stream, kept) is None:
+            return False  # a newer snapshot that still matches the log: keep it
+        # the stored snapshot no longer matches the log (see load_snapshot): replace it
+        return await self._snapshot_call(stream, save, stream, this, data, kept) is None
 
     async def load_snapshot(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
         """The latest snapshot of ``stream`` as ``Snapshot(state, version)``, or None.
@@ -629,30 +628,28 @@ class EventStore:
             return None
         if found is None:
             return None
-        state, stored, event_id = found
-        last = self._index.committed_last_version(stream)
-        why: str | None = None
-        if stored.version > last:
-            why = f"it is for version {stored.version}, the stream's last version is {last}"
-        elif not self._snapshot_matches_log(stream, stored):
-            why = f"the event at version {stored.version} has another position than it had"
-        elif await self._reader.stream_ids(stream, stored.version, 1) != [event_id]:
-            why = f"the event at version {stored.version} is not the one it was saved after"
+        state, stored = found
+        why = await self._snapshot_mismatch(stream, stored)
         if why is not None:
             log.warning("ignoring the snapshot of stream %r: %s", stream, why)
             return None
         return Snapshot(state, stored.version)
 
-    def _snapshot_matches_log(self, stream: str, stored: Stored) -> bool:
-        """Whether a stored snapshot's version is committed at the position it was saved at."""
-        return (
-            stored.version <= self._index.committed_last_version(stream)
-            and self._index.position_of(stream, stored.version) == stored.position
-        )
+    async def _snapshot_mismatch(self, stream: str, stored: Stored) -> str | None:
+        """Why a stored snapshot no longer matches the log, or None when it does: its version
+        must be committed, at the position and with the event id it was saved after."""
+        last = self._index.committed_last_version(stream)
+        if stored.version > last:
+            return f"it is for version {stored.version}, the stream's last version is {last}"
+        if self._index.position_of(stream, stored.version) != stored.position:
+            return f"the event at version {stored.version} has another position than it had"
+        if await self._reader.stream_ids(stream, stored.version, 1) != [stored.event_id]:
+            return f"the event at version {stored.version} is not the one it was saved after"
+        return None
 
     def _load_snapshot_blocking(
         self, stream: str, state_type: type[S]
-    ) -> tuple[S, Stored, bytes] | str | None:
+    ) -> tuple[S, Stored] | str | None:
         """Read, check and decode (on a snapshot thread): the state, or why it is unusable."""
         try:
             fields = self._snapshots.read(stream)
@@ -667,7 +664,7 @@ class EventStore:
             state = unpack_state(fields.state, state_type)
         except ValueError as exc:  # pydantic's ValidationError is one
             return f"its state does not validate as {state_type.__qualname__}: {exc}"
-        return state, Stored(fields.version, fields.position), fields.event_id
+        return state, fields.stored
 
     async def _snapshot_call(self, stream: str, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking snapshot call on the snapshot threads; OSError → SnapshotFailed."""
