@@ -1,6 +1,9 @@
-"""Snapshot files: one per stream, beside the segments, written atomically. Blocking I/O only,
-through the file-layer seam; the store runs these calls on its snapshot threads, never on the
-event loop and never on the commit loop's I/O thread.
+"""Snapshots: one file per stream, beside the segments, written atomically.
+
+``SnapshotFiles`` does the blocking I/O, through the file-layer seam; ``Snapshots`` (the
+store's side, on the event loop) encodes, checks versions against the index, and runs the file
+calls on the store's snapshot threads: never on the event loop and never on the commit loop's
+I/O thread, so a snapshot's fsync never delays a commit batch.
 
 A save writes the whole file under a temporary name, syncs it, renames it over the stream's
 snapshot and syncs the directory (FORMAT.md, "Snapshot file"). A crash at any step leaves the
@@ -16,21 +19,39 @@ cancelled caller (whose thread finishes the save regardless) never races the nex
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from ._codec import pack_state, unpack_state
 from ._format import (
+    MAX_SNAPSHOT_STATE_BYTES,
     SNAPSHOT_SUFFIX,
     SNAPSHOT_TEMP_SUFFIX,
     SnapshotFields,
     Stored,
+    pack_snapshot,
     snapshot_name,
     unpack_snapshot,
 )
 from ._fs import FileSystem
+from ._index import Index
+from ._reader import Reader
+from .aggregate import Snapshot
+from .errors import SnapshotFailed, SnapshotVersionError, StoreClosed
 
-__all__ = ["SnapshotDamaged", "SnapshotFiles", "Stored"]
+__all__ = ["SnapshotDamaged", "SnapshotFiles", "Snapshots", "Stored"]
+
+S = TypeVar("S", bound=BaseModel)
+T = TypeVar("T")
+log = logging.getLogger("aioeventstore")
 
 
 class SnapshotDamaged(Exception):
@@ -150,3 +171,104 @@ class SnapshotFiles:
                 fs.remove(tmp)
             raise
         fs.sync_dir(self.directory)
+
+
+class Snapshots:
+    """The store's snapshots, event-loop side (the store checks its arguments first).
+
+    Uses the index (event loop thread only, as everywhere) for versions and positions, the
+    reader for event ids, and ``executor`` (the store's snapshot threads, set while the store
+    is open) for every file call.
+    """
+
+    def __init__(self, files: SnapshotFiles, index: Index, reader: Reader) -> None:
+        self.files = files
+        self._index = index
+        self._reader = reader
+        self.executor: Executor | None = None
+
+    async def save(self, stream: str, state: BaseModel, version: int) -> bool:
+        """See ``EventStore.save_snapshot``."""
+        last = self._index.committed_last_version(stream)
+        if not 0 <= version <= last:
+            raise SnapshotVersionError(stream, version, last)
+        position = self._index.position_of(stream, version)
+        state_b = pack_state(stream, state)  # now: later changes to the model are not saved
+        if len(state_b) > MAX_SNAPSHOT_STATE_BYTES:
+            raise ValueError(
+                f"snapshot of stream {stream!r} encodes to {len(state_b)} bytes, over the limit "
+                f"of {MAX_SNAPSHOT_STATE_BYTES}"
+            )
+        (event_id,) = await self._reader.stream_ids(stream, version, 1)
+        data = pack_snapshot(
+            stream.encode("utf-8"),
+            type(state).__qualname__.encode("utf-8"),
+            version,
+            position,
+            event_id,
+            state_b,
+        )
+        save, this = self.files.save, Stored(version, position, event_id)
+        kept = await self._call(stream, save, stream, this, data, None)
+        if kept is None:
+            return True
+        if await self._mismatch(stream, kept) is None:
+            return False  # a newer snapshot that still matches the log: keep it
+        # the stored snapshot no longer matches the log (see load): replace it
+        return await self._call(stream, save, stream, this, data, kept) is None
+
+    async def load(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
+        """See ``EventStore.load_snapshot``."""
+        found = await self._call(stream, self._load_blocking, stream, state_type)
+        if isinstance(found, str):
+            log.warning("ignoring the snapshot of stream %r: %s", stream, found)
+            return None
+        if found is None:
+            return None
+        state, stored = found
+        why = await self._mismatch(stream, stored)
+        if why is not None:
+            log.warning("ignoring the snapshot of stream %r: %s", stream, why)
+            return None
+        return Snapshot(state, stored.version)
+
+    async def _mismatch(self, stream: str, stored: Stored) -> str | None:
+        """Why a stored snapshot no longer matches the log, or None when it does: its version
+        must be committed, at the position and with the event id it was saved after."""
+        last = self._index.committed_last_version(stream)
+        if stored.version > last:
+            return f"it is for version {stored.version}, the stream's last version is {last}"
+        if self._index.position_of(stream, stored.version) != stored.position:
+            return f"the event at version {stored.version} has another position than it had"
+        if await self._reader.stream_ids(stream, stored.version, 1) != [stored.event_id]:
+            return f"the event at version {stored.version} is not the one it was saved after"
+        return None
+
+    def _load_blocking(self, stream: str, state_type: type[S]) -> tuple[S, Stored] | str | None:
+        """Read, check and decode (on a snapshot thread): the state, or why it is unusable."""
+        try:
+            fields = self.files.read(stream)
+        except SnapshotDamaged as exc:
+            self.files.forget(stream)
+            return f"damaged file {exc.path}: {exc.reason}"
+        if fields is None:
+            return None
+        if fields.type_name != state_type.__qualname__:
+            return f"it holds a {fields.type_name!r}, not a {state_type.__qualname__!r}"
+        try:
+            state = unpack_state(fields.state, state_type)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            return f"its state does not validate as {state_type.__qualname__}: {exc}"
+        return state, fields.stored
+
+    async def _call(self, stream: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking file call on the snapshot threads; OSError → SnapshotFailed."""
+        executor = self.executor
+        if executor is None:
+            raise StoreClosed(f"store at {self.files.directory} is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except OSError as exc:
+            raise SnapshotFailed(
+                f"snapshot of stream {stream!r} in {self.files.directory}: {exc.strerror or exc}"
+            ) from exc

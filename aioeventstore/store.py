@@ -17,10 +17,10 @@ import logging
 import os
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, Unpack
+from typing import TypeVar, Unpack
 from weakref import WeakSet
 
 from pydantic import BaseModel
@@ -34,28 +34,23 @@ from ._checks import (
     check_limit,
     check_stream,
 )
-from ._codec import encode_events, frame_event_ids, pack_state, unpack_state
+from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
 from ._format import (
     FRAME_KIND_CHECKPOINT,
-    MAX_SNAPSHOT_STATE_BYTES,
     FrameInfo,
-    Stored,
-    pack_snapshot,
 )
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
 from ._log import LOCK_NAME, Log, Recovery
 from ._reader import Reader
 from ._segment import FrameSink, Segment
-from ._snapshots import SnapshotDamaged, SnapshotFiles
+from ._snapshots import SnapshotFiles, Snapshots
 from ._subscriptions import LiveHub, Subscription
 from ._verify import VerifyReport, verify_store
 from .aggregate import Snapshot
 from .errors import (
     CorruptLog,
-    SnapshotFailed,
-    SnapshotVersionError,
     StoreClosed,
     StoreLocked,
     WrongExpectedVersion,
@@ -75,7 +70,6 @@ from .options import OptionOverrides, StoreOptions
 __all__ = ["EventStore", "StoreStatistics", "Subscription"]
 
 S = TypeVar("S", bound=BaseModel)
-T = TypeVar("T")
 log = logging.getLogger("aioeventstore")
 
 
@@ -139,7 +133,6 @@ class EventStore:
         self._io: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._snapshot_io: ThreadPoolExecutor | None = None
-        self._snapshots = SnapshotFiles(self._fs, self._path)
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
@@ -149,6 +142,7 @@ class EventStore:
             self._options.read_chunk_bytes,
             self._options.pause_gc_while_decoding,
         )
+        self._snapshots = Snapshots(SnapshotFiles(self._fs, self._path), self._index, self._reader)
         self._hub = LiveHub()
         self._subscriptions: WeakSet[Subscription] = WeakSet()
         self.recovery: Recovery | None = None
@@ -191,6 +185,7 @@ class EventStore:
         )
         self._commit.listeners.append(self._hub.publish)
         self._reader.executor = self._readers
+        self._snapshots.executor = self._snapshot_io
         self._commit.start()
         self._state = "open"
         return self
@@ -236,7 +231,7 @@ class EventStore:
             return on_frame
 
         self.recovery = self._log.recover(sink)
-        if removed := self._snapshots.remove_temporaries():
+        if removed := self._snapshots.files.remove_temporaries():
             log.info("removed %d snapshot file(s) a crash left half-written", removed)
         index.head = index.next_position - 1
         for ordinal, info in recent:
@@ -275,6 +270,7 @@ class EventStore:
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None
+            self._snapshots.executor = None
             for pool in (self._io, self._readers, self._snapshot_io):
                 if pool is not None:
                     await loop.run_in_executor(None, pool.shutdown)
@@ -575,33 +571,7 @@ class EventStore:
             raise TypeError(f"snapshot state must be a pydantic model, not {type(state).__name__}")
         if not isinstance(version, int) or isinstance(version, bool):
             raise TypeError(f"snapshot version must be an int, not {version!r}")
-        last = self._index.committed_last_version(stream)
-        if not 0 <= version <= last:
-            raise SnapshotVersionError(stream, version, last)
-        position = self._index.position_of(stream, version)
-        state_b = pack_state(stream, state)
-        if len(state_b) > MAX_SNAPSHOT_STATE_BYTES:
-            raise ValueError(
-                f"snapshot of stream {stream!r} encodes to {len(state_b)} bytes, over the limit "
-                f"of {MAX_SNAPSHOT_STATE_BYTES}"
-            )
-        (event_id,) = await self._reader.stream_ids(stream, version, 1)
-        data = pack_snapshot(
-            stream.encode("utf-8"),
-            type(state).__qualname__.encode("utf-8"),
-            version,
-            position,
-            event_id,
-            state_b,
-        )
-        save, this = self._snapshots.save, Stored(version, position, event_id)
-        kept = await self._snapshot_call(stream, save, stream, this, data, None)
-        if kept is None:
-            return True
-        if await self._snapshot_mismatch(stream, kept) is None:
-            return False  # a newer snapshot that still matches the log: keep it
-        # the stored snapshot no longer matches the log (see load_snapshot): replace it
-        return await self._snapshot_call(stream, save, stream, this, data, kept) is None
+        return await self._snapshots.save(stream, state, version)
 
     async def load_snapshot(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
         """The latest snapshot of ``stream`` as ``Snapshot(state, version)``, or None.
@@ -622,62 +592,4 @@ class EventStore:
         check_stream(stream)
         if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
             raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
-        found = await self._snapshot_call(stream, self._load_snapshot_blocking, stream, state_type)
-        if isinstance(found, str):
-            log.warning("ignoring the snapshot of stream %r: %s", stream, found)
-            return None
-        if found is None:
-            return None
-        state, stored = found
-        why = await self._snapshot_mismatch(stream, stored)
-        if why is not None:
-            log.warning("ignoring the snapshot of stream %r: %s", stream, why)
-            return None
-        return Snapshot(state, stored.version)
-
-    async def _snapshot_mismatch(self, stream: str, stored: Stored) -> str | None:
-        """Why a stored snapshot no longer matches the log, or None when it does: its version
-        must be committed, at the position and with the event id it was saved after."""
-        last = self._index.committed_last_version(stream)
-        if stored.version > last:
-            return f"it is for version {stored.version}, the stream's last version is {last}"
-        if self._index.position_of(stream, stored.version) != stored.position:
-            return f"the event at version {stored.version} has another position than it had"
-        if await self._reader.stream_ids(stream, stored.version, 1) != [stored.event_id]:
-            return f"the event at version {stored.version} is not the one it was saved after"
-        return None
-
-    def _load_snapshot_blocking(
-        self, stream: str, state_type: type[S]
-    ) -> tuple[S, Stored] | str | None:
-        """Read, check and decode (on a snapshot thread): the state, or why it is unusable."""
-        try:
-            fields = self._snapshots.read(stream)
-        except SnapshotDamaged as exc:
-            self._snapshots.forget(stream)
-            return f"damaged file {exc.path}: {exc.reason}"
-        if fields is None:
-            return None
-        if fields.type_name != state_type.__qualname__:
-            return f"it holds a {fields.type_name!r}, not a {state_type.__qualname__!r}"
-        try:
-            state = unpack_state(fields.state, state_type)
-        except ValueError as exc:  # pydantic's ValidationError is one
-            return f"its state does not validate as {state_type.__qualname__}: {exc}"
-        return state, fields.stored
-
-    async def _snapshot_call(self, stream: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking snapshot call on the snapshot threads; OSError → SnapshotFailed."""
-        self._require_open()
-        pool = self._snapshot_io
-        assert pool is not None, "an open store has its snapshot threads"
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-        except RuntimeError:  # the pool was shut down: the store closed meanwhile
-            if self._state == "open":
-                raise
-            raise StoreClosed(f"store at {self._path} closed during a snapshot call") from None
-        except OSError as exc:
-            raise SnapshotFailed(
-                f"snapshot of stream {stream!r} in {self._path}: {exc.strerror or exc}"
-            ) from exc
+        return await self._snapshots.load(stream, state_type)
