@@ -4,12 +4,15 @@ Only re-exports live here; see ``store.py`` for where reading the code starts.
 """
 
 from ._verify import SegmentProblem, SegmentReport, VerifyReport
+from .aggregate import Snapshot, load_aggregate
 from .errors import (
     CorruptLog,
     DuplicateEventType,
     EventDecodeError,
     EventStoreError,
     EventTooLarge,
+    SnapshotFailed,
+    SnapshotVersionError,
     StoreClosed,
     StoreFailed,
     StoreLocked,
@@ -57,6 +60,9 @@ __all__ = [
     "RecordedEvent",
     "SegmentProblem",
     "SegmentReport",
+    "Snapshot",
+    "SnapshotFailed",
+    "SnapshotVersionError",
     "StartAt",
     "StoreClosed",
     "StoreFailed",
@@ -69,4 +75,5 @@ __all__ = [
     "WrongExpectedVersion",
     "__version__",
     "event_types",
+    "load_aggregate",
 ]

@@ -2,7 +2,7 @@
 
 Producers call :func:`encode_events` in their own task, before anything is queued, so bad input
 fails there and the commit loop only ever sees bytes. Readers call :func:`decode_frame_events`
-off the event loop.
+off the event loop. Snapshot states go through :func:`pack_state` / :func:`unpack_state`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ._format import (
     BODY_HEAD_SIZE,
@@ -42,6 +42,7 @@ from .events import (
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+S = TypeVar("S", bound=BaseModel)
 _type_names: dict[type[Event], bytes] = {}
 
 
@@ -404,3 +405,26 @@ def frame_event_ids(buf: bytes | memoryview, frame_start: int, info: FrameInfo) 
         ids.append(bytes(eid))
         at += 4 + size
     return ids
+
+
+# --- snapshot state ---------------------------------------------------------------------------
+def pack_state(stream: str, state: BaseModel) -> bytes:
+    """A snapshot's state as stored: the model's JSON-mode dump, as MessagePack (the same
+    encoding as event data). Raises ValueError when it cannot be stored."""
+    try:
+        return msgpack.packb(state.model_dump(mode="json"))  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(
+            f"snapshot of stream {stream!r}: state {type(state).__qualname__} cannot be "
+            f"stored: {exc}"
+        ) from exc
+
+
+def unpack_state(data: bytes, state_type: type[S]) -> S:
+    """The state a snapshot stored, validated by ``state_type``. Raises ValueError (for
+    undecodable bytes) or pydantic's ValidationError (a ValueError too)."""
+    try:
+        raw = msgpack.unpackb(data)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ValueError(f"undecodable snapshot state: {exc}") from exc
+    return state_type.model_validate(raw)

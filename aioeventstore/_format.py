@@ -5,6 +5,7 @@ All integers are little-endian. Nothing here does I/O or knows about msgpack.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Final, NamedTuple
 
@@ -198,3 +199,101 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
         woff,
         kind,
     )
+
+
+# --- snapshot file: one per stream, beside the segments (FORMAT.md, "Snapshot file") ---------
+SNAPSHOT_MAGIC: Final = b"AIOESNAP"
+SNAPSHOT_FORMAT_VERSION: Final = 1
+SNAPSHOT_SUFFIX: Final = ".snap"
+SNAPSHOT_TEMP_SUFFIX: Final = ".snap-tmp"
+SNAPSHOT_NAME_HEX: Final = 32  # hex digits of SHA-256(stream name) in the file name
+# magic 8s | crc32c I (over bytes 12 .. end of file) | format version H | flags H |
+# stream name length H | type name length H | state length I | version q | position q |
+# event id 16s (of the event at ``version``)
+SNAPSHOT_HEADER: Final = struct.Struct("<8sIHHHHIqq16s")
+SNAPSHOT_HEADER_SIZE: Final = SNAPSHOT_HEADER.size  # 56
+SNAPSHOT_CRC_FROM: Final = 12
+MAX_SNAPSHOT_STATE_BYTES: Final = (1 << 32) - 1
+assert SNAPSHOT_HEADER_SIZE == 56
+
+
+class SnapshotFields(NamedTuple):
+    """The fields of a checked snapshot file."""
+
+    stream: str
+    type_name: str
+    version: int
+    position: int
+    event_id: bytes
+    state: bytes  # the encoded state (MessagePack)
+
+    @property
+    def stored(self) -> Stored:
+        """Which snapshot this is: version, position and event id."""
+        return Stored(self.version, self.position, self.event_id)
+
+
+class Stored(NamedTuple):
+    """Which snapshot of a stream is on disk: its version, and the position and id of the
+    event at that version when it was saved (to tell whether it still matches the log)."""
+
+    version: int
+    position: int
+    event_id: bytes
+
+
+def snapshot_name(stream_b: bytes) -> str:
+    """File name of a stream's snapshot: stream names can hold any character, so the name
+    is derived from their SHA-256 (the stream name itself is stored inside the file)."""
+    return hashlib.sha256(stream_b).hexdigest()[:SNAPSHOT_NAME_HEX] + SNAPSHOT_SUFFIX
+
+
+def pack_snapshot(
+    stream_b: bytes, type_b: bytes, version: int, position: int, event_id: bytes, state: bytes
+) -> bytes:
+    """The whole content of a snapshot file."""
+    head = SNAPSHOT_HEADER.pack(
+        SNAPSHOT_MAGIC,
+        0,
+        SNAPSHOT_FORMAT_VERSION,
+        0,
+        len(stream_b),
+        len(type_b),
+        len(state),
+        version,
+        position,
+        event_id,
+    )
+    body = head[SNAPSHOT_CRC_FROM:] + stream_b + type_b + state
+    return SNAPSHOT_MAGIC + crc32c(body).to_bytes(4, "little") + body
+
+
+def unpack_snapshot(raw: bytes) -> SnapshotFields:
+    """Check a snapshot file's bytes and return its fields; ValueError says what is wrong."""
+    if len(raw) < SNAPSHOT_HEADER_SIZE:
+        raise ValueError(f"snapshot file is {len(raw)} bytes, shorter than its header")
+    magic, crc, fmt, _flags, slen, tlen, size, version, position, event_id = (
+        SNAPSHOT_HEADER.unpack_from(raw)
+    )
+    if magic != SNAPSHOT_MAGIC:
+        raise ValueError(f"bad snapshot magic {bytes(magic)!r}")
+    actual = crc32c(raw[SNAPSHOT_CRC_FROM:])
+    if actual != crc:
+        raise ValueError(
+            f"snapshot checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+        )
+    if fmt != SNAPSHOT_FORMAT_VERSION:
+        raise ValueError(
+            f"unsupported snapshot format version {fmt} (this build reads "
+            f"{SNAPSHOT_FORMAT_VERSION})"
+        )
+    if SNAPSHOT_HEADER_SIZE + slen + tlen + size != len(raw) or version < 0 or position < 0:
+        raise ValueError("snapshot header fields do not match the file")
+    s0 = SNAPSHOT_HEADER_SIZE
+    t0 = s0 + slen
+    try:
+        stream = raw[s0:t0].decode("utf-8")
+        type_name = raw[t0 : t0 + tlen].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"snapshot stream or type name is not UTF-8: {exc}") from None
+    return SnapshotFields(stream, type_name, version, position, bytes(event_id), raw[t0 + tlen :])

@@ -104,3 +104,35 @@ class CorruptLog(EventStoreError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.path, self.offset, self.reason))
+
+
+class SnapshotVersionError(EventStoreError, ValueError):
+    """Raised when a snapshot is saved for a version its stream does not have (yet).
+
+    A snapshot holds the state after the events ``0..version`` of a stream, so ``version``
+    must be >= 0 and at most ``last_version``, the stream's last committed version
+    (-1 when the stream has no events). Nothing is written.
+    """
+
+    def __init__(self, stream: str, version: int, last_version: int) -> None:
+        self.stream = stream
+        self.version = version
+        self.last_version = last_version
+        if last_version < 0:
+            why = "the stream has no committed events"
+        elif version < 0:
+            why = f"versions start at 0 (the stream's last committed version is {last_version})"
+        else:
+            why = f"the stream's last committed version is {last_version}"
+        super().__init__(f"cannot save a snapshot of stream {stream!r} at version {version}: {why}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stream, self.version, self.last_version))
+
+
+class SnapshotFailed(EventStoreError):
+    """Raised when a snapshot file could not be written or read: the file system refused.
+
+    ``__cause__`` is the OS error. The log is not affected (the store keeps running), and a
+    failed save leaves the previous snapshot of the stream in place.
+    """

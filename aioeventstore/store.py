@@ -5,19 +5,24 @@ Reading order for a newcomer: this module, then ``_commit.py`` (the group-commit
 
 Threads: the event loop thread runs producers, the commit loop and the index. One I/O thread
 (owned by the store) does every write and sync, one batch per hop. A small pool of reader
-threads does ``pread`` and decoding for reads, so neither blocks the event loop.
+threads does ``pread`` and decoding for reads, so neither blocks the event loop. Snapshot files
+(``_snapshots.py``) are written and read on two threads of their own, so a snapshot's fsync
+never delays a commit batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import warnings
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Unpack
+from typing import TypeVar, Unpack
 from weakref import WeakSet
+
+from pydantic import BaseModel
 
 from ._checks import (
     as_event_list,
@@ -39,9 +44,16 @@ from ._log import LOCK_NAME, Log, Recovery
 from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
 from ._reader import Reader
 from ._segment import FrameSink, Segment
+from ._snapshots import SnapshotFiles, Snapshots
 from ._subscriptions import LiveHub, Subscription
 from ._verify import VerifyReport, verify_store
-from .errors import CorruptLog, StoreClosed, StoreLocked, WrongExpectedVersion
+from .aggregate import Snapshot
+from .errors import (
+    CorruptLog,
+    StoreClosed,
+    StoreLocked,
+    WrongExpectedVersion,
+)
 from .events import (
     ANY,
     AppendResult,
@@ -58,6 +70,9 @@ __all__ = ["EventStore", "MemoryStorage", "StoreStatistics", "Subscription"]
 
 MEMORY_PATH = ":memory:"
 """The path of an in-memory store (``EventStore.memory()``, or this path as SQLite takes it)."""
+
+S = TypeVar("S", bound=BaseModel)
+log = logging.getLogger("aioeventstore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +139,7 @@ class EventStore:
         self._lock: Lock | None = None
         self._io: Executor | None = None
         self._readers: Executor | None = None
+        self._snapshot_io: Executor | None = None
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
@@ -133,6 +149,7 @@ class EventStore:
             self._options.read_chunk_bytes,
             self._options.pause_gc_while_decoding,
         )
+        self._snapshots = Snapshots(SnapshotFiles(self._fs, self._path), self._index, self._reader)
         self._hub = LiveHub()
         self._sidecars = SidecarWriter(self._log, self._index, self._fs)
         self._unsaved: list[int] = []
@@ -191,10 +208,11 @@ class EventStore:
             raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
         self._state = "opening"
         if isinstance(self._fs, MemoryFileSystem):  # nothing blocks: no thread to hop to
-            self._io = self._readers = InlineExecutor()
+            self._io = self._readers = self._snapshot_io = InlineExecutor()
         else:
             self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
+            self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
         loop = asyncio.get_running_loop()
         window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
         try:
@@ -213,6 +231,7 @@ class EventStore:
             self._sidecars.export(ordinal)
         self._unsaved = []
         self._reader.executor = self._readers
+        self._snapshots.executor = self._snapshot_io
         self._commit.start()
         self._state = "open"
         return self
@@ -270,6 +289,8 @@ class EventStore:
             return on_frame
 
         self.recovery = self._log.recover(sink, resume)
+        if removed := self._snapshots.files.remove_temporaries():
+            log.info("removed %d snapshot file(s) a crash left half-written", removed)
         index.head = index.next_position - 1
         # The idempotency window: the last appends on disk, oldest first.
         rows = index.row_count()
@@ -320,13 +341,15 @@ class EventStore:
                     tail = len(self._log.segments) - 1
                     await loop.run_in_executor(self._io, self._sidecars.export_now, tail)
         finally:
-            await loop.run_in_executor(None, self._sidecars.drain)
+            chores = self._chores()
+            await loop.run_in_executor(chores, self._sidecars.drain)
             self._sidecars.executor = None
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None
-            chores = self._chores()
-            for pool in dict.fromkeys((self._io, self._readers)):  # one object in a memory store
+            self._snapshots.executor = None
+            # (one object in a memory store)
+            for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):
                 if pool is not None:
                     await loop.run_in_executor(chores, pool.shutdown)
             await loop.run_in_executor(chores, self._release_blocking)
@@ -600,3 +623,51 @@ class EventStore:
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
         await fut  # the commit loop records it in self._checkpoints once durable
+
+    # --- snapshots --------------------------------------------------------------------------
+    async def save_snapshot(self, stream: str, state: BaseModel, version: int) -> bool:
+        """Durably save ``state`` (any pydantic model) as the state of ``stream`` after its
+        events ``0..version``; ``load_snapshot`` and ``es.load_aggregate`` start from it.
+
+        Durable when it returns: the snapshot file is written under a temporary name, synced,
+        renamed over the previous one and the directory synced, so a crash at any moment leaves
+        the previous snapshot or this one, never a mix. The state is encoded when called (later
+        changes to the model are not saved). Snapshots are files beside the log: they never go
+        through the commit loop, never delay an append, and reads and subscriptions never see
+        them. One snapshot is kept per stream, the newest: returns True when this one was
+        written, False when the stored one has a higher version (nothing written). If the
+        calling task is cancelled, the save may still complete.
+
+        Raises :class:`SnapshotVersionError` unless ``0 <= version <=`` the stream's last
+        committed version (a stream with no events has no snapshot), :class:`SnapshotFailed`
+        when the file system refuses (the previous snapshot stays), :class:`StoreClosed`,
+        TypeError/ValueError for a state that is not a model or cannot be stored.
+        """
+        self._require_open()
+        check_stream(stream)
+        if not isinstance(state, BaseModel):
+            raise TypeError(f"snapshot state must be a pydantic model, not {type(state).__name__}")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise TypeError(f"snapshot version must be an int, not {version!r}")
+        return await self._snapshots.save(stream, state, version)
+
+    async def load_snapshot(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
+        """The latest snapshot of ``stream`` as ``Snapshot(state, version)``, or None.
+
+        A snapshot is a cache of what the stream's events define, so whatever makes one
+        unusable makes this return None (and log a warning on the ``"aioeventstore"`` logger)
+        instead of raising: a damaged file (its CRC32C does not match), a snapshot saved from
+        another model class (by ``__qualname__``) or that ``state_type`` no longer validates,
+        and one that no longer matches the log: past the stream's last committed version, or
+        whose event at ``version`` is not the one it was saved for (after ``repair`` cut the
+        log, or a power cut lost appends acknowledged with ``durability="os"``). The next
+        ``save_snapshot`` of the stream replaces an unusable snapshot.
+
+        Raises :class:`SnapshotFailed` when the file cannot be read (an OS error),
+        :class:`StoreClosed`, and TypeError when ``state_type`` is not a pydantic model class.
+        """
+        self._require_open()
+        check_stream(stream)
+        if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
+            raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
+        return await self._snapshots.load(stream, state_type)

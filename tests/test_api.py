@@ -58,9 +58,12 @@ def test_error_hierarchy() -> None:
         "EventTooLarge",
         "DuplicateEventType",
         "EventDecodeError",
+        "SnapshotVersionError",
+        "SnapshotFailed",
     ):
         assert issubclass(getattr(es, name), es.EventStoreError)
     assert issubclass(es.EventTooLarge, ValueError)
+    assert issubclass(es.SnapshotVersionError, ValueError)
 
 
 def test_every_test_the_readme_cites_exists() -> None:

@@ -83,3 +83,44 @@ def test_bench_scale_runs(tmp_path: Path) -> None:
         check=True,
     )
     assert "index B/event" in out.stdout
+
+
+def test_snapshots_example_matches_a_full_replay(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "snapshots.py"),
+            "--events",
+            "1000",
+            "--dir",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "snapshot-based state equals a full replay of 1025 events" in out.stdout
+    assert "snapshot at version 999 + 25 events" in out.stdout
+
+
+def test_bench_snapshot_runs(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "perf" / "bench_snapshot.py"),
+            "--events",
+            "2000",
+            "--tail",
+            "50",
+            "--repeat",
+            "1",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "full replay / snapshot load =" in out.stdout and "snapshot + 50" in out.stdout

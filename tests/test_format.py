@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import BaseModel
+
 import aioeventstore as es
 from tests.helpers import Deposited
 
@@ -56,3 +58,37 @@ async def test_the_store_writes_the_documented_layout(store_path: Path) -> None:
     assert len(written) == len(documented)
     for lo, hi in ((0, 0x24), (0x28, 0x44), (0x4C, len(documented))):
         assert written[lo:hi] == documented[lo:hi], (lo, hi)
+
+
+class Balance(BaseModel):
+    total: int
+
+
+def snapshot_example() -> tuple[str, bytes]:
+    text = FORMAT_MD.read_text()
+    section = text.split("### Snapshot worked example", 1)[1]
+    name = re.search(r"`([0-9a-f]{32}\.snap)`", section)
+    assert name
+    block = section.split("```", 2)[1]
+    out = bytearray()
+    for line in block.strip().splitlines():
+        m = re.match(r"^([0-9a-f]{4})  ((?:[0-9a-f]{2} ?)+)", line)
+        assert m, line
+        assert int(m.group(1), 16) == len(out)
+        out += bytes.fromhex(m.group(2))
+    return name.group(1), bytes(out)
+
+
+async def test_snapshot_worked_example_is_what_the_store_writes_and_reads(
+    store_path: Path,
+) -> None:
+    name, documented = snapshot_example()
+    assert len(documented) == 77
+    async with es.EventStore(store_path) as store:
+        ev = es.NewEvent(Deposited(account="42", amount=10), id=uuid.UUID(int=1))
+        await store.append("acc-42", ev, expected_version=es.NO_STREAM)
+        await store.save_snapshot("acc-42", Balance(total=10), 0)
+    assert (store_path / name).read_bytes() == documented
+    (store_path / name).write_bytes(documented)
+    async with es.EventStore(store_path) as store:
+        assert await store.load_snapshot("acc-42", Balance) == (Balance(total=10), 0)

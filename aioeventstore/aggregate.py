@@ -1,0 +1,107 @@
+"""Snapshots as the store hands them back, and loading an aggregate from "latest snapshot +
+the events after it".
+
+A snapshot is a cache of state that the events of a stream define: anything wrong with it
+(damaged, of another type, ahead of the log) makes ``load_snapshot`` return None, and the
+state is rebuilt from the events. Built on the public API only (``load_snapshot``,
+``read_stream``, ``save_snapshot``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import SnapshotFailed
+from .events import RecordedEvent
+
+if TYPE_CHECKING:
+    from .store import EventStore
+
+__all__ = ["Snapshot", "load_aggregate"]
+
+S = TypeVar("S", bound=BaseModel)
+log = logging.getLogger("aioeventstore")
+
+
+class Snapshot(NamedTuple, Generic[S]):
+    """A state and the version of the last event of its stream folded into it.
+
+    ``version`` is -1 for the initial state of a stream with no events (``load_aggregate``).
+    """
+
+    state: S
+    version: int
+
+
+async def load_aggregate(
+    store: EventStore,
+    stream: str,
+    state_type: type[S],
+    apply: Callable[[S, RecordedEvent], S],
+    *,
+    initial: S | Callable[[], S] | None = None,
+    snapshot_every: int | None = None,
+) -> Snapshot[S]:
+    """The state of ``stream``: its latest usable snapshot (``store.load_snapshot``) with the
+    events after it folded in by ``apply``, or, without one, every event folded into the
+    initial state. Returns the state and the version of the last event folded in (-1: none);
+    pass that version as ``expected_version`` to append the aggregate's next events.
+
+    ``apply(state, record)`` returns the next state (a new model, or the one it was given,
+    changed); it must return a ``state_type`` (TypeError otherwise). ``initial`` is the state
+    before the first event: a ``state_type`` instance (copied, so ``apply`` may change it), a
+    callable making one, or None for ``state_type()``.
+
+    ``snapshot_every=N`` saves a snapshot of the result when N or more events were folded in
+    on top of the snapshot loaded (or from the start): each load then replays fewer than N
+    events plus what was appended since. A snapshot that cannot be saved (``SnapshotFailed``)
+    is logged as a warning and the state is returned all the same.
+
+    Raises what ``read_stream`` raises (e.g. ``EventDecodeError``, ``StoreClosed``).
+    """
+    if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
+        raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
+    if snapshot_every is not None and (
+        not isinstance(snapshot_every, int)
+        or isinstance(snapshot_every, bool)
+        or snapshot_every < 1
+    ):
+        raise ValueError(f"snapshot_every must be None or an int >= 1, not {snapshot_every!r}")
+    snap = await store.load_snapshot(stream, state_type)
+    if snap is not None:
+        state, version = snap
+    else:
+        state, version = _initial(state_type, initial), -1
+    folded = 0
+    async for rec in store.read_stream(stream, from_version=version + 1):
+        state = apply(state, rec)
+        if not isinstance(state, state_type):
+            raise TypeError(
+                f"apply returned a {type(state).__name__} for event {rec.version} of stream "
+                f"{stream!r}; it must return the next {state_type.__name__}"
+            )
+        version = rec.version
+        folded += 1
+    if snapshot_every is not None and folded >= snapshot_every:
+        try:
+            await store.save_snapshot(stream, state, version)
+        except SnapshotFailed as exc:
+            log.warning("could not save a snapshot of stream %r: %s", stream, exc)
+    return Snapshot(state, version)
+
+
+def _initial(state_type: type[S], initial: S | Callable[[], S] | None) -> S:
+    if initial is None:
+        return state_type()
+    if isinstance(initial, BaseModel):
+        if not isinstance(initial, state_type):
+            raise TypeError(f"initial must be a {state_type.__name__}, not {type(initial)!r}")
+        return initial.model_copy(deep=True)
+    made = initial()
+    if not isinstance(made, state_type):
+        raise TypeError(f"initial() returned a {type(made).__name__}, not a {state_type.__name__}")
+    return made

@@ -1,0 +1,493 @@
+"""Snapshots: save/load round trips, version rules, atomic and durable saves under power cuts,
+damaged files, isolation from the log, and loading aggregates from snapshot + events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+import aioeventstore as es
+from aioeventstore._format import SNAPSHOT_TEMP_SUFFIX
+from aioeventstore._verify import repair_store, verify_store
+from tests.helpers import Deposited, Note
+from tests.simfs import LOSS_MODES, Fault, LossMode, SimFS
+
+STORE = "/sim/store"
+
+
+class Tally(BaseModel):
+    """A test aggregate: how many deposits, their total, the accounts seen."""
+
+    count: int = 0
+    total: int = 0
+    accounts: list[str] = []
+
+
+class Other(BaseModel):
+    text: str = ""
+
+
+def fold(state: Tally, rec: es.RecordedEvent) -> Tally:
+    data = rec.data
+    assert isinstance(data, Deposited)
+    return Tally(
+        count=state.count + 1,
+        total=state.total + data.amount,
+        accounts=[*state.accounts, data.account],
+    )
+
+
+def deposits(n: int, start: int = 0) -> list[es.Event]:
+    return [Deposited(account=f"a{i % 3}", amount=i) for i in range(start, start + n)]
+
+
+def tally_of(events: list[es.Event]) -> Tally:
+    state = Tally()
+    for e in events:
+        assert isinstance(e, Deposited)
+        state = Tally(
+            count=state.count + 1,
+            total=state.total + e.amount,
+            accounts=[*state.accounts, e.account],
+        )
+    return state
+
+
+def snap_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.snap"))
+
+
+# --- round trip, versions, errors ----------------------------------------------------------
+async def test_round_trip_and_reopen(store_path: Path) -> None:
+    events = deposits(10)
+    async with es.EventStore(store_path) as store:
+        assert await store.load_snapshot("acct", Tally) is None
+        await store.append("acct", events[:6])
+        assert await store.save_snapshot("acct", tally_of(events[:4]), 3) is True
+        snap = await store.load_snapshot("acct", Tally)
+        assert snap == es.Snapshot(tally_of(events[:4]), 3)
+        assert isinstance(snap, es.Snapshot) and snap.state == tally_of(events[:4])
+        await store.append("acct", events[6:])
+    async with es.EventStore(store_path) as store:  # durable: survives reopen
+        assert await store.load_snapshot("acct", Tally) == (tally_of(events[:4]), 3)
+        assert await store.load_snapshot("nothing-here", Tally) is None
+    assert len(snap_files(store_path)) == 1
+
+
+async def test_the_newest_snapshot_is_kept(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(10))
+        assert await store.save_snapshot("s", Tally(count=6), 5) is True
+        assert await store.save_snapshot("s", Tally(count=3), 2) is False  # older: ignored
+        assert await store.load_snapshot("s", Tally) == (Tally(count=6), 5)
+        assert await store.save_snapshot("s", Tally(count=99), 5) is True  # same version: replaced
+        assert await store.save_snapshot("s", Tally(count=10), 9) is True
+        assert await store.load_snapshot("s", Tally) == (Tally(count=10), 9)
+    async with es.EventStore(store_path) as store:  # the rule holds across reopen
+        assert await store.save_snapshot("s", Tally(count=1), 0) is False
+        assert await store.load_snapshot("s", Tally) == (Tally(count=10), 9)
+
+
+async def test_each_stream_has_its_own_snapshot(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        names = ["a", "b/with slash", "ünïcode", "x" * 1024]
+        for i, name in enumerate(names):
+            await store.append(name, deposits(i + 1))
+            await store.save_snapshot(name, Tally(count=i + 1), i)
+        for i, name in enumerate(names):
+            assert await store.load_snapshot(name, Tally) == (Tally(count=i + 1), i)
+    assert len(snap_files(store_path)) == len(names)
+
+
+@pytest.mark.parametrize(("stream", "version", "last"), [("s", 3, 2), ("s", -1, 2), ("new", 0, -1)])
+async def test_versions_outside_the_stream_are_refused(
+    store_path: Path, stream: str, version: int, last: int
+) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(3))
+        with pytest.raises(es.SnapshotVersionError) as info:
+            await store.save_snapshot(stream, Tally(), version)
+        err = info.value
+        assert isinstance(err, es.EventStoreError) and isinstance(err, ValueError)
+        assert (err.stream, err.version, err.last_version) == (stream, version, last)
+        assert repr(stream) in str(err) and str(version) in str(err)
+        assert await store.load_snapshot(stream, Tally) is None
+    assert snap_files(store_path) == []
+
+
+async def test_bad_arguments(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(1))
+        with pytest.raises(TypeError, match="pydantic model"):
+            await store.save_snapshot("s", {"count": 1}, 0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="version must be an int"):
+            await store.save_snapshot("s", Tally(), True)
+        with pytest.raises(ValueError, match="reserved"):
+            await store.save_snapshot("$s", Tally(), 0)
+        with pytest.raises(TypeError, match="pydantic model class"):
+            await store.load_snapshot("s", dict)  # type: ignore[type-var]
+    with pytest.raises(es.StoreClosed):
+        await store.save_snapshot("s", Tally(), 0)
+    with pytest.raises(es.StoreClosed):
+        await store.load_snapshot("s", Tally)
+
+
+async def test_the_state_is_captured_when_saved(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(2))
+        state = Tally(count=1, accounts=["a"])
+        saving = asyncio.create_task(store.save_snapshot("s", state, 1))
+        await asyncio.sleep(0)
+        state.accounts.append("changed later")
+        await saving
+        assert await store.load_snapshot("s", Tally) == (Tally(count=1, accounts=["a"]), 1)
+
+
+# --- unusable snapshots: None and a warning, never an error or a wrong state ---------------
+async def test_damaged_file_is_ignored_with_a_warning_and_replaced(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(5))
+        await store.save_snapshot("s", Tally(count=5), 4)
+    (path,) = snap_files(store_path)
+    good = path.read_bytes()
+    damaged = (
+        [good[:i] + bytes([good[i] ^ 0x40]) + good[i + 1 :] for i in range(0, len(good), 7)]
+        + [good[:n] for n in (0, 10, 56, len(good) - 1)]
+        + [good + b"\0"]
+    )
+    for bad in damaged:
+        path.write_bytes(bad)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            async with es.EventStore(store_path) as store:  # the store opens
+                assert await store.load_snapshot("s", Tally) is None
+                assert [r.version async for r in store.read_stream("s")] == [0, 1, 2, 3, 4]
+        assert any("ignoring the snapshot of stream 's'" in m for m in caplog.messages)
+    async with es.EventStore(store_path) as store:  # any save replaces a damaged file
+        assert await store.save_snapshot("s", Tally(count=1), 0) is True
+        assert await store.load_snapshot("s", Tally) == (Tally(count=1), 0)
+    assert path.read_bytes() != damaged[-1]
+
+
+async def test_another_type_or_a_changed_schema_is_ignored(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class TallyV2(BaseModel):
+        count: int
+        required_now: str
+
+    TallyV2.__qualname__ = "Tally"  # the same class name, an incompatible schema
+
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(2))
+        await store.save_snapshot("s", Tally(count=2), 1)
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            assert await store.load_snapshot("s", Other) is None
+            assert "holds a 'Tally', not a 'Other'" in caplog.text
+            assert await store.load_snapshot("s", TallyV2) is None
+            assert "does not validate as Tally" in caplog.text
+        assert await store.load_snapshot("s", Tally) == (Tally(count=2), 1)
+
+
+async def _snapshot_file_of(directory: Path, events: int) -> bytes:
+    async with es.EventStore(directory) as store:
+        await store.append("s", deposits(events))
+        await store.save_snapshot("s", Tally(count=events), events - 1)
+    (path,) = snap_files(directory)
+    return path.read_bytes()
+
+
+async def test_a_snapshot_that_no_longer_matches_the_log_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After ``repair`` cuts the log, or a power cut loses appends acknowledged with
+    ``durability="os"``, a snapshot can be ahead of the log or describe other events."""
+    snap = await _snapshot_file_of(tmp_path / "origin", 10)
+    name = snap_files(tmp_path / "origin")[0].name
+
+    async def other_store(directory: Path, before: int, events: int, why: str) -> None:
+        async with es.EventStore(directory) as store:
+            if before:
+                await store.append("other", deposits(before))
+            await store.append("s", deposits(events))
+        (directory / name).write_bytes(snap)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            async with es.EventStore(directory) as store:
+                assert await store.load_snapshot("s", Tally) is None
+                assert why in caplog.text
+                # an older save replaces it (it would be kept if it still matched)
+                assert await store.save_snapshot("s", Tally(count=1), 0) is True
+                assert await store.load_snapshot("s", Tally) == (Tally(count=1), 0)
+
+    await other_store(tmp_path / "shorter", 0, 5, "the stream's last version is 4")
+    await other_store(tmp_path / "moved", 1, 10, "has another position")
+    await other_store(tmp_path / "other-ids", 0, 10, "not the one it was saved after")
+
+
+# --- isolation from the log ----------------------------------------------------------------
+async def test_snapshots_are_never_events(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(5))
+        async with store.subscribe(from_position=0) as sub:
+            before = store.statistics()
+            for v in range(5):
+                await store.save_snapshot("s", Tally(count=v + 1), v)
+            after = store.statistics()
+            assert (after.batches, after.syncs, after.head) == (before.batches, before.syncs, 4)
+            await store.append("s", Note(text="after"))
+            seen = await _take(sub, 6)
+        assert [r.version for r in seen] == list(range(6))
+        assert [r.position async for r in store.read_all()] == list(range(6))
+        assert [r.version async for r in store.read_stream("s", backwards=True)] == [
+            5,
+            4,
+            3,
+            2,
+            1,
+            0,
+        ]
+    async with es.EventStore(store_path) as store:
+        assert store.head == 5
+        assert store.recovery is not None and store.recovery.cut_path is None
+
+
+async def _take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
+    out: list[es.RecordedEvent] = []
+    async for rec in sub:
+        out.append(rec)
+        if len(out) == n:
+            break
+    return out
+
+
+async def test_verify_and_repair_ignore_snapshot_files(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(3))
+        await store.save_snapshot("s", Tally(count=3), 2)
+        report = await store.verify()
+        assert report.ok and report.events == 3 and len(report.segments) == 1
+    (store_path / ("0" * 32 + SNAPSHOT_TEMP_SUFFIX)).write_bytes(b"junk of a crashed save")
+    assert verify_store(store_path).ok
+    repaired = repair_store(store_path)
+    assert repaired.actions == () and repaired.after is not None and repaired.after.ok
+    async with es.EventStore(store_path) as store:
+        assert await store.load_snapshot("s", Tally) == (Tally(count=3), 2)
+    assert not list(store_path.glob("*" + SNAPSHOT_TEMP_SUFFIX))  # opening removed it
+
+
+# --- threads, cancellation, close ----------------------------------------------------------
+class Gate:
+    """Holds the snapshot thread at its file sync until released."""
+
+    def __init__(self, fs: SimFS) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.threads: set[str] = set()
+        fs.before_op = self.hook
+
+    def hook(self, op: str, path: str) -> None:
+        if ".snap" in path:
+            self.threads.add(threading.current_thread().name)
+            if op == "sync" and not self.release.is_set():
+                self.entered.set()
+                assert self.release.wait(30)
+
+
+async def test_a_slow_snapshot_never_holds_up_appends_and_cancelling_it_is_harmless() -> None:
+    fs = SimFS(1)
+    gate = Gate(fs)
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await store.append("s", deposits(5))
+        saving = asyncio.create_task(store.save_snapshot("s", Tally(count=5), 4))
+        await asyncio.to_thread(gate.entered.wait, 30)
+        # the snapshot thread is stuck in its fsync: appends and reads go on
+        for i in range(20):
+            await store.append("s", Deposited(account="x", amount=i))
+        assert len([r async for r in store.read_stream("s")]) == 25
+        saving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await saving
+        gate.release.set()
+        # the cancelled save completes on its thread; the next save of the stream waits for it
+        assert await store.save_snapshot("s", Tally(count=3), 2) is False
+        assert await store.load_snapshot("s", Tally) == (Tally(count=5), 4)
+    assert gate.threads and all(t.startswith("aioeventstore-snapshot") for t in gate.threads)
+
+
+async def test_close_waits_for_a_save_in_flight() -> None:
+    fs = SimFS(2)
+    gate = Gate(fs)
+    store = await es.EventStore(STORE, _fs=fs).open()
+    await store.append("s", deposits(3))
+    saving = asyncio.create_task(store.save_snapshot("s", Tally(count=3), 2))
+    await asyncio.to_thread(gate.entered.wait, 30)
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    gate.release.set()
+    assert await saving is True
+    await closing
+    fs.power_cut("lost")  # the save was durable before the lock was released
+    async with es.EventStore(STORE, _fs=fs) as again:
+        assert await again.load_snapshot("s", Tally) == (Tally(count=3), 2)
+
+
+# --- crashes and faults --------------------------------------------------------------------
+async def _crash_during_save(
+    mode: LossMode, k: int, seed: int, first: bool
+) -> tuple[bool, es.Snapshot[Tally] | None, SimFS]:
+    """Save snapshot A (unless ``first``), then cut the power before operation ``k`` of
+    saving snapshot B; reboot and load. Returns whether B's save returned, what loads, fs."""
+    fs = SimFS(seed)
+    store = await es.EventStore(STORE, _fs=fs).open()
+    await store.append("s", deposits(8))
+    if not first:
+        await store.save_snapshot("s", Tally(count=3), 2)
+    fs.cut_after(k)
+    returned = False
+    with contextlib.suppress(es.SnapshotFailed):
+        returned = await store.save_snapshot("s", Tally(count=8), 7)
+    fs.power_cut(mode, random.Random(seed), tear=seed % 2 == 1)
+    with contextlib.suppress(OSError):  # the old process's handles are dead
+        await store.close()
+    async with es.EventStore(STORE, _fs=fs) as again:
+        loaded = await again.load_snapshot("s", Tally)
+        assert [n for n in fs.walk(STORE) if n.endswith(SNAPSHOT_TEMP_SUFFIX)] == []
+        assert (await again.append("s", Note(text="on"))).version == 8
+        report = await again.verify()
+        assert report.ok
+    return returned, loaded, fs
+
+
+@pytest.mark.parametrize("mode", LOSS_MODES)
+@pytest.mark.parametrize("first", [False, True], ids=["replace", "first"])
+async def test_power_cut_at_every_operation_of_a_save(mode: LossMode, first: bool) -> None:
+    """Before every file operation of a save, and after the last: the store opens and load
+    returns the previous snapshot or the new one, never garbage; the new one once returned."""
+    old = None if first else es.Snapshot(Tally(count=3), 2)
+    new = es.Snapshot(Tally(count=8), 7)
+    outcomes = set()
+    k = 0
+    while True:
+        for seed in (k * 2, k * 2 + 1) if mode == "torn" else (k * 2,):
+            returned, loaded, _fs = await _crash_during_save(mode, k, seed, first)
+            assert loaded in (old, new), (k, loaded)
+            if returned:
+                assert loaded == new
+            if mode == "lost" and not returned:
+                assert loaded == old  # nothing survives that was not synced
+            outcomes.add((returned, loaded == new))
+        if returned:
+            break
+        k += 1
+        assert k < 20
+    assert k == 5  # create, pwrite, sync, rename, sync_dir
+    assert (False, False) in outcomes and (True, True) in outcomes
+    if mode == "kept":
+        assert (False, True) in outcomes  # the rename survived, the sync_dir never came
+
+
+@pytest.mark.parametrize("op", ["create", "pwrite", "sync", "rename", "sync_dir"])
+async def test_a_failed_save_raises_and_keeps_the_previous_snapshot(op: str) -> None:
+    fs = SimFS(3)
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await store.append("s", deposits(4))
+        await store.save_snapshot("s", Tally(count=2), 1)
+        fs.inject(Fault(op=op, path=STORE if op == "sync_dir" else ".snap"))
+        with pytest.raises(es.SnapshotFailed) as info:
+            await store.save_snapshot("s", Tally(count=4), 3)
+        assert isinstance(info.value.__cause__, OSError)
+        assert "'s'" in str(info.value)
+        loaded = await store.load_snapshot("s", Tally)
+        # the rename happened before the failed sync_dir: the new file is in place
+        assert loaded == ((Tally(count=4), 3) if op == "sync_dir" else (Tally(count=2), 1))
+        assert [n for n in fs.walk(STORE) if n.endswith(SNAPSHOT_TEMP_SUFFIX)] == []
+        await store.append("s", Note(text="the log is unaffected"))
+        assert await store.save_snapshot("s", Tally(count=5), 4) is True
+        assert await store.load_snapshot("s", Tally) == (Tally(count=5), 4)
+
+
+async def test_read_error_raises_snapshot_failed() -> None:
+    fs = SimFS(4)
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await store.append("s", deposits(1))
+        await store.save_snapshot("s", Tally(count=1), 0)
+        fs.inject(Fault(op="pread", path=".snap"))
+        with pytest.raises(es.SnapshotFailed):
+            await store.load_snapshot("s", Tally)
+        assert await store.load_snapshot("s", Tally) == (Tally(count=1), 0)
+
+
+# --- load_aggregate ------------------------------------------------------------------------
+async def test_load_aggregate_equals_a_full_replay(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = deposits(50)
+    applied: list[int] = []
+
+    def counting(state: Tally, rec: es.RecordedEvent) -> Tally:
+        applied.append(rec.version)
+        return fold(state, rec)
+
+    async with es.EventStore(store_path) as store:
+        assert await es.load_aggregate(store, "s", Tally, fold) == (Tally(), -1)
+        await store.append("s", events[:30])
+        full = await es.load_aggregate(store, "s", Tally, counting, snapshot_every=20)
+        assert full == (tally_of(events[:30]), 29) and applied == list(range(30))
+        assert await store.load_snapshot("s", Tally) == full  # 30 >= 20 folded: saved
+        await store.append("s", events[30:])
+        applied.clear()
+        again = await es.load_aggregate(store, "s", Tally, counting, snapshot_every=25)
+        assert again == (tally_of(events), 49)
+        assert applied == list(range(30, 50))  # only the events after the snapshot
+        assert (await store.load_snapshot("s", Tally)) == full  # 20 < 25: not saved
+    (path,) = snap_files(store_path)
+    path.write_bytes(b"garbage")
+    async with es.EventStore(store_path) as store:
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            assert await es.load_aggregate(store, "s", Tally, fold) == (tally_of(events), 49)
+        assert "damaged file" in caplog.text
+
+
+async def test_load_aggregate_initial_state(store_path: Path) -> None:
+    def mutate(state: Tally, rec: es.RecordedEvent) -> Tally:
+        state.count += 1  # changes the state it is given, in place
+        return state
+
+    start = Tally(total=100)
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(3))
+        got = await es.load_aggregate(store, "s", Tally, mutate, initial=start)
+        assert got == (Tally(count=3, total=100), 2) and start == Tally(total=100)
+        got = await es.load_aggregate(store, "s", Tally, mutate, initial=lambda: Tally(total=7))
+        assert got.state == Tally(count=3, total=7)
+        with pytest.raises(TypeError, match="apply returned a NoneType"):
+            await es.load_aggregate(store, "s", Tally, lambda s, r: None)  # type: ignore[arg-type,return-value]
+        with pytest.raises(TypeError, match="initial must be a Tally"):
+            await es.load_aggregate(store, "s", Tally, fold, initial=Other())  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="snapshot_every"):
+            await es.load_aggregate(store, "s", Tally, fold, snapshot_every=0)
+
+
+async def test_load_aggregate_survives_a_failed_snapshot_save(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fs = SimFS(5)
+    async with es.EventStore(STORE, _fs=fs) as store:
+        await store.append("s", deposits(4))
+        fs.inject(Fault(op="create", path=".snap"))
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            got = await es.load_aggregate(store, "s", Tally, fold, snapshot_every=1)
+        assert got == (tally_of(deposits(4)), 3)
+        assert "could not save a snapshot of stream 's'" in caplog.text
+        assert await store.load_snapshot("s", Tally) is None
