@@ -3,6 +3,7 @@
 Only re-exports live here; see ``store.py`` for where reading the code starts.
 """
 
+from ._stats import Histogram, prometheus_text
 from ._verify import SegmentProblem, SegmentReport, VerifyReport
 from .errors import (
     CorruptLog,
@@ -13,6 +14,8 @@ from .errors import (
     StoreClosed,
     StoreFailed,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
     WrongExpectedVersion,
 )
 from .events import (
@@ -51,6 +54,7 @@ __all__ = [
     "EventStoreError",
     "EventTooLarge",
     "ExpectedVersion",
+    "Histogram",
     "NewEvent",
     "OptionOverrides",
     "RecordedEvent",
@@ -60,7 +64,9 @@ __all__ = [
     "StoreClosed",
     "StoreFailed",
     "StoreLocked",
+    "StoreNotFound",
     "StoreOptions",
+    "StoreReadOnly",
     "StoreStatistics",
     "StreamState",
     "Subscription",
@@ -68,4 +74,5 @@ __all__ = [
     "WrongExpectedVersion",
     "__version__",
     "event_types",
+    "prometheus_text",
 ]
