@@ -57,6 +57,12 @@ class Follower:
         segs = self._log.segments
         while True:
             reason = self._scan_tail(found) if segs else None
+            if segs and self.position == segs[-1].first_position:
+                # The tail holds no event yet: the writer only rotates away from a segment
+                # that holds one (its name would be the next position otherwise).
+                if reason is not None:
+                    self._check_unfinished(segs[-1], reason)
+                return
             nxt = self._open_next()
             if nxt is None:
                 if reason is not None:
