@@ -21,7 +21,7 @@ def test_all_lists_every_public_name() -> None:
 
 
 def test_public_methods_are_documented() -> None:
-    for cls in (es.EventStore, es.StoreOptions, es.StoreStatistics, es.RecordedEvent):
+    for cls in (es.EventStore, es.StoreOptions, es.StoreStatistics, es.RecordedEvent, es.Histogram):
         for name, member in vars(cls).items():
             if name.startswith("_") or not callable(member):
                 continue
@@ -38,9 +38,12 @@ def test_error_hierarchy() -> None:
         "EventTooLarge",
         "DuplicateEventType",
         "EventDecodeError",
+        "StoreReadOnly",
+        "StoreNotFound",
     ):
         assert issubclass(getattr(es, name), es.EventStoreError)
     assert issubclass(es.EventTooLarge, ValueError)
+    assert issubclass(es.StoreNotFound, FileNotFoundError)
 
 
 def test_every_test_the_readme_cites_exists() -> None:
