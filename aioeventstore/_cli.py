@@ -296,7 +296,10 @@ def main(
     if not os.path.isdir(path):
         print(f"aioeventstore: {path} is not a directory", file=stderr)
         return EXIT_ERROR
-    progress = Progress(stderr, not args.quiet and stderr.isatty())
+    # Progress only on a terminal, and not when events stream to that terminal too.
+    streams_out = args.command in ("dump", "tail")
+    shown = not args.quiet and stderr.isatty() and not (streams_out and stdout.isatty())
+    progress = Progress(stderr, shown)
     try:
         if args.command in ("verify", "repair"):
             return _check(args, path, stdout, stderr, progress)

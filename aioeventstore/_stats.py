@@ -12,9 +12,10 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._codec import recorded_at
 from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER, SEGMENT_MAGIC, FrameInfo
 from ._fs import FileSystem, OsFileSystem
 
@@ -263,7 +264,9 @@ def scan_log_statistics(
 ) -> LogStatistics:
     """Read every frame of the store at ``path`` without changing anything or taking its lock
     (a writer may be running) and count; blocking. ``progress(bytes_done, bytes_total)`` is
-    called after each chunk. Raises CorruptLog for damage a crash cannot leave."""
+    called after each frame (callers rate-limit). Raises CorruptLog for damage a crash cannot
+    leave; like a read-only store, it takes a missing segment for the end of the log (``verify``
+    reports it)."""
     from ._follow import Follower
     from ._log import Log
     from .options import StoreOptions
@@ -277,15 +280,20 @@ def scan_log_statistics(
     streams: set[str] = set()
     counts = {"frames": 0, "checkpoints": 0, "events": 0, "batches": 0}
     batch: list[int] = [-1, -1, 0]  # ordinal, write offset, events of the batch being counted
-    times: list[int] = []
+    times: list[int] = []  # recorded_at of the first and the last event (µs)
     total = sum(
         _size(fs, os.path.join(directory, name))
         for name in fs.listdir(directory)
         if name.endswith(".seg")
     )
-    done = [0]
+    base = [0, 0]  # ordinal of the segment being read, bytes of the segments before it
 
     def sink(ordinal: int, info: FrameInfo) -> None:
+        if progress is not None:
+            while base[0] < ordinal:
+                base[1] += log.segments[base[0]].file.size()
+                base[0] += 1
+            progress(base[1] + info.offset + info.length, total)
         counts["frames"] += 1
         if (ordinal, info.write_offset) != (batch[0], batch[1]):
             if batch[0] >= 0:
@@ -299,15 +307,10 @@ def scan_log_statistics(
         counts["events"] += info.event_count
         frame_events.observe(info.event_count)
         streams.add(info.stream)
-        if not times:
-            times.append(info.recorded_at_us)
-        if len(times) == 1:
-            times.append(info.recorded_at_us)
-        else:
+        if times:
             times[1] = info.recorded_at_us
-        if progress is not None:
-            done[0] = info.offset + info.length
-            progress(done[0], total)
+        else:
+            times.extend((info.recorded_at_us, info.recorded_at_us))
 
     try:
         follower.scan(sink)
@@ -317,9 +320,6 @@ def scan_log_statistics(
         incomplete = sizes[-1] - follower.end if sizes else 0
     finally:
         log.close()
-
-    def when(us: int) -> datetime:
-        return datetime.fromtimestamp(us / 1e6, UTC)
 
     return LogStatistics(
         directory,
@@ -332,8 +332,8 @@ def scan_log_statistics(
         counts["batches"],
         frame_events.snapshot("events"),
         batch_events.snapshot("events"),
-        when(times[0]) if times else None,
-        when(times[-1]) if times else None,
+        recorded_at(times[0]) if times else None,
+        recorded_at(times[1]) if times else None,
         incomplete,
     )
 

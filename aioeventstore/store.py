@@ -406,7 +406,7 @@ class EventStore:
         st = commit.stats if commit is not None else None
         subscribers: dict[str, int] = {}
         for sub in list(self._subscriptions):
-            if sub.closed:
+            if sub._state != "open":  # not entered yet, or closed
                 continue
             key = sub.name if sub.name is not None else f"#{sub.id}"
             if key in subscribers:
@@ -466,7 +466,8 @@ class EventStore:
 
         Runs on the store's I/O thread, between two commit batches, so a write in progress is
         never mistaken for a torn tail; appends wait while it runs. ``python -m aioeventstore
-        verify PATH`` does the same for a store that is not open.
+        verify PATH`` does the same for a store that is not open. On a read-only store, a
+        write in progress in the writer's process may show as a torn tail.
         """
         self._require_open()
         assert self._io is not None
