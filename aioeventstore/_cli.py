@@ -159,9 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="aioeventstore",
-        description="Inspect, follow, check or repair an aioeventstore directory. Every "
-        "command but `repair` only reads, takes no lock, and can run while a writer has the "
-        "store open.",
+        description="Inspect, follow, check or repair an aioeventstore directory.\n"
+        "Every command but `repair` only reads, takes no lock, and can run while a writer\n"
+        "has the store open.",
         epilog=EXAMPLES,
         formatter_class=fmt,
     )
