@@ -142,36 +142,34 @@ class Follower:
         return seg
 
 
-def index_frames(
-    index: Index,
-    checkpoints: dict[str, int],
-    frames: list[tuple[int, FrameInfo]],
-    path_of: Callable[[int], str],
-) -> None:
-    """Add frames found by a :class:`Follower` to the index and advance its head (event loop
-    thread, or before the store is open). Raises CorruptLog when a stream's versions break."""
-    try:
-        for ordinal, info in frames:
-            if info.kind == FRAME_KIND_CHECKPOINT:
-                if info.first_version > checkpoints.get(info.stream, -1):
-                    checkpoints[info.stream] = info.first_version
-                continue
-            want = index.last_version(info.stream) + 1
-            if info.first_version != want:
-                raise CorruptLog(
-                    path_of(ordinal),
-                    info.offset,
-                    f"stream {info.stream!r} continues at version {info.first_version}, "
-                    f"expected {want}",
-                )
-            index.add_frame(
-                ordinal,
+def frame_indexer(
+    index: Index, checkpoints: dict[str, int], path_of: Callable[[int], str]
+) -> FoundFrame:
+    """A ``found`` callback that adds each frame to the index (and each checkpoint frame to
+    ``checkpoints``) at once. Call it on the event loop thread, or before the store is open;
+    advance ``index.head`` after it. Raises CorruptLog when a stream's versions break."""
+
+    def found(ordinal: int, info: FrameInfo) -> None:
+        if info.kind == FRAME_KIND_CHECKPOINT:
+            if info.first_version > checkpoints.get(info.stream, -1):
+                checkpoints[info.stream] = info.first_version
+            return
+        want = index.last_version(info.stream) + 1
+        if info.first_version != want:
+            raise CorruptLog(
+                path_of(ordinal),
                 info.offset,
-                info.length,
-                info.stream,
-                info.first_position,
-                info.first_version,
-                info.event_count,
+                f"stream {info.stream!r} continues at version {info.first_version}, "
+                f"expected {want}",
             )
-    finally:
-        index.head = index.next_position - 1
+        index.add_frame(
+            ordinal,
+            info.offset,
+            info.length,
+            info.stream,
+            info.first_position,
+            info.first_version,
+            info.event_count,
+        )
+
+    return found

@@ -35,7 +35,7 @@ from ._checks import (
 )
 from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
-from ._follow import Follower, index_frames
+from ._follow import Follower, frame_indexer
 from ._format import (
     FRAME_KIND_CHECKPOINT,
     FrameInfo,
@@ -308,9 +308,10 @@ class EventStore:
         except FileNotFoundError:
             raise StoreNotFound(f"no store at {self._path}: the directory does not exist") from None
         self._follower = Follower(self._log)
-        frames: list[tuple[int, FrameInfo]] = []
-        self._follower.scan(_collect(frames))
-        index_frames(self._index, self._checkpoints, frames, self._log.path)
+        try:  # as recovery does: the index is not in use yet, so fill it from this thread
+            self._follower.scan(frame_indexer(self._index, self._checkpoints, self._log.path))
+        finally:
+            self._index.head = self._index.next_position - 1
         self.recovery = Recovery(len(self._log.segments), self._index.next_position)
 
     async def _follow(self) -> None:
@@ -318,13 +319,18 @@ class EventStore:
         assert self._follower is not None and self._io is not None
         loop = asyncio.get_running_loop()
         follower = self._follower
+        add = frame_indexer(self._index, self._checkpoints, self._log.path)
         while True:
             await asyncio.sleep(self._poll_interval)
             frames: list[tuple[int, FrameInfo]] = []
             try:
+                # scan on the I/O thread; the index is only touched here, on the loop thread
                 await loop.run_in_executor(self._io, follower.scan, _collect(frames))
-                if frames:
-                    index_frames(self._index, self._checkpoints, frames, self._log.path)
+                try:
+                    for ordinal, info in frames:
+                        add(ordinal, info)
+                finally:
+                    self._index.head = self._index.next_position - 1
             except (EventStoreError, OSError) as exc:
                 err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
                 if err is not exc:
