@@ -311,7 +311,6 @@ def _print_histogram(title: str, h: Histogram, out: TextIO) -> None:
             label = f"{lo + 1}-{_bound(bound)}" if bound != lo + 1 else _bound(bound)
             print(f"  {label:>13}  {count:>12,}  {bar}", file=out)
         lo = int(bound) if bound != math.inf else lo
-    return
 
 
 def _bound(value: float | None) -> str:
