@@ -3,6 +3,7 @@
 Only re-exports live here; see ``store.py`` for where reading the code starts.
 """
 
+from ._stats import Histogram, prometheus_text
 from ._verify import SegmentProblem, SegmentReport, VerifyReport
 from .aggregate import Snapshot, load_aggregate
 from .errors import (
@@ -16,6 +17,8 @@ from .errors import (
     StoreClosed,
     StoreFailed,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
     WrongExpectedVersion,
 )
 from .events import (
@@ -54,6 +57,7 @@ __all__ = [
     "EventStoreError",
     "EventTooLarge",
     "ExpectedVersion",
+    "Histogram",
     "MemoryStorage",
     "NewEvent",
     "OptionOverrides",
@@ -67,7 +71,9 @@ __all__ = [
     "StoreClosed",
     "StoreFailed",
     "StoreLocked",
+    "StoreNotFound",
     "StoreOptions",
+    "StoreReadOnly",
     "StoreStatistics",
     "StreamState",
     "Subscription",
@@ -76,4 +82,5 @@ __all__ = [
     "__version__",
     "event_types",
     "load_aggregate",
+    "prometheus_text",
 ]

@@ -1,4 +1,4 @@
-"""``python -m aioeventstore verify|repair PATH``: see ``_cli.py``."""
+"""``python -m aioeventstore COMMAND PATH``: see ``_cli.py``."""
 
 from ._cli import main
 

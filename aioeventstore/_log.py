@@ -41,6 +41,9 @@ from .errors import CorruptLog
 from .options import StoreOptions
 
 log = logging.getLogger("aioeventstore")
+# A library logs, the application decides what to show: without this handler Python's
+# last-resort handler would print warnings to stderr when the application configured nothing.
+log.addHandler(logging.NullHandler())
 
 LOCK_NAME = "LOCK"
 
@@ -257,6 +260,9 @@ class Log:
             self.segments.append(created)
             self._planned.pop(plan.ordinal, None)
             self.fs.sync_dir(self.directory)
+            log.info(
+                "rotated to segment %s (first position %d)", created.path, created.first_position
+            )
         assert plan.ordinal == len(self.segments) - 1, "writes follow their plans in order"
         seg = self.segments[plan.ordinal]
         try:

@@ -121,6 +121,15 @@ class LiveHub:
             for sub in list(self._all):
                 sub._push(shared, last)
 
+    def refresh(self) -> None:
+        """New events were found on disk (a read-only store following the files): every live
+        subscription leaves the hub and reads them from disk, as after a buffer overflow."""
+        for sub in list(self._all):
+            sub._back_to_disk()
+        for subs in list(self._by_stream.values()):
+            for sub in list(subs):
+                sub._back_to_disk()
+
     def close_all(self) -> None:
         """End every live subscription (store closing)."""
         for sub in list(self._all):
@@ -198,6 +207,8 @@ class Subscription:
         self._acked = -1
         self.overflows = 0
         """How many times the live buffer overflowed and the subscription went back to disk."""
+        self.id = 0
+        """A number unique within its store (``statistics().subscribers`` key when unnamed)."""
 
     # --- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Subscription:
@@ -448,6 +459,13 @@ class Subscription:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+    def _back_to_disk(self) -> None:
+        """Leave the live fan-out and read what follows from disk (event loop thread)."""
+        if self._live:
+            self._live = False
+            self._hub.remove(self)
+            self._wake()
 
     def _push(self, records: Sequence[RecordedEvent], end: int) -> None:
         """A durable batch from the hub (synchronous; never waits)."""

@@ -211,8 +211,12 @@ def verify_store(
     path: str | os.PathLike[str],
     fs: FileSystem | None = None,
     options: StoreOptions | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Check every frame of every segment of the store at ``path``; read-only, blocking.
+
+    ``progress(segments_done, segments_total)`` is called after each segment.
 
     Uses ``fs`` (default: the real file system) for every read. ``options`` are those the
     store is opened with (default: ``StoreOptions()``): recovery judges a damaged tail longer
@@ -238,6 +242,8 @@ def verify_store(
         finally:
             seg.close()
         reports.append(report)
+        if progress is not None:
+            progress(i + 1, len(names))
         if report.problem is not None:
             expected = None
         elif expected is not None and report.last_position is not None:

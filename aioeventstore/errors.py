@@ -81,6 +81,16 @@ class StoreClosed(EventStoreError):
     """Raised when a store is used before it was opened or after it was closed."""
 
 
+class StoreReadOnly(EventStoreError):
+    """Raised when appending to (or saving a checkpoint in) a store opened with
+    ``read_only=True``."""
+
+
+class StoreNotFound(EventStoreError, FileNotFoundError):
+    """Raised when a store opened with ``read_only=True`` does not exist (read-only opening
+    never creates anything)."""
+
+
 class StoreFailed(EventStoreError):
     """Raised when a write or sync of the log failed: the store is fail-stopped.
 

@@ -13,10 +13,13 @@ never delays a commit batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
+import time
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeVar, Unpack
@@ -35,6 +38,7 @@ from ._checks import (
 )
 from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
+from ._follow import Follower, frame_indexer
 from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER_SIZE, FrameError, FrameInfo, check_frame
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
@@ -45,13 +49,17 @@ from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
 from ._reader import Reader
 from ._segment import FrameSink, Segment
 from ._snapshots import SnapshotFiles, Snapshots
+from ._stats import COUNT_BUCKETS, LATENCY_BUCKETS, Histogram, empty_histogram
 from ._subscriptions import LiveHub, Subscription
 from ._verify import VerifyReport, verify_store
 from .aggregate import Snapshot
 from .errors import (
     CorruptLog,
+    EventStoreError,
     StoreClosed,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
     WrongExpectedVersion,
 )
 from .events import (
@@ -72,6 +80,8 @@ MEMORY_PATH = ":memory:"
 """The path of an in-memory store (``EventStore.memory()``, or this path as SQLite takes it)."""
 
 S = TypeVar("S", bound=BaseModel)
+log = logging.getLogger("aioeventstore")
+
 log = logging.getLogger("aioeventstore")
 
 
@@ -98,11 +108,32 @@ class StoreStatistics:
     append of any size when it is alone)."""
     index_bytes: int
     """Bytes held by the index arrays."""
+    batch_events: Histogram
+    """Events per commit batch written (checkpoint-only batches count 0)."""
+    sync_latency: Histogram
+    """Microseconds each batch's write and sync took on the I/O thread (the write alone with
+    ``durability="os"``)."""
+    subscribers: Mapping[str, int]
+    """Each open subscription's lag (committed events it has not examined yet), keyed by its
+    name, or ``"#<id>"`` for an unnamed one (``Subscription.id``)."""
+    segments: int
+    """Segment files of the log."""
+    disk_bytes: int
+    """Bytes in the log's segment files."""
+    failed: bool
+    """Whether the store has failed stop for writes (after a write or sync error)."""
 
     @property
     def events_per_sync(self) -> float:
         """Events made durable per sync: the group commit's payoff."""
         return self.events / self.syncs if self.syncs else 0.0
+
+
+def _collect(frames: list[tuple[int, FrameInfo]]) -> Callable[[int, FrameInfo], None]:
+    def found(ordinal: int, info: FrameInfo) -> None:
+        frames.append((ordinal, info))
+
+    return found
 
 
 class EventStore:
@@ -118,6 +149,15 @@ class EventStore:
 
     ``EventStore(":memory:")`` (as in SQLite) is :meth:`EventStore.memory`: a store held in
     this process's memory, not a directory of that name.
+
+    ``read_only=True`` opens an existing store for reading next to its writer (in this or
+    another process): no lock, no commit loop, nothing on disk is ever changed (bytes at the
+    end of the log that are not a whole frame count as not written yet, never cut). It
+    follows the files, checking every ``poll_interval`` seconds, so reads, ``head`` and
+    subscriptions see what the writer commits. Appends and checkpoints raise
+    :class:`StoreReadOnly`; opening a directory that does not exist raises
+    :class:`StoreNotFound`. It reads the page cache, so it can see a batch a moment before
+    the writer's sync makes it durable.
     """
 
     def __init__(
@@ -125,9 +165,20 @@ class EventStore:
         path: str | os.PathLike[str],
         options: StoreOptions | None = None,
         *,
+        read_only: bool = False,
+        poll_interval: float = 0.1,
         _fs: FileSystem | None = None,
         **overrides: Unpack[OptionOverrides],
     ) -> None:
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
+        self._read_only = bool(read_only)
+        self._poll_interval = float(poll_interval)
+        self._follower: Follower | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+        self.follow_error: EventStoreError | None = None
+        """Why a read-only store stopped following the log (None while it follows)."""
+        self._sub_ids = itertools.count(1)
         self._path = os.fspath(path)
         base = options if options is not None else StoreOptions()
         self._options = replace(base, **overrides) if overrides else base
@@ -198,6 +249,11 @@ class EventStore:
         return self._options
 
     @property
+    def read_only(self) -> bool:
+        """Whether the store was opened with ``read_only=True``."""
+        return self._read_only
+
+    @property
     def head(self) -> int:
         """Position of the last durable event, or -1 when the store is empty."""
         return self._index.head
@@ -215,12 +271,32 @@ class EventStore:
             self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
         loop = asyncio.get_running_loop()
         window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
+        started = time.perf_counter()
         try:
-            await loop.run_in_executor(self._io, self._open_blocking, window)
+            if self._read_only:
+                await loop.run_in_executor(self._io, self._open_read_only_blocking)
+            else:
+                await loop.run_in_executor(self._io, self._open_blocking, window)
         except BaseException:
             self._state = "closed"
             await loop.run_in_executor(self._chores(), self._release_blocking)
             raise
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "opened %s%s: %d events, %d streams, %d segments in %.3f s",
+                self._path,
+                " read-only" if self._read_only else "",
+                self._index.head + 1,
+                self._index.stream_count(),
+                len(self._log.segments),
+                time.perf_counter() - started,
+            )
+        self._reader.executor = self._readers
+        self._snapshots.executor = self._snapshot_io
+        if self._read_only:
+            self._follow_task = loop.create_task(self._follow(), name="aioeventstore-follow")
+            self._state = "open"
+            return self
         self._commit = CommitLoop(
             self._log, self._index, self._options, self._io, window, self._checkpoints
         )
@@ -230,8 +306,6 @@ class EventStore:
         for ordinal in self._unsaved:  # sealed segments that were scanned: save them now
             self._sidecars.export(ordinal)
         self._unsaved = []
-        self._reader.executor = self._readers
-        self._snapshots.executor = self._snapshot_io
         self._commit.start()
         self._state = "open"
         return self
@@ -314,6 +388,47 @@ class EventStore:
         a memory store (which then starts no thread at all)."""
         return self._io if isinstance(self._io, InlineExecutor) else None
 
+    def _open_read_only_blocking(self) -> None:
+        try:
+            self._fs.listdir(self._path)
+        except FileNotFoundError:
+            raise StoreNotFound(f"no store at {self._path}: the directory does not exist") from None
+        self._follower = Follower(self._log)
+        try:  # as recovery does: the index is not in use yet, so fill it from this thread
+            self._follower.scan(frame_indexer(self._index, self._checkpoints, self._log.path))
+        finally:
+            self._index.head = self._index.next_position - 1
+        self.recovery = Recovery(len(self._log.segments), self._index.next_position)
+
+    async def _follow(self) -> None:
+        """A read-only store's poller: add what the writer committed, wake subscriptions."""
+        assert self._follower is not None and self._io is not None
+        loop = asyncio.get_running_loop()
+        follower = self._follower
+        add = frame_indexer(self._index, self._checkpoints, self._log.path)
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            frames: list[tuple[int, FrameInfo]] = []
+            try:
+                # scan on the I/O thread; the index is only touched here, on the loop thread
+                await loop.run_in_executor(self._io, follower.scan, _collect(frames))
+                try:
+                    for ordinal, info in frames:
+                        add(ordinal, info)
+                finally:
+                    self._index.head = self._index.next_position - 1
+            except (EventStoreError, OSError) as exc:
+                err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
+                if err is not exc:
+                    err.__cause__ = exc
+                self.follow_error = err
+                log.error("stopped following %s: %s", self._path, exc)
+                for sub in list(self._subscriptions):
+                    sub._end()
+                return
+            if frames:
+                self._hub.refresh()
+
     def _release_blocking(self) -> None:
         self._log.close()
         if self._lock is not None:
@@ -333,6 +448,10 @@ class EventStore:
         self._state = "closed"
         loop = asyncio.get_running_loop()
         try:
+            if self._follow_task is not None:
+                self._follow_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._follow_task
             if self._commit is not None:
                 await self._commit.close()
                 if self._commit.failure is None and self._io is not None:
@@ -353,6 +472,14 @@ class EventStore:
                 if pool is not None:
                     await loop.run_in_executor(chores, pool.shutdown)
             await loop.run_in_executor(chores, self._release_blocking)
+            if log.isEnabledFor(logging.INFO):
+                st = self._commit.stats if self._commit is not None else None
+                log.info(
+                    "closed %s: %d events in %d batches written since open",
+                    self._path,
+                    st.events if st else 0,
+                    st.batches if st else 0,
+                )
 
     aclose = close
 
@@ -372,8 +499,24 @@ class EventStore:
             )
 
     def statistics(self) -> StoreStatistics:
-        """A snapshot of counters and sizes."""
-        st = self._commit.stats if self._commit is not None else None
+        """A snapshot of counters (since open) and sizes. Cheap: no I/O but one ``fstat`` per
+        segment; the commit loop pays a few integer operations per batch for it.
+        ``es.prometheus_text(store.statistics())`` renders it for Prometheus."""
+        commit = self._commit
+        st = commit.stats if commit is not None else None
+        subscribers: dict[str, int] = {}
+        for sub in list(self._subscriptions):
+            if sub._state != "open":  # not entered yet, or closed
+                continue
+            key = sub.name if sub.name is not None else f"#{sub.id}"
+            if key in subscribers:
+                key = f"{key}#{sub.id}"
+            subscribers[key] = sub.lag
+        segments = list(self._log.segments)
+        disk = 0
+        for seg in segments:
+            with contextlib.suppress(OSError):
+                disk += seg.file.size()
         return StoreStatistics(
             head=self._index.head,
             streams=self._index.stream_count(),
@@ -385,14 +528,37 @@ class EventStore:
             queued=self._commit.queued if self._commit is not None else 0,
             queued_bytes=self._commit.queued_bytes if self._commit is not None else 0,
             index_bytes=self._index.memory_bytes(),
+            batch_events=st.batch_events.snapshot("events")
+            if st
+            else empty_histogram(COUNT_BUCKETS, "events"),
+            sync_latency=st.sync_latency.snapshot("us")
+            if st
+            else empty_histogram(LATENCY_BUCKETS, "us"),
+            subscribers=subscribers,
+            segments=len(segments),
+            disk_bytes=disk,
+            failed=commit is not None and commit.failure is not None,
         )
 
-    def _require_open(self) -> CommitLoop:
-        if self._state != "open" or self._commit is None:
+    def checkpoints(self) -> dict[str, int]:
+        """Every named consumer's last acknowledged position (a copy)."""
+        return dict(self._checkpoints)
+
+    def _require_open(self) -> None:
+        if self._state != "open":
             raise StoreClosed(
                 f"store at {self._path} is {self._state}; use it inside "
                 "'async with EventStore(...)' or after 'await store.open()'"
             )
+
+    def _require_writer(self) -> CommitLoop:
+        self._require_open()
+        if self._read_only:
+            raise StoreReadOnly(
+                f"store at {self._path} was opened with read_only=True; open it without "
+                "read_only to append or save checkpoints"
+            )
+        assert self._commit is not None
         return self._commit
 
     async def verify(self) -> VerifyReport:
@@ -400,7 +566,8 @@ class EventStore:
 
         Runs on the store's I/O thread, between two commit batches, so a write in progress is
         never mistaken for a torn tail; appends wait while it runs. ``python -m aioeventstore
-        verify PATH`` does the same for a store that is not open.
+        verify PATH`` does the same for a store that is not open. On a read-only store, a
+        write in progress in the writer's process may show as a torn tail.
         """
         self._require_open()
         assert self._io is not None
@@ -432,7 +599,7 @@ class EventStore:
         If the calling task is cancelled while waiting, its events may still be committed
         (when their batch was already being written); retrying with the same ids is safe.
         """
-        commit = self._require_open()
+        commit = self._require_writer()
         stream_b = check_stream(stream)
         check_expected(expected_version)
         items = as_event_list(stream, events)
@@ -601,6 +768,7 @@ class EventStore:
             name=name,
             buffer_events=buffer_events,
         )
+        sub.id = next(self._sub_ids)
         self._subscriptions.add(sub)
         return sub
 
@@ -614,7 +782,7 @@ class EventStore:
         Goes through the group commit as a checkpoint frame: cheap, durable on return, never
         seen by reads. A lower position than the saved one is ignored.
         """
-        commit = self._require_open()
+        commit = self._require_writer()
         name_b = check_consumer_name(name)
         if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < 2**63:
             raise ValueError(f"checkpoint position must be an int in [0, 2**63), not {position!r}")

@@ -27,6 +27,7 @@ def test_public_methods_are_documented() -> None:
         es.StoreStatistics,
         es.RecordedEvent,
         es.MemoryStorage,
+        es.Histogram,
     ):
         for name, member in vars(cls).items():
             if isinstance(member, classmethod | staticmethod):
@@ -60,10 +61,13 @@ def test_error_hierarchy() -> None:
         "EventDecodeError",
         "SnapshotVersionError",
         "SnapshotFailed",
+        "StoreReadOnly",
+        "StoreNotFound",
     ):
         assert issubclass(getattr(es, name), es.EventStoreError)
     assert issubclass(es.EventTooLarge, ValueError)
     assert issubclass(es.SnapshotVersionError, ValueError)
+    assert issubclass(es.StoreNotFound, FileNotFoundError)
 
 
 def test_every_test_the_readme_cites_exists() -> None:

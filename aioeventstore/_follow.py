@@ -1,0 +1,175 @@
+"""Read-only stores: scan a log that another process may be writing, and follow it as it grows.
+
+A read-only store takes no lock and changes nothing on disk, so it can run next to the writer
+(``aioeventstore info``/``tail -f``). Its view of the log differs from recovery's in one rule:
+bytes at the end of the last segment that do not form a whole, checked frame are *not written
+yet* (a write in progress, or a torn tail the next writer will cut), never cut. Everything else
+is judged as recovery judges it: a bad frame followed by a frame of a later write, a bad frame
+in a segment that has a successor, or a break in positions is ``CorruptLog``.
+
+Following is polling: each :meth:`Follower.scan` re-reads the last segment from the end of
+its last whole frame, then looks for the segment named after the next position (the writer's
+next segment after a rotation). Finding the successor proves the old segment complete (the
+writer syncs a segment before creating the next), so it is scanned once more to its end
+before the follower moves on: nothing written before a rotation is missed.
+
+Limits: the follower reads the page cache, so it can see a batch a moment before the writer's
+sync makes it durable; if that sync then fails (or the power is cut), the writer's recovery
+cuts the batch and the follower, which already delivered it, stops with ``CorruptLog`` ("the
+log was cut behind this reader"). A missing segment looks like the end of the log (``verify``
+reports it).
+
+Threads: one thread at a time calls ``scan`` (the store's I/O thread); the frames it finds are
+added to the index on the event loop thread by :func:`index_frames`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER_SIZE, FrameInfo, segment_name
+from ._index import Index
+from ._log import Log, later_write_at
+from ._segment import Segment
+from .errors import CorruptLog
+
+FoundFrame = Callable[[int, FrameInfo], None]
+"""Called with (segment ordinal, frame info) for each whole frame found, in log order."""
+
+
+class Follower:
+    """Incremental read-only scanning of a store's log (see the module docstring)."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.end = 0
+        """Byte offset after the last whole frame of the last segment."""
+        self.position = 0
+        """Position the next event found will have."""
+
+    def scan(self, found: FoundFrame) -> None:
+        """Feed every whole frame written since the last call to ``found``; blocking.
+
+        Opens segments as they appear (adding them to the log's segment list, read-only).
+        Raises CorruptLog for damage, OSError when a file cannot be read.
+        """
+        segs = self._log.segments
+        while True:
+            reason = self._scan_tail(found) if segs else None
+            if segs and self.position == segs[-1].first_position:
+                # The tail holds no event yet: the writer only rotates away from a segment
+                # that holds one (its name would be the next position otherwise).
+                if reason is not None:
+                    self._check_unfinished(segs[-1], reason)
+                return
+            nxt = self._open_next()
+            if nxt is None:
+                if reason is not None:
+                    self._check_unfinished(segs[-1], reason)
+                return
+            if segs:
+                # The successor exists, so the old segment is complete: read what was written
+                # to it since our scan (e.g. a checkpoint frame) before moving on.
+                reason = self._scan_tail(found)
+                if reason is not None:
+                    nxt.close()
+                    raise CorruptLog(
+                        segs[-1].path, self.end, f"{reason} (in a segment before the last)"
+                    )
+                if nxt.first_position != self.position:
+                    nxt.close()
+                    raise CorruptLog(
+                        nxt.path,
+                        0,
+                        f"segment starts at position {nxt.first_position}; expected "
+                        f"{self.position}",
+                    )
+            segs.append(nxt)
+            self.end = SEGMENT_HEADER_SIZE
+
+    def _scan_tail(self, found: FoundFrame) -> str | None:
+        seg = self._log.segments[-1]
+        ordinal = len(self._log.segments) - 1
+        size = seg.file.size()
+        if size < self.end:
+            raise CorruptLog(
+                seg.path,
+                size,
+                f"the log was cut behind this reader (it had read to byte {self.end}): the "
+                "writer recovered from a crash or a write error; open the store again",
+            )
+
+        def sink(info: FrameInfo, buf: bytes, start: int) -> None:
+            found(ordinal, info)
+
+        self.end, self.position, reason = seg.scan(
+            self.end, self.position, self._log.options.read_chunk_bytes, sink
+        )
+        return reason
+
+    def _check_unfinished(self, seg: Segment, reason: str) -> None:
+        """The last segment ends in bytes that are not a whole frame: a write in progress
+        (wait for it) unless a frame of a later write follows them (damage)."""
+        later = later_write_at(seg, self.end + 1, self.end)
+        if later is not None:
+            raise CorruptLog(
+                seg.path, self.end, f"{reason}; a frame of a later write follows at byte {later}"
+            )
+
+    def _open_next(self) -> Segment | None:
+        """The segment named after the next position, once its header is complete."""
+        log = self._log
+        path = os.path.join(log.directory, segment_name(self.position))
+        try:
+            file = log.fs.open(path, write=False)
+        except FileNotFoundError:
+            return None
+        seg = Segment(path, self.position, file)
+        try:
+            first = seg.read_header()
+        except ValueError as exc:
+            # A rotation in progress (the header is written right after the file is created),
+            # unless frames follow the header: then the header is damaged.
+            later = later_write_at(seg, 0, -1)
+            seg.close()
+            if later is not None:
+                raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
+            return None
+        if first != self.position:
+            seg.close()
+            raise CorruptLog(path, 0, f"segment starts at position {first} (named {self.position})")
+        return seg
+
+
+def frame_indexer(
+    index: Index, checkpoints: dict[str, int], path_of: Callable[[int], str]
+) -> FoundFrame:
+    """A ``found`` callback that adds each frame to the index (and each checkpoint frame to
+    ``checkpoints``) at once. Call it on the event loop thread, or before the store is open;
+    advance ``index.head`` after it. Raises CorruptLog when a stream's versions break."""
+
+    def found(ordinal: int, info: FrameInfo) -> None:
+        if info.kind == FRAME_KIND_CHECKPOINT:
+            if info.first_version > checkpoints.get(info.stream, -1):
+                checkpoints[info.stream] = info.first_version
+            return
+        want = index.last_version(info.stream) + 1
+        if info.first_version != want:
+            raise CorruptLog(
+                path_of(ordinal),
+                info.offset,
+                f"stream {info.stream!r} continues at version {info.first_version}, "
+                f"expected {want}",
+            )
+        index.add_frame(
+            ordinal,
+            info.offset,
+            info.length,
+            info.stream,
+            info.first_position,
+            info.first_version,
+            info.event_count,
+        )
+
+    return found

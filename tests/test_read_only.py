@@ -1,0 +1,161 @@
+"""Read-only stores: no lock, nothing changed on disk, and following a running writer
+through the public API (reads, ``head``, subscriptions) across segment rotations."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+import aioeventstore as es
+
+from .helpers import Note
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+async def test_follows_a_writer_across_rotations_without_gap_or_duplicate(
+    store_path: Path,
+) -> None:
+    """Random appends (1..5 events) and checkpoint frames into 4 KiB segments; a whole-store,
+    a stream and a filtered subscription of a read-only store see every event exactly once."""
+    rng = random.Random(7)
+    total = 600
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        await writer.append("s-0", Note(text="start"))
+        reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
+        try:
+            assert reader.read_only and reader.head == 0
+            seen_all: list[int] = []
+            seen_stream: list[int] = []
+            seen_filtered: list[int] = []
+
+            async def follow(sub: es.Subscription, into: list[int], key: str) -> None:
+                async with sub:
+                    async for rec in sub:
+                        into.append(rec.version if key == "version" else rec.position)
+                        if rec.position >= total - 1:
+                            return
+
+            filtered = reader.subscribe(filter=es.EventFilter(stream_prefixes=["s-2"]))
+            tasks = [
+                asyncio.create_task(follow(reader.subscribe(), seen_all, "position")),
+                asyncio.create_task(follow(reader.subscribe(stream="s-1"), seen_stream, "version")),
+                asyncio.create_task(follow(filtered, seen_filtered, "position")),
+            ]
+            positions_2: list[int] = []
+            written = 1
+            while written < total:
+                n = min(rng.randint(1, 5), total - written)
+                stream = f"s-{rng.randrange(4)}" if written + n < total else "s-1"
+                r = await writer.append(stream, [Note(text="y" * rng.randrange(80))] * n)
+                if stream == "s-2":
+                    positions_2 += range(r.position - n + 1, r.position + 1)
+                written += n
+                if rng.random() < 0.2:
+                    await writer.save_checkpoint("c", r.position)
+                if rng.random() < 0.3:
+                    await asyncio.sleep(rng.random() * 0.004)
+            await asyncio.wait_for(asyncio.gather(*tasks[:2]), 30)
+            while filtered.lag:  # it has examined everything up to the head
+                await asyncio.sleep(0.002)
+            tasks[2].cancel()
+            assert seen_all == list(range(total))
+            versions = [r.version async for r in writer.read_stream("s-1")]
+            assert seen_stream == versions == list(range(len(versions)))
+            assert seen_filtered == positions_2
+            assert reader.head == writer.head == total - 1
+            assert reader.checkpoints() == writer.checkpoints()
+            assert len(list(store_path.glob("*.seg"))) > 5
+            st = reader.statistics()
+            assert st.segments == len(list(store_path.glob("*.seg")))
+            assert st.events == 0 and st.batches == 0  # it writes nothing
+            got = [r.position async for r in reader.read_all(from_position=total - 50)]
+            assert got == list(range(total - 50, total))
+        finally:
+            await reader.close()
+
+
+async def test_changes_nothing_and_refuses_writes(store_path: Path) -> None:
+    async with es.EventStore(store_path) as writer:
+        for i in range(5):
+            await writer.append("s", Note(text=str(i)))
+    last = sorted(store_path.glob("*.seg"))[-1]
+    with last.open("ab") as f:
+        f.write(b"\xc1AEF" + bytes(20))  # a torn tail: a writer would cut it
+    before = snapshot(store_path)
+    async with es.EventStore(store_path, read_only=True) as reader:
+        assert reader.head == 4
+        texts = [
+            r.data["text"] async for r in reader.read_all(raw=True) if isinstance(r.data, dict)
+        ]
+        assert texts == [str(i) for i in range(5)]
+        with pytest.raises(es.StoreReadOnly, match="read_only=True"):
+            await reader.append("s", Note(text="no"))
+        with pytest.raises(es.StoreReadOnly):
+            await reader.save_checkpoint("c", 1)
+        async with reader.subscribe(name="c") as sub:
+            rec = await sub.__anext__()
+            with pytest.raises(es.StoreReadOnly):
+                await sub.ack(rec)
+        assert (await reader.verify()).first_problem is not None  # the torn tail
+    assert snapshot(store_path) == before
+    with pytest.raises(es.StoreNotFound):
+        await es.EventStore(store_path.parent / "missing", read_only=True).open()
+    assert not (store_path.parent / "missing").exists()
+
+
+async def test_runs_next_to_the_writer_without_its_lock(store_path: Path) -> None:
+    async with es.EventStore(store_path) as writer:
+        await writer.append("s", Note(text="x"))
+        async with es.EventStore(store_path, read_only=True) as reader:
+            assert reader.head == 0
+        with pytest.raises(es.StoreLocked):
+            await es.EventStore(store_path).open()
+
+
+async def test_an_empty_directory_is_followed_until_the_writer_starts(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir()
+    async with es.EventStore(path, read_only=True, poll_interval=0.002) as reader:
+        assert reader.head == -1
+        async with reader.subscribe() as sub:
+            async with es.EventStore(path) as writer:
+                await writer.append("s", [Note(text="a"), Note(text="b")])
+            got = [await asyncio.wait_for(sub.__anext__(), 10) for _ in range(2)]
+            assert [r.position for r in got] == [0, 1]
+
+
+async def test_corruption_in_an_older_segment_is_reported(store_path: Path) -> None:
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for i in range(100):
+            await writer.append("s", Note(text="z" * 50 + str(i)))
+    first = sorted(store_path.glob("*.seg"))[0]
+    raw = bytearray(first.read_bytes())
+    raw[200] ^= 1
+    first.write_bytes(bytes(raw))
+    with pytest.raises(es.CorruptLog) as info:
+        await es.EventStore(store_path, read_only=True).open()
+    assert info.value.path == str(first)
+
+
+async def test_a_log_cut_behind_the_reader_stops_following(store_path: Path) -> None:
+    """The writer's recovery cut bytes the reader had already read (what a failed sync can
+    lead to): the reader stops following with CorruptLog and its subscriptions end."""
+    async with es.EventStore(store_path) as writer:
+        for i in range(3):
+            await writer.append("s", Note(text=str(i)))
+    async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+        async with reader.subscribe(from_position=es.END) as sub:
+            seg = sorted(store_path.glob("*.seg"))[-1]
+            seg.write_bytes(seg.read_bytes()[:-10])
+            assert [r async for r in sub] == []  # ends, does not hang
+        assert isinstance(reader.follow_error, es.CorruptLog)
+        assert "cut behind this reader" in str(reader.follow_error)
+        with pytest.raises(es.CorruptLog):  # reads check every frame again: never a wrong event
+            [r async for r in reader.read_all()]
