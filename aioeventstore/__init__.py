@@ -5,6 +5,7 @@ Only re-exports live here; see ``store.py`` for where reading the code starts.
 
 from ._verify import SegmentProblem, SegmentReport, VerifyReport
 from .errors import (
+    CompressionUnavailable,
     CorruptLog,
     DuplicateEventType,
     EventDecodeError,
@@ -30,7 +31,7 @@ from .events import (
     StreamState,
     event_types,
 )
-from .options import Durability, OptionOverrides, StoreOptions
+from .options import Compression, Durability, OptionOverrides, StoreOptions
 from .store import EventStore, StoreStatistics, Subscription
 
 __version__ = "0.1.0"
@@ -41,6 +42,8 @@ __all__ = [
     "NO_STREAM",
     "STREAM_EXISTS",
     "AppendResult",
+    "Compression",
+    "CompressionUnavailable",
     "CorruptLog",
     "DuplicateEventType",
     "Durability",

@@ -8,6 +8,11 @@ batch). While that runs, the event loop is free: producers encode and queue the 
 When the sync returns, the index head advances, every producer's future is resolved, and
 commit listeners (subscriptions) are told.
 
+With ``compression="zstd"`` the I/O thread also compresses the batch (``_compress.py``), in the
+same hop and off the event loop: the batch is planned at its uncompressed size, and once it is
+written the log's end and the batch's index rows are moved to where its frames ended up. Both
+happen before the batch is committed, so no reader ever sees the provisional places.
+
 Failure is fail-stop, as in LevelDB and PostgreSQL after an fsync error: the page cache can no
 longer be trusted, so the batch and everything after it fail with ``StoreFailed``; reads of
 what was durable keep working; reopening recovers from what is on disk.
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
+from ._compress import BatchCompressor, PlannedFrame
 from ._format import BODY_HEAD_SIZE, FRAME_HEADER_SIZE, FRAME_KIND_CHECKPOINT, pack_frame
 from ._index import Index
 from ._log import Log, WritePlan
@@ -144,6 +150,9 @@ class CommitLoop:
         self.failure: StoreFailed | None = None
         self.stats = CommitStats()
         self.listeners: list[CommitListener] = []
+        self._compressor = (
+            BatchCompressor(options.compression_level) if options.compression == "zstd" else None
+        )
 
     def start(self) -> None:
         """Start the commit task on the running loop."""
@@ -215,21 +224,40 @@ class CommitLoop:
                     return
                 if batch.plan is not None:
                     try:
-                        await loop.run_in_executor(
-                            self._io, self._log.write, batch.plan, batch.data, sync
-                        )
+                        if batch.frames is None:
+                            await loop.run_in_executor(
+                                self._io, self._log.write, batch.plan, batch.data, sync
+                            )
+                            written = len(batch.data)
+                        else:
+                            written = await loop.run_in_executor(
+                                self._io, self._write_compressed, batch, sync
+                            )
+                            self._log.settle(batch.plan, written)
+                            if batch.relocated is not None:
+                                self._index.relocate_last(batch.relocated)
                     except Exception as exc:
                         self._fail(exc, batch)
                         return
                     self.stats.batches += 1
                     self.stats.syncs += sync
-                    self.stats.bytes_written += len(batch.data)
+                    self.stats.bytes_written += written
                 self._complete(batch)
                 self._current = None
         except asyncio.CancelledError:
             self._closing = True
             self._fail(StoreClosed("the store's commit loop was cancelled"), self._current)
             raise
+
+    def _write_compressed(self, batch: _Batch, sync: bool) -> int:
+        """Compress and write one batch (I/O thread). Returns the bytes written; the
+        batch's ``relocated`` says where its event frames went, for the commit task."""
+        assert self._compressor is not None and batch.plan is not None and batch.frames
+        data, where = self._compressor.pack(batch.frames, batch.plan.offset, batch.recorded_us)
+        self._log.write(batch.plan, data, sync)
+        if where is not None:
+            batch.relocated = [w for w, f in zip(where, batch.frames, strict=True) if f.event_count]
+        return len(data)
 
     def _plan(self, items: list[PendingAppend]) -> _Batch:
         """Check versions in queue order and lay out accepted appends (commit task only)."""
@@ -284,10 +312,11 @@ class CommitLoop:
         plan = self._log.reserve(nbytes, first_pos)
         now_us = time.time_ns() // 1000
         parts: list[bytes] = []
+        frames: list[PlannedFrame] | None = [] if self._compressor is not None else None
         off = plan.offset
         for item, first, version in accepted:
             if item.checkpoint >= 0:
-                parts += pack_frame(
+                frame = pack_frame(
                     item.stream_b,
                     0,
                     first,
@@ -298,22 +327,27 @@ class CommitLoop:
                     FRAME_KIND_CHECKPOINT,
                 )
             else:
-                parts += pack_frame(
+                frame = pack_frame(
                     item.stream_b, item.count, first, version, now_us, plan.offset, item.entries
                 )
                 index.add_frame(
                     plan.ordinal, off, item.size, item.stream, first, version, item.count
                 )
+            if frames is None:
+                parts += frame
+            else:  # compressed on the I/O thread, in ``_write_compressed``
+                count = item.count if item.checkpoint < 0 else 0
+                frames.append(PlannedFrame(b"".join(frame), first, count))
             off += item.size
         data = b"".join(parts)
-        assert len(data) == nbytes
+        assert frames is not None or len(data) == nbytes
         excess = len(window) - self._options.idempotency_window
         if excess > 0:
             for key in list(islice(window, excess)):
                 del window[key]
         events = [item for item, _, _ in accepted if item.checkpoint < 0]
         marks = [(item.stream, item.checkpoint) for item, _, _ in accepted if item.checkpoint >= 0]
-        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us, marks)
+        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us, marks, frames)
 
     @staticmethod
     def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:
@@ -396,3 +430,5 @@ class _Batch:
     appends: list[PendingAppend]  # the event appends written, in position order
     recorded_us: int
     checkpoints: list[tuple[str, int]]  # (consumer name, position) written
+    frames: list[PlannedFrame] | None = None  # set when the I/O thread compresses the batch
+    relocated: list[tuple[int, int]] | None = None  # where its event frames went, if moved

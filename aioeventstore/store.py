@@ -31,8 +31,11 @@ from ._checks import (
 )
 from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
+from ._compress import expand, inner_frames, require
 from ._format import (
     FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_COMPRESSED,
+    FrameError,
     FrameInfo,
 )
 from ._fs import FileSystem, Lock, OsFileSystem
@@ -151,6 +154,8 @@ class EventStore:
         """Lock the directory, recover the log, and start the commit loop. Returns self."""
         if self._state != "new":
             raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
+        if self._options.compression == "zstd":
+            require("StoreOptions.compression is 'zstd'")
         self._state = "opening"
         self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
@@ -180,42 +185,65 @@ class EventStore:
             raise StoreLocked(
                 f"store at {self._path} is already open for writing (by this or another process)"
             ) from None
-        recent: deque[tuple[int, FrameInfo]] = deque(maxlen=self._options.idempotency_window)
+        # (segment ordinal, frame on disk, frame inside it when that one is a container)
+        recent: deque[tuple[int, FrameInfo, FrameInfo | None]] = deque(
+            maxlen=self._options.idempotency_window
+        )
         index = self._index
 
         def sink(ordinal: int, seg: Segment) -> FrameSink:
             def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
+                if info.kind != FRAME_KIND_COMPRESSED:
+                    add(info, None)
+                    return
+                try:
+                    inner = inner_frames(expand(buf, start, start + info.length), info)
+                except FrameError as exc:
+                    raise CorruptLog(seg.path, info.offset, exc.reason) from None
+                for frame in inner:
+                    add(frame, info)
+
+            def add(info: FrameInfo, container: FrameInfo | None) -> None:
                 if info.kind == FRAME_KIND_CHECKPOINT:
                     # the highest wins, as in memory (a lower one may come later on disk)
                     old = self._checkpoints.get(info.stream, -1)
                     self._checkpoints[info.stream] = max(old, info.first_version)
                     return
+                at = info.offset if container is None else container.offset
                 if info.first_version != index.last_version(info.stream) + 1:
                     raise CorruptLog(
                         seg.path,
-                        info.offset,
+                        at,
                         f"stream {info.stream!r} continues at version "
                         f"{info.first_version}, expected "
                         f"{index.last_version(info.stream) + 1}",
                     )
                 index.add_frame(
                     ordinal,
-                    info.offset,
-                    info.length,
+                    at,
+                    info.length if container is None else container.length,
                     info.stream,
                     info.first_position,
                     info.first_version,
                     info.event_count,
                 )
-                recent.append((ordinal, info))
+                recent.append(
+                    (ordinal, info, None) if container is None else (ordinal, container, info)
+                )
 
             return on_frame
 
         self.recovery = self._log.recover(sink)
         index.head = index.next_position - 1
-        for ordinal, info in recent:
+        expanded: tuple[int, int, bytes] = (-1, -1, b"")  # the last container decompressed
+        for ordinal, info, inner in recent:
             data = self._log.read(ordinal, info.offset, info.length)
-            ids = tuple(frame_event_ids(data, 0, info))
+            at = 0
+            if inner is not None:  # the ids are inside a container: decompress it once
+                if expanded[:2] != (ordinal, info.offset):
+                    expanded = (ordinal, info.offset, expand(data, 0, len(data)))
+                data, info, at = expanded[2], inner, inner.offset
+            ids = tuple(frame_event_ids(data, at, info))
             last = info.first_position + info.event_count - 1
             window[info.stream.encode("utf-8") + ids[0]] = (
                 ids,

@@ -35,6 +35,7 @@ def test_error_hierarchy() -> None:
         "StoreClosed",
         "StoreFailed",
         "CorruptLog",
+        "CompressionUnavailable",
         "EventTooLarge",
         "DuplicateEventType",
         "EventDecodeError",
