@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._compress import expand, inner_frames
 from ._format import (
     ENTRY_HEAD,
     ENTRY_HEAD_SIZE,
@@ -32,7 +33,6 @@ from ._format import (
     FrameInfo,
     parse_segment_name,
 )
-from ._compress import expand, inner_frames
 from ._fs import FileSystem, OsFileSystem
 from ._log import LOCK_NAME, Log, later_write_at
 from ._segment import Segment
