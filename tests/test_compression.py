@@ -474,3 +474,21 @@ async def test_power_cut_at_every_operation_of_a_compressed_workload(mode: LossM
         cut_tails += store.recovery.cut_path is not None
     if mode == "torn":
         assert cut_tails > 5
+
+
+async def test_a_whole_last_container_that_does_not_expand_is_never_cut(store_path: Path) -> None:
+    """Damage that keeps the checksum is no torn write, even in the final write: opening
+    refuses (CorruptLog) instead of cutting acknowledged events."""
+    containers = await _store_with_containers(store_path)
+    path, last = containers[-1]
+    data = Path(path).read_bytes()[last.offset : last.offset + last.length]
+    raw = _compress.expand(data, 0, len(data))
+    _repack_container(path, last, _garbage(raw, data[60:]))
+    size = Path(path).stat().st_size
+    with pytest.raises(es.CorruptLog) as err:
+        await es.EventStore(store_path).open()
+    assert (err.value.path, err.value.offset) == (path, last.offset)
+    report = verify_store(store_path)
+    assert report.corrupt and report.first_problem is not None
+    assert report.first_problem[1].offset == last.offset
+    assert Path(path).stat().st_size == size
