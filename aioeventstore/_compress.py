@@ -22,15 +22,12 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ._format import (
-    BODY_HEAD,
     BODY_HEAD_SIZE,
     CODEC_ZSTD,
     CONTAINER_HEAD,
     CONTAINER_HEAD_SIZE,
-    FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_KIND_COMPRESSED,
-    FRAME_KIND_EVENTS,
     MAX_CONTAINER_RAW,
     FrameError,
     FrameInfo,
@@ -46,9 +43,9 @@ try:
 except ImportError:  # pragma: no cover - exercised by monkeypatching ``zstd = None``
     zstd = None
 
-CONTAINER_TARGET = 64 * 1024
-"""Uncompressed bytes per container (a group closes once it reaches this): past it zstd gains
-little on ~150-byte events, and a read of one event decompresses at most about this much."""
+CONTAINER_TARGET = 16 * 1024
+"""Uncompressed bytes per container (a group closes once it reaches this). A read of one event
+decompresses about this much; on ~150-byte events 64 KiB would only save another 2-4%."""
 MIN_COMPRESS_BYTES = 1024
 """A group of frames smaller than this is written uncompressed (one small append does not
 compress: the container's own 60 bytes would eat the gain)."""
@@ -200,20 +197,4 @@ def inner_frames(raw: bytes, container: FrameInfo) -> list[FrameInfo]:
             f"inner frames hold positions up to {pos}, the compressed frame says "
             f"{container.first_position + container.event_count}"
         )
-    return out
-
-
-def event_frame_offsets(raw: bytes) -> dict[int, int]:
-    """First position → offset in ``raw`` of each events frame (headers only, unchecked: the
-    caller checks the frame it picks)."""
-    out: dict[int, int] = {}
-    at = 0
-    while at + FRAME_HEADER_SIZE + BODY_HEAD_SIZE <= len(raw):
-        body_len = FRAME_HEADER.unpack_from(raw, at)[2]
-        kind, _fl, _sl, _n, first, *_ = BODY_HEAD.unpack_from(raw, at + FRAME_HEADER_SIZE)
-        if kind == FRAME_KIND_EVENTS:
-            out[first] = at
-        if body_len < BODY_HEAD_SIZE:
-            break
-        at += FRAME_HEADER_SIZE + body_len
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -23,8 +24,16 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from ._codec import decode_frame_events, decode_span, frame_event_ids
-from ._compress import event_frame_offsets, expand
-from ._format import FRAME_KIND_COMPRESSED, FRAME_KIND_EVENTS, FrameError, FrameInfo, check_frame
+from ._compress import expand
+from ._format import (
+    BODY_HEAD_SIZE,
+    FRAME_HEADER_SIZE,
+    FRAME_KIND_COMPRESSED,
+    FRAME_KIND_EVENTS,
+    FrameError,
+    FrameInfo,
+    check_frame,
+)
 from ._index import FrameRef, Index, Span
 from ._log import Log
 from .errors import CorruptLog, StoreClosed
@@ -61,20 +70,43 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-class _Expanded:
-    """A decompressed container: its inner frames' bytes, and (built on first use) where each
-    events frame starts in them, by first position."""
+_WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
-    __slots__ = ("frames", "raw")
+
+class _Expanded:
+    """A decompressed container: its inner frames' bytes, and where each events frame starts
+    in them by first position, learnt by walking the frame headers only as far as asked.
+
+    Shared by reader threads through the cache; concurrent walks only ever store the same
+    values, so the worst a race does is walk some headers twice.
+    """
+
+    __slots__ = ("frames", "raw", "walked")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.frames: dict[int, int] | None = None
+        self.frames: dict[int, int] = {}
+        self.walked = 0  # headers before this offset are in ``frames``
 
     def find(self, first_position: int) -> int:
-        if self.frames is None:
-            self.frames = event_frame_offsets(self.raw)
+        """Offset of the events frame holding ``first_position`` first (unchecked: the caller
+        checks it); FrameError when there is none."""
         at = self.frames.get(first_position)
+        if at is not None:
+            return at
+        raw, frames, unpack = self.raw, self.frames, _WALK.unpack_from
+        walk, size = self.walked, len(self.raw) - _WALK.size
+        while walk <= size:
+            _magic, _crc, body_len, kind, _fl, _sl, _n, first = unpack(raw, walk)
+            if body_len < BODY_HEAD_SIZE:
+                break
+            here, walk = walk, walk + FRAME_HEADER_SIZE + body_len
+            if kind == FRAME_KIND_EVENTS:
+                frames[first] = here
+                if first >= first_position:
+                    break
+        self.walked = max(self.walked, walk)
+        at = frames.get(first_position)
         if at is None:
             raise FrameError(f"no frame at position {first_position} in the compressed frame")
         return at
