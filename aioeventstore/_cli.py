@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ._verify import RepairReport, SegmentReport, VerifyReport, repair_store, verify_store
-from .errors import StoreLocked
+from .errors import CompressionUnavailable, StoreLocked
 from .options import StoreOptions
 
 EXIT_OK = 0
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 print_report(report, stdout)
             return EXIT_OK if report.ok else EXIT_PROBLEM
         rep = repair_store(path, None, options, dry_run=args.dry_run)
-    except StoreLocked as exc:
+    except (StoreLocked, CompressionUnavailable) as exc:
         print(f"aioeventstore: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:

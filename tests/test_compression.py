@@ -10,6 +10,7 @@ power cut at any operation of a compressed workload loses nothing acknowledged.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import uuid
@@ -22,6 +23,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore import _compress
+from aioeventstore._cli import main as cli_main
 from aioeventstore._format import (
     CODEC_ZSTD,
     CONTAINER_HEAD,
@@ -431,6 +433,8 @@ async def test_without_zstandard_compression_is_refused_clearly(
         await es.EventStore(store_path).open()
     with pytest.raises(es.CompressionUnavailable):
         verify_store(store_path)
+    out = io.StringIO()
+    assert cli_main(["verify", str(store_path)], out) == 2  # a clear message, not a traceback
     assert issubclass(es.CompressionUnavailable, es.EventStoreError)
 
 
