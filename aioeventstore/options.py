@@ -54,7 +54,7 @@ class StoreOptions:
         enabled). Set False if your application manages ``gc`` itself.
     compression
         ``"none"`` (default) or ``"zstd"``: each commit batch's frames are written as zstd
-        compressed containers of about 64 KiB of frames, where that makes them smaller (a
+        compressed containers of about 16 KiB of frames, where that makes them smaller (a
         batch under 1 KiB, e.g. one small append alone, is written as it is). Needs the
         ``zstandard`` package (``pip install 'aioeventstore[zstd]'``); opening raises
         ``CompressionUnavailable`` without it. Chosen per open: a store may hold compressed and
