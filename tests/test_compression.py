@@ -496,3 +496,17 @@ async def test_a_whole_last_container_that_does_not_expand_is_never_cut(store_pa
     assert report.corrupt and report.first_problem is not None
     assert report.first_problem[1].offset == last.offset
     assert Path(path).stat().st_size == size
+
+
+async def test_a_batch_of_checkpoints_alone_compresses_and_reads_back(store_path: Path) -> None:
+    expected = Expected({})
+    async with es.EventStore(store_path, ZSTD) as store:
+        await append_wave(store, expected, 0, 50)
+        await asyncio.gather(*(store.save_checkpoint(f"consumer-{k:02d}", k) for k in range(40)))
+        await append_wave(store, expected, 50, 50)
+    containers = [i for _, i in disk_frames(store_path) if i.kind == FRAME_KIND_COMPRESSED]
+    assert any(i.event_count == 0 for i in containers)  # the checkpoints' batch
+    async with es.EventStore(store_path) as store:
+        assert [store.checkpoint(f"consumer-{k:02d}") for k in range(40)] == list(range(40))
+        await check_reads(store, expected)
+    assert verify_store(store_path).ok
