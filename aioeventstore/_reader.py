@@ -121,7 +121,6 @@ class Reader:
         index: Index,
         chunk_bytes: int,
         pause_gc: bool = True,
-        cache_bytes: int | None = None,
     ) -> None:
         self._log = log
         self._index = index
@@ -131,8 +130,8 @@ class Reader:
         self._cache: OrderedDict[tuple[int, int], _Expanded] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = 0
-        self._cache_max = 4 * chunk_bytes if cache_bytes is None else cache_bytes
-        self.decompressions = 0  # containers decompressed (cache misses), for tests and stats
+        self._cache_max = 4 * chunk_bytes  # bytes of decompressed containers kept
+        self.decompressions = 0  # containers decompressed (cache misses)
 
     def _expanded(self, ordinal: int, offset: int, buf: bytes, start: int, end: int) -> _Expanded:
         """The container at ``offset`` of segment ``ordinal`` (``buf[start:end]``, checked),

@@ -185,6 +185,8 @@ async def test_round_trip_every_read(store_path: Path, chunk: int) -> None:
     assert on_disk[FRAME_KIND_COMPRESSED] >= 4
     assert stats.bytes_written == sum(p.stat().st_size - 32 for p in store_path.glob("*.seg"))
     async with es.EventStore(store_path, read_chunk_bytes=chunk) as store:  # reopened plain
+        assert len([r async for r in store.read_all()]) == len(expected.rows)
+        assert store._reader.decompressions == on_disk[FRAME_KIND_COMPRESSED]  # once each
         await check_reads(store, expected, seed=1)
 
 
