@@ -7,6 +7,7 @@ from ._stats import Histogram, prometheus_text
 from ._verify import SegmentProblem, SegmentReport, VerifyReport
 from .aggregate import Snapshot, load_aggregate
 from .errors import (
+    CompressionUnavailable,
     CorruptLog,
     DuplicateEventType,
     EventDecodeError,
@@ -36,7 +37,7 @@ from .events import (
     StreamState,
     event_types,
 )
-from .options import Durability, OptionOverrides, StoreOptions
+from .options import Compression, Durability, OptionOverrides, StoreOptions
 from .store import EventStore, MemoryStorage, StoreStatistics, Subscription
 
 __version__ = "0.1.0"
@@ -47,6 +48,8 @@ __all__ = [
     "NO_STREAM",
     "STREAM_EXISTS",
     "AppendResult",
+    "Compression",
+    "CompressionUnavailable",
     "CorruptLog",
     "DuplicateEventType",
     "Durability",

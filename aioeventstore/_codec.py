@@ -11,7 +11,7 @@ import os
 import struct
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from ._format import (
     ENTRY_HEAD_SIZE,
     FRAME_HEADER_SIZE,
     FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_COMPRESSED,
     FRAME_KIND_EVENTS,
     FRAME_LENGTH_AT,
     FRAME_MAGIC,
@@ -287,13 +288,18 @@ def decode_span(
     prefixes: tuple[str, ...] | None,
     out: list[RecordedEvent],
     as_dicts: bool = False,
-) -> int:
+    expand: Callable[[bytes, int, int], bytes] | None = None,
+) -> tuple[int, int]:
     """Check and decode a buffer of whole, back-to-back frames whose first event has
     ``first_position``; append the events in ``[lo, hi]`` (passing the filter) to ``out``.
 
     Every frame's checksum is verified and positions must continue densely; checkpoint
-    frames are skipped. Returns the position after the last event in the buffer. Raises
-    FrameError (with ``.offset`` set to the frame's offset in ``buf``) on any damage.
+    frames are skipped. A compressed frame (a container) is decompressed by
+    ``expand(buf, start, end)`` (its inner bytes) only when it holds events in ``[lo, hi]``,
+    and decoded in turn; the first frame may be a container that starts before
+    ``first_position`` and holds it. Returns the first position of the last frame holding
+    events and the position after the last event in the buffer. Raises FrameError (with
+    ``.offset`` set to the frame's offset in ``buf``) on any damage.
 
     This is the replay hot path, written out flat: one struct unpack and two CRC calls per
     frame, one msgpack call for the data and one pydantic-core call per event.
@@ -311,6 +317,7 @@ def decode_span(
     at = 0
     head_size = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
     last_us = -1
+    last_first = -1
     when = _EPOCH
     try:
         while at < size:
@@ -323,12 +330,29 @@ def decode_span(
             # From here on the bytes are the ones the writer wrote: the checks that remain
             # guard the reader against its own index, not against damage.
             if kind != FRAME_KIND_EVENTS:
-                if kind != FRAME_KIND_CHECKPOINT:
+                if kind == FRAME_KIND_COMPRESSED and expand is not None and count:
+                    if fpos != pos and not (at == 0 and fpos < pos < fpos + count):
+                        raise _span_error(f"frame holds position {fpos}, expected {pos}", at)
+                    last_first, pos = fpos, fpos + count
+                    if pos > lo and fpos <= hi:
+                        inner = expand(buf, at, end)
+                        try:
+                            got = decode_span(inner, fpos, lo, hi, types, prefixes, out, as_dicts)[
+                                1
+                            ]
+                        except FrameError as exc:
+                            raise _span_error(f"in compressed frame: {exc.reason}", at) from None
+                        if got != pos:
+                            raise _span_error(f"compressed frame ends at {got}, not {pos}", at)
+                elif kind not in (FRAME_KIND_CHECKPOINT, FRAME_KIND_COMPRESSED):
                     raise _span_error(f"unknown frame kind {kind}", at)
+                elif kind == FRAME_KIND_COMPRESSED and (expand is None or fpos != pos):
+                    raise _span_error("unexpected compressed frame", at)
                 at = end
                 continue
             if fpos != pos or count == 0:
                 raise _span_error(f"frame holds position {fpos}, expected {pos}", at)
+            last_first = fpos
             pos = fpos + count
             if pos <= lo or fpos > hi:
                 at = end
@@ -387,7 +411,7 @@ def decode_span(
             at = end
     except (struct.error, UnicodeDecodeError) as exc:  # a header or entry cut short
         raise _span_error(f"malformed frame: {exc}", at) from exc
-    return pos
+    return last_first, pos
 
 
 def _span_error(reason: str, offset: int) -> FrameError:

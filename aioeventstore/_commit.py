@@ -8,6 +8,11 @@ batch). While that runs, the event loop is free: producers encode and queue the 
 When the sync returns, the index head advances, every producer's future is resolved, and
 commit listeners (subscriptions) are told.
 
+With ``compression="zstd"`` the I/O thread also compresses the batch (``_compress.py``), in the
+same hop and off the event loop: the batch is planned at its uncompressed size, and once it is
+written the log's end and the batch's index rows are moved to where its frames ended up. Both
+happen before the batch is committed, so no reader ever sees the provisional places.
+
 Failure is fail-stop, as in LevelDB and PostgreSQL after an fsync error: the page cache can no
 longer be trusted, so the batch and everything after it fail with ``StoreFailed``; reads of
 what was durable keep working; reopening recovers from what is on disk.
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import NamedTuple
 
+from ._compress import BatchCompressor, PlannedFrame
 from ._format import BODY_HEAD_SIZE, FRAME_HEADER_SIZE, FRAME_KIND_CHECKPOINT, pack_frame
 from ._index import Index
 from ._log import Log, WritePlan
@@ -151,6 +157,9 @@ class CommitLoop:
         self.on_sealed: Callable[[int], None] | None = None
         """Called on the loop thread with a segment's ordinal once it is sealed: every frame
         in it is durable and the log has moved on to a new segment."""
+        self._compressor = (
+            BatchCompressor(options.compression_level) if options.compression == "zstd" else None
+        )
 
     def start(self) -> None:
         """Start the commit task on the running loop."""
@@ -222,16 +231,25 @@ class CommitLoop:
                     return
                 if batch.plan is not None:
                     try:
-                        took_ns = await loop.run_in_executor(
-                            self._io, self._write, batch.plan, batch.data, sync
-                        )
+                        if batch.frames is None:
+                            took_ns = await loop.run_in_executor(
+                                self._io, self._write, batch.plan, batch.data, sync
+                            )
+                            written = len(batch.data)
+                        else:
+                            written, took_ns = await loop.run_in_executor(
+                                self._io, self._write_compressed, batch, sync
+                            )
+                            self._log.settle(batch.plan, written)
+                            if batch.relocated is not None:
+                                self._index.relocate_last(batch.relocated)
                     except Exception as exc:
                         self._fail(exc, batch)
                         return
                     st = self.stats
                     st.batches += 1
                     st.syncs += sync
-                    st.bytes_written += len(batch.data)
+                    st.bytes_written += written
                     # per batch, never per event: a bit length, an increment and an add each
                     st.sync_latency.observe(took_ns // 1000)
                     st.batch_events.observe(batch.last - batch.first + 1 if batch.first >= 0 else 0)
@@ -253,6 +271,19 @@ class CommitLoop:
         started = time.perf_counter_ns()
         self._log.write(plan, data, sync)
         return time.perf_counter_ns() - started
+
+    def _write_compressed(self, batch: _Batch, sync: bool) -> tuple[int, int]:
+        """Compress and write one batch (I/O thread). Returns the bytes written and the
+        nanoseconds the write and sync took; the batch's ``relocated`` says where its event
+        frames went, for the commit task."""
+        assert self._compressor is not None and batch.plan is not None and batch.frames
+        data, where = self._compressor.pack(batch.frames, batch.plan.offset, batch.recorded_us)
+        started = time.perf_counter_ns()
+        self._log.write(batch.plan, data, sync)
+        took = time.perf_counter_ns() - started
+        if where is not None:
+            batch.relocated = [w for w, f in zip(where, batch.frames, strict=True) if f.event_count]
+        return len(data), took
 
     def _plan(self, items: list[PendingAppend]) -> _Batch:
         """Check versions in queue order and lay out accepted appends (commit task only)."""
@@ -307,10 +338,11 @@ class CommitLoop:
         plan = self._log.reserve(nbytes, first_pos)
         now_us = time.time_ns() // 1000
         parts: list[bytes] = []
+        frames: list[PlannedFrame] | None = [] if self._compressor is not None else None
         off = plan.offset
         for item, first, version in accepted:
             if item.checkpoint >= 0:
-                parts += pack_frame(
+                frame = pack_frame(
                     item.stream_b,
                     0,
                     first,
@@ -322,22 +354,27 @@ class CommitLoop:
                 )
                 index.add_mark(plan.ordinal, item.stream, item.checkpoint)
             else:
-                parts += pack_frame(
+                frame = pack_frame(
                     item.stream_b, item.count, first, version, now_us, plan.offset, item.entries
                 )
                 index.add_frame(
                     plan.ordinal, off, item.size, item.stream, first, version, item.count
                 )
+            if frames is None:
+                parts += frame
+            else:  # compressed on the I/O thread, in ``_write_compressed``
+                count = item.count if item.checkpoint < 0 else 0
+                frames.append(PlannedFrame(b"".join(frame), first, count))
             off += item.size
         data = b"".join(parts)
-        assert len(data) == nbytes
+        assert frames is not None or len(data) == nbytes
         excess = len(window) - self._options.idempotency_window
         if excess > 0:
             for key in list(islice(window, excess)):
                 del window[key]
         events = [item for item, _, _ in accepted if item.checkpoint < 0]
         marks = [(item.stream, item.checkpoint) for item, _, _ in accepted if item.checkpoint >= 0]
-        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us, marks)
+        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us, marks, frames)
 
     @staticmethod
     def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:
@@ -423,3 +460,5 @@ class _Batch:
     appends: list[PendingAppend]  # the event appends written, in position order
     recorded_us: int
     checkpoints: list[tuple[str, int]]  # (consumer name, position) written
+    frames: list[PlannedFrame] | None = None  # set when the I/O thread compresses the batch
+    relocated: list[tuple[int, int]] | None = None  # where its event frames went, if moved

@@ -39,7 +39,21 @@ FRAME_KIND_EVENTS: Final = 1
 FRAME_KIND_CHECKPOINT: Final = 2
 """A named consumer's acknowledged position. No events; the stream-name field holds the
 consumer's name and the first-version field the acknowledged position."""
+FRAME_KIND_COMPRESSED: Final = 3
+"""A container: the compressed concatenation of consecutive ordinary frames (kinds 1 and 2) of
+one write. Stream length 0; event count, first position, recorded_at and write offset are
+those of the frames it holds; first version 0. The body goes on with a CONTAINER_HEAD and the
+compressed bytes."""
 MAX_FRAME_BODY: Final = (1 << 31) - 1
+
+# --- container head, after the body head of a compressed frame --------------------------------
+# codec B | reserved 3x | uncompressed length I (of the inner frames)
+CONTAINER_HEAD: Final = struct.Struct("<B3xI")
+CONTAINER_HEAD_SIZE: Final = CONTAINER_HEAD.size  # 8
+CODEC_ZSTD: Final = 1
+MAX_CONTAINER_RAW: Final = 64 << 20
+"""The most uncompressed bytes a container may state: a reader never allocates more for one,
+and a writer puts larger frames on disk uncompressed."""
 
 # --- event entry inside a frame body ----------------------------------------------------------
 # entry length I (bytes after this field) | id 16s | type length H | metadata length I
@@ -51,7 +65,7 @@ MAX_STREAM_NAME_BYTES: Final = 1024
 MAX_TYPE_NAME_BYTES: Final = 0xFFFF
 
 assert SEGMENT_HEADER_SIZE == 32 and FRAME_HEADER_SIZE == 12
-assert BODY_HEAD_SIZE == 40 and ENTRY_HEAD_SIZE == 26
+assert BODY_HEAD_SIZE == 40 and ENTRY_HEAD_SIZE == 26 and CONTAINER_HEAD_SIZE == 8
 
 crc32c = _crc32c.crc32c
 
@@ -153,6 +167,19 @@ class FrameError(Exception):
         self.offset = 0  # where in the buffer, when the raiser knows
 
 
+def container_size(buf: bytes | memoryview, off: int, body_len: int) -> int:
+    """The uncompressed size a compressed frame at ``buf[off:]`` states, checked against its
+    codec and the bounds; raises FrameError."""
+    if body_len <= BODY_HEAD_SIZE + CONTAINER_HEAD_SIZE:
+        raise FrameError("compressed frame fields out of range")
+    codec, raw_len = CONTAINER_HEAD.unpack_from(buf, off + FRAME_HEADER_SIZE + BODY_HEAD_SIZE)
+    if codec != CODEC_ZSTD:
+        raise FrameError(f"unknown compression codec {codec}")
+    if not FRAME_HEADER_SIZE + BODY_HEAD_SIZE <= raw_len <= MAX_CONTAINER_RAW:
+        raise FrameError(f"compressed frame states an impossible uncompressed size {raw_len}")
+    return int(raw_len)
+
+
 def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
     """Validate the frame at ``buf[off:]`` (bounded by ``end``) and return its header fields.
 
@@ -180,6 +207,10 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
     elif kind == FRAME_KIND_CHECKPOINT:
         if count != 0 or BODY_HEAD_SIZE + slen != body_len:
             raise FrameError("checkpoint frame fields out of range")
+    elif kind == FRAME_KIND_COMPRESSED:
+        if slen != 0:
+            raise FrameError("compressed frame fields out of range")
+        container_size(buf, off, body_len)
     else:
         raise FrameError(f"unknown frame kind {kind}")
     s0 = body_start + BODY_HEAD_SIZE

@@ -110,6 +110,17 @@ class Index:
         if position > marks.get(name, -1):
             marks[name] = position
 
+    def relocate_last(self, locations: list[tuple[int, int]]) -> None:
+        """Set ``(offset, length)`` of the last ``len(locations)`` frames, in order: where a
+        batch's frames ended up once the I/O thread compressed them (several frames then share
+        one container's location). Only for rows not yet committed (past ``head``)."""
+        n = len(self._frame_off)
+        assert len(locations) <= n
+        for row, (offset, length) in enumerate(locations, n - len(locations)):
+            assert self._frame_pos[row] > self.head, "committed rows never move"
+            self._frame_off[row] = offset
+            self._frame_len[row] = length
+
     def last_version(self, stream: str) -> int:
         """Version of the stream's last planned event, or -1 when it has none."""
         sid = self._sids.get(stream)

@@ -233,6 +233,12 @@ class Log:
         self._end += nbytes
         return plan
 
+    def settle(self, plan: WritePlan, nbytes: int) -> None:
+        """The write planned by the last ``reserve`` took ``nbytes``, at most what it reserved
+        (a compressed batch; commit loop thread only, before the next ``reserve``)."""
+        assert plan.ordinal == self._tail and plan.offset + nbytes <= self._end
+        self._end = plan.offset + nbytes
+
     def write(self, plan: WritePlan, data: bytes, sync: bool) -> None:
         """Write one batch where ``plan`` says, rotating first if planned (I/O thread only).
 

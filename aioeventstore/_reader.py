@@ -4,20 +4,36 @@ The index is only touched on the event loop thread (see ``_index.py``); the fram
 is handed to a reader thread, which reads adjacent frames with one ``pread``, checks each frame's
 CRC again (so damage that happens after open is reported, never returned), and decodes only the
 events in range and through the filter.
+
+Compressed frames (containers, see ``_compress.py``): the index points every frame a container
+holds at the container. A reader decompresses a container once and keeps the result in a small
+cache shared by its threads (bounded in bytes), so the frames of one container read in one chunk,
+or in the next chunks of a paged or backwards read, cost one decompression.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from ._codec import decode_frame_events, decode_span, frame_event_ids
-from ._format import FrameError, FrameInfo, check_frame
+from ._compress import expand
+from ._format import (
+    BODY_HEAD_SIZE,
+    FRAME_HEADER_SIZE,
+    FRAME_KIND_COMPRESSED,
+    FRAME_KIND_EVENTS,
+    FrameError,
+    FrameInfo,
+    check_frame,
+)
 from ._index import FrameRef, Index, Span
 from ._log import Log
 from .errors import CorruptLog, StoreClosed
@@ -54,15 +70,88 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+_WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
+
+
+class _Expanded:
+    """A decompressed container: its inner frames' bytes, and where each events frame starts
+    in them by first position, learnt by walking the frame headers only as far as asked.
+
+    Shared by reader threads through the cache; concurrent walks only ever store the same
+    values, so the worst a race does is walk some headers twice.
+    """
+
+    __slots__ = ("frames", "raw", "walked")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.frames: dict[int, int] = {}
+        self.walked = 0  # headers before this offset are in ``frames``
+
+    def find(self, first_position: int) -> int:
+        """Offset of the events frame holding ``first_position`` first (unchecked: the caller
+        checks it); FrameError when there is none."""
+        at = self.frames.get(first_position)
+        if at is not None:
+            return at
+        raw, frames, unpack = self.raw, self.frames, _WALK.unpack_from
+        walk, size = self.walked, len(self.raw) - _WALK.size
+        while walk <= size:
+            _magic, _crc, body_len, kind, _fl, _sl, _n, first = unpack(raw, walk)
+            if body_len < BODY_HEAD_SIZE:
+                break
+            here, walk = walk, walk + FRAME_HEADER_SIZE + body_len
+            if kind == FRAME_KIND_EVENTS:
+                frames[first] = here
+                if first >= first_position:
+                    break
+        self.walked = max(self.walked, walk)
+        at = frames.get(first_position)
+        if at is None:
+            raise FrameError(f"no frame at position {first_position} in the compressed frame")
+        return at
+
+
 class Reader:
     """Chunked reads of committed events for ``read_all``, ``read_stream`` and subscriptions."""
 
-    def __init__(self, log: Log, index: Index, chunk_bytes: int, pause_gc: bool = True) -> None:
+    def __init__(
+        self,
+        log: Log,
+        index: Index,
+        chunk_bytes: int,
+        pause_gc: bool = True,
+    ) -> None:
         self._log = log
         self._index = index
         self._chunk = chunk_bytes
         self._pause_gc = pause_gc
         self.executor: Executor | None = None  # set while the store is open
+        self._cache: OrderedDict[tuple[int, int], _Expanded] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._cache_size = 0
+        self._cache_max = 4 * chunk_bytes  # bytes of decompressed containers kept
+        self.decompressions = 0  # containers decompressed (cache misses)
+
+    def _expanded(self, ordinal: int, offset: int, buf: bytes, start: int, end: int) -> _Expanded:
+        """The container at ``offset`` of segment ``ordinal`` (``buf[start:end]``, checked),
+        decompressed, from the cache when it is there (any reader thread)."""
+        key = (ordinal, offset)
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        got = _Expanded(expand(buf, start, end))
+        with self._cache_lock:
+            self.decompressions += 1
+            if key not in self._cache and len(got.raw) <= self._cache_max:
+                self._cache[key] = got
+                self._cache_size += len(got.raw)
+                while self._cache_size > self._cache_max:
+                    _, old = self._cache.popitem(last=False)
+                    self._cache_size -= len(old.raw)
+        return got
 
     async def all_chunk(
         self,
@@ -100,12 +189,22 @@ class Reader:
         if filt is not None:
             types = filt.type_names or None
             prefixes = filt.stream_prefixes or None
+        # A span may start or end inside a container (the index points at whole containers):
+        # only the span's own positions are returned, the next span goes on from there.
+        lo = max(lo, span.first_position)
+        hi = min(hi, span.end_position - 1)
+
+        def expanded(buf: bytes, start: int, end: int) -> bytes:
+            return self._expanded(span.ordinal, span.start + start, buf, start, end).raw
+
         try:
             if len(data) != span.end - span.start:
                 raise FrameError("segment shorter than the index says")
             with self._gc_guard():
-                end = decode_span(data, span.first_position, lo, hi, types, prefixes, out, raw)
-            if end != span.end_position:
+                last, end = decode_span(
+                    data, span.first_position, lo, hi, types, prefixes, out, raw, expanded
+                )
+            if not last < span.end_position <= end:
                 raise FrameError(f"frames end at position {end}, index says {span.end_position}")
         except FrameError as exc:
             path = self._log.path(span.ordinal)
@@ -140,8 +239,8 @@ class Reader:
         ids: list[bytes] = []
         for ref, ref_first in self._index.stream_frames(stream, first, 1 << 20, False, count):
             data = await self._run_blocking(self._log.read, ref.ordinal, ref.offset, ref.length)
-            info = self._check(data, ref, 0)
-            ids += frame_event_ids(data, 0, info)[max(0, first - ref_first) :]
+            buf, at, info, _ = await self._run_blocking(self._locate, data, ref, 0, None)
+            ids += frame_event_ids(buf, at, info)[max(0, first - ref_first) :]
         return ids[:count]
 
     async def _run(
@@ -160,16 +259,35 @@ class Reader:
             raise StoreClosed("the store is closed")
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _check(self, data: bytes, ref: FrameRef, at: int) -> FrameInfo:
+    def _locate(
+        self, data: bytes, ref: FrameRef, at: int, outer: FrameInfo | None
+    ) -> tuple[bytes, int, FrameInfo, FrameInfo | None]:
+        """The frame ``ref`` (at ``data[at:]``), checked: ``(buffer, offset in it, info,
+        container)``; for a frame inside a container, the buffer is the container's
+        decompressed bytes and ``container`` its checked info (None otherwise). ``outer`` is
+        that info when the caller has it already. Raises CorruptLog."""
+        path = self._log.path(ref.ordinal)
         try:
-            info = check_frame(data, at, at + ref.length)
+            info = outer if outer is not None else check_frame(data, at, at + ref.length)
         except FrameError as exc:
-            raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
-        if info.first_position != ref.first_position or info.length != ref.length:
-            raise CorruptLog(
-                self._log.path(ref.ordinal), ref.offset, "frame on disk does not match the index"
-            )
-        return info
+            raise CorruptLog(path, ref.offset, exc.reason) from None
+        if info.length != ref.length:
+            raise CorruptLog(path, ref.offset, "frame on disk does not match the index")
+        if info.kind != FRAME_KIND_COMPRESSED:
+            if info.first_position != ref.first_position:
+                raise CorruptLog(path, ref.offset, "frame on disk does not match the index")
+            return data, at, info, None
+        if not info.first_position <= ref.first_position < info.first_position + info.event_count:
+            raise CorruptLog(path, ref.offset, "frame on disk does not match the index")
+        try:
+            got = self._expanded(ref.ordinal, ref.offset, data, at, at + ref.length)
+            inner_at = got.find(ref.first_position)
+            inner = check_frame(got.raw, inner_at, len(got.raw))
+            if inner.kind != FRAME_KIND_EVENTS or inner.first_position != ref.first_position:
+                raise FrameError("inner frame does not match the index")
+        except FrameError as exc:
+            raise CorruptLog(path, ref.offset, f"in compressed frame: {exc.reason}") from None
+        return got.raw, inner_at, inner, info
 
     def _decode(
         self,
@@ -198,19 +316,23 @@ class Reader:
             while (
                 j < len(frames)
                 and frames[j].ordinal == frames[i].ordinal
-                and frames[j].offset == frames[j - 1].offset + frames[j - 1].length
+                and frames[j].offset
+                in (frames[j - 1].offset, frames[j - 1].offset + frames[j - 1].length)
             ):
                 j += 1
             start = frames[i].offset
             end = frames[j - 1].offset + frames[j - 1].length
             data = self._log.read(frames[i].ordinal, start, end - start)
+            outer: FrameInfo | None = None  # the container the previous frame was in
             for ref in frames[i:j]:
                 at = ref.offset - start
-                info = self._check(data, ref, at)
+                if outer is not None and outer.offset != at:
+                    outer = None
+                buf, fat, info, outer = self._locate(data, ref, at, outer)
                 if filt is not None and not filt.matches_stream(info.stream):
                     continue
                 try:
-                    decode_frame_events(data, at, info, lo, hi, types, out, raw)
+                    decode_frame_events(buf, fat, info, lo, hi, types, out, raw)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             i = j

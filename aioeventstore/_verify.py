@@ -22,11 +22,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._compress import expand, inner_frames
 from ._format import (
     ENTRY_HEAD,
     ENTRY_HEAD_SIZE,
+    FRAME_KIND_COMPRESSED,
     FRAME_KIND_EVENTS,
     SEGMENT_HEADER_SIZE,
+    FrameError,
     FrameInfo,
     parse_segment_name,
 )
@@ -286,6 +289,22 @@ def _verify_segment(
     stats = {"frames": 0, "events": 0, "first": -1, "last": -1}
 
     def sink(info: FrameInfo, buf: bytes, start: int) -> None:
+        if info.kind == FRAME_KIND_COMPRESSED:
+            try:
+                raw = expand(buf, start, start + info.length)
+                inner = inner_frames(raw, info)
+            except FrameError as exc:
+                raise _Stop(info.offset, f"compressed frame: {exc.reason}") from None
+            for frame in inner:
+                try:
+                    events(frame, raw, frame.offset)
+                except _Stop as stop:
+                    raise _Stop(info.offset, f"in compressed frame: {stop.reason}") from None
+        else:
+            events(info, buf, start)
+        stats["frames"] += 1
+
+    def events(info: FrameInfo, buf: bytes, start: int) -> None:
         if info.kind == FRAME_KIND_EVENTS:
             seen = versions if checking else local
             prev = seen.get(info.stream)
@@ -304,7 +323,6 @@ def _verify_segment(
                 stats["first"] = info.first_position
             stats["last"] = info.first_position + info.event_count - 1
             stats["events"] += info.event_count
-        stats["frames"] += 1
 
     try:
         end, _pos, reason = seg.scan(SEGMENT_HEADER_SIZE, header_first, chunk, sink)

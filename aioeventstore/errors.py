@@ -99,6 +99,11 @@ class StoreFailed(EventStoreError):
     """
 
 
+class CompressionUnavailable(EventStoreError):
+    """Raised when a store must compress (``compression="zstd"``) or read compressed frames
+    and the ``zstandard`` package is not installed (``pip install 'aioeventstore[zstd]'``)."""
+
+
 class CorruptLog(EventStoreError):
     """Raised when the log holds damaged data that is not a torn tail.
 

@@ -38,8 +38,16 @@ from ._checks import (
 )
 from ._codec import encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
+from ._compress import expand, inner_frames, require
 from ._follow import Follower, frame_indexer
-from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER_SIZE, FrameError, FrameInfo, check_frame
+from ._format import (
+    FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_COMPRESSED,
+    SEGMENT_HEADER_SIZE,
+    FrameError,
+    FrameInfo,
+    check_frame,
+)
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
 from ._indexfile import SidecarWriter
@@ -262,6 +270,8 @@ class EventStore:
         """Lock the directory, recover the log, and start the commit loop. Returns self."""
         if self._state != "new":
             raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
+        if self._options.compression == "zstd":
+            require("StoreOptions.compression is 'zstd'")
         self._state = "opening"
         if isinstance(self._fs, MemoryFileSystem):  # nothing blocks: no thread to hop to
             self._io = self._readers = self._snapshot_io = InlineExecutor()
@@ -336,24 +346,36 @@ class EventStore:
 
         def sink(ordinal: int, seg: Segment) -> FrameSink:
             def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
+                if info.kind != FRAME_KIND_COMPRESSED:
+                    add(info, None)
+                    return
+                try:
+                    inner = inner_frames(expand(buf, start, start + info.length), info)
+                except FrameError as exc:
+                    raise CorruptLog(seg.path, info.offset, exc.reason) from None
+                for frame in inner:
+                    add(frame, info)
+
+            def add(info: FrameInfo, container: FrameInfo | None) -> None:
                 if info.kind == FRAME_KIND_CHECKPOINT:
                     # the highest wins, as in memory (a lower one may come later on disk)
                     old = self._checkpoints.get(info.stream, -1)
                     self._checkpoints[info.stream] = max(old, info.first_version)
                     index.add_mark(ordinal, info.stream, info.first_version)
                     return
+                at = info.offset if container is None else container.offset
                 if info.first_version != index.last_version(info.stream) + 1:
                     raise CorruptLog(
                         seg.path,
-                        info.offset,
+                        at,
                         f"stream {info.stream!r} continues at version "
                         f"{info.first_version}, expected "
                         f"{index.last_version(info.stream) + 1}",
                     )
                 index.add_frame(
                     ordinal,
-                    info.offset,
-                    info.length,
+                    at,
+                    info.length if container is None else container.length,
                     info.stream,
                     info.first_position,
                     info.first_version,
@@ -368,14 +390,31 @@ class EventStore:
         index.head = index.next_position - 1
         # The idempotency window: the last appends on disk, oldest first.
         rows = index.row_count()
+        # the last container decompressed: (ordinal, offset), its bytes, its event frames
+        expanded: tuple[tuple[int, int], bytes, dict[int, FrameInfo]] = ((-1, -1), b"", {})
         for row in range(max(0, rows - self._options.idempotency_window), rows):
             ref = index.frame(row)
             data = self._log.read(ref.ordinal, ref.offset, ref.length)
             try:
                 info = check_frame(data, 0, len(data))
+                at = 0
+                if info.kind == FRAME_KIND_COMPRESSED:  # decompress each container once
+                    if expanded[0] != (ref.ordinal, ref.offset):
+                        raw = expand(data, 0, len(data))
+                        frames = {
+                            f.first_position: f
+                            for f in inner_frames(raw, info)
+                            if f.kind != FRAME_KIND_CHECKPOINT
+                        }
+                        expanded = ((ref.ordinal, ref.offset), raw, frames)
+                    data = expanded[1]
+                    found = expanded[2].get(ref.first_position)
+                    if found is None:
+                        raise FrameError("no frame for its position inside the container")
+                    info, at = found, found.offset
             except FrameError as exc:  # in a range an index sidecar vouched for
                 raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
-            ids = tuple(frame_event_ids(data, 0, info))
+            ids = tuple(frame_event_ids(data, at, info))
             last = info.first_position + info.event_count - 1
             window[info.stream.encode("utf-8") + ids[0]] = (
                 ids,

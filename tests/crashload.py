@@ -126,6 +126,7 @@ async def run_workload(
     durability: es.Durability = "fsync",
     segment_bytes: int = 4096,
     after: Callable[[es.EventStore, Run], Awaitable[None]] | None = None,
+    compression: es.Compression = "none",
 ) -> Run:
     """Open a store on ``fs``, run six concurrent producers, call ``after`` (if given) with
     the still open store, and close. Never raises, but for what ``after`` raises.
@@ -136,13 +137,19 @@ async def run_workload(
     versions and ``STREAM_EXISTS`` on streams that do not exist; producer 6 saves the
     checkpoint of a named consumer ``"proj"`` (checkpoint frames) after each of its appends.
     A producer stops at its first error that is not a version conflict (the power was cut or
-    the store failed).
+    the store failed). ``compression`` is the store's option (see ``test_compression.py``).
     """
     rng = random.Random(seed)
     run = Run()
     loop = asyncio.get_running_loop()
     lockstep = Lockstep(fs, loop)
-    store = es.EventStore(STORE, _fs=fs, durability=durability, segment_bytes=segment_bytes)
+    store = es.EventStore(
+        STORE,
+        _fs=fs,
+        durability=durability,
+        segment_bytes=segment_bytes,
+        compression=compression,
+    )
     try:
         await store.open()
     except OSError as exc:

@@ -56,6 +56,7 @@ def test_error_hierarchy() -> None:
         "StoreClosed",
         "StoreFailed",
         "CorruptLog",
+        "CompressionUnavailable",
         "EventTooLarge",
         "DuplicateEventType",
         "EventDecodeError",
