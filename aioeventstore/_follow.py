@@ -28,7 +28,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER_SIZE, FrameInfo, segment_name
+from ._compress import expand, inner_frames
+from ._format import (
+    FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_COMPRESSED,
+    SEGMENT_HEADER_SIZE,
+    FrameError,
+    FrameInfo,
+    segment_name,
+)
 from ._index import Index
 from ._log import Log, later_write_at
 from ._segment import Segment
@@ -101,7 +109,15 @@ class Follower:
             )
 
         def sink(info: FrameInfo, buf: bytes, start: int) -> None:
-            found(ordinal, info)
+            if info.kind != FRAME_KIND_COMPRESSED:
+                found(ordinal, info)
+                return
+            try:  # the index points every frame inside a container at the container
+                inner = inner_frames(expand(buf, start, start + info.length), info)
+            except FrameError as exc:
+                raise CorruptLog(seg.path, info.offset, exc.reason) from None
+            for frame in inner:
+                found(ordinal, frame._replace(offset=info.offset, length=info.length))
 
         self.end, self.position, reason = seg.scan(
             self.end, self.position, self._log.options.read_chunk_bytes, sink

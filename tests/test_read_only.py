@@ -19,14 +19,16 @@ def snapshot(path: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
 
 
+@pytest.mark.parametrize("compression", ["none", "zstd"])
 async def test_follows_a_writer_across_rotations_without_gap_or_duplicate(
-    store_path: Path,
+    store_path: Path, compression: es.Compression
 ) -> None:
     """Random appends (1..5 events) and checkpoint frames into 4 KiB segments; a whole-store,
-    a stream and a filtered subscription of a read-only store see every event exactly once."""
+    a stream and a filtered subscription of a read-only store see every event exactly once
+    (also when the writer compresses its batches into containers)."""
     rng = random.Random(7)
     total = 600
-    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+    async with es.EventStore(store_path, segment_bytes=4096, compression=compression) as writer:
         await writer.append("s-0", Note(text="start"))
         reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
         try:
@@ -159,3 +161,38 @@ async def test_a_log_cut_behind_the_reader_stops_following(store_path: Path) -> 
         assert "cut behind this reader" in str(reader.follow_error)
         with pytest.raises(es.CorruptLog):  # reads check every frame again: never a wrong event
             [r async for r in reader.read_all()]
+
+
+async def test_follows_compressed_batches(store_path: Path) -> None:
+    """A writer compressing its batches: the follower reads inside the containers."""
+    from tests.test_compression import kinds
+
+    reader: es.EventStore | None = None
+    async with es.EventStore(store_path, segment_bytes=8192, compression="zstd") as writer:
+        await writer.append("s-0", Note(text="start"))
+        reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
+        try:
+            seen: list[tuple[str, int, int]] = []
+
+            async def follow() -> None:
+                assert reader is not None
+                async with reader.subscribe() as sub:
+                    async for rec in sub:
+                        seen.append((rec.stream, rec.version, rec.position))
+                        if rec.position >= 600:
+                            return
+
+            task = asyncio.create_task(follow())
+            for round_ in range(20):  # 30 concurrent appends per round: batches over 1 KiB
+                await asyncio.gather(
+                    *(
+                        writer.append(f"s-{i % 4}", Note(text=f"{round_}/{i}" + "y" * 60))
+                        for i in range(30)
+                    )
+                )
+            await asyncio.wait_for(task, 30)
+            truth = [(r.stream, r.version, r.position) async for r in writer.read_all()]
+            assert seen == truth
+        finally:
+            await reader.close()
+    assert kinds(store_path)[3] >= 3
