@@ -8,8 +8,25 @@ from collections.abc import Sequence
 from ._format import MAX_STREAM_NAME_BYTES
 from .events import Event, EventFilter, NewEvent, StreamState
 
+_checked: dict[str, bytes] = {}
+"""Stream names already checked, with their UTF-8: an append to a known stream skips the
+checks (bounded: cleared when it reaches 65,536 names)."""
+
 
 def check_stream(stream: object) -> bytes:
+    if type(stream) is str:
+        b = _checked.get(stream)
+        if b is not None:
+            return b
+    b = _check_stream(stream)
+    if type(stream) is str:
+        if len(_checked) >= 65536:
+            _checked.clear()
+        _checked[stream] = b
+    return b
+
+
+def _check_stream(stream: object) -> bytes:
     if not isinstance(stream, str):
         raise TypeError(f"stream name must be a str, not {type(stream).__name__}")
     if not stream:

@@ -35,7 +35,16 @@ from itertools import islice
 from typing import NamedTuple
 
 from ._compress import BatchCompressor, PlannedFrame
-from ._format import BODY_HEAD_SIZE, FRAME_HEADER_SIZE, FRAME_KIND_CHECKPOINT, pack_frame
+from ._format import (
+    BODY_HEAD,
+    BODY_HEAD_SIZE,
+    FRAME_HEADER_SIZE,
+    FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_EVENTS,
+    FRAME_MAGIC,
+    crc32c,
+    pack_frame,
+)
 from ._index import Index
 from ._log import Log, WritePlan
 from ._queue import ByteBoundedQueue
@@ -74,6 +83,8 @@ class PendingAppend:
         "ids",
         "key",
         "metas",
+        "outcome",
+        "position",
         "size",
         "source",
         "stream",
@@ -104,6 +115,8 @@ class PendingAppend:
         self.source = source  # the caller's events, for the live fan-out
         self.metas = metas  # their packed metadata, or None when none has any
         self.first_version = -1  # set when the commit loop accepts the append
+        self.position = -1  # of its first event, set then too
+        self.outcome: Outcome | None = None  # what its producer gets, set when planned
         # The idempotency window key, only when the caller chose every id: generated ids are
         # fresh, so a retry can never repeat them and remembering them would be wasted work.
         self.key = stream_b + ids[0] if own_ids and ids else None
@@ -227,7 +240,7 @@ class CommitLoop:
                     batch = self._current = self._plan(items)
                 except Exception as exc:  # a bug: the index may be half-updated, so stop
                     log.exception("aioeventstore: planning a batch failed")
-                    self._fail(exc, _Batch([(i, exc) for i in items], None, b"", -1, -1, [], 0, []))
+                    self._fail(exc, _Batch(items, None, b"", -1, -1, [], 0, []))
                     return
                 if batch.plan is not None:
                     try:
@@ -286,20 +299,28 @@ class CommitLoop:
         return len(data), took
 
     def _plan(self, items: list[PendingAppend]) -> _Batch:
-        """Check versions in queue order and lay out accepted appends (commit task only)."""
+        """Check versions in queue order and lay out accepted appends (commit task only).
+
+        Hot: per append it allocates no tuple but its result; what a producer gets is left on
+        its PendingAppend (``outcome``), and frames are packed inline (see ``pack_frame``).
+        """
         index = self._index
         window = self._window
+        remember = self._options.idempotency_window > 0
         first_pos = pos = index.next_position
-        outcomes: list[tuple[PendingAppend, Outcome]] = []
-        accepted: list[tuple[PendingAppend, int, int]] = []  # item, position, version
+        planned: list[PendingAppend] = []  # every live item, in queue order
+        accepted: list[PendingAppend] = []  # those written, in position order
         touched: dict[str, int] = {}
         nbytes = 0
         for item in items:
             if item.future.done():  # producer cancelled before its batch: drop it
                 continue
+            planned.append(item)
             if item.checkpoint >= 0:
-                accepted.append((item, pos, item.checkpoint))
-                outcomes.append((item, AppendResult(item.checkpoint, -1)))
+                item.position = pos
+                item.first_version = item.checkpoint
+                item.outcome = AppendResult(item.checkpoint, -1)
+                accepted.append(item)
                 nbytes += item.size
                 continue
             stream = item.stream
@@ -311,60 +332,76 @@ class CommitLoop:
                 if item.key is not None:
                     hit = window.get(item.key)
                     if hit is not None and hit[0] == item.ids:
-                        outcomes.append((item, hit[1]))
+                        item.outcome = hit[1]
                         continue
-                ok = True
             elif exp is NO_STREAM:
-                ok = last == -1
-            elif exp is STREAM_EXISTS:
-                ok = False
-            else:
-                assert isinstance(exp, int)
-                ok = last == exp
-            if not ok:
-                outcomes.append((item, self._mismatch(item, last)))
+                if last != -1:
+                    item.outcome = self._mismatch(item, last)
+                    continue
+            elif exp is STREAM_EXISTS or last != exp:
+                item.outcome = self._mismatch(item, last)
                 continue
-            version = item.first_version = last + 1
-            touched[stream] = last + item.count
-            accepted.append((item, pos, version))
-            result = _new_tuple(AppendResult, (pos + item.count - 1, version + item.count - 1))
-            outcomes.append((item, result))
-            if item.key is not None and self._options.idempotency_window:
+            count = item.count
+            item.first_version = version = last + 1
+            item.position = pos
+            touched[stream] = last + count
+            accepted.append(item)
+            result = item.outcome = _new_tuple(AppendResult, (pos + count - 1, version + count - 1))
+            if item.key is not None and remember:
                 window[item.key] = (item.ids, result)
-            pos += item.count
+            pos += count
             nbytes += item.size
         if not accepted:
-            return _Batch(outcomes, None, b"", -1, -1, [], 0, [])
+            return _Batch(planned, None, b"", -1, -1, [], 0, [])
         plan = self._log.reserve(nbytes, first_pos)
         now_us = time.time_ns() // 1000
         parts: list[bytes] = []
         frames: list[PlannedFrame] | None = [] if self._compressor is not None else None
-        off = plan.offset
-        for item, first, version in accepted:
+        ordinal, woff = plan.ordinal, plan.offset
+        off = woff
+        add_frame = index.add_frame
+        head = BODY_HEAD.pack
+        for item in accepted:
             if item.checkpoint >= 0:
                 frame = pack_frame(
                     item.stream_b,
                     0,
-                    first,
-                    version,
+                    item.position,
+                    item.first_version,
                     now_us,
-                    plan.offset,
+                    woff,
                     b"",
                     FRAME_KIND_CHECKPOINT,
                 )
-                index.add_mark(plan.ordinal, item.stream, item.checkpoint)
+                index.add_mark(ordinal, item.stream, item.checkpoint)
             else:
-                frame = pack_frame(
-                    item.stream_b, item.count, first, version, now_us, plan.offset, item.entries
+                # pack_frame, inline: one CRC32C call over length, head, stream and entries
+                sb = item.stream_b
+                count = item.count
+                body = (
+                    (item.size - FRAME_HEADER_SIZE).to_bytes(4, "little")
+                    + head(
+                        FRAME_KIND_EVENTS,
+                        0,
+                        len(sb),
+                        count,
+                        item.position,
+                        item.first_version,
+                        now_us,
+                        woff,
+                    )
+                    + sb
+                    + item.entries
                 )
-                index.add_frame(
-                    plan.ordinal, off, item.size, item.stream, first, version, item.count
+                frame = [FRAME_MAGIC, crc32c(body).to_bytes(4, "little"), body]
+                add_frame(
+                    ordinal, off, item.size, item.stream, item.position, item.first_version, count
                 )
             if frames is None:
                 parts += frame
             else:  # compressed on the I/O thread, in ``_write_compressed``
                 count = item.count if item.checkpoint < 0 else 0
-                frames.append(PlannedFrame(b"".join(frame), first, count))
+                frames.append(PlannedFrame(b"".join(frame), item.position, count))
             off += item.size
         data = b"".join(parts)
         assert frames is not None or len(data) == nbytes
@@ -372,9 +409,9 @@ class CommitLoop:
         if excess > 0:
             for key in list(islice(window, excess)):
                 del window[key]
-        events = [item for item, _, _ in accepted if item.checkpoint < 0]
-        marks = [(item.stream, item.checkpoint) for item, _, _ in accepted if item.checkpoint >= 0]
-        return _Batch(outcomes, plan, data, first_pos, pos - 1, events, now_us, marks, frames)
+        events = [item for item in accepted if item.checkpoint < 0]
+        marks = [(item.stream, item.checkpoint) for item in accepted if item.checkpoint >= 0]
+        return _Batch(planned, plan, data, first_pos, pos - 1, events, now_us, marks, frames)
 
     @staticmethod
     def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:
@@ -398,14 +435,18 @@ class CommitLoop:
         for name, position in batch.checkpoints:  # durable now, whoever still waits
             if position > self.checkpoints.get(name, -1):
                 self.checkpoints[name] = position
-        self.stats.appends += len(batch.outcomes)
-        for item, outcome in batch.outcomes:
+        self.stats.appends += len(batch.items)
+        for item in batch.items:
             fut = item.future
             if fut.done():
                 continue
-            if isinstance(outcome, BaseException):
+            outcome = item.outcome
+            if type(outcome) is AppendResult:
+                fut.set_result(outcome)
+            elif isinstance(outcome, BaseException):
                 fut.set_exception(outcome)
             else:
+                assert outcome is not None
                 fut.set_result(outcome)
 
     def _fail(self, exc: BaseException, batch: _Batch | None) -> None:
@@ -431,7 +472,7 @@ class CommitLoop:
             )
             failure.__cause__ = exc
         self._closing = True
-        pending = [item for item, _ in batch.outcomes] if batch else []
+        pending = list(batch.items) if batch else []
         pending += self._queue.take_all()
         for item in pending:
             if not item.future.done():
@@ -452,7 +493,7 @@ def _failed_again(failure: BaseException) -> BaseException:
 
 @dataclass(slots=True)
 class _Batch:
-    outcomes: list[tuple[PendingAppend, Outcome]]
+    items: list[PendingAppend]  # every append planned (each with its outcome), queue order
     plan: WritePlan | None
     data: bytes
     first: int  # position of the batch's first event (-1: no events)

@@ -36,7 +36,7 @@ from ._checks import (
     check_limit,
     check_stream,
 )
-from ._codec import encode_events, frame_event_ids
+from ._codec import encode_event, encode_events, frame_event_ids
 from ._commit import CommitLoop, PendingAppend, Recheck
 from ._compress import expand, inner_frames, require
 from ._follow import Follower, frame_indexer
@@ -640,12 +640,18 @@ class EventStore:
         """
         commit = self._require_writer()
         stream_b = check_stream(stream)
-        check_expected(expected_version)
-        items = as_event_list(stream, events)
+        if expected_version is not ANY:
+            check_expected(expected_version)
         opts = self._options
-        ids, entries, metas, own_ids = encode_events(
-            stream, items, opts.max_event_bytes, opts.max_append_bytes
-        )
+        items: Sequence[Event | NewEvent]
+        if isinstance(events, Event):  # the common case, with a shorter path
+            items = (events,)
+            ids, entries, metas, own_ids = encode_event(stream, events, opts.max_event_bytes)
+        else:
+            items = as_event_list(stream, events)
+            ids, entries, metas, own_ids = encode_events(
+                stream, items, opts.max_event_bytes, opts.max_append_bytes
+            )
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         pending = PendingAppend(
             stream, stream_b, expected_version, ids, entries, fut, items, metas, own_ids=own_ids
