@@ -88,9 +88,15 @@ class ByteBoundedQueue(Generic[T]):
 
     def drain(self, max_bytes: int) -> list[T]:
         """Take items in order, at least one, stopping before ``max_bytes`` is exceeded."""
-        out: list[T] = []
-        taken = 0
         items = self._items
+        if self._bytes <= max_bytes or len(items) == 1:  # all of it: the usual case
+            out = list(items)
+            items.clear()
+            self._bytes = 0
+            self._admit()
+            return out
+        out = []
+        taken = 0
         while items and (not out or taken + items[0].size <= max_bytes):
             item = items.popleft()
             taken += item.size

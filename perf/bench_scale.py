@@ -1,15 +1,18 @@
 """How the store behaves as it grows: open time, durable append rate, index and process memory.
 
 The store is grown in steps (default 10k, 100k, 1M events over ``--streams`` streams; the
-growth itself uses 100-event appends with ``durability="os"`` to get there quickly). At each
-step the store is closed and reopened with the default ``durability="fsync"``, and the script
-prints: how long opening took (it scans the log), the durable single-event append rate at
-P=1024 over ``--appends`` appends, the index's bytes per event, and the process's peak RSS.
+growth uses ``--per-append`` events per append (default 1, as in ``bench_append.py``: one
+frame and one index row per event) with ``durability="os"`` and 1024 producers). At each step
+the store is closed and reopened with the default ``durability="fsync"``, and the script
+prints: how long opening took (loading the index sidecars a clean close leaves), how long it
+takes without them (every ``.idx`` removed: a full rescan, which also rewrites them), the
+durable single-event append rate at P=1024 over ``--appends`` appends, the index's bytes per
+event, and the process's peak RSS.
 
-    python perf/bench_scale.py [--steps 10000,100000,1000000] [--streams 1000] [--json]
+    python perf/bench_scale.py [--steps 10000,100000,1000000,10000000] [--streams 1000]
+                               [--per-append 1] [--json]
 
-Asserts nothing; the numbers are for reading (and for the next steps of issue #5: an index
-checkpoint so that opening does not rescan everything, and curves to 10M events).
+Asserts nothing; the numbers are for reading.
 """
 
 from __future__ import annotations
@@ -33,24 +36,37 @@ from bench_append import make_event
 import aioeventstore as es
 
 
-async def grow(directory: str, start: int, target: int, streams: int) -> None:
+async def grow(directory: str, start: int, target: int, streams: int, per: int) -> None:
     async with es.EventStore(directory, durability="os") as store:
-        batch = [make_event(i) for i in range(100)]
-        appends = (target - start) // 100
+        batch = [make_event(i) for i in range(per)]
+        one = make_event(0)
+        appends = (target - start) // per
+        names = [f"s-{k}" for k in range(streams)] if streams <= 100_000 else None
 
         async def writer(w: int) -> None:
-            for k in range(w, appends, 64):
-                await store.append(f"s-{(start // 100 + k) % streams}", batch)
+            for k in range(w, appends, 1024):
+                j = (start // per + k) % streams
+                await store.append(
+                    names[j] if names is not None else f"s-{j}", one if per == 1 else batch
+                )
 
-        await asyncio.gather(*(writer(w) for w in range(64)))
+        await asyncio.gather(*(writer(w) for w in range(1024)))
         for i in range(target - store.head - 1):
             await store.append(f"s-{i % streams}", make_event(i))
 
 
 async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
+    for idx in Path(directory).glob("*.idx"):
+        idx.unlink()
+    t0 = time.perf_counter()
+    store = await es.EventStore(directory).open()
+    rescanned = time.perf_counter() - t0
+    await store.close()  # writes every segment's sidecar again
     t0 = time.perf_counter()
     store = await es.EventStore(directory).open()
     opened = time.perf_counter() - t0
+    rec = store.recovery
+    assert rec is not None
     try:
         events = [make_event(i) for i in range(streams)] if streams <= 1000 else None
         count = 0
@@ -70,6 +86,9 @@ async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
             "events": stats.head + 1,
             "streams": stats.streams,
             "open_s": opened,
+            "open_rescan_s": rescanned,
+            "scanned_mb": rec.scanned_bytes / 2**20,
+            "disk_mb": sum(p.stat().st_size for p in Path(directory).glob("*.seg")) / 2**20,
             "appends_per_s": rate,
             "index_bytes_per_event": stats.index_bytes / (stats.head + 1),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -91,7 +110,7 @@ async def main(args: argparse.Namespace) -> None:
         size = 0
         for target in steps:
             t0 = time.perf_counter()
-            await grow(d, size, target, args.streams)
+            await grow(d, size, target, args.streams, args.per_append)
             grown = time.perf_counter() - t0
             row = await measure(d, args.streams, args.appends)
             size = row["events"]
@@ -101,7 +120,8 @@ async def main(args: argparse.Namespace) -> None:
                 emit_json([row])
             else:
                 print(
-                    f"  {row['events']:>12,} events: open {row['open_s']:.2f} s, "
+                    f"  {row['events']:>12,} events: open {row['open_s']:.2f} s "
+                    f"(rescanning {row['open_rescan_s']:.2f} s), "
                     f"{row['appends_per_s']:,.0f} appends/s, "
                     f"{row['index_bytes_per_event']:.1f} index bytes/event, "
                     f"peak RSS {row['peak_rss_mb']:.0f} MB",
@@ -115,7 +135,9 @@ async def main(args: argparse.Namespace) -> None:
         [
             ("events", "events in store", ",d"),
             ("streams", "streams", ",d"),
+            ("disk_mb", "log MB", ",.0f"),
             ("open_s", "open s", ".2f"),
+            ("open_rescan_s", "open without sidecars s", ".2f"),
             ("appends_per_s", "durable appends/s (P=1024)", ",.0f"),
             ("index_bytes_per_event", "index B/event", ".1f"),
             ("peak_rss_mb", "peak RSS MB", ".0f"),
@@ -129,7 +151,10 @@ def parse() -> argparse.Namespace:
     )
     ap.add_argument("--steps", default="10000,100000,1000000")
     ap.add_argument("--streams", type=int, default=1000)
-    ap.add_argument("--appends", type=int, default=30_000, help="durable appends measured per step")
+    ap.add_argument(
+        "--appends", type=int, default=100_000, help="durable appends measured per step"
+    )
+    ap.add_argument("--per-append", type=int, default=1, help="events per append while growing")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dir", default=None)
