@@ -282,6 +282,8 @@ class Index:
         self._frame_seg += array("I", [ordinal]) * n
         glob: list[int] = []
         at = 0
+        raw = memoryview(rows.positions).cast("B")  # one copy per stream, not two
+        size = rows.positions.itemsize
         for name, count in zip(rows.names, rows.counts, strict=True):
             sid = self._sids.get(name)
             if sid is None:
@@ -289,7 +291,7 @@ class Index:
                 self._names.append(name)
                 self._positions.append(array("q"))
             glob.append(sid)
-            self._positions[sid] += rows.positions[at : at + count]
+            self._positions[sid].frombytes(raw[at * size : (at + count) * size])
             at += count
         if sids:
             self._frame_sid += array("I", map(glob.__getitem__, rows.sids))

@@ -160,7 +160,8 @@ def unpack(raw: bytes) -> Sidecar:
     for n, p in zip(mark_lens, mark_pos, strict=True):
         marks[mark_blob[i : i + n].decode("utf-8")] = p
         i += n
-    if nrows and (max(sids) >= nstreams or sum(counts) != end_pos - pos[0]):
+    # (each row's stream id is checked only where it is used: the last segment's, on load)
+    if nrows and sum(counts) != end_pos - pos[0]:
         raise ValueError("rows and streams disagree")
     rows = SegmentRows(pos, off, length, sids, names, counts, positions)
     return Sidecar(first, covered, end_pos, last_off, last_len, last_crc, range_crc, rows, marks)
@@ -179,13 +180,17 @@ def range_crc(seg: Segment, end: int) -> int:
     return crc
 
 
-def describes(car: Sidecar, seg: Segment, position: int, checksum: bool) -> str | None:
+def describes(
+    car: Sidecar, seg: Segment, position: int, checksum: bool, last: bool = False
+) -> str | None:
     """Why ``car`` does not describe ``seg`` (whose first event is ``position``), or None.
     With ``checksum`` the segment's covered bytes are checksummed too."""
     if car.first_position != seg.first_position or car.first_position != position:
         return "it is for another segment"
     if not car.rows.pos or car.rows.pos[0] != position:
         return "its rows do not start at the segment's first position"
+    if last and max(car.rows.sids) >= len(car.rows.names):
+        return "its rows name streams it does not list"
     if seg.file.size() < car.covered_end:
         return "the segment is shorter than what it describes"
     if car.last_offset + car.last_length != car.covered_end:
@@ -202,7 +207,9 @@ def describes(car: Sidecar, seg: Segment, position: int, checksum: bool) -> str 
     return None
 
 
-def load(fs: FileSystem, seg: Segment, position: int, checksum: bool) -> Sidecar | None:
+def load(
+    fs: FileSystem, seg: Segment, position: int, checksum: bool, last: bool = False
+) -> Sidecar | None:
     """The sidecar of ``seg`` if there is one that describes it, else None (logged).
     ``checksum``: also checksum the segment's covered bytes (``verify_on_open``)."""
     path = sidecar_path(seg.path)
@@ -225,7 +232,7 @@ def load(fs: FileSystem, seg: Segment, position: int, checksum: bool) -> Sidecar
     except (ValueError, UnicodeDecodeError) as exc:
         log.warning("ignoring damaged index sidecar %s (%s); scanning the segment", path, exc)
         return None
-    why = describes(car, seg, position, checksum)
+    why = describes(car, seg, position, checksum, last)
     if why is not None:
         log.warning("ignoring stale index sidecar %s: %s; scanning the segment", path, why)
         return None

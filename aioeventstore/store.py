@@ -333,7 +333,7 @@ class EventStore:
         scanned: list[int] = []  # sealed segments without a usable sidecar
 
         def resume(ordinal: int, seg: Segment, position: int, last: bool) -> tuple[int, int]:
-            car = load_sidecar(fs, seg, position, self._options.verify_on_open)
+            car = load_sidecar(fs, seg, position, self._options.verify_on_open, last)
             if car is None:
                 if not last:
                     scanned.append(ordinal)
