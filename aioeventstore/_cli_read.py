@@ -46,7 +46,9 @@ def run_read_command(
 
 # --- info -------------------------------------------------------------------------------------
 async def _info(args: argparse.Namespace, path: str, out: TextIO) -> int:
-    async with EventStore(path, read_only=True) as store:
+    # verify_on_open: one CRC32C pass over what the index sidecars cover, so that a summary
+    # of a damaged store says so (exit status 1) without decoding every frame
+    async with EventStore(path, read_only=True, verify_on_open=True) as store:
         st = store.statistics()
         consumers = store.checkpoints()
         last_at = None

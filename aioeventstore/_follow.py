@@ -51,6 +51,10 @@ class Follower:
 
     def __init__(self, log: Log) -> None:
         self._log = log
+        self.resume: Callable[[int, Segment, int], tuple[int, int]] | None = None
+        """Set for the first scan: ``resume(ordinal, segment, first position)`` may account
+        for a prefix of a newly opened segment (from its index sidecar) and returns where
+        scanning goes on: (byte offset, position there)."""
         self.end = 0
         """Byte offset after the last whole frame of the last segment."""
         self.position = 0
@@ -95,6 +99,8 @@ class Follower:
                     )
             segs.append(nxt)
             self.end = SEGMENT_HEADER_SIZE
+            if self.resume is not None:
+                self.end, self.position = self.resume(len(segs) - 1, nxt, self.position)
 
     def _scan_tail(self, found: FoundFrame) -> str | None:
         seg = self._log.segments[-1]

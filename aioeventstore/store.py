@@ -433,9 +433,22 @@ class EventStore:
         except FileNotFoundError:
             raise StoreNotFound(f"no store at {self._path}: the directory does not exist") from None
         self._follower = Follower(self._log)
-        try:  # as recovery does: the index is not in use yet, so fill it from this thread
+        index = self._index
+
+        def resume(ordinal: int, seg: Segment, position: int) -> tuple[int, int]:
+            car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
+            if car is None:
+                return SEGMENT_HEADER_SIZE, position
+            index.load_rows(ordinal, car.rows, car.end_position, sids=False)
+            for name, mark in car.marks.items():
+                self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
+            return car.covered_end, car.end_position
+
+        self._follower.resume = resume  # the first scan only: later ones run on the I/O
+        try:  # thread; as recovery does: the index is not in use yet, fill it from here
             self._follower.scan(frame_indexer(self._index, self._checkpoints, self._log.path))
         finally:
+            self._follower.resume = None
             self._index.head = self._index.next_position - 1
         self.recovery = Recovery(len(self._log.segments), self._index.next_position)
 

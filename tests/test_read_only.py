@@ -141,6 +141,18 @@ async def test_corruption_in_an_older_segment_is_reported(store_path: Path) -> N
     raw = bytearray(first.read_bytes())
     raw[200] ^= 1
     first.write_bytes(bytes(raw))
+    # as for the writer: opening checks what index sidecars cover with verify_on_open ...
+    with pytest.raises(es.CorruptLog) as info:
+        await es.EventStore(store_path, read_only=True, verify_on_open=True).open()
+    assert info.value.path == str(first)
+    # ... and otherwise the first read that reaches the damage reports it
+    async with es.EventStore(store_path, read_only=True) as reader:
+        with pytest.raises(es.CorruptLog) as info:
+            async for _ in reader.read_all():
+                pass
+    assert info.value.path == str(first)
+    for idx in store_path.glob("*.idx"):  # without sidecars, opening scans and finds it
+        idx.unlink()
     with pytest.raises(es.CorruptLog) as info:
         await es.EventStore(store_path, read_only=True).open()
     assert info.value.path == str(first)
