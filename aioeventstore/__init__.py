@@ -3,6 +3,7 @@
 Only re-exports live here; see ``store.py`` for where reading the code starts.
 """
 
+from ._schema import upcaster
 from ._stats import Histogram, prometheus_text
 from ._verify import SegmentProblem, SegmentReport, VerifyReport
 from .aggregate import Snapshot, load_aggregate
@@ -13,6 +14,7 @@ from .errors import (
     EventDecodeError,
     EventStoreError,
     EventTooLarge,
+    MissingUpcaster,
     SnapshotFailed,
     SnapshotVersionError,
     StoreClosed,
@@ -20,6 +22,7 @@ from .errors import (
     StoreLocked,
     StoreNotFound,
     StoreReadOnly,
+    UnsupportedFormat,
     WrongExpectedVersion,
 )
 from .events import (
@@ -62,6 +65,7 @@ __all__ = [
     "ExpectedVersion",
     "Histogram",
     "MemoryStorage",
+    "MissingUpcaster",
     "NewEvent",
     "OptionOverrides",
     "RecordedEvent",
@@ -80,10 +84,12 @@ __all__ = [
     "StoreStatistics",
     "StreamState",
     "Subscription",
+    "UnsupportedFormat",
     "VerifyReport",
     "WrongExpectedVersion",
     "__version__",
     "event_types",
     "load_aggregate",
     "prometheus_text",
+    "upcaster",
 ]

@@ -22,7 +22,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ._verify import RepairReport, SegmentReport, VerifyReport, repair_store, verify_store
-from .errors import CompressionUnavailable, CorruptLog, EventStoreError, StoreLocked
+from .errors import (
+    CompressionUnavailable,
+    CorruptLog,
+    EventStoreError,
+    StoreLocked,
+    UnsupportedFormat,
+)
 from .options import StoreOptions
 
 EXIT_OK = 0
@@ -356,7 +362,7 @@ def _check(
                 print_report(report, stdout)
             return EXIT_OK if report.ok else EXIT_PROBLEM
         rep = repair_store(path, None, options, dry_run=args.dry_run)
-    except (StoreLocked, CompressionUnavailable) as exc:
+    except (StoreLocked, CompressionUnavailable, UnsupportedFormat) as exc:
         print(f"aioeventstore: {exc}", file=stderr)
         return EXIT_ERROR
     except OSError as exc:

@@ -22,29 +22,26 @@ from ._format import (
     BODY_HEAD_SIZE,
     ENTRY_HEAD,
     ENTRY_HEAD_SIZE,
+    FRAME_FLAG_SCHEMA,
     FRAME_HEADER_SIZE,
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
     FRAME_KIND_EVENTS,
     FRAME_LENGTH_AT,
     FRAME_MAGIC,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_SIZE,
     FrameError,
     FrameInfo,
     crc32c,
 )
+from ._schema import Decoder, UpcastFailed, build_decoder
 from .errors import EventDecodeError, EventTooLarge
-from .events import (
-    NO_METADATA,
-    Event,
-    NewEvent,
-    RecordedEvent,
-    _registry,
-    lookup_event_type,
-)
+from .events import NO_METADATA, Event, NewEvent, RecordedEvent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 S = TypeVar("S", bound=BaseModel)
-_type_names: dict[type[Event], bytes] = {}
+_type_names: dict[type[Event], tuple[bytes, bytes, bytes, int]] = {}
 
 
 def _default(obj: object) -> object:
@@ -95,10 +92,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_ids_in_child)
 
 
-def _type_bytes(cls: type[Event]) -> bytes:
+def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int]:
+    """The entry's type field for ``cls``: plain (the name), with its schema version, and
+    for a frame of this class's events alone, the field and the frame flags it needs."""
     b = _type_names.get(cls)
     if b is None:
-        b = _type_names[cls] = cls.__event_type__.encode("utf-8")
+        name = cls.__event_type__.encode("utf-8")
+        versioned = name + SCHEMA_VERSION.pack(cls.__schema_version__)
+        if cls.__schema_version__ == 1:
+            b = (name, versioned, name, 0)
+        else:
+            b = (name, versioned, versioned, FRAME_FLAG_SCHEMA)
+        _type_names[cls] = b
     return b
 
 
@@ -112,13 +117,24 @@ def _packer() -> Callable[[Any], bytes]:
         return pack  # type: ignore[no-any-return]
 
 
+def _schema_flags(events: Sequence[Event | NewEvent]) -> int:
+    """FRAME_FLAG_SCHEMA when any event's class is past schema version 1, else 0."""
+    for item in events:
+        event = item.event if isinstance(item, NewEvent) else item
+        if getattr(type(event), "__schema_version__", 1) != 1:
+            return FRAME_FLAG_SCHEMA
+    return 0
+
+
 def encode_events(
     stream: str, events: Sequence[Event | NewEvent], max_event_bytes: int, max_append_bytes: int
-) -> tuple[tuple[bytes, ...], bytes, tuple[bytes, ...] | None, bool]:
+) -> tuple[tuple[bytes, ...], bytes, tuple[bytes, ...] | None, bool, int]:
     """Encode one append's events: their 16-byte ids, the frame's entry bytes, and each event's
     packed metadata (None when no event has any; the live fan-out decodes it from there so
-    that live and replayed events carry the same metadata), and whether the caller chose
-    every id (only then can a retry repeat them).
+    that live and replayed events carry the same metadata), whether the caller chose
+    every id (only then can a retry repeat them), and the frame flags the entries need
+    (FRAME_FLAG_SCHEMA when some event's class is past schema version 1: then every entry's
+    type field carries its schema version; otherwise 0 and the version 1 layout).
 
     Raises TypeError for objects that are not events, ValueError for metadata that cannot be
     stored, and EventTooLarge past the size limits. Nothing is queued until this succeeds.
@@ -139,6 +155,8 @@ def encode_events(
     type_b = b""
     dump: Callable[..., Any] = _no_dump
     event: Event
+    flags = _schema_flags(events)
+    field = 1 if flags & FRAME_FLAG_SCHEMA else 0
     for i, item in enumerate(events):
         cls: type[Any] = type(item)
         if cls is last_cls or isinstance(item, Event):
@@ -163,7 +181,7 @@ def encode_events(
             )
         if cls is not last_cls:
             last_cls = cls
-            type_b = _type_bytes(cls)
+            type_b = _type_fields(cls)[field]
             dump = cls.__pydantic_serializer__.to_python
         data = pack(dump(event, mode="json"))
         size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(meta) + len(data)
@@ -190,18 +208,19 @@ def encode_events(
         parts.append(type_b)
         parts.append(meta)
         parts.append(data)
-    return tuple(ids), b"".join(parts), tuple(metas) if any_meta else None, own_ids
+    return tuple(ids), b"".join(parts), tuple(metas) if any_meta else None, own_ids, flags
 
 
 def encode_event(
     stream: str, event: Event, max_event_bytes: int
-) -> tuple[tuple[bytes, ...], bytes, None, bool]:
+) -> tuple[tuple[bytes, ...], bytes, None, bool, int]:
     """:func:`encode_events` for the most common append: one event, no metadata, a
     generated id (same result, a third of the Python steps)."""
     cls = type(event)
-    type_b = _type_names.get(cls)
-    if type_b is None:
-        type_b = _type_bytes(cls)
+    fields = _type_names.get(cls)
+    if fields is None:
+        fields = _type_fields(cls)
+    _plain, _versioned, type_b, flags = fields
     data = _packer()(cls.__pydantic_serializer__.to_python(event, mode="json"))
     size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(data)
     if size > max_event_bytes:
@@ -209,7 +228,8 @@ def encode_event(
             stream, f"event 0 ({event.__event_type__})", size, max_event_bytes, "max_event_bytes"
         )
     eid = new_event_id()
-    return (eid,), ENTRY_HEAD.pack(size, eid, len(type_b), 0) + type_b + data, None, False
+    entry = ENTRY_HEAD.pack(size, eid, len(type_b), 0) + type_b + data
+    return (eid,), entry, None, False, flags
 
 
 def _no_dump(obj: Any, **kw: Any) -> Any:  # pragma: no cover - replaced before first use
@@ -241,7 +261,6 @@ def recorded_at(us: int) -> datetime:
 
 
 _new_tuple = tuple.__new__
-_validators: dict[type[Event], Any] = {}
 _when_cache: dict[int, datetime] = {}
 
 
@@ -254,11 +273,35 @@ def _when(us: int) -> datetime:
     return when
 
 
-def _validator(cls: type[Event]) -> Any:
-    v = _validators.get(cls)
-    if v is None:
-        v = _validators[cls] = cls.__pydantic_validator__.validate_python
-    return v
+def _decoder(
+    field: bytes,
+    versioned: bool,
+    as_dicts: bool,
+    types: frozenset[str] | None,
+    stream: str,
+    position: int,
+) -> Decoder:
+    """The decoder for an entry's type field (FORMAT.md): the type name, followed by its
+    schema version in frames with FRAME_FLAG_SCHEMA; without it the version is 1."""
+    if versioned:
+        if len(field) < SCHEMA_VERSION_SIZE:
+            raise FrameError(f"type field of the event at position {position} has no version")
+        cut = len(field) - SCHEMA_VERSION_SIZE
+        (version,) = SCHEMA_VERSION.unpack_from(field, cut)
+        name = field[:cut].decode("utf-8")
+    else:
+        version = 1
+        name = field.decode("utf-8")
+    return build_decoder(name, version, as_dicts, types, stream, position)
+
+
+TypeCache = dict[bytes, Decoder]
+"""Decoders by entry type field, for frames without FRAME_FLAG_SCHEMA (first) and with it."""
+
+
+def new_type_caches() -> tuple[TypeCache, TypeCache]:
+    """Empty decoder caches for one read call (decoders depend on the registry at read time)."""
+    return {}, {}
 
 
 def decode_frame_events(
@@ -270,12 +313,14 @@ def decode_frame_events(
     types: frozenset[str] | None,
     out: list[RecordedEvent],
     as_dicts: bool = False,
+    caches: tuple[TypeCache, TypeCache] | None = None,
 ) -> None:
     """Append to ``out`` the events of a checked frame with positions in ``[lo, hi]`` (and a
-    type in ``types``, when given), in order. Skipped events are not decoded.
+    stored type name in ``types``, when given), in order. Skipped events are not decoded.
 
-    This is the replay hot path: it builds ``RecordedEvent`` tuples directly and validates data
-    with the model's compiled pydantic-core validator (no Python-level ``model_validate``).
+    Data is validated with the model's compiled pydantic-core validator, after the upcasters
+    when the event's schema version is older than its class's. ``caches`` (from
+    :func:`new_type_caches`) may be shared by the calls of one read.
     """
     at = frame_start + info.entries_at
     end = frame_start + info.length
@@ -285,6 +330,10 @@ def decode_frame_events(
     stream = info.stream
     first_pos = info.first_position
     first_ver = info.first_version
+    versioned = bool(info.flags & FRAME_FLAG_SCHEMA)
+    if caches is None:
+        caches = new_type_caches()
+    cache = caches[1] if versioned else caches[0]
     for k in range(info.event_count):
         if end - at < ENTRY_HEAD_SIZE:
             raise FrameError("event entry runs past its frame")
@@ -299,24 +348,28 @@ def decode_frame_events(
             at = nxt
             continue
         t0 = at + ENTRY_HEAD_SIZE
-        type_name = bytes(buf[t0 : t0 + tlen]).decode("utf-8")
-        if types is not None and type_name not in types:
+        field = bytes(buf[t0 : t0 + tlen])
+        try:
+            type_name, decode, keep = cache[field]
+        except KeyError:
+            try:
+                decoder = _decoder(field, versioned, as_dicts, types, stream, pos)
+            except UnicodeDecodeError as exc:
+                raise FrameError(f"type name at position {pos} is not UTF-8") from exc
+            type_name, decode, keep = cache[field] = decoder
+        if not keep:
             at = nxt
             continue
         m0 = t0 + tlen
         try:
             meta = unpackb(buf[m0 : m0 + mlen]) if mlen else NO_METADATA
-            raw = unpackb(buf[m0 + mlen : nxt])
+            data = unpackb(buf[m0 + mlen : nxt])
         except Exception as exc:  # msgpack raises several unrelated types
             raise FrameError(f"undecodable event payload at position {pos}: {exc}") from exc
-        cls = None if as_dicts else lookup_event_type(type_name)
-        data: Event | dict[str, Any]
-        if cls is None:
-            data = raw
-        else:
+        if decode is not None:
             try:
-                data = _validator(cls)(raw)
-            except ValidationError as exc:
+                data = decode(data)
+            except (ValidationError, UpcastFailed) as exc:
                 raise EventDecodeError(stream, pos, type_name, str(exc)) from exc
         out.append(
             _new_tuple(
@@ -342,9 +395,11 @@ def decode_span(
     out: list[RecordedEvent],
     as_dicts: bool = False,
     expand: Callable[[bytes, int, int], bytes] | None = None,
+    caches: tuple[TypeCache, TypeCache] | None = None,
 ) -> tuple[int, int]:
     """Check and decode a buffer of whole, back-to-back frames whose first event has
-    ``first_position``; append the events in ``[lo, hi]`` (passing the filter) to ``out``.
+    ``first_position``; append the events in ``[lo, hi]`` (passing the filter: ``types`` are
+    stored type names) to ``out``.
 
     Every frame's checksum is verified and positions must continue densely; checkpoint
     frames are skipped. A compressed frame (a container) is decompressed by
@@ -352,17 +407,19 @@ def decode_span(
     and decoded in turn; the first frame may be a container that starts before
     ``first_position`` and holds it. Returns the first position of the last frame holding
     events and the position after the last event in the buffer. Raises FrameError (with
-    ``.offset`` set to the frame's offset in ``buf``) on any damage.
+    ``.offset`` set to the frame's offset in ``buf``) on any damage, EventDecodeError (or
+    MissingUpcaster) for an event its class does not accept. ``caches`` (internal) shares
+    the type-field decoders with the containers' inner frames.
 
     This is the replay hot path, written out flat: one struct unpack and two CRC calls per
-    frame, one msgpack call for the data and one pydantic-core call per event.
+    frame; per event, one dict lookup of its type field (which yields the name to report, the
+    decoder and the filter verdict), one msgpack call for the data and one pydantic-core call.
     """
     unpack_frame = _SPAN_HEAD.unpack_from
     unpack_entry = ENTRY_HEAD.unpack_from
     unpackb = msgpack.unpackb
     names = _stream_names
-    registry = _registry
-    validators: dict[str, Any] = {}  # type name -> validator, or None for unknown types
+    plain, versioned = caches if caches is not None else new_type_caches()
     new_tuple = _new_tuple
     record = RecordedEvent
     size = len(buf)
@@ -374,7 +431,7 @@ def decode_span(
     when = _EPOCH
     try:
         while at < size:
-            magic, crc, blen, kind, _fl, slen, count, fpos, fver, us, _wo = unpack_frame(buf, at)
+            magic, crc, blen, kind, fl, slen, count, fpos, fver, us, _wo = unpack_frame(buf, at)
             end = at + FRAME_HEADER_SIZE + blen
             if magic != FRAME_MAGIC or end > size or blen < BODY_HEAD_SIZE:
                 raise _span_error("bad frame magic or length", at)
@@ -390,9 +447,18 @@ def decode_span(
                     if pos > lo and fpos <= hi:
                         inner = expand(buf, at, end)
                         try:
-                            got = decode_span(inner, fpos, lo, hi, types, prefixes, out, as_dicts)[
-                                1
-                            ]
+                            got = decode_span(
+                                inner,
+                                fpos,
+                                lo,
+                                hi,
+                                types,
+                                prefixes,
+                                out,
+                                as_dicts,
+                                None,
+                                (plain, versioned),
+                            )[1]
                         except FrameError as exc:
                             raise _span_error(f"in compressed frame: {exc.reason}", at) from None
                         if got != pos:
@@ -424,6 +490,8 @@ def decode_span(
                 when = _when(us)
                 last_us = us
             whole = fpos >= lo and pos <= hi + 1  # no per-event range check needed
+            has_versions = fl & FRAME_FLAG_SCHEMA
+            cache = versioned if has_versions else plain
             e = s0 + slen
             for k in range(count):
                 esize, eid, tlen, mlen = unpack_entry(buf, e)
@@ -436,8 +504,13 @@ def decode_span(
                     continue
                 t0 = e + ENTRY_HEAD_SIZE
                 m0 = t0 + tlen
-                type_name = buf[t0:m0].decode("utf-8")
-                if types is not None and type_name not in types:
+                field = buf[t0:m0]
+                try:
+                    type_name, decode, keep = cache[field]
+                except KeyError:
+                    decoder = _decoder(field, bool(has_versions), as_dicts, types, stream, p)
+                    type_name, decode, keep = cache[field] = decoder
+                if not keep:
                     e = nxt
                     continue
                 try:
@@ -445,17 +518,10 @@ def decode_span(
                     raw = unpackb(buf[m0 + mlen : nxt])
                 except Exception as exc:  # msgpack raises several unrelated types
                     raise _span_error(f"undecodable event payload at {p}: {exc}", at) from exc
-                try:
-                    validate = validators[type_name]
-                except KeyError:
-                    cls = registry.get(type_name)
-                    validate = validators[type_name] = (
-                        None if as_dicts or cls is None else _validator(cls)
-                    )
-                if validate is not None:
+                if decode is not None:
                     try:
-                        raw = validate(raw)
-                    except ValidationError as exc:
+                        raw = decode(raw)
+                    except (ValidationError, UpcastFailed) as exc:
                         raise EventDecodeError(stream, p, type_name, str(exc)) from exc
                 out.append(
                     new_tuple(record, (stream, fver + k, p, eid, type_name, raw, meta, when))
@@ -464,6 +530,10 @@ def decode_span(
             at = end
     except (struct.error, UnicodeDecodeError) as exc:  # a header or entry cut short
         raise _span_error(f"malformed frame: {exc}", at) from exc
+    except FrameError as exc:
+        if exc.offset == 0:
+            exc.offset = at
+        raise
     return last_first, pos
 
 

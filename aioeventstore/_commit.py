@@ -79,6 +79,7 @@ class PendingAppend:
         "entries",
         "expected",
         "first_version",
+        "flags",
         "future",
         "ids",
         "key",
@@ -103,6 +104,7 @@ class PendingAppend:
         metas: tuple[bytes, ...] | None = None,
         checkpoint: int = -1,
         own_ids: bool = False,
+        flags: int = 0,
     ) -> None:
         self.stream = stream
         self.stream_b = stream_b
@@ -121,6 +123,7 @@ class PendingAppend:
         # fresh, so a retry can never repeat them and remembering them would be wasted work.
         self.key = stream_b + ids[0] if own_ids and ids else None
         self.checkpoint = checkpoint  # >= 0: a named consumer's acknowledged position
+        self.flags = flags  # the frame flags its entries need (FRAME_FLAG_SCHEMA or 0)
 
 
 @dataclass(slots=True)
@@ -382,7 +385,7 @@ class CommitLoop:
                     (item.size - FRAME_HEADER_SIZE).to_bytes(4, "little")
                     + head(
                         FRAME_KIND_EVENTS,
-                        0,
+                        item.flags,
                         len(sb),
                         count,
                         item.position,

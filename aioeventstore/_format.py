@@ -11,8 +11,10 @@ from typing import Final, NamedTuple
 
 import crc32c as _crc32c
 
-FORMAT_VERSION: Final = 1
-"""Written in every segment header; readers refuse versions they do not know."""
+FORMAT_VERSION: Final = 2
+"""Written in every new segment's header; readers read every version up to this one and
+refuse newer ones. Version 2 added the schema-version frame flag (``FRAME_FLAG_SCHEMA``)."""
+OLDEST_FORMAT_VERSION: Final = 1
 
 # --- segment file -----------------------------------------------------------------------------
 SEGMENT_MAGIC: Final = b"AIOESLOG"
@@ -44,6 +46,13 @@ FRAME_KIND_COMPRESSED: Final = 3
 one write. Stream length 0; event count, first position, recorded_at and write offset are
 those of the frames it holds; first version 0. The body goes on with a CONTAINER_HEAD and the
 compressed bytes."""
+FRAME_FLAG_SCHEMA: Final = 0x01
+"""Frame flag (format version 2): each event entry's type field holds the type name followed by
+the event's schema version (``SCHEMA_VERSION``), and the type length counts both. Frames whose
+events are all at schema version 1 leave it clear and are laid out as in version 1."""
+SCHEMA_VERSION: Final = struct.Struct("<H")
+SCHEMA_VERSION_SIZE: Final = SCHEMA_VERSION.size  # 2
+MAX_SCHEMA_VERSION: Final = 0xFFFF
 MAX_FRAME_BODY: Final = (1 << 31) - 1
 
 # --- container head, after the body head of a compressed frame --------------------------------
@@ -93,8 +102,19 @@ def pack_segment_header(first_position: int) -> bytes:
     return head[:-4] + crc32c(head[:-4]).to_bytes(4, "little")
 
 
+class NewerFormat(ValueError):
+    """A well-formed segment header with a format version newer than this build reads."""
+
+    def __init__(self, found: int) -> None:
+        super().__init__(
+            f"unsupported format version {found} (this build reads up to {FORMAT_VERSION})"
+        )
+        self.found = found
+
+
 def unpack_segment_header(raw: bytes) -> int:
-    """First position from a segment header; raises ValueError saying what is wrong."""
+    """First position from a segment header; raises ValueError saying what is wrong, and
+    its subclass NewerFormat when the header is intact but from a newer format."""
     if len(raw) < SEGMENT_HEADER_SIZE:
         raise ValueError(f"segment header is {len(raw)} bytes, expected {SEGMENT_HEADER_SIZE}")
     magic, version, hlen, _flags, first, _res, crc = SEGMENT_HEADER.unpack_from(raw)
@@ -102,13 +122,18 @@ def unpack_segment_header(raw: bytes) -> int:
         raise ValueError(f"bad segment magic {magic!r}")
     if crc != crc32c(raw[: SEGMENT_HEADER_SIZE - 4]):
         raise ValueError("segment header checksum mismatch")
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
-        )
+    if version > FORMAT_VERSION:
+        raise NewerFormat(version)
+    if version < OLDEST_FORMAT_VERSION:
+        raise ValueError(f"impossible format version {version}")
     if hlen != SEGMENT_HEADER_SIZE:
         raise ValueError(f"unexpected segment header length {hlen}")
     return int(first)
+
+
+def segment_format_version(raw: bytes) -> int:
+    """The format version field of a header that ``unpack_segment_header`` accepted."""
+    return int(SEGMENT_HEADER.unpack_from(raw)[1])
 
 
 class FrameInfo(NamedTuple):
@@ -124,6 +149,7 @@ class FrameInfo(NamedTuple):
     recorded_at_us: int
     write_offset: int  # byte offset in its segment where this frame's write (batch) begins
     kind: int = FRAME_KIND_EVENTS
+    flags: int = 0
 
 
 def pack_frame(
@@ -135,6 +161,7 @@ def pack_frame(
     write_offset: int,
     entries: bytes,
     kind: int = FRAME_KIND_EVENTS,
+    flags: int = 0,
 ) -> list[bytes]:
     """The parts of one frame, in order; joined they are the frame's bytes.
 
@@ -143,7 +170,7 @@ def pack_frame(
     """
     head = BODY_HEAD.pack(
         kind,
-        0,
+        flags,
         len(stream_b),
         count,
         first_position,
@@ -198,7 +225,7 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
     actual = crc32c(buf[off + FRAME_LENGTH_AT : body_start + body_len])
     if actual != crc:
         raise FrameError(f"frame checksum mismatch (stored {crc:#010x}, computed {actual:#010x})")
-    kind, _flags, slen, count, first_pos, first_ver, rec_us, woff = BODY_HEAD.unpack_from(
+    kind, flags, slen, count, first_pos, first_ver, rec_us, woff = BODY_HEAD.unpack_from(
         buf, body_start
     )
     if kind == FRAME_KIND_EVENTS:
@@ -229,6 +256,7 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
         rec_us,
         woff,
         kind,
+        flags,
     )
 
 

@@ -10,6 +10,11 @@ Recovery rules (FORMAT.md, "Recovery"):
   follows bad data, which no crash can produce: ``CorruptLog``. So is a damaged "tail"
   longer than one write can be: a crash tears at most the write in flight.
 * A last segment whose header never became durable (and holds no frame) is removed.
+* A segment whose intact header names a format newer than this build reads is
+  ``UnsupportedFormat``, before anything is changed on disk.
+* Writes never add to a segment of an older format version (an old reader would misread
+  them): when the last segment is older and holds events, the first write starts a new
+  segment; when it holds nothing at all, it is replaced by an empty current-format one.
 
 Threads: ``recover`` runs once, before the commit loop starts. ``reserve`` runs on the commit
 loop's thread only; ``write`` runs on the store's single I/O thread only; ``read`` may run on
@@ -26,18 +31,20 @@ from dataclasses import dataclass
 
 from ._format import (
     BODY_HEAD_SIZE,
+    FORMAT_VERSION,
     FRAME_HEADER_SIZE,
     FRAME_MAGIC,
     MAX_STREAM_NAME_BYTES,
     SEGMENT_HEADER_SIZE,
     FrameError,
+    NewerFormat,
     check_frame,
     parse_segment_name,
     segment_name,
 )
 from ._fs import FileSystem
 from ._segment import FrameSink, Segment
-from .errors import CorruptLog
+from .errors import CorruptLog, UnsupportedFormat
 from .options import StoreOptions
 
 log = logging.getLogger("aioeventstore")
@@ -107,6 +114,7 @@ class Log:
         self._tail = -1  # ordinal of the tail segment, as planned by reserve()
         self._planned: dict[int, int] = {}  # ordinal → first position of a planned segment
         self._tail_first = 0  # first position of the tail segment, as planned by reserve()
+        self._old_tail = False  # the tail is of an older format: the next write rotates
 
     # --- recovery -------------------------------------------------------------------------
     def recover(
@@ -136,6 +144,9 @@ class Log:
             seg = Segment(path, first, self.fs.open(path, write=last))
             try:
                 header_first = seg.read_header()
+            except NewerFormat as exc:
+                seg.close()
+                raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
             except ValueError as exc:
                 if last and later_write_at(seg, 0, -1) is None:
                     log.warning("removing segment %s whose header was never completed", path)
@@ -191,7 +202,24 @@ class Log:
             seg.file.truncate(end)
             seg.file.sync()
             cut = (path, end, size - end, reason)
-        if not self.segments:
+        tail = self.segments[-1] if self.segments else None
+        if (
+            tail is not None
+            and tail.format_version < FORMAT_VERSION
+            and tail.file.size() == SEGMENT_HEADER_SIZE
+        ):
+            # An empty segment of an older format: nothing to keep, and no position to rotate
+            # at (a new segment would take its name). Replace it with a current one of the
+            # same name; a crash in between leaves no file (or one whose header is not yet
+            # durable, which the next open removes) and the previous segment as the tail.
+            log.info(
+                "replacing empty segment %s of format version %d", tail.path, tail.format_version
+            )
+            self.segments.pop().close()
+            self.fs.remove(tail.path)
+            self.fs.sync_dir(self.directory)
+            self.segments.append(Segment.create(self.fs, self.directory, position))
+        elif not self.segments:
             self.segments.append(Segment.create(self.fs, self.directory, position))
         # Every open syncs the directory once: entries a failed earlier process created but
         # could not sync (a rotation whose sync_dir failed) become durable before anything
@@ -200,6 +228,7 @@ class Log:
         self._tail = len(self.segments) - 1
         self._tail_first = self.segments[-1].first_position
         self._end = self.segments[-1].file.size()
+        self._old_tail = self.segments[-1].format_version < FORMAT_VERSION
         if cut is None:
             return Recovery(len(self.segments), position, None, 0, 0, None, indexed, scanned)
         return Recovery(len(self.segments), position, *cut, indexed, scanned)
@@ -217,13 +246,15 @@ class Log:
         A write is never split across segments: when it would take a non-empty tail segment
         past ``segment_bytes``, it starts a new segment named after ``first_position``, but
         only if the tail already holds an event: segments are named by their first position, so
-        a tail holding only checkpoint frames (or nothing) keeps growing instead.
+        a tail holding only checkpoint frames (or nothing) keeps growing instead. A tail of an
+        older format version (from before an upgrade) is rotated away from at the first chance.
         """
         if (
             self._end > SEGMENT_HEADER_SIZE
-            and self._end + nbytes > self.options.segment_bytes
+            and (self._old_tail or self._end + nbytes > self.options.segment_bytes)
             and first_position > self._tail_first
         ):
+            self._old_tail = False
             self._tail += 1
             self._tail_first = first_position
             self._end = SEGMENT_HEADER_SIZE + nbytes

@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
-from ._codec import decode_frame_events, decode_span, frame_event_ids
+from ._codec import decode_frame_events, decode_span, frame_event_ids, new_type_caches
 from ._compress import expand
 from ._format import (
     BODY_HEAD_SIZE,
@@ -187,7 +187,7 @@ class Reader:
         out: list[RecordedEvent] = []
         types = prefixes = None
         if filt is not None:
-            types = filt.type_names or None
+            types = filt.stored_type_names() or None
             prefixes = filt.stream_prefixes or None
         # A span may start or end inside a container (the index points at whole containers):
         # only the span's own positions are returned, the next span goes on from there.
@@ -309,7 +309,8 @@ class Reader:
         self, frames: list[FrameRef], lo: int, hi: int, filt: EventFilter | None, raw: bool
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
-        types = filt.type_names if filt is not None and filt.event_types else None
+        types = filt.stored_type_names() if filt is not None and filt.event_types else None
+        caches = new_type_caches()
         i = 0
         while i < len(frames):
             j = i + 1
@@ -332,7 +333,7 @@ class Reader:
                 if filt is not None and not filt.matches_stream(info.stream):
                     continue
                 try:
-                    decode_frame_events(buf, fat, info, lo, hi, types, out, raw)
+                    decode_frame_events(buf, fat, info, lo, hi, types, out, raw, caches)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             i = j

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 
 from ._format import (
+    FORMAT_VERSION,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
@@ -18,6 +19,7 @@ from ._format import (
     FrameInfo,
     check_frame,
     pack_segment_header,
+    segment_format_version,
     segment_name,
     unpack_segment_header,
 )
@@ -31,12 +33,13 @@ FrameSink = Callable[[FrameInfo, bytes, int], None]
 class Segment:
     """An open segment file and the position of its first event."""
 
-    __slots__ = ("file", "first_position", "path")
+    __slots__ = ("file", "first_position", "format_version", "path")
 
     def __init__(self, path: str, first_position: int, file: FileHandle) -> None:
         self.path = path
         self.first_position = first_position
         self.file = file
+        self.format_version = FORMAT_VERSION  # as read by read_header(), for existing files
 
     @classmethod
     def create(cls, fs: FileSystem, directory: str, first_position: int) -> Segment:
@@ -52,8 +55,12 @@ class Segment:
         return cls(path, first_position, file)
 
     def read_header(self) -> int:
-        """First position stored in the header; ValueError when the header is bad."""
-        return unpack_segment_header(self.file.pread(SEGMENT_HEADER_SIZE, 0))
+        """First position stored in the header (and sets ``format_version``); ValueError when
+        the header is bad, NewerFormat when it is intact but from a newer format."""
+        raw = self.file.pread(SEGMENT_HEADER_SIZE, 0)
+        first = unpack_segment_header(raw)
+        self.format_version = segment_format_version(raw)
+        return first
 
     def read(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file)."""

@@ -26,17 +26,22 @@ from ._compress import expand, inner_frames
 from ._format import (
     ENTRY_HEAD,
     ENTRY_HEAD_SIZE,
+    FORMAT_VERSION,
+    FRAME_FLAG_SCHEMA,
     FRAME_KIND_COMPRESSED,
     FRAME_KIND_EVENTS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,
     FrameInfo,
+    NewerFormat,
     parse_segment_name,
 )
 from ._fs import FileSystem, OsFileSystem
 from ._log import LOCK_NAME, Log, later_write_at
 from ._segment import Segment
-from .errors import StoreLocked
+from .errors import StoreLocked, UnsupportedFormat
 from .options import StoreOptions
 
 __all__ = [
@@ -184,16 +189,21 @@ def _check_entries(buf: bytes | memoryview, start: int, info: FrameInfo) -> str 
     """Why the event entries of a checked frame do not fill it exactly, or None."""
     at = start + info.entries_at
     end = start + info.length
+    if info.flags & ~FRAME_FLAG_SCHEMA:
+        return f"unknown frame flags {info.flags:#04x}"
+    versioned = SCHEMA_VERSION_SIZE if info.flags & FRAME_FLAG_SCHEMA else 0
     for k in range(info.event_count):
         if end - at < ENTRY_HEAD_SIZE:
             return f"event entry {k} runs past its frame"
         size, _eid, tlen, mlen = ENTRY_HEAD.unpack_from(buf, at)
         nxt = at + 4 + size
-        if nxt > end or size < ENTRY_HEAD_SIZE - 4 + tlen + mlen:
+        if nxt > end or size < ENTRY_HEAD_SIZE - 4 + tlen + mlen or tlen < versioned:
             return f"event entry {k} runs past its frame"
         t0 = at + ENTRY_HEAD_SIZE
+        if versioned and SCHEMA_VERSION.unpack_from(buf, t0 + tlen - versioned)[0] == 0:
+            return f"event entry {k} has schema version 0"
         try:
-            bytes(buf[t0 : t0 + tlen]).decode("utf-8")
+            bytes(buf[t0 : t0 + tlen - versioned]).decode("utf-8")
         except UnicodeDecodeError:
             return f"event entry {k} has a type name that is not UTF-8"
         at = nxt
@@ -266,6 +276,8 @@ def _verify_segment(
     problem: SegmentProblem | None = None
     try:
         header_first = seg.read_header()
+    except NewerFormat as exc:
+        raise UnsupportedFormat(seg.path, exc.found, FORMAT_VERSION) from None
     except ValueError as exc:
         if last and later_write_at(seg, 0, -1) is None:
             problem = SegmentProblem(

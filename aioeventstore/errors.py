@@ -73,6 +73,75 @@ class EventDecodeError(EventStoreError):
         )
 
 
+class MissingUpcaster(EventDecodeError):
+    """Raised when a stored event's schema version cannot be brought up to its class's version.
+
+    Either no upcaster is registered for one step of the chain (``missing_from`` is the version
+    with no upcaster to ``missing_from + 1``), or the event was written with a schema version
+    newer than the class this process has (``missing_from`` is None). ``stored_version`` is the
+    event's version on disk and ``class_version`` the registered class's ``__schema_version__``.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        position: int,
+        type_name: str,
+        stored_version: int,
+        class_version: int,
+        missing_from: int | None,
+    ) -> None:
+        self.stored_version = stored_version
+        self.class_version = class_version
+        self.missing_from = missing_from
+        if missing_from is None:
+            reason = (
+                f"it was written with schema version {stored_version}, newer than the "
+                f"registered class's version {class_version}"
+            )
+        else:
+            reason = (
+                f"it was written with schema version {stored_version} and the class is at "
+                f"version {class_version}, but no upcaster is registered for {type_name!r} "
+                f"from version {missing_from} to {missing_from + 1}"
+            )
+        super().__init__(stream, position, type_name, reason)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (
+                self.stream,
+                self.position,
+                self.type_name,
+                self.stored_version,
+                self.class_version,
+                self.missing_from,
+            ),
+        )
+
+
+class UnsupportedFormat(EventStoreError):
+    """Raised on open when a segment was written in an on-disk format newer than this build
+    reads (by a newer aioeventstore); nothing is changed on disk.
+
+    ``path`` is the segment file, ``found`` the format version in its header and ``supported``
+    the newest version this build reads.
+    """
+
+    def __init__(self, path: str | Path, found: int, supported: int) -> None:
+        self.path = str(path)
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{self.path} is in on-disk format version {found}; this build of aioeventstore "
+            f"reads format versions 1 to {supported}: open it with a newer aioeventstore"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.found, self.supported))
+
+
 class StoreLocked(EventStoreError):
     """Raised when another writer (in this or another process) holds the store's lock."""
 

@@ -1,9 +1,11 @@
 """Events as callers write them and as the store hands them back.
 
 ``Event`` is the pydantic v2 base class of every domain event. Each subclass is registered under
-its type name (the class name, or ``__event_type__`` when the class sets it) so that reads can
-turn stored data back into the right class; a type this process does not know comes back as a
-plain ``dict``, so old or foreign data can always be read.
+its type name (the class name, or ``__event_type__`` when the class sets it), and under any
+former names it lists in ``__event_aliases__``, so that reads can turn stored data back into the
+right class; a type this process does not know comes back as a plain ``dict``, so old or foreign
+data can always be read. ``__schema_version__`` is stored with every event; older payloads are
+brought up to date by upcasters (``_schema.py``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ ExpectedVersion = int | StreamState
 """An int (the version of the stream's last event) or one of the three symbolic states."""
 
 
-_registry: dict[str, type[Event]] = {}
+_classes: dict[str, type[Event]] = {}  # current type name -> class
+_registry: dict[str, type[Event]] = {}  # every stored name reads decode: names and aliases
+_generation = [0]  # bumped whenever a name, alias or upcaster is (re)registered
 
 
 class Event(BaseModel):
@@ -82,11 +86,23 @@ class Event(BaseModel):
     ``__event_type__ = "some.name"``. Defining two different classes with one type name raises
     :class:`DuplicateEventType`; redefining the same class (same module and qualified name, as
     on a reload) replaces the earlier one.
+
+    Schema evolution (class variables, set on the class itself, not inherited):
+
+    * ``__schema_version__ = 2`` (default 1): written with every event of this class. Events
+      stored with an older version are passed through the upcasters registered with
+      :func:`upcaster` on read, one version at a time, before the model validates them.
+    * ``__event_aliases__ = ("OldName",)``: former type names of this class. Events stored
+      under an alias decode to this class and report its current name as ``rec.type``;
+      filters naming either name match both. An alias claimed by another class, or equal to
+      another class's type name, raises :class:`DuplicateEventType`.
     """
 
     model_config = ConfigDict(frozen=True)
 
     __event_type__: ClassVar[str] = ""
+    __schema_version__: ClassVar[int] = 1
+    __event_aliases__: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -94,32 +110,77 @@ class Event(BaseModel):
         name = cls.__dict__.get("__event_type__") or cls.__name__
         if not isinstance(name, str):
             raise TypeError(f"{cls.__qualname__}.__event_type__ must be a str, not {name!r}")
+        version = cls.__dict__.get("__schema_version__", 1)
+        if type(version) is not int or not 1 <= version <= 0xFFFF:
+            raise TypeError(
+                f"{cls.__qualname__}.__schema_version__ must be an int from 1 to 65535, "
+                f"not {version!r}"
+            )
+        aliases = cls.__dict__.get("__event_aliases__", ())
+        if isinstance(aliases, str):
+            aliases = (aliases,)
+        if not isinstance(aliases, tuple | list) or not all(
+            isinstance(a, str) and a for a in aliases
+        ):
+            raise TypeError(
+                f"{cls.__qualname__}.__event_aliases__ must be a tuple of type names, "
+                f"not {aliases!r}"
+            )
         cls.__event_type__ = name
+        cls.__schema_version__ = version
+        cls.__event_aliases__ = tuple(a for a in aliases if a != name)
         _register(cls)
+
+
+def _same_class(a: type[Event], b: type[Event]) -> bool:
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 def _register(cls: type[Event]) -> None:
     name = cls.__event_type__
-    old = _registry.get(name)
-    if old is not None and old is not cls:
-        same = (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
-        if not same:
+    for claimed in (name, *cls.__event_aliases__):
+        old = _registry.get(claimed)
+        if old is not None and not _same_class(old, cls):
+            what = "type name" if claimed == name else "alias"
             raise DuplicateEventType(
-                f"event type name {name!r} is claimed by both "
-                f"{old.__module__}.{old.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
-                "set __event_type__ on one of them"
+                f"event type name {claimed!r} ({what} of {cls.__module__}.{cls.__qualname__}) "
+                f"is already claimed by {old.__module__}.{old.__qualname__}; "
+                "set __event_type__ or __event_aliases__ on one of them"
             )
+    old = _classes.get(name)
+    if old is not None:  # a reload: forget the names the earlier definition claimed
+        for alias in old.__event_aliases__:
+            _registry.pop(alias, None)
+    _classes[name] = cls
     _registry[name] = cls
+    for alias in cls.__event_aliases__:
+        _registry[alias] = cls
+    _generation[0] += 1
 
 
 def event_types() -> Mapping[str, type[Event]]:
-    """A read-only view of the registry: event type name → ``Event`` subclass."""
-    return MappingProxyType(_registry)
+    """A read-only view of the registry: event type name → ``Event`` subclass (current names;
+    aliases are listed on each class's ``__event_aliases__``)."""
+    return MappingProxyType(_classes)
 
 
 def lookup_event_type(name: str) -> type[Event] | None:
-    """The class registered under ``name``, or None (internal; reads use it)."""
+    """The class that decodes events stored under ``name`` (its type name or one of its
+    aliases), or None (internal; reads use it)."""
     return _registry.get(name)
+
+
+def stored_names_of(names: Iterable[str]) -> frozenset[str]:
+    """Every stored type name that reads as one of ``names``: each name, the current name of
+    the class it resolves to, and all that class's aliases (internal; filters use it)."""
+    out: set[str] = set()
+    for name in names:
+        out.add(name)
+        cls = _registry.get(name)
+        if cls is not None:
+            out.add(cls.__event_type__)
+            out.update(cls.__event_aliases__)
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,10 +356,12 @@ class EventFilter:
 
     ``stream_prefixes``: stream names starting with any of these; ``event_types``: type names
     (or Event classes) to keep. An empty axis does not restrict; with both, both must match.
-    Filtering happens before decoding: events thrown away are never decoded.
+    Filtering happens before decoding: events thrown away are never decoded. A type name
+    matches the events of its class whatever name they were stored under (its current name or
+    one of its ``__event_aliases__``), resolved against the classes registered when reading.
     """
 
-    __slots__ = ("_types", "event_types", "stream_prefixes")
+    __slots__ = ("_expanded", "_types", "event_types", "stream_prefixes")
 
     def __init__(
         self,
@@ -321,11 +384,21 @@ class EventFilter:
                 raise TypeError(f"EventFilter event types must be str or Event classes, not {t!r}")
         self.event_types: tuple[str, ...] = tuple(names)
         self._types = frozenset(names)
+        self._expanded: tuple[int, frozenset[str]] = (-1, self._types)
 
     @property
     def type_names(self) -> frozenset[str]:
-        """The event type names kept (empty: all)."""
+        """The event type names kept (empty: all), as given."""
         return self._types
+
+    def stored_type_names(self) -> frozenset[str]:
+        """Every stored type name the filter keeps: the names given, plus the current names and
+        aliases of the classes they resolve to now (empty: all)."""
+        gen, expanded = self._expanded
+        if gen != _generation[0]:
+            expanded = stored_names_of(self._types) if self._types else self._types
+            self._expanded = (_generation[0], expanded)
+        return expanded
 
     def matches_stream(self, stream: str) -> bool:
         """Whether events of ``stream`` pass the stream-prefix part of the filter."""
@@ -333,7 +406,9 @@ class EventFilter:
 
     def matches(self, rec: RecordedEvent) -> bool:
         """Whether a recorded event passes the filter."""
-        return (not self._types or rec.type in self._types) and self.matches_stream(rec.stream)
+        return (not self._types or rec.type in self.stored_type_names()) and self.matches_stream(
+            rec.stream
+        )
 
     def __repr__(self) -> str:
         return (

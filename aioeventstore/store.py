@@ -659,15 +659,24 @@ class EventStore:
         items: Sequence[Event | NewEvent]
         if isinstance(events, Event):  # the common case, with a shorter path
             items = (events,)
-            ids, entries, metas, own_ids = encode_event(stream, events, opts.max_event_bytes)
+            ids, entries, metas, own_ids, flags = encode_event(stream, events, opts.max_event_bytes)
         else:
             items = as_event_list(stream, events)
-            ids, entries, metas, own_ids = encode_events(
+            ids, entries, metas, own_ids, flags = encode_events(
                 stream, items, opts.max_event_bytes, opts.max_append_bytes
             )
         fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         pending = PendingAppend(
-            stream, stream_b, expected_version, ids, entries, fut, items, metas, own_ids=own_ids
+            stream,
+            stream_b,
+            expected_version,
+            ids,
+            entries,
+            fut,
+            items,
+            metas,
+            own_ids=own_ids,
+            flags=flags,
         )
         if not commit.try_submit(pending):  # the queue is full (or the store stopped): wait
             await commit.submit(pending)

@@ -64,11 +64,14 @@ def test_error_hierarchy() -> None:
         "SnapshotFailed",
         "StoreReadOnly",
         "StoreNotFound",
+        "MissingUpcaster",
+        "UnsupportedFormat",
     ):
         assert issubclass(getattr(es, name), es.EventStoreError)
     assert issubclass(es.EventTooLarge, ValueError)
     assert issubclass(es.SnapshotVersionError, ValueError)
     assert issubclass(es.StoreNotFound, FileNotFoundError)
+    assert issubclass(es.MissingUpcaster, es.EventDecodeError)
 
 
 def test_every_test_the_readme_cites_exists() -> None:

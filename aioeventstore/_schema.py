@@ -1,0 +1,143 @@
+"""Schema evolution: the upcaster registry, and the per-type decoders that reads use.
+
+Every stored event carries its type name and the schema version it was written with (1 when
+its frame does not say, FORMAT.md). A read turns each distinct (stored name, stored version) it
+meets into a :data:`Decoder` once per chunk: the type name to report, the function that turns
+the unpacked payload into the model (``None``: deliver the dict), and whether a filter keeps
+it. The common case, an event already at its class's version and stored under the class's
+current name, gets the model's compiled validator itself: nothing is added per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .errors import EventDecodeError, MissingUpcaster
+from .events import Event, _generation, lookup_event_type
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+"""Turns the payload dict of version *n* of an event type into the payload of version *n+1*."""
+
+Decoder = tuple[str, Callable[[Any], Any] | None, bool]
+"""(type name to report, payload → data function or None for the dict itself, kept by filter)"""
+
+U = TypeVar("U", bound=Upcaster)
+
+_upcasters: dict[tuple[str, int], Upcaster] = {}
+_validators: dict[type[Event], Any] = {}
+
+
+class UpcastFailed(Exception):
+    """An upcaster raised (internal: the reader turns it into EventDecodeError)."""
+
+
+def upcaster(type_name: str | type[Event], *, from_version: int) -> Callable[[U], U]:
+    """Register the decorated function as the upcaster of ``type_name`` from ``from_version``
+    to ``from_version + 1``; returns the function unchanged.
+
+    The function takes the stored payload (a dict, as the version-``from_version`` model
+    dumped it in JSON mode) and returns the payload of the next version. Reads chain
+    upcasters one version at a time, from the version an event was stored with up to its
+    class's ``__schema_version__``, then validate the result with the class; events written
+    at the class's current version never pass through them. ``type_name`` is the name the
+    events were stored under or the class's current name (either works after a rename), or
+    the class itself. Upcasters run on reader threads and should be pure functions.
+
+    Raises ValueError when a different function is already registered for the same name and
+    version (re-registering the same function, e.g. on a module reload, replaces it).
+    """
+    if isinstance(type_name, type) and issubclass(type_name, Event):
+        name = type_name.__event_type__
+    elif isinstance(type_name, str) and type_name:
+        name = type_name
+    else:
+        raise TypeError(
+            f"upcaster type_name must be a type name or an Event class, not {type_name!r}"
+        )
+    if type(from_version) is not int or not 1 <= from_version < 0xFFFF:
+        raise ValueError(
+            f"upcaster from_version must be an int from 1 to 65534, not {from_version!r}"
+        )
+
+    def register(fn: U) -> U:
+        if not callable(fn):
+            raise TypeError(f"an upcaster must be callable, not {fn!r}")
+        key = (name, from_version)
+        old = _upcasters.get(key)
+        if old is not None and old is not fn:
+            same = (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == (
+                getattr(fn, "__module__", None),
+                getattr(fn, "__qualname__", None),
+            )
+            if not same:
+                raise ValueError(
+                    f"an upcaster for {name!r} from version {from_version} is already "
+                    f"registered ({getattr(old, '__qualname__', old)!r})"
+                )
+        _upcasters[key] = fn
+        _generation[0] += 1
+        return fn
+
+    return register
+
+
+def validator(cls: type[Event]) -> Any:
+    """The compiled pydantic-core validator of an Event class (cached)."""
+    v = _validators.get(cls)
+    if v is None:
+        v = _validators[cls] = cls.__pydantic_validator__.validate_python
+    return v
+
+
+def build_decoder(
+    stored: str,
+    version: int,
+    as_dicts: bool,
+    types: frozenset[str] | None,
+    stream: str,
+    position: int,
+) -> Decoder:
+    """The decoder for events stored as ``stored`` at schema ``version``.
+
+    ``types``: the stored names a filter keeps (None: all). ``stream`` and ``position`` name
+    the first event met with this name and version, for errors. Raises MissingUpcaster when
+    the chain from ``version`` to the class's version has a gap (or ``version`` is newer) and
+    EventDecodeError for a version 0, which no writer produces. Events a filter drops and
+    ``as_dicts`` reads never raise here: they are not decoded.
+    """
+    if types is not None and stored not in types:
+        return (stored, None, False)
+    if as_dicts:
+        return (stored, None, True)
+    cls = lookup_event_type(stored)
+    if cls is None:
+        return (stored, None, True)
+    validate = validator(cls)
+    target = cls.__schema_version__
+    name = cls.__event_type__
+    if version == target:
+        return (name, validate, True)
+    if version < 1:
+        raise EventDecodeError(stream, position, stored, f"impossible schema version {version}")
+    if version > target:
+        raise MissingUpcaster(stream, position, stored, version, target, None)
+    steps: list[tuple[int, Upcaster]] = []
+    for v in range(version, target):
+        fn = _upcasters.get((stored, v)) or _upcasters.get((name, v))
+        if fn is None:
+            raise MissingUpcaster(stream, position, stored, version, target, v)
+        steps.append((v, fn))
+
+    def upcast_and_validate(raw: Any) -> Any:
+        for v, fn in steps:
+            try:
+                raw = fn(raw)
+            except Exception as exc:
+                raise UpcastFailed(
+                    f"upcaster {getattr(fn, '__qualname__', fn)!r} of {stored!r} from version "
+                    f"{v} raised {exc!r}"
+                ) from exc
+        return validate(raw)
+
+    return (name, upcast_and_validate, True)
