@@ -10,21 +10,32 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import aioeventstore as es
+from aioeventstore import events as events_module
+from aioeventstore._format import FORMAT_VERSION, FRAME_FLAG_SCHEMA, crc32c
 from tests.helpers import Deposited
 
 FORMAT_MD = Path(__file__).parent.parent / "FORMAT.md"
 
 
-def example_bytes() -> bytes:
+def example_bytes(section: str = "## Worked example", start: int = 0) -> bytes:
     text = FORMAT_MD.read_text()
-    block = text.split("## Worked example", 1)[1].split("```", 2)[1]
+    block = text.split(section, 1)[1].split("```", 2)[1]
     out = bytearray()
     for line in block.strip().splitlines():
         m = re.match(r"^([0-9a-f]{4})  ((?:[0-9a-f]{2} ?)+)", line)
         assert m, line
-        assert int(m.group(1), 16) == len(out)
+        assert int(m.group(1), 16) == start + len(out)
         out += bytes.fromhex(m.group(2))
     return bytes(out)
+
+
+def format_1_example() -> bytes:
+    """The worked example as format version 1 wrote it: FORMAT.md gives the two header bytes
+    that differ (the version and the header CRC)."""
+    data = bytearray(example_bytes())
+    data[8:10] = b"\x01\x00"
+    data[0x1C:0x20] = bytes.fromhex("40e03448")
+    return bytes(data)
 
 
 async def test_worked_example_reads_back_as_documented(store_path: Path) -> None:
@@ -44,6 +55,48 @@ async def test_worked_example_reads_back_as_documented(store_path: Path) -> None
         # and the store appends after it
         r = await store.append("acc-42", Deposited(account="42", amount=1), expected_version=0)
         assert (r.position, r.version) == (1, 1)
+
+
+async def test_the_format_1_example_reads_back_the_same(store_path: Path) -> None:
+    data = format_1_example()
+    assert crc32c(data[:28]).to_bytes(4, "little") == data[28:32]
+    store_path.mkdir()
+    seg = store_path / "00000000000000000000.seg"
+    seg.write_bytes(data)
+    async with es.EventStore(store_path) as store:
+        (rec,) = [r async for r in store.read_all()]
+        assert rec.type == "Deposited" and rec.data == Deposited(account="42", amount=10)
+        assert rec.metadata == {"c": "x"} and rec.id == uuid.UUID(int=1)
+        # a writer never adds to a format 1 segment: the append starts a new one
+        await store.append("acc-42", Deposited(account="42", amount=1), expected_version=0)
+    assert seg.read_bytes() == data
+    new = store_path / "00000000000000000001.seg"
+    assert new.read_bytes()[8:10] == FORMAT_VERSION.to_bytes(2, "little")
+
+
+async def test_the_documented_schema_version_entry(store_path: Path) -> None:
+    documented = example_bytes("### With a schema version", 0x5A)
+    assert len(documented) == 65
+    saved = events_module._registry.pop("Deposited"), events_module._classes.pop("Deposited")
+    try:
+
+        class VersionedDeposited(es.Event):
+            __event_type__ = "Deposited"
+            __schema_version__ = 2
+            account: str
+            amount_cents: int
+
+        event = VersionedDeposited(account="42", amount_cents=1000)
+        async with es.EventStore(store_path) as store:
+            ev = es.NewEvent(event, id=uuid.UUID(int=2))
+            await store.append("acc-42", ev, expected_version=es.NO_STREAM)
+            (rec,) = [r async for r in store.read_all()]
+            assert rec.data == event
+    finally:
+        events_module._registry["Deposited"], events_module._classes["Deposited"] = saved
+    written = (store_path / "00000000000000000000.seg").read_bytes()
+    assert written[0x2D] == FRAME_FLAG_SCHEMA and written[0x28] == 0x6F  # flags, body length
+    assert len(written) == 155 and written[0x5A:] == documented
 
 
 async def test_the_store_writes_the_documented_layout(store_path: Path) -> None:
