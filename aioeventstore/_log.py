@@ -156,11 +156,11 @@ class Log:
                     if self.segments:  # the previous segment becomes the writable tail
                         prev = self.segments.pop()
                         prev.close()
-                        self.segments.append(
-                            Segment(
-                                prev.path, prev.first_position, self.fs.open(prev.path, write=True)
-                            )
+                        writable = Segment(
+                            prev.path, prev.first_position, self.fs.open(prev.path, write=True)
                         )
+                        writable.format_version = prev.format_version
+                        self.segments.append(writable)
                     break
                 seg.close()
                 raise CorruptLog(path, 0, f"bad segment header: {exc}") from None

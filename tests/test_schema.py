@@ -470,6 +470,26 @@ async def test_an_empty_format_1_tail_is_replaced_by_a_current_one(store_path: P
         assert [r.data for r in await everything(store)] == [Later(x=1)]
 
 
+async def test_a_format_1_tail_left_by_an_interrupted_rotation_is_not_appended_to(
+    store_path: Path,
+) -> None:
+    class Counted(es.Event):
+        __schema_version__ = 2
+        n: int
+
+    async with es.EventStore(store_path) as store:
+        await store.append("c", [Counted(n=0), Counted(n=1)])
+    (seg,) = store_path.glob("*.seg")
+    set_format_version(seg, 1)  # as if format 1 had written it (its frame reads the same)
+    old = seg.read_bytes()
+    (store_path / es_segment_name(2)).write_bytes(b"AIOESLOG\x01")  # a rotation cut short
+    async with es.EventStore(store_path) as store:
+        await store.append("c", Counted(n=2))
+        assert [r.data async for r in store.read_stream("c")] == [Counted(n=i) for i in range(3)]
+    assert seg.read_bytes() == old
+    assert (store_path / es_segment_name(2)).read_bytes()[8] == FORMAT_VERSION
+
+
 # --- the on-disk format version -------------------------------------------------------------
 @pytest.mark.parametrize("with_events", [True, False])
 async def test_a_store_in_a_newer_format_is_refused_and_left_alone(
