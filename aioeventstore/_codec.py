@@ -29,6 +29,7 @@ from ._format import (
     FRAME_KIND_EVENTS,
     FRAME_LENGTH_AT,
     FRAME_MAGIC,
+    MAX_TYPE_NAME_BYTES,
     SCHEMA_VERSION,
     SCHEMA_VERSION_SIZE,
     FrameError,
@@ -98,6 +99,11 @@ def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int]:
     b = _type_names.get(cls)
     if b is None:
         name = cls.__event_type__.encode("utf-8")
+        if len(name) > MAX_TYPE_NAME_BYTES - SCHEMA_VERSION_SIZE:
+            raise ValueError(
+                f"event type name of {cls.__qualname__} is {len(name)} bytes, over the limit "
+                f"of {MAX_TYPE_NAME_BYTES - SCHEMA_VERSION_SIZE}"
+            )
         versioned = name + SCHEMA_VERSION.pack(cls.__schema_version__)
         if cls.__schema_version__ == 1:
             b = (name, versioned, name, 0)

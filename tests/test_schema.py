@@ -521,3 +521,14 @@ async def test_a_store_in_a_newer_format_is_refused_and_left_alone(
     set_format_version(seg, FORMAT_VERSION)
     async with es.EventStore(store_path) as store:
         assert len(await everything(store)) == (1 if with_events else 0)
+
+
+async def test_a_type_name_too_long_for_its_field_fails_the_append(store_path: Path) -> None:
+    class Long(es.Event):
+        __event_type__ = "x" * 65534  # with the 2-byte schema version: past the 16-bit length
+        a: int
+
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(ValueError, match="65534 bytes, over the limit of 65533"):
+            await store.append("s", Long(a=1))
+        assert await everything(store) == []
