@@ -30,17 +30,19 @@ from collections.abc import Callable
 
 from ._compress import expand, inner_frames
 from ._format import (
+    FORMAT_VERSION,
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
     SEGMENT_HEADER_SIZE,
     FrameError,
     FrameInfo,
+    NewerFormat,
     segment_name,
 )
 from ._index import Index
 from ._log import Log, later_write_at
 from ._segment import Segment
-from .errors import CorruptLog
+from .errors import CorruptLog, UnsupportedFormat
 
 FoundFrame = Callable[[int, FrameInfo], None]
 """Called with (segment ordinal, frame info) for each whole frame found, in log order."""
@@ -150,6 +152,9 @@ class Follower:
         seg = Segment(path, self.position, file)
         try:
             first = seg.read_header()
+        except NewerFormat as exc:  # the writer is a newer build: never read past this point
+            seg.close()
+            raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
         except ValueError as exc:
             # A rotation in progress (the header is written right after the file is created),
             # unless frames follow the header: then the header is damaged.

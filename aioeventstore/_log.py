@@ -14,7 +14,7 @@ Recovery rules (FORMAT.md, "Recovery"):
   ``UnsupportedFormat``, before anything is changed on disk.
 * Writes never add to a segment of an older format version (an old reader would misread
   them): when the last segment is older and holds events, the first write starts a new
-  segment; when it holds nothing at all, it is replaced by an empty current-format one.
+  segment; when it holds nothing at all, its header is rewritten to the current version.
 
 Threads: ``recover`` runs once, before the commit loop starts. ``reserve`` runs on the commit
 loop's thread only; ``write`` runs on the store's single I/O thread only; ``read`` may run on
@@ -39,6 +39,7 @@ from ._format import (
     FrameError,
     NewerFormat,
     check_frame,
+    pack_segment_header,
     parse_segment_name,
     segment_name,
 )
@@ -209,16 +210,19 @@ class Log:
             and tail.file.size() == SEGMENT_HEADER_SIZE
         ):
             # An empty segment of an older format: nothing to keep, and no position to rotate
-            # at (a new segment would take its name). Replace it with a current one of the
-            # same name; a crash in between leaves no file (or one whose header is not yet
-            # durable, which the next open removes) and the previous segment as the tail.
+            # at (a new segment would take its name). Its header is rewritten in place (same
+            # file, so a read-only follower keeps seeing it) and synced before anything is
+            # appended: a torn rewrite leaves a bad header and no frame, which the next open
+            # takes for an interrupted rotation (removed, then created afresh).
             log.info(
-                "replacing empty segment %s of format version %d", tail.path, tail.format_version
+                "rewriting the header of empty segment %s from format version %d to %d",
+                tail.path,
+                tail.format_version,
+                FORMAT_VERSION,
             )
-            self.segments.pop().close()
-            self.fs.remove(tail.path)
-            self.fs.sync_dir(self.directory)
-            self.segments.append(Segment.create(self.fs, self.directory, position))
+            tail.file.pwrite(pack_segment_header(tail.first_position), 0)
+            tail.file.sync()
+            tail.format_version = FORMAT_VERSION
         elif not self.segments:
             self.segments.append(Segment.create(self.fs, self.directory, position))
         # Every open syncs the directory once: entries a failed earlier process created but

@@ -7,6 +7,7 @@ dropping a class so that a new definition can take its name.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import uuid
@@ -23,11 +24,13 @@ from aioeventstore._cli import main as cli
 from aioeventstore._format import (
     FORMAT_VERSION,
     FRAME_FLAG_SCHEMA,
+    FRAME_KIND_COMPRESSED,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     crc32c,
 )
 from aioeventstore._verify import verify_store
+from tests.test_compression import kinds
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schema_v1_store"
 
@@ -453,13 +456,15 @@ def es_segment_name(first: int) -> str:
     return f"{first:020d}.seg"
 
 
-async def test_an_empty_format_1_tail_is_replaced_by_a_current_one(store_path: Path) -> None:
+async def test_an_empty_format_1_tail_gets_a_current_header(store_path: Path) -> None:
     async with es.EventStore(store_path):
         pass
     (seg,) = store_path.glob("*.seg")
     set_format_version(seg, 1)
+    inode = seg.stat().st_ino
     async with es.EventStore(store_path) as store:
-        assert seg.read_bytes()[8] == FORMAT_VERSION  # nothing was in it; replaced at open
+        assert seg.read_bytes()[8] == FORMAT_VERSION  # nothing was in it; rewritten at open
+        assert seg.stat().st_ino == inode  # in place: a follower's open file still sees it
 
         class Later(es.Event):
             __schema_version__ = 2
@@ -517,6 +522,9 @@ async def test_a_store_in_a_newer_format_is_refused_and_left_alone(
         verify_store(store_path)
     assert cli(["repair", str(store_path)], io.StringIO()) == 2  # an error, nothing repaired
     assert seg.read_bytes() == before
+    with pytest.raises(es.UnsupportedFormat):  # nor does a read-only store
+        async with es.EventStore(store_path, read_only=True):
+            pass
     # an older store can be opened again once the header says so
     set_format_version(seg, FORMAT_VERSION)
     async with es.EventStore(store_path) as store:
@@ -532,3 +540,57 @@ async def test_a_type_name_too_long_for_its_field_fails_the_append(store_path: P
         with pytest.raises(ValueError, match="65534 bytes, over the limit of 65533"):
             await store.append("s", Long(a=1))
         assert await everything(store) == []
+
+
+async def test_a_follower_refuses_a_newer_segment_the_writer_rotated_into(store_path: Path) -> None:
+    class Noted(es.Event):
+        text: str
+
+    async with es.EventStore(store_path) as store:
+        await store.append("n", [Noted(text="a"), Noted(text="b")])
+    newer = store_path / es_segment_name(2)
+    shutil.copy(next(store_path.glob("*.seg")), newer)
+    newer.write_bytes(newer.read_bytes()[:SEGMENT_HEADER_SIZE])
+    raw = bytearray(newer.read_bytes())
+    raw[16:24] = (2).to_bytes(8, "little")  # its first position
+    newer.write_bytes(bytes(raw))
+    set_format_version(newer, FORMAT_VERSION + 1)
+    with pytest.raises(es.UnsupportedFormat) as info:
+        async with es.EventStore(store_path, read_only=True):
+            pass
+    assert info.value.path == str(newer)
+
+
+async def test_versions_and_upcasters_inside_compressed_containers(store_path: Path) -> None:
+    pytest.importorskip("zstandard", reason="compression needs the zstandard package")
+
+    class ScoreV1(es.Event):
+        __event_type__ = "Score"
+        points: int
+
+    async with es.EventStore(store_path, compression="zstd") as store:
+        await asyncio.gather(*(store.append(f"s-{i % 7}", ScoreV1(points=i)) for i in range(300)))
+    forget("Score")
+
+    class Score(es.Event):
+        __schema_version__ = 2
+        points: int
+        doubled: int
+
+    @es.upcaster("Score", from_version=1)
+    def double(data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "doubled": data["points"] * 2}
+
+    async with es.EventStore(store_path, compression="zstd") as store:
+        await asyncio.gather(
+            *(store.append("s-0", Score(points=i, doubled=-i)) for i in range(300, 400))
+        )
+        recs = await everything(store)
+        by_stream = [r.data async for r in store.read_stream("s-0")]
+    assert kinds(store_path)[FRAME_KIND_COMPRESSED] >= 2  # the events are in containers
+    assert sorted(r.data.points for r in recs if isinstance(r.data, Score)) == list(range(400))
+    for rec in recs:
+        assert isinstance(rec.data, Score)
+        want = rec.data.points * 2 if rec.data.points < 300 else -rec.data.points
+        assert rec.data.doubled == want
+    assert len(by_stream) == 43 + 100 and all(isinstance(d, Score) for d in by_stream)
