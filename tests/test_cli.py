@@ -16,6 +16,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore._cli import EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, Progress, main
+from aioeventstore._format import FORMAT_VERSION
 
 from .helpers import Deposited, Note
 
@@ -49,14 +50,14 @@ def test_info(tmp_path: Path) -> None:
     asyncio.run(make_store(tmp_path / "s"))
     code, out, _ = cli("info", str(tmp_path / "s"))
     assert code == EXIT_OK
-    assert "events     60" in out and "streams    3" in out and "version 1" in out
+    assert "events     60" in out and "streams    3" in out and f"version {FORMAT_VERSION}" in out
     assert "projector: at 41 (lag 18)" in out
     code, out, _ = cli("info", "--json", str(tmp_path / "s"))
     doc = json.loads(out)
     assert doc["events"] == 60 and doc["head"] == 59 and doc["streams"] == 3
     assert doc["segments"] == len(list((tmp_path / "s").glob("*.seg"))) > 1
     assert doc["bytes"] == sum(p.stat().st_size for p in (tmp_path / "s").glob("*.seg"))
-    assert doc["format_versions"] == [1]
+    assert doc["format_versions"] == [FORMAT_VERSION]
     assert doc["consumers"] == {"projector": {"position": 41, "lag": 18}}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -450,6 +451,17 @@ async def test_a_store_written_by_v1_classes_in_format_1_reads_with_new_classes(
     assert recs[-2].data == AccountCredited(account="1", amount_cents=1, currency="USD")
     assert recs[-1].data == Withdrawn(account="1", amount=1, reason="fee")
     assert len(recs) == 49 and verify_store(path).ok
+
+
+def test_the_cli_reports_the_format_1_fixture_without_changing_it(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    shutil.copytree(FIXTURE, path)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    out, err = io.StringIO(), io.StringIO()
+    assert cli(["info", "--json", str(path)], out, err) == 0, err.getvalue()
+    doc = json.loads(out.getvalue())
+    assert doc["format_versions"] == [1] and doc["events"] == 47
+    assert {p.name: p.read_bytes() for p in path.iterdir() if p.suffix == ".seg"} == before
 
 
 def es_segment_name(first: int) -> str:
