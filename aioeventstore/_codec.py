@@ -162,7 +162,7 @@ def encode_events(
     dump: Callable[..., Any] = _no_dump
     event: Event
     flags = _schema_flags(events)
-    field = 1 if flags & FRAME_FLAG_SCHEMA else 0
+    field = flags & FRAME_FLAG_SCHEMA  # whether every entry carries its schema version
     for i, item in enumerate(events):
         cls: type[Any] = type(item)
         if cls is last_cls or isinstance(item, Event):
@@ -187,7 +187,8 @@ def encode_events(
             )
         if cls is not last_cls:
             last_cls = cls
-            type_b = _type_fields(cls)[field]
+            plain, versioned, _own, _flags = _type_fields(cls)
+            type_b = versioned if field else plain
             dump = cls.__pydantic_serializer__.to_python
         data = pack(dump(event, mode="json"))
         size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(meta) + len(data)
