@@ -68,13 +68,13 @@ async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
     rec = store.recovery
     assert rec is not None
     try:
-        events = [make_event(i) for i in range(streams)] if streams <= 1000 else None
+        events = [make_event(i) for i in range(1000)]  # the same models whatever the streams
         count = 0
 
         async def producer(p: int) -> None:
             nonlocal count
             for i in range(p, appends, 1024):
-                ev = events[i % streams] if events is not None else make_event(i)
+                ev = events[i % 1000]
                 await store.append(f"s-{i % streams}", ev)
                 count += 1
 
@@ -97,7 +97,46 @@ async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
         await store.close()
 
 
+async def streams_curve(args: argparse.Namespace) -> None:
+    """A fresh store of ``--curve-events`` events per stream count: append rate, index bytes
+    per event and RSS as the number of streams grows (the events stay the same)."""
+    rows: list[dict[str, Any]] = []
+    for streams in [int(s) for s in args.streams_curve.split(",")]:
+        with tempfile.TemporaryDirectory(dir=args.dir) as d:
+            t0 = time.perf_counter()
+            await grow(d, 0, args.curve_events, streams, 1)
+            grown = time.perf_counter() - t0
+            row = await measure(d, streams, args.appends)
+            row["grow_s"] = grown
+            rows.append(row)
+            if args.json:
+                emit_json([row])
+            else:
+                print(
+                    f"  {streams:>9,} streams: {row['appends_per_s']:,.0f} appends/s, open "
+                    f"{row['open_s']:.2f} s, {row['index_bytes_per_event']:.1f} index "
+                    f"bytes/event, peak RSS {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+    if not args.json:
+        print()
+        print_table(
+            rows,
+            [
+                ("streams", "streams", ",d"),
+                ("events", "events in store", ",d"),
+                ("open_s", "open s", ".2f"),
+                ("appends_per_s", "durable appends/s (P=1024)", ",.0f"),
+                ("index_bytes_per_event", "index B/event", ".1f"),
+                ("peak_rss_mb", "peak RSS MB", ".0f"),
+            ],
+        )
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.streams_curve:
+        await streams_curve(args)
+        return
     steps = [int(s) for s in args.steps.split(",")]
     rows: list[dict[str, Any]] = []
     if not args.json:
@@ -156,6 +195,12 @@ def parse() -> argparse.Namespace:
     )
     ap.add_argument("--per-append", type=int, default=1, help="events per append while growing")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    ap.add_argument(
+        "--streams-curve",
+        default="",
+        help="instead of growing one store: a store per stream count, e.g. 10,1000,100000,1000000",
+    )
+    ap.add_argument("--curve-events", type=int, default=2_000_000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dir", default=None)
     return ap.parse_args()
