@@ -14,6 +14,7 @@ from .errors import (
     EventDecodeError,
     EventStoreError,
     EventTooLarge,
+    MaintenanceFailed,
     MissingUpcaster,
     SnapshotFailed,
     SnapshotVersionError,
@@ -22,6 +23,7 @@ from .errors import (
     StoreLocked,
     StoreNotFound,
     StoreReadOnly,
+    StreamDeleted,
     UnsupportedFormat,
     WrongExpectedVersion,
 )
@@ -41,7 +43,14 @@ from .events import (
     event_types,
 )
 from .options import Compression, Durability, OptionOverrides, StoreOptions
-from .store import EventStore, MemoryStorage, StoreStatistics, Subscription
+from .store import (
+    EventStore,
+    MemoryStorage,
+    ScavengeReport,
+    StoreStatistics,
+    StreamMetadata,
+    Subscription,
+)
 
 __version__ = "0.1.0"
 
@@ -64,11 +73,13 @@ __all__ = [
     "EventTooLarge",
     "ExpectedVersion",
     "Histogram",
+    "MaintenanceFailed",
     "MemoryStorage",
     "MissingUpcaster",
     "NewEvent",
     "OptionOverrides",
     "RecordedEvent",
+    "ScavengeReport",
     "SegmentProblem",
     "SegmentReport",
     "Snapshot",
@@ -82,6 +93,8 @@ __all__ = [
     "StoreOptions",
     "StoreReadOnly",
     "StoreStatistics",
+    "StreamDeleted",
+    "StreamMetadata",
     "StreamState",
     "Subscription",
     "UnsupportedFormat",

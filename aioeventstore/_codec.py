@@ -27,6 +27,7 @@ from ._format import (
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
     FRAME_KIND_EVENTS,
+    FRAME_KIND_METADATA,
     FRAME_LENGTH_AT,
     FRAME_MAGIC,
     MAX_TYPE_NAME_BYTES,
@@ -262,6 +263,25 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
         ) from exc
 
 
+def pack_stream_metadata(fields: Mapping[str, int]) -> bytes:
+    """The body of a metadata frame after the stream name: a MessagePack map of str → int."""
+    return msgpack.packb(dict(fields))  # type: ignore[no-any-return]
+
+
+def unpack_stream_metadata(raw: bytes | memoryview) -> dict[str, int]:
+    """The map a metadata frame holds; FrameError when it is not a map of str → int."""
+    try:
+        fields = msgpack.unpackb(raw)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise FrameError(f"undecodable stream metadata: {exc}") from exc
+    if not isinstance(fields, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in fields.items()
+    ):
+        raise FrameError("stream metadata is not a map of str to int")
+    return fields
+
+
 def recorded_at(us: int) -> datetime:
     """The aware UTC datetime for a frame's recorded_at field."""
     return _EPOCH + timedelta(microseconds=us)
@@ -321,9 +341,12 @@ def decode_frame_events(
     out: list[RecordedEvent],
     as_dicts: bool = False,
     caches: tuple[TypeCache, TypeCache] | None = None,
+    hidden: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
     """Append to ``out`` the events of a checked frame with positions in ``[lo, hi]`` (and a
-    stored type name in ``types``, when given), in order. Skipped events are not decoded.
+    stored type name in ``types``, when given), in order. Skipped events are not decoded;
+    neither are those ``hidden`` maps out of sight (stream → (first visible version, oldest
+    visible recorded_at in µs), from the streams' retention metadata).
 
     Data is validated with the model's compiled pydantic-core validator, after the upcasters
     when the event's schema version is older than its class's. ``caches`` (from
@@ -341,6 +364,13 @@ def decode_frame_events(
     if caches is None:
         caches = new_type_caches()
     cache = caches[1] if versioned else caches[0]
+    min_version = -1
+    if hidden:
+        h = hidden.get(stream)
+        if h is not None:
+            if info.recorded_at_us < h[1] or first_ver + info.event_count <= h[0]:
+                return
+            min_version = h[0]
     for k in range(info.event_count):
         if end - at < ENTRY_HEAD_SIZE:
             raise FrameError("event entry runs past its frame")
@@ -351,7 +381,7 @@ def decode_frame_events(
         pos = first_pos + k
         if pos > hi:
             break
-        if pos < lo:
+        if pos < lo or first_ver + k < min_version:
             at = nxt
             continue
         t0 = at + ENTRY_HEAD_SIZE
@@ -403,13 +433,18 @@ def decode_span(
     as_dicts: bool = False,
     expand: Callable[[bytes, int, int], bytes] | None = None,
     caches: tuple[TypeCache, TypeCache] | None = None,
+    hidden: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[int, int]:
     """Check and decode a buffer of whole, back-to-back frames whose first event has
     ``first_position``; append the events in ``[lo, hi]`` (passing the filter: ``types`` are
     stored type names) to ``out``.
 
-    Every frame's checksum is verified and positions must continue densely; checkpoint
-    frames are skipped. A compressed frame (a container) is decompressed by
+    Every frame's checksum is verified and positions must increase (from the first frame on,
+    which holds ``first_position``: they skip where scavenging removed frames, and the caller
+    compares the end with its index); checkpoint and metadata frames are skipped. ``hidden``
+    maps a stream to (its first visible version, its oldest visible recorded_at in µs) per its
+    retention metadata: hidden events are skipped before they are decoded, whole frames at
+    once where they can be. A compressed frame (a container) is decompressed by
     ``expand(buf, start, end)`` (its inner bytes) only when it holds events in ``[lo, hi]``,
     and decoded in turn; the first frame may be a container that starts before
     ``first_position`` and holds it. Returns the first position of the last frame holding
@@ -435,6 +470,7 @@ def decode_span(
     head_size = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
     last_us = -1
     last_first = -1
+    started = False  # an events frame (or container) was seen: positions may skip from here
     when = _EPOCH
     try:
         while at < size:
@@ -448,8 +484,10 @@ def decode_span(
             # guard the reader against its own index, not against damage.
             if kind != FRAME_KIND_EVENTS:
                 if kind == FRAME_KIND_COMPRESSED and expand is not None and count:
-                    if fpos != pos and not (at == 0 and fpos < pos < fpos + count):
+                    holds = at == 0 and fpos < pos < fpos + count  # starts before, holds pos
+                    if (fpos < pos or (fpos > pos and not started)) and not holds:
                         raise _span_error(f"frame holds position {fpos}, expected {pos}", at)
+                    started = True
                     last_first, pos = fpos, fpos + count
                     if pos > lo and fpos <= hi:
                         inner = expand(buf, at, end)
@@ -465,19 +503,25 @@ def decode_span(
                                 as_dicts,
                                 None,
                                 (plain, versioned),
+                                hidden,
                             )[1]
                         except FrameError as exc:
                             raise _span_error(f"in compressed frame: {exc.reason}", at) from None
                         if got != pos:
                             raise _span_error(f"compressed frame ends at {got}, not {pos}", at)
-                elif kind not in (FRAME_KIND_CHECKPOINT, FRAME_KIND_COMPRESSED):
+                elif kind not in (
+                    FRAME_KIND_CHECKPOINT,
+                    FRAME_KIND_COMPRESSED,
+                    FRAME_KIND_METADATA,
+                ):
                     raise _span_error(f"unknown frame kind {kind}", at)
-                elif kind == FRAME_KIND_COMPRESSED and (expand is None or fpos != pos):
+                elif kind == FRAME_KIND_COMPRESSED and (expand is None or fpos < pos):
                     raise _span_error("unexpected compressed frame", at)
                 at = end
                 continue
-            if fpos != pos or count == 0:
+            if count == 0 or fpos < pos or (fpos > pos and not started):
                 raise _span_error(f"frame holds position {fpos}, expected {pos}", at)
+            started = True
             last_first = fpos
             pos = fpos + count
             if pos <= lo or fpos > hi:
@@ -493,10 +537,19 @@ def decode_span(
             if prefixes is not None and not stream.startswith(prefixes):
                 at = end
                 continue
+            min_version = -1
+            if hidden:
+                h = hidden.get(stream)
+                if h is not None:
+                    if us < h[1] or fver + count <= h[0]:  # the whole frame is hidden
+                        at = end
+                        continue
+                    min_version = h[0]
             if us != last_us:
                 when = _when(us)
                 last_us = us
-            whole = fpos >= lo and pos <= hi + 1  # no per-event range check needed
+            # no per-event range check needed when the whole frame is in range and visible
+            whole = fpos >= lo and pos <= hi + 1 and fver >= min_version
             has_versions = fl & FRAME_FLAG_SCHEMA
             cache = versioned if has_versions else plain
             e = s0 + slen
@@ -506,7 +559,7 @@ def decode_span(
                 if nxt > end:
                     raise _span_error("event entry runs past its frame", at)
                 p = fpos + k
-                if not whole and (p < lo or p > hi):
+                if not whole and (p < lo or p > hi or fver + k < min_version):
                     e = nxt
                     continue
                 t0 = e + ENTRY_HEAD_SIZE

@@ -30,10 +30,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import NamedTuple
 
+from ._codec import pack_stream_metadata
 from ._compress import BatchCompressor, PlannedFrame
 from ._format import (
     BODY_HEAD,
@@ -41,15 +42,17 @@ from ._format import (
     FRAME_HEADER_SIZE,
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_EVENTS,
+    FRAME_KIND_METADATA,
     FRAME_MAGIC,
     crc32c,
     pack_frame,
 )
 from ._index import Index
 from ._log import Log, WritePlan
+from ._meta import StreamMetadata, StreamMetas
 from ._queue import ByteBoundedQueue
 from ._stats import COUNT_BUCKETS, LATENCY_BUCKETS, Recorder
-from .errors import StoreClosed, StoreFailed, WrongExpectedVersion
+from .errors import StoreClosed, StoreFailed, StreamDeleted, WrongExpectedVersion
 from .events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Event, ExpectedVersion, NewEvent
 from .options import StoreOptions
 
@@ -70,6 +73,17 @@ class Recheck(NamedTuple):
 Outcome = AppendResult | Recheck | BaseException
 
 
+class MetaOp(NamedTuple):
+    """A metadata write: ``kind`` is "set" (``changes`` holds the fields to change), "delete"
+    (``hard``) or "carry" (rewrite ``record`` as it is, so that it outlives the segment it
+    lives in when retention drops that segment)."""
+
+    kind: str
+    changes: dict[str, object] | None = None
+    hard: bool = False
+    record: StreamMetadata | None = None
+
+
 class PendingAppend:
     """One encoded append waiting for the commit loop."""
 
@@ -83,8 +97,10 @@ class PendingAppend:
         "future",
         "ids",
         "key",
+        "meta",
         "metas",
         "outcome",
+        "planned_meta",
         "position",
         "size",
         "source",
@@ -105,6 +121,7 @@ class PendingAppend:
         checkpoint: int = -1,
         own_ids: bool = False,
         flags: int = 0,
+        meta: MetaOp | None = None,
     ) -> None:
         self.stream = stream
         self.stream_b = stream_b
@@ -124,6 +141,8 @@ class PendingAppend:
         self.key = stream_b + ids[0] if own_ids and ids else None
         self.checkpoint = checkpoint  # >= 0: a named consumer's acknowledged position
         self.flags = flags  # the frame flags its entries need (FRAME_FLAG_SCHEMA or 0)
+        self.meta = meta  # a stream metadata write (its frame's body is made when planned)
+        self.planned_meta: StreamMetadata | None = None  # what it writes, once planned
 
 
 @dataclass(slots=True)
@@ -156,6 +175,7 @@ class CommitLoop:
         io: Executor,
         window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]],
         checkpoints: dict[str, int],
+        metas: StreamMetas | None = None,
     ) -> None:
         self._log = log
         self._index = index
@@ -164,6 +184,7 @@ class CommitLoop:
         self._queue: ByteBoundedQueue[PendingAppend] = ByteBoundedQueue(options.max_queue_bytes)
         self._window = window
         self.checkpoints = checkpoints  # named consumer -> last durable acknowledged position
+        self.metas = metas if metas is not None else StreamMetas()  # stream retention metadata
         self._task: asyncio.Task[None] | None = None
         self._current: _Batch | None = None  # the batch being written, for _fail on cancel
         self._closing = False
@@ -315,6 +336,7 @@ class CommitLoop:
         accepted: list[PendingAppend] = []  # those written, in position order
         touched: dict[str, int] = {}
         nbytes = 0
+        metas = self.metas
         for item in items:
             if item.future.done():  # producer cancelled before its batch: drop it
                 continue
@@ -330,6 +352,24 @@ class CommitLoop:
             last = touched.get(stream)
             if last is None:
                 last = index.last_version(stream)
+            if (  # a hard-deleted stream takes nothing more (but its own carried metadata)
+                metas.tombstones
+                and stream in metas.tombstones
+                and (item.meta is None or item.meta.kind != "carry")
+            ):
+                item.outcome = StreamDeleted(stream)
+                continue
+            if item.meta is not None:  # a metadata frame: no events, a revision
+                new = self._plan_meta(item, last)
+                if isinstance(new, BaseException):
+                    item.outcome = new
+                    continue
+                item.position = pos
+                item.first_version = new.revision
+                item.outcome = AppendResult(-1, new.revision)
+                accepted.append(item)
+                nbytes += item.size
+                continue
             exp = item.expected
             if exp is ANY or (exp is STREAM_EXISTS and last >= 0):
                 if item.key is not None:
@@ -365,7 +405,7 @@ class CommitLoop:
         add_frame = index.add_frame
         head = BODY_HEAD.pack
         for item in accepted:
-            if item.checkpoint >= 0:
+            if item.checkpoint >= 0 or item.meta is not None:
                 frame = pack_frame(
                     item.stream_b,
                     0,
@@ -373,10 +413,13 @@ class CommitLoop:
                     item.first_version,
                     now_us,
                     woff,
-                    b"",
-                    FRAME_KIND_CHECKPOINT,
+                    item.entries,
+                    FRAME_KIND_CHECKPOINT if item.meta is None else FRAME_KIND_METADATA,
                 )
-                index.add_mark(ordinal, item.stream, item.checkpoint)
+                if item.meta is None:
+                    index.add_mark(ordinal, item.stream, item.checkpoint)
+                else:
+                    index.add_meta(ordinal, item.stream, item.first_version, item.entries)
             else:
                 # pack_frame, inline: one CRC32C call over length, head, stream and entries
                 sb = item.stream_b
@@ -406,15 +449,80 @@ class CommitLoop:
                 count = item.count if item.checkpoint < 0 else 0
                 frames.append(PlannedFrame(b"".join(frame), item.position, count))
             off += item.size
+        if frames is not None and any(i.meta is not None for i in accepted):
+            # metadata frames are never put in containers (recovery, index sidecars and
+            # scavenging find them as frames of their own): such a rare batch goes uncompressed
+            parts = [f.data for f in frames]
+            frames = None
         data = b"".join(parts)
         assert frames is not None or len(data) == nbytes
         excess = len(window) - self._options.idempotency_window
         if excess > 0:
             for key in list(islice(window, excess)):
                 del window[key]
-        events = [item for item in accepted if item.checkpoint < 0]
-        marks = [(item.stream, item.checkpoint) for item in accepted if item.checkpoint >= 0]
-        return _Batch(planned, plan, data, first_pos, pos - 1, events, now_us, marks, frames)
+        events = [i for i in accepted if i.checkpoint < 0 and i.meta is None]
+        marks = [(i.stream, i.checkpoint) for i in accepted if i.checkpoint >= 0]
+        meta_recs = [(i.stream, i.planned_meta) for i in accepted if i.planned_meta]
+        return _Batch(
+            planned, plan, data, first_pos, pos - 1, events, now_us, marks, frames, None, meta_recs
+        )
+
+    def _plan_meta(self, item: PendingAppend, last: int) -> StreamMetadata | BaseException:
+        """The metadata a metadata write gives its stream, with its frame body laid out in
+        ``item`` (commit task only); or the error it fails with."""
+        op = item.meta
+        assert op is not None
+        stream = item.stream
+        old = self.metas.current(stream)
+        revision = (old.revision if old is not None else -1) + 1
+        base = old if old is not None else StreamMetadata()
+        if op.kind == "carry":
+            assert op.record is not None
+            new = op.record
+            item.entries = pack_stream_metadata(new.to_fields())
+            item.size = FRAME_OVERHEAD + len(item.stream_b) + len(item.entries)
+            if old is None or old.revision <= new.revision:
+                item.planned_meta = new
+                self.metas.plan(stream, new)
+            return new
+        elif op.kind == "delete":
+            exp = item.expected
+            if not (
+                exp is ANY
+                or (exp is STREAM_EXISTS and last >= 0)
+                or (exp is NO_STREAM and last == -1)
+                or (isinstance(exp, int) and not isinstance(exp, bool) and exp == last)
+            ):
+                return WrongExpectedVersion(stream, exp, last)
+            new = replace(
+                base,
+                truncate_before=last + 1,
+                deleted=True,
+                hard_deleted=op.hard,
+                revision=revision,
+            )
+        else:
+            changes = dict(op.changes or {})
+            tb = changes.get("truncate_before")
+            if isinstance(tb, int) and tb > last + 1:
+                return ValueError(
+                    f"truncate_before={tb} for stream {stream!r} is past its end (last version "
+                    f"{last}); at most {last + 1} hides every event so far"
+                )
+            if op.kind == "floor":  # retention dropped every event: keep the version
+                assert isinstance(tb, int)
+                changes["truncate_before"] = max(tb, base.truncate_before or 0)
+            # a stream with no event left in the log keeps its end in truncate_before
+            floor = self._index.first_version(stream)
+            if floor > 0 and last < floor and "truncate_before" in changes:
+                cur = changes["truncate_before"]
+                changes["truncate_before"] = max(floor, cur if isinstance(cur, int) else 0)
+            new = replace(base, **changes, revision=revision)  # type: ignore[arg-type]
+        item.entries = pack_stream_metadata(new.to_fields())
+        item.size = FRAME_OVERHEAD + len(item.stream_b) + len(item.entries)
+        item.planned_meta = new
+        self.metas.plan(stream, new)
+        return new
 
     @staticmethod
     def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:
@@ -438,6 +546,8 @@ class CommitLoop:
         for name, position in batch.checkpoints:  # durable now, whoever still waits
             if position > self.checkpoints.get(name, -1):
                 self.checkpoints[name] = position
+        for stream, rec in batch.metas:  # reads honour it from now on
+            self.metas.commit(stream, rec)
         self.stats.appends += len(batch.items)
         for item in batch.items:
             fut = item.future
@@ -475,6 +585,7 @@ class CommitLoop:
             )
             failure.__cause__ = exc
         self._closing = True
+        self.metas.forget_planned()
         pending = list(batch.items) if batch else []
         pending += self._queue.take_all()
         for item in pending:
@@ -506,3 +617,4 @@ class _Batch:
     checkpoints: list[tuple[str, int]]  # (consumer name, position) written
     frames: list[PlannedFrame] | None = None  # set when the I/O thread compresses the batch
     relocated: list[tuple[int, int]] | None = None  # where its event frames went, if moved
+    metas: list[tuple[str, StreamMetadata]] = field(default_factory=list)  # metadata written

@@ -19,6 +19,13 @@ cuts the batch and the follower, which already delivered it, stops with ``Corrup
 log was cut behind this reader"). A missing segment looks like the end of the log (``verify``
 reports it).
 
+Retention and scavenging (``_scavenge.py``): the first scan starts at the oldest segment there
+is and accepts the gaps recovery accepts (a segment starting past the previous one's end,
+skips inside a segment with the SCAVENGED flag, a stream first seen past version 0 with as
+many positions missing before it). Segments the writer rewrites or removes later stay
+readable through the handles already open. Metadata frames are collected in ``metadata`` for
+the store to apply; they are not events.
+
 Threads: one thread at a time calls ``scan`` (the store's I/O thread); the frames it finds are
 added to the index on the event loop thread by :func:`index_frames`.
 """
@@ -33,10 +40,13 @@ from ._format import (
     FORMAT_VERSION,
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
+    FRAME_KIND_METADATA,
+    SEGMENT_FLAG_SCAVENGED,
     SEGMENT_HEADER_SIZE,
     FrameError,
     FrameInfo,
     NewerFormat,
+    parse_segment_name,
     segment_name,
 )
 from ._index import Index
@@ -61,6 +71,11 @@ class Follower:
         """Byte offset after the last whole frame of the last segment."""
         self.position = 0
         """Position the next event found will have."""
+        self.metadata: list[tuple[str, int, bytes]] = []
+        """(stream, revision, packed metadata) of the metadata frames found; the store takes
+        them after each scan."""
+        self._initial = True  # the first scan: segments may start past the previous end
+        self._gaps = False  # the tail segment is a scavenged one
 
     def scan(self, found: FoundFrame) -> None:
         """Feed every whole frame written since the last call to ``found``; blocking.
@@ -68,10 +83,16 @@ class Follower:
         Opens segments as they appear (adding them to the log's segment list, read-only).
         Raises CorruptLog for damage, OSError when a file cannot be read.
         """
+        try:
+            self._scan(found)
+        finally:
+            self._initial = False
+
+    def _scan(self, found: FoundFrame) -> None:
         segs = self._log.segments
         while True:
             reason = self._scan_tail(found) if segs else None
-            if segs and self.position == segs[-1].first_position:
+            if segs and self.position == segs[-1].first_position and not self._initial:
                 # The tail holds no event yet: the writer only rotates away from a segment
                 # that holds one (its name would be the next position otherwise).
                 if reason is not None:
@@ -91,7 +112,9 @@ class Follower:
                     raise CorruptLog(
                         segs[-1].path, self.end, f"{reason} (in a segment before the last)"
                     )
-                if nxt.first_position != self.position:
+                if nxt.first_position < self.position or (
+                    nxt.first_position != self.position and not self._initial
+                ):
                     nxt.close()
                     raise CorruptLog(
                         nxt.path,
@@ -101,6 +124,7 @@ class Follower:
                     )
             segs.append(nxt)
             self.end = SEGMENT_HEADER_SIZE
+            self.position = nxt.first_position
             if self.resume is not None:
                 self.end, self.position = self.resume(len(segs) - 1, nxt, self.position)
 
@@ -117,6 +141,9 @@ class Follower:
             )
 
         def sink(info: FrameInfo, buf: bytes, start: int) -> None:
+            if info.kind == FRAME_KIND_METADATA:
+                packed = bytes(buf[start + info.entries_at : start + info.length])
+                self.metadata.append((info.stream, info.first_version, packed))
             if info.kind != FRAME_KIND_COMPRESSED:
                 found(ordinal, info)
                 return
@@ -128,7 +155,7 @@ class Follower:
                 found(ordinal, frame._replace(offset=info.offset, length=info.length))
 
         self.end, self.position, reason = seg.scan(
-            self.end, self.position, self._log.options.read_chunk_bytes, sink
+            self.end, self.position, self._log.options.read_chunk_bytes, sink, self._gaps
         )
         return reason
 
@@ -144,14 +171,19 @@ class Follower:
     def _open_next(self) -> Segment | None:
         """The segment named after the next position, once its header is complete."""
         log = self._log
-        path = os.path.join(log.directory, segment_name(self.position))
+        position = self.position
+        if self._initial:  # retention or scavenging may have removed segments: the next one
+            after = log.segments[-1].first_position if log.segments else -1
+            names = (parse_segment_name(n) for n in log.fs.listdir(log.directory))
+            position = min((p for p in names if p is not None and p > after), default=position)
+        path = os.path.join(log.directory, segment_name(position))
         try:
             file = log.fs.open(path, write=False)
         except FileNotFoundError:
             return None
-        seg = Segment(path, self.position, file)
+        seg = Segment(path, position, file)
         try:
-            first = seg.read_header()
+            first, flags = seg.read_header_flags()
         except NewerFormat as exc:  # the writer is a newer build: never read past this point
             seg.close()
             raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
@@ -163,26 +195,36 @@ class Follower:
             if later is not None:
                 raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
             return None
-        if first != self.position:
+        if first != position:
             seg.close()
-            raise CorruptLog(path, 0, f"segment starts at position {first} (named {self.position})")
+            raise CorruptLog(path, 0, f"segment starts at position {first} (named {position})")
+        self._gaps = bool(flags & SEGMENT_FLAG_SCAVENGED)
         return seg
 
 
 def frame_indexer(
-    index: Index, checkpoints: dict[str, int], path_of: Callable[[int], str]
+    index: Index,
+    checkpoints: dict[str, int],
+    path_of: Callable[[int], str],
+    seen: list[int] | None = None,
 ) -> FoundFrame:
     """A ``found`` callback that adds each frame to the index (and each checkpoint frame to
     ``checkpoints``) at once. Call it on the event loop thread, or before the store is open;
-    advance ``index.head`` after it. Raises CorruptLog when a stream's versions break."""
+    advance ``index.head`` after it. Raises CorruptLog when a stream's versions break.
+    ``seen[0]`` counts the events indexed (share it between the indexers of one store): a
+    stream may first appear past version 0 only with as many positions missing before it."""
+    seen = seen if seen is not None else [0]
 
     def found(ordinal: int, info: FrameInfo) -> None:
         if info.kind == FRAME_KIND_CHECKPOINT:
             if info.first_version > checkpoints.get(info.stream, -1):
                 checkpoints[info.stream] = info.first_version
             return
+        if info.kind == FRAME_KIND_METADATA:  # the Follower collected it
+            return
         want = index.last_version(info.stream) + 1
-        if info.first_version != want:
+        missing = info.first_position - seen[0]
+        if info.first_version != want and not (want == 0 and info.first_version <= missing):
             raise CorruptLog(
                 path_of(ordinal),
                 info.offset,
@@ -198,5 +240,6 @@ def frame_indexer(
             info.first_version,
             info.event_count,
         )
+        seen[0] += info.event_count
 
     return found

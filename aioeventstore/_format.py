@@ -23,6 +23,14 @@ SEGMENT_NAME_DIGITS: Final = 20
 # magic 8s | format version H | header length H | flags I | first position Q | reserved I | crc I
 SEGMENT_HEADER: Final = struct.Struct("<8sHHIQII")
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 32
+SEGMENT_FLAG_SCAVENGED: Final = 1
+"""Header flag of a segment rewritten by scavenging: frames whose events were all hidden by
+stream metadata were removed, so positions inside it (and before its first frame) may skip.
+Segments without it must hold dense positions; a skip there is damage."""
+SEGMENT_FLAGS_KNOWN: Final = SEGMENT_FLAG_SCAVENGED
+SCAVENGE_SUFFIX: Final = ".scavenge"
+"""Suffix of the temporary file a scavenge writes before renaming it over its segment; a
+leftover one (a crash mid-scavenge) is removed on open."""
 assert SEGMENT_HEADER_SIZE == 32
 
 # --- frame: one append call, the atomic unit on disk ------------------------------------------
@@ -53,6 +61,10 @@ events are all at schema version 1 leave it clear and are laid out as in version
 SCHEMA_VERSION: Final = struct.Struct("<H")
 SCHEMA_VERSION_SIZE: Final = SCHEMA_VERSION.size  # 2
 MAX_SCHEMA_VERSION: Final = 0xFFFF
+FRAME_KIND_METADATA: Final = 4
+"""A stream's retention metadata (max count, max age, truncate before, deleted). No events;
+the stream-name field holds the stream, the first-version field the metadata's revision (the
+highest wins), and a MessagePack map follows the name (see FORMAT.md). Never compressed."""
 MAX_FRAME_BODY: Final = (1 << 31) - 1
 
 # --- container head, after the body head of a compressed frame --------------------------------
@@ -94,10 +106,13 @@ def parse_segment_name(name: str) -> int | None:
     return int(stem)
 
 
-def pack_segment_header(first_position: int) -> bytes:
-    """The 32-byte header that starts every segment file."""
+def pack_segment_header(
+    first_position: int, flags: int = 0, version: int = FORMAT_VERSION
+) -> bytes:
+    """The 32-byte header that starts every segment file (a scavenge keeps the version of
+    the segment it rewrites, whose frames it copies as they are, and sets its flag)."""
     head = SEGMENT_HEADER.pack(
-        SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_HEADER_SIZE, 0, first_position, 0, 0
+        SEGMENT_MAGIC, version, SEGMENT_HEADER_SIZE, flags, first_position, 0, 0
     )
     return head[:-4] + crc32c(head[:-4]).to_bytes(4, "little")
 
@@ -117,7 +132,7 @@ def unpack_segment_header(raw: bytes) -> int:
     its subclass NewerFormat when the header is intact but from a newer format."""
     if len(raw) < SEGMENT_HEADER_SIZE:
         raise ValueError(f"segment header is {len(raw)} bytes, expected {SEGMENT_HEADER_SIZE}")
-    magic, version, hlen, _flags, first, _res, crc = SEGMENT_HEADER.unpack_from(raw)
+    magic, version, hlen, flags, first, _res, crc = SEGMENT_HEADER.unpack_from(raw)
     if magic != SEGMENT_MAGIC:
         raise ValueError(f"bad segment magic {magic!r}")
     if crc != crc32c(raw[: SEGMENT_HEADER_SIZE - 4]):
@@ -128,7 +143,14 @@ def unpack_segment_header(raw: bytes) -> int:
         raise ValueError(f"impossible format version {version}")
     if hlen != SEGMENT_HEADER_SIZE:
         raise ValueError(f"unexpected segment header length {hlen}")
+    if flags & ~SEGMENT_FLAGS_KNOWN:
+        raise ValueError(f"unknown segment header flags {flags:#x}")
     return int(first)
+
+
+def segment_flags(raw: bytes) -> int:
+    """The flags field of a header that ``unpack_segment_header`` accepted."""
+    return int(SEGMENT_HEADER.unpack_from(raw)[3])
 
 
 def segment_format_version(raw: bytes) -> int:
@@ -234,6 +256,9 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
     elif kind == FRAME_KIND_CHECKPOINT:
         if count != 0 or BODY_HEAD_SIZE + slen != body_len:
             raise FrameError("checkpoint frame fields out of range")
+    elif kind == FRAME_KIND_METADATA:
+        if count != 0 or BODY_HEAD_SIZE + slen >= body_len:
+            raise FrameError("metadata frame fields out of range")
     elif kind == FRAME_KIND_COMPRESSED:
         if slen != 0:
             raise FrameError("compressed frame fields out of range")

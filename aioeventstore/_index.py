@@ -1,8 +1,19 @@
 """The in-memory index: stream → version → position, and position → frame on disk.
 
-Compact by construction: five parallel ``array`` columns with one row per frame (one frame per
+Compact by construction: six parallel ``array`` columns with one row per frame (one frame per
 append call) and one ``array('q')`` of positions per stream, so an event costs 8 bytes in its
-stream's array plus its share of its frame's 28-byte row; no Python object per event.
+stream's array plus its share of its frame's 32-byte row; no Python object per event.
+
+Gaps (retention and scavenging, see ``_scavenge.py``): once frames are removed from the log,
+positions are no longer dense and a stream's oldest versions may be gone. So each row stores
+its event count (``_frame_cnt``: a row's end is no longer the next row's first position), and
+a stream whose oldest versions were removed has a *base*, the version of the first entry of
+its positions array (``_base``, by stream id; absent means 0). Removal is always a prefix of
+each stream (scavenging keeps a stream's frames from its first kept one on; retention drops
+the oldest segments), so a stream's versions stay dense from its base to its last version.
+Rows are removed or moved only by ``replace_segment_rows`` and ``drop_oldest``, on the loop
+thread, for sealed segments (never the tail one the commit loop appends to), and never while
+a sidecar export reads rows on another thread (the store waits for those first).
 
 Each segment's rows can be saved to a sidecar file (``_indexfile.py``) so that opening a large
 store loads them instead of rescanning the log.
@@ -14,6 +25,7 @@ batch is durable; readers clamp everything to ``head``, so they never see an unc
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from bisect import bisect_left, bisect_right
 from typing import NamedTuple
@@ -51,6 +63,8 @@ class SegmentRows(NamedTuple):
     names: list[str]
     counts: array[int]  # events of names[i] in this segment
     positions: array[int]  # those events' positions, stream after stream
+    cnt: array[int]  # events of each row (rows need not abut once frames were removed)
+    firsts: array[int]  # version of names[i]'s first event in this segment
 
 
 class Index:
@@ -67,8 +81,13 @@ class Index:
         self._sids: dict[str, int] = {}
         self._names: list[str] = []
         self._positions: list[array[int]] = []  # by stream id: positions in version order
+        self._frame_cnt = array("I")  # events in the frame (see "Gaps" above)
+        self._base: dict[int, int] = {}  # stream id → version of positions[0], when not 0
         self.marks: dict[int, dict[str, int]] = {}
         """Segment ordinal → named consumer → highest checkpoint planned in that segment."""
+        self.metas: dict[int, dict[str, tuple[int, bytes]]] = {}
+        """Segment ordinal → stream → (highest metadata revision planned in that segment, its
+        packed metadata): for sidecars, so that opening finds metadata without a scan."""
         self.head = -1
         """Position of the last durable event, or -1 for an empty store."""
         self.next_position = 0
@@ -84,25 +103,37 @@ class Index:
         first_version: int,
         count: int,
     ) -> None:
-        """Record a frame; its events get positions ``first_position`` on, in stream order."""
-        assert first_position == self.next_position, "frames are added in position order"
+        """Record a frame; its events get positions ``first_position`` on, in stream order.
+
+        Positions may skip forwards (recovery of a log with removed frames: the log checks
+        that such gaps are allowed); a stream seen for the first time may start at a version
+        above 0 (its older versions were removed). After that, its versions are dense.
+        """
+        assert first_position >= self.next_position, "frames are added in position order"
         sid = self._sids.get(stream)
         if sid is None:
-            sid = self._sids[stream] = len(self._names)
-            self._names.append(stream)
-            self._positions.append(array("q"))
+            sid = self._new_stream(stream, first_version)
         positions = self._positions[sid]
-        assert first_version == len(positions), "stream versions are dense"
+        assert first_version == self._base.get(sid, 0) + len(positions), "dense versions"
         self._frame_pos.append(first_position)
         self._frame_seg.append(ordinal)
         self._frame_off.append(offset)
         self._frame_len.append(length)
         self._frame_sid.append(sid)
+        self._frame_cnt.append(count)
         if count == 1:
             positions.append(first_position)
         else:
             positions.extend(range(first_position, first_position + count))
         self.next_position = first_position + count
+
+    def _new_stream(self, stream: str, first_version: int) -> int:
+        sid = self._sids[stream] = len(self._names)
+        self._names.append(stream)
+        self._positions.append(array("q"))
+        if first_version:
+            self._base[sid] = first_version
+        return sid
 
     def add_mark(self, ordinal: int, name: str, position: int) -> None:
         """Note a named consumer's checkpoint frame in segment ``ordinal``."""
@@ -121,32 +152,119 @@ class Index:
             self._frame_off[row] = offset
             self._frame_len[row] = length
 
+    def add_meta(self, ordinal: int, stream: str, revision: int, packed: bytes) -> None:
+        """Note a stream's metadata frame in segment ``ordinal``."""
+        metas = self.metas.setdefault(ordinal, {})
+        old = metas.get(stream)
+        if old is None or revision >= old[0]:
+            metas[stream] = (revision, packed)
+
     def last_version(self, stream: str) -> int:
         """Version of the stream's last planned event, or -1 when it has none."""
         sid = self._sids.get(stream)
-        return -1 if sid is None else len(self._positions[sid]) - 1
+        if sid is None:
+            return -1
+        return self._base.get(sid, 0) + len(self._positions[sid]) - 1
 
     def committed_last_version(self, stream: str) -> int:
         """Version of the stream's last durable event, or -1."""
-        positions = self._stream(stream)
-        if positions is None:
+        sid = self._sids.get(stream)
+        if sid is None:
             return -1
-        return bisect_right(positions, self.head) - 1
+        return self._base.get(sid, 0) + bisect_right(self._positions[sid], self.head) - 1
+
+    def first_version(self, stream: str) -> int:
+        """The oldest version of ``stream`` still in the log (0 unless frames were removed)."""
+        sid = self._sids.get(stream)
+        return 0 if sid is None else self._base.get(sid, 0)
 
     def committed_version_after(self, stream: str, position: int) -> int:
         """The first version of ``stream`` whose position is past ``position``."""
-        positions = self._stream(stream)
-        if positions is None:
-            return 0
-        return bisect_right(positions, position)
-
-    def _stream(self, stream: str) -> array[int] | None:
         sid = self._sids.get(stream)
-        return None if sid is None else self._positions[sid]
+        if sid is None:
+            return 0
+        return self._base.get(sid, 0) + bisect_right(self._positions[sid], position)
 
     def position_of(self, stream: str, version: int) -> int:
-        """Position of a (planned) stream version; the caller checks the range."""
-        return self._positions[self._sids[stream]][version]
+        """Position of a (planned) stream version; the caller checks the range (it must be at
+        least ``first_version(stream)``)."""
+        sid = self._sids[stream]
+        base = self._base.get(sid, 0)
+        assert version >= base, "the version was removed from the log"
+        return self._positions[sid][version - base]
+
+    def set_stream_floor(self, stream: str, last_version: int) -> None:
+        """Make ``stream`` continue after ``last_version`` although none of its events are in
+        the log any more (recovery of a deleted or truncated stream whose frames were all
+        removed: its metadata's ``truncate_before`` says where it ended)."""
+        assert self.last_version(stream) < last_version
+        sid = self._sids.get(stream)
+        if sid is None:
+            sid = self._new_stream(stream, 0)
+        assert not self._positions[sid], "only for a stream with no event in the log"
+        self._base[sid] = last_version + 1
+
+    # --- removal: scavenging and retention (loop thread; see "Gaps" above) ------------------
+    def replace_segment_rows(
+        self, ordinal: int, moved: dict[int, int], removed: list[tuple[str, int, int]]
+    ) -> None:
+        """Apply a rewrite (or the removal) of sealed segment ``ordinal``.
+
+        ``moved`` maps the old offset of every events frame that was kept to its new offset
+        (lengths are unchanged); every other row of the segment is dropped. ``removed`` lists
+        the dropped frames as (stream, first version, event count), in position order: their
+        events leave their streams' position arrays, each one a prefix of its stream.
+        """
+        lo, hi = self.segment_rows(ordinal)
+        foff = self._frame_off
+        keep = [r for r in range(lo, hi) if foff[r] in moved]
+        assert hi - lo - len(keep) == len(removed), "the rewrite and the index disagree"
+        cols = (self._frame_pos, self._frame_seg, self._frame_len, self._frame_sid)
+        for col in (*cols, self._frame_cnt):
+            col[lo:hi] = array(col.typecode, [col[r] for r in keep])
+        foff[lo:hi] = array("q", [moved[foff[r]] for r in keep])
+        for stream, first_version, count in removed:
+            sid = self._sids[stream]
+            base = self._base.get(sid, 0)
+            assert first_version == base, f"removal of {stream!r} is not a prefix"
+            del self._positions[sid][:count]
+            self._base[sid] = base + count
+
+    def set_segment_sids(self, ordinal: int, streams: list[str]) -> None:
+        """Set the stream of each row of segment ``ordinal`` (rows loaded from a sidecar may
+        have none; a rewritten segment's sidecar needs them)."""
+        lo, hi = self.segment_rows(ordinal)
+        assert hi - lo == len(streams)
+        self._frame_sid[lo:hi] = array("I", [self._sids[s] for s in streams])
+
+    def streams_ending_before(self, position: int) -> list[tuple[str, int]]:
+        """(stream, last version) of every stream with events, all before ``position``."""
+        out = []
+        for sid, positions in enumerate(self._positions):
+            if positions and positions[-1] < position:
+                out.append((self._names[sid], self._base.get(sid, 0) + len(positions) - 1))
+        return out
+
+    def drop_oldest(self, last_ordinal: int, before_position: int) -> None:
+        """Forget the rows of segments up to ``last_ordinal`` (the oldest ones, dropped by
+        retention) and every stream's events before ``before_position``.
+
+        Retention drops a prefix of the log, hence a prefix of each stream: the streams'
+        arrays lose their first entries and their bases grow by as many.
+        """
+        hi = bisect_right(self._frame_seg, last_ordinal)
+        assert hi == len(self._frame_pos) or self._frame_pos[hi] >= before_position
+        cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
+        for col in (*cols, self._frame_sid, self._frame_cnt):
+            del col[:hi]
+        for sid, positions in enumerate(self._positions):
+            k = bisect_left(positions, before_position)
+            if k:
+                del positions[:k]
+                self._base[sid] = self._base.get(sid, 0) + k
+        for ordinal in [o for o in (*self.marks, *self.metas) if o <= last_ordinal]:
+            self.marks.pop(ordinal, None)
+            self.metas.pop(ordinal, None)
 
     def frame_at(self, position: int) -> int:
         """Row of the frame holding ``position`` (which must be < next_position)."""
@@ -154,10 +272,12 @@ class Index:
 
     def frame(self, row: int) -> FrameRef:
         """The frame in row ``row``."""
-        first = self._frame_pos[row]
-        nxt = self._frame_pos[row + 1] if row + 1 < len(self._frame_pos) else self.next_position
         return FrameRef(
-            self._frame_seg[row], self._frame_off[row], self._frame_len[row], first, nxt - first
+            self._frame_seg[row],
+            self._frame_off[row],
+            self._frame_len[row],
+            self._frame_pos[row],
+            self._frame_cnt[row],
         )
 
     def span_from(
@@ -173,6 +293,15 @@ class Index:
             return None
         fpos, fseg, foff, flen = self._frame_pos, self._frame_seg, self._frame_off, self._frame_len
         row = bisect_right(fpos, position) - 1
+        # ``position`` may lie in a gap (removed frames) or before the first frame: forwards
+        # starts at the next frame, backwards at the one before.
+        if backwards:
+            if row < 0:
+                return None
+        elif row < 0 or position >= fpos[row] + self._frame_cnt[row]:
+            row += 1
+            if row >= len(fpos) or fpos[row] > self.head:
+                return None
         seg = fseg[row]
         if backwards:
             first_row = bisect_left(fseg, seg)  # first row of this segment
@@ -193,7 +322,7 @@ class Index:
 
     def _row_end(self, row: int) -> int:
         """Position after the last event of the frame in ``row``."""
-        return self._frame_pos[row + 1] if row + 1 < len(self._frame_pos) else self.next_position
+        return self._frame_pos[row] + self._frame_cnt[row]
 
     def stream_frames(
         self,
@@ -204,20 +333,26 @@ class Index:
         max_events: int | None = None,
     ) -> list[tuple[FrameRef, int]]:
         """Committed frames of ``stream`` from the one holding ``version`` on (or back), with
-        each frame's first version, in position order; about ``max_bytes`` (at least one)."""
-        positions = self._stream(stream)
-        if positions is None:
+        each frame's first version, in position order; about ``max_bytes`` (at least one).
+        Forwards from a version older than the stream's first one still in the log starts at
+        that first one; backwards from there finds nothing."""
+        sid = self._sids.get(stream)
+        if sid is None:
             return []
-        last = bisect_right(positions, self.head) - 1
-        if version < 0 or version > last:
+        positions = self._positions[sid]
+        base = self._base.get(sid, 0)
+        last = base + bisect_right(positions, self.head) - 1
+        if not backwards:
+            version = max(version, base)
+        if version < base or version > last:
             return []
         out: list[tuple[FrameRef, int]] = []
         total = 0
         have = 0
         want = (1 << 62) if max_events is None else max_events
         v = version
-        while 0 <= v <= last and (not out or (total < max_bytes and have < want)):
-            pos = positions[v]
+        while base <= v <= last and (not out or (total < max_bytes and have < want)):
+            pos = positions[v - base]
             ref = self.frame(self.frame_at(pos))
             first_version = v - (pos - ref.first_position)
             out.append((ref, first_version))
@@ -237,24 +372,27 @@ class Index:
         """The rows ``[r0, r1)`` grouped for a sidecar file; ``end_position`` is the position
         after the last event of row ``r1 - 1``.
 
-        Safe on a thread other than the commit loop's for committed rows: rows are only ever
-        appended, and each slice is taken in one step under the GIL.
+        Safe on a thread other than the commit loop's for committed rows: rows are only
+        appended while it runs (the store never removes rows while an export is pending), and
+        each slice is taken in one step under the GIL.
         """
         pos = self._frame_pos[r0:r1]
         sids = self._frame_sid[r0:r1]
+        cnt = self._frame_cnt[r0:r1]
         all_names = self._names
         local: dict[int, int] = {}
         names: list[str] = []
         groups: list[array[int]] = []
+        firsts = array("q")
         lsids = array("I")
-        ends = pos[1:]
-        ends.append(end_position)
-        for p, e, g in zip(pos, ends, sids, strict=True):
+        for p, c, g in zip(pos, cnt, sids, strict=True):
+            e = p + c
             lid = local.get(g)
             if lid is None:
                 lid = local[g] = len(names)
                 names.append(all_names[g])
                 groups.append(array("q"))
+                firsts.append(self._base.get(g, 0) + bisect_left(self._positions[g], p))
             lsids.append(lid)
             if e - p == 1:
                 groups[lid].append(p)
@@ -264,32 +402,42 @@ class Index:
         flat = array("q")
         for group in groups:
             flat += group
+        assert not cnt or pos[-1] + cnt[-1] == end_position
         return SegmentRows(
-            pos, self._frame_off[r0:r1], self._frame_len[r0:r1], lsids, names, counts, flat
+            pos,
+            self._frame_off[r0:r1],
+            self._frame_len[r0:r1],
+            lsids,
+            names,
+            counts,
+            flat,
+            cnt,
+            firsts,
         )
 
     def load_rows(self, ordinal: int, rows: SegmentRows, end_position: int, sids: bool) -> None:
         """Append a sidecar file's rows for segment ``ordinal`` (open only, in segment order).
 
         With ``sids`` False the rows' stream ids are not kept (zeros): enough for every
-        segment that will never be exported again, i.e. all but the last.
+        segment that will never be exported again, i.e. all but the last (a scavenge that
+        rewrites one sets them first, ``set_segment_sids``). The caller checked the rows with
+        ``rows_problem``.
         """
         n = len(rows.pos)
-        assert n and rows.pos[0] == self.next_position, "segments are loaded in order"
+        assert n and rows.pos[0] >= self.next_position, "segments are loaded in order"
         self._frame_pos += rows.pos
         self._frame_off += rows.off
         self._frame_len += rows.length
+        self._frame_cnt += rows.cnt
         self._frame_seg += array("I", [ordinal]) * n
         glob: list[int] = []
         at = 0
         raw = memoryview(rows.positions).cast("B")  # one copy per stream, not two
         size = rows.positions.itemsize
-        for name, count in zip(rows.names, rows.counts, strict=True):
+        for name, count, first in zip(rows.names, rows.counts, rows.firsts, strict=True):
             sid = self._sids.get(name)
             if sid is None:
-                sid = self._sids[name] = len(self._names)
-                self._names.append(name)
-                self._positions.append(array("q"))
+                sid = self._new_stream(name, first)
             glob.append(sid)
             self._positions[sid].frombytes(raw[at * size : (at + count) * size])
             at += count
@@ -298,6 +446,27 @@ class Index:
         else:
             self._frame_sid += array("I", [0]) * n
         self.next_position = end_position
+
+    def rows_problem(self, rows: SegmentRows, missing: int) -> str | None:
+        """Why a sidecar's rows cannot continue the index (as a scan would have found), or
+        None. ``missing``: positions missing from the log before these rows. One step per
+        stream; only a stream that starts past version 0 here costs more."""
+        at = 0
+        cum: list[int] | None = None  # events of the rows before each row
+        for name, count, first in zip(rows.names, rows.counts, rows.firsts, strict=True):
+            want = self.last_version(name) + 1
+            if first != want:
+                problem = f"stream {name!r} continues at version {first}, expected {want}"
+                if want != 0 or first <= 0 or not count:
+                    return problem
+                p = rows.positions[at]  # the stream's first position in this segment
+                if cum is None:
+                    cum = list(itertools.accumulate(rows.cnt, initial=0))
+                gap = missing + (p - rows.pos[0]) - cum[bisect_left(rows.pos, p)]
+                if first > gap:  # fewer positions missing before it than versions
+                    return problem
+            at += count
+        return None
 
     def row_count(self) -> int:
         """Number of frame rows (planned frames holding events)."""
@@ -309,7 +478,8 @@ class Index:
 
     def memory_bytes(self) -> int:
         """Approximate bytes held by the index arrays (not counting dict overhead)."""
-        cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len, self._frame_sid)
+        cols: tuple[array[int], ...] = (self._frame_pos, self._frame_seg, self._frame_off)
+        cols += (self._frame_len, self._frame_sid, self._frame_cnt)
         return sum(a.itemsize * len(a) for a in cols) + sum(
             a.itemsize * len(a) for a in self._positions
         )

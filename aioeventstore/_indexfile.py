@@ -2,7 +2,9 @@
 
 A sidecar ``<first position>.idx`` holds the index rows of the frames of segment
 ``<first position>.seg`` up to a byte offset (``covered_end``), the streams' positions in them
-grouped by stream, and the named-consumer checkpoints planned there. Open loads it and scans
+grouped by stream (with each stream's first version there, and each row's event count: after
+retention or scavenging neither follows from the rest), the named-consumer checkpoints and
+the stream metadata written there. Open loads it and scans
 the segment only from ``covered_end`` on, so a store opened after a clean close scans nothing,
 and after a crash only what was written since its segment's sidecar.
 
@@ -24,6 +26,8 @@ reads every frame.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import os
 import struct
@@ -43,13 +47,18 @@ log = logging.getLogger("aioeventstore")
 
 SUFFIX: Final = ".idx"
 MAGIC: Final = b"AIOESIDX"
-VERSION: Final = 1
+VERSION: Final = 2
+"""Version 2 added the rows' event counts, the streams' first versions and the stream
+metadata (retention); a version-1 sidecar is still read (its segments had no gaps)."""
 _LITTLE: Final = 1 if sys.byteorder == "little" else 0
 # magic 8s | version H | little-endian B | reserved B | first position q | covered end q |
 # end position q | last frame offset q | last frame length q | last frame crc I | crc32c of the
 # segment's bytes [0, covered end) I | rows I | streams I | marks I | names bytes I |
 # mark names bytes I
 HEAD: Final = struct.Struct("<8sHBBqqqqqIIIIIII")
+# version 2 only, after the marks: stream metadata count I | their names bytes I | their
+# packed metadata bytes I
+META_HEAD: Final = struct.Struct("<III")
 CHUNK: Final = 8 << 20
 
 
@@ -65,6 +74,7 @@ class Sidecar(NamedTuple):
     range_crc: int  # crc32c of the segment's bytes [0, covered_end)
     rows: SegmentRows
     marks: dict[str, int]
+    metas: dict[str, tuple[int, bytes]]  # stream → (revision, packed metadata)
 
 
 def sidecar_path(segment_path: str) -> str:
@@ -77,6 +87,7 @@ def pack(car: Sidecar) -> bytes:
     rows = car.rows
     names_b = [n.encode("utf-8") for n in rows.names]
     mark_names = [n.encode("utf-8") for n in car.marks]
+    meta_names = [n.encode("utf-8") for n in car.metas]
     head = HEAD.pack(
         MAGIC,
         VERSION,
@@ -108,6 +119,16 @@ def pack(car: Sidecar) -> bytes:
         array("I", map(len, mark_names)).tobytes(),
         array("q", car.marks.values()).tobytes(),
         b"".join(mark_names),
+        rows.cnt.tobytes(),
+        rows.firsts.tobytes(),
+        META_HEAD.pack(
+            len(car.metas), sum(map(len, meta_names)), sum(len(p) for _, p in car.metas.values())
+        ),
+        array("I", map(len, meta_names)).tobytes(),
+        array("q", (r for r, _ in car.metas.values())).tobytes(),
+        array("I", (len(p) for _, p in car.metas.values())).tobytes(),
+        b"".join(meta_names),
+        b"".join(p for _, p in car.metas.values()),
     ]
     body = b"".join(parts)
     return body + crc32c(body).to_bytes(4, "little")
@@ -121,8 +142,8 @@ def unpack(raw: bytes) -> Sidecar:
         raise ValueError("checksum mismatch")
     (magic, version, little, _r, first, covered, end_pos, last_off, last_len, last_crc, range_crc,
      nrows, nstreams, nmarks, names_len, mark_names_len) = HEAD.unpack_from(raw)  # fmt: skip
-    if magic != MAGIC or version != VERSION:
-        raise ValueError(f"not a version-{VERSION} sidecar")
+    if magic != MAGIC or version not in (1, VERSION):
+        raise ValueError(f"not a version-1 or version-{VERSION} sidecar")
     if little != _LITTLE:
         raise ValueError("written with another byte order")
     view = memoryview(raw)
@@ -148,6 +169,28 @@ def unpack(raw: bytes) -> Sidecar:
     positions = take("q", sum(counts))
     mark_lens, mark_pos = take("I", nmarks), take("q", nmarks)
     mark_blob = take_bytes(mark_names_len)
+    metas: dict[str, tuple[int, bytes]] = {}
+    if version == 1:  # written before removal existed: rows abut, streams continue
+        cnt = array("I", (b - a for a, b in itertools.pairwise(pos)))
+        if nrows:
+            cnt.append(end_pos - pos[-1])
+        firsts = array("q", [-1]) * nstreams  # filled in by the loader (see load)
+    else:
+        cnt, firsts = take("I", nrows), take("q", nstreams)
+        if len(raw) - 4 - at < META_HEAD.size:
+            raise ValueError("sections do not add up")
+        nmetas, meta_names_len, meta_bytes = META_HEAD.unpack_from(raw, at)
+        at += META_HEAD.size
+        meta_lens, meta_revs = take("I", nmetas), take("q", nmetas)
+        packed_lens = take("I", nmetas)
+        meta_blob, packed_blob = take_bytes(meta_names_len), take_bytes(meta_bytes)
+        if sum(meta_lens) != meta_names_len or sum(packed_lens) != meta_bytes:
+            raise ValueError("sections do not add up")
+        i = j = 0
+        for n, rev, plen in zip(meta_lens, meta_revs, packed_lens, strict=True):
+            metas[meta_blob[i : i + n].decode("utf-8")] = (rev, packed_blob[j : j + plen])
+            i += n
+            j += plen
     if at != len(raw) - 4 or sum(name_lens) != names_len or sum(mark_lens) != mark_names_len:
         raise ValueError("sections do not add up")
     names: list[str] = []
@@ -161,10 +204,12 @@ def unpack(raw: bytes) -> Sidecar:
         marks[mark_blob[i : i + n].decode("utf-8")] = p
         i += n
     # (each row's stream id is checked only where it is used: the last segment's, on load)
-    if nrows and sum(counts) != end_pos - pos[0]:
+    if nrows and (sum(counts) != sum(cnt) or pos[-1] + cnt[-1] != end_pos):
         raise ValueError("rows and streams disagree")
-    rows = SegmentRows(pos, off, length, sids, names, counts, positions)
-    return Sidecar(first, covered, end_pos, last_off, last_len, last_crc, range_crc, rows, marks)
+    rows = SegmentRows(pos, off, length, sids, names, counts, positions, cnt, firsts)
+    return Sidecar(
+        first, covered, end_pos, last_off, last_len, last_crc, range_crc, rows, marks, metas
+    )
 
 
 def range_crc(seg: Segment, end: int) -> int:
@@ -187,8 +232,8 @@ def describes(
     With ``checksum`` the segment's covered bytes are checksummed too."""
     if car.first_position != seg.first_position or car.first_position != position:
         return "it is for another segment"
-    if not car.rows.pos or car.rows.pos[0] != position:
-        return "its rows do not start at the segment's first position"
+    if not car.rows.pos or car.rows.pos[0] < position:
+        return "its rows start before the segment's first position"
     if last and max(car.rows.sids) >= len(car.rows.names):
         return "its rows name streams it does not list"
     if seg.file.size() < car.covered_end:
@@ -284,6 +329,7 @@ class SidecarWriter:
         end_position = last.first_position + last.event_count
         seg = self._log.segments[ordinal]
         marks = dict(index.marks.get(ordinal, {}))
+        metas = dict(index.metas.get(ordinal, {}))
 
         def run() -> None:
             raw = seg.read(FRAME_HEADER_SIZE, last.offset)
@@ -300,6 +346,7 @@ class SidecarWriter:
                 range_crc(seg, covered),
                 rows,
                 marks,
+                metas,
             )
             write(self._fs, self._log.directory, seg.path, car)
             self.written += 1
@@ -325,6 +372,17 @@ class SidecarWriter:
             run()
         except Exception as exc:  # a cache: the store stays correct without it
             log.warning("could not write the index sidecar of %s: %s", self._log.path(ordinal), exc)
+
+    def idle(self) -> bool:
+        """Whether no export is queued or running (the index may then lose rows)."""
+        self._pending = [f for f in self._pending if not f.done()]
+        return not self._pending
+
+    async def wait_idle(self) -> None:
+        """Wait until ``idle()`` (loop thread); the caller must not await again before it
+        changes rows, so that no export can start in between."""
+        while not self.idle():
+            await asyncio.wrap_future(self._pending[0])
 
     def drain(self) -> None:
         """Wait for background writes (blocking; on close, before the I/O thread stops)."""

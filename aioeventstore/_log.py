@@ -15,6 +15,10 @@ Recovery rules (FORMAT.md, "Recovery"):
 * Writes never add to a segment of an older format version (an old reader would misread
   them): when the last segment is older and holds events, the first write starts a new
   segment; when it holds nothing at all, its header is rewritten to the current version.
+* Gaps (see ``_scavenge.py``): a segment may start past the previous one's end (retention or
+  scavenging removed a whole segment, or the oldest ones), and inside a segment whose header
+  has the SCAVENGED flag positions may skip forwards. Anywhere else a skip is damage. A
+  leftover ``*.seg.scavenge`` file (a scavenge cut short) is removed.
 
 Threads: ``recover`` runs once, before the commit loop starts. ``reserve`` runs on the commit
 loop's thread only; ``write`` runs on the store's single I/O thread only; ``read`` may run on
@@ -35,7 +39,10 @@ from ._format import (
     FRAME_HEADER_SIZE,
     FRAME_MAGIC,
     MAX_STREAM_NAME_BYTES,
+    SCAVENGE_SUFFIX,
+    SEGMENT_FLAG_SCAVENGED,
     SEGMENT_HEADER_SIZE,
+    SEGMENT_SUFFIX,
     FrameError,
     NewerFormat,
     check_frame,
@@ -52,6 +59,7 @@ log = logging.getLogger("aioeventstore")
 # A library logs, the application decides what to show: without this handler Python's
 # last-resort handler would print warnings to stderr when the application configured nothing.
 log.addHandler(logging.NullHandler())
+SEGMENT_SUFFIX_TMP = SEGMENT_SUFFIX + SCAVENGE_SUFFIX
 
 LOCK_NAME = "LOCK"
 
@@ -131,10 +139,13 @@ class Log:
         starts: (byte offset, position there). Raises CorruptLog for damage that is not a
         torn tail.
         """
+        listing = self.fs.listdir(self.directory)
+        leftovers = [n for n in listing if n.endswith(SEGMENT_SUFFIX_TMP)]
+        for name in leftovers:  # a scavenge cut short: its segment was never replaced
+            log.warning("removing %s left by a scavenge that did not finish", name)
+            self.fs.remove(os.path.join(self.directory, name))
         names = sorted(
-            (first, name)
-            for name in self.fs.listdir(self.directory)
-            if (first := parse_segment_name(name)) is not None
+            (first, name) for name in listing if (first := parse_segment_name(name)) is not None
         )
         position = 0
         cut: tuple[str, int, int, str] | None = None
@@ -144,7 +155,7 @@ class Log:
             last = i == len(names) - 1
             seg = Segment(path, first, self.fs.open(path, write=last))
             try:
-                header_first = seg.read_header()
+                header_first, flags = seg.read_header_flags()
             except NewerFormat as exc:
                 seg.close()
                 raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
@@ -165,15 +176,17 @@ class Log:
                     break
                 seg.close()
                 raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
-            if header_first != first or first != position:
+            # a segment may start past the previous one's end: removed segments (see above)
+            if header_first != first or first < position:
                 seg.close()
                 raise CorruptLog(
                     path,
                     0,
                     f"segment starts at position {header_first} (named {first}); "
-                    f"expected {position}",
+                    f"expected {position} or later",
                 )
             self.segments.append(seg)
+            position = first  # past a gap (removed segments), if there is one
             start = SEGMENT_HEADER_SIZE
             if resume is not None:
                 start, position = resume(len(self.segments) - 1, seg, position, last)
@@ -183,6 +196,7 @@ class Log:
                 position,
                 self.options.read_chunk_bytes,
                 sink(len(self.segments) - 1, seg),
+                gaps=bool(flags & SEGMENT_FLAG_SCAVENGED),
             )
             scanned += end - start
             if reason is None:
@@ -225,6 +239,7 @@ class Log:
             tail.format_version = FORMAT_VERSION
         elif not self.segments:
             self.segments.append(Segment.create(self.fs, self.directory, position))
+        position = max(position, self.segments[-1].first_position)
         # Every open syncs the directory once: entries a failed earlier process created but
         # could not sync (a rotation whose sync_dir failed) become durable before anything
         # is appended to them.
@@ -325,6 +340,24 @@ class Log:
         """Bytes of a committed range of one segment (any thread)."""
         return self.segments[ordinal].read(size, offset)
 
+    def sealed(self) -> list[tuple[int, Segment]]:
+        """(ordinal, segment) of every segment but the tail, not dropped (loop thread). They
+        are whole and synced (rotation syncs a segment before its successor exists) and never
+        written again: only these may be rewritten or dropped."""
+        tail = len(self.segments) - 1
+        return [(i, s) for i, s in enumerate(self.segments[:tail]) if not s.retired]
+
+    def replace_segment(self, ordinal: int, new: Segment | None) -> None:
+        """Swap a sealed segment for its rewritten version (or, with None, mark it dropped),
+        retiring the old one: reads already planned against it keep it open (loop thread)."""
+        old = self.segments[ordinal]
+        assert ordinal < len(self.segments) - 1, "the tail segment is never replaced"
+        if new is None:
+            new = Segment(old.path, old.first_position, _ClosedFile(old.path))
+            new.retired = True
+        self.segments[ordinal] = new
+        old.retire()
+
     def path(self, ordinal: int) -> str:
         """File path of a segment, for error messages; never raises.
 
@@ -344,3 +377,31 @@ class Log:
         for seg in self.segments:
             seg.close()
         self.segments.clear()
+
+
+class _ClosedFile:
+    """The file of a dropped segment: nothing may read it (the index holds no row for it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _gone(self) -> OSError:
+        return OSError(f"segment {self.path} was removed by retention or scavenging")
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        raise self._gone()
+
+    def pread(self, size: int, offset: int) -> bytes:
+        raise self._gone()
+
+    def sync(self) -> None:
+        raise self._gone()
+
+    def truncate(self, size: int) -> None:
+        raise self._gone()
+
+    def size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass

@@ -9,6 +9,14 @@ Compressed frames (containers, see ``_compress.py``): the index points every fra
 holds at the container. A reader decompresses a container once and keeps the result in a small
 cache shared by its threads (bounded in bytes), so the frames of one container read in one chunk,
 or in the next chunks of a paged or backwards read, cost one decompression.
+
+Retention metadata: events hidden by their stream's metadata are skipped before they are
+decoded (a snapshot of it is taken with the index lookup, on the loop thread).
+
+Scavenging may replace a segment (new file, new offsets) between a lookup and its ``pread``:
+so a read takes the ``Segment`` objects its frames live in at lookup time, on the loop thread,
+and pins them until it is done; the old file stays open and readable until then. The
+decompression cache is keyed by segment object, not ordinal, for the same reason.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from ._format import (
 )
 from ._index import FrameRef, Index, Span
 from ._log import Log
+from ._meta import StreamMetas
+from ._segment import Segment
 from .errors import CorruptLog, StoreClosed
 from .events import EventFilter, RecordedEvent
 
@@ -121,22 +131,35 @@ class Reader:
         index: Index,
         chunk_bytes: int,
         pause_gc: bool = True,
+        metas: StreamMetas | None = None,
     ) -> None:
         self._log = log
         self._index = index
         self._chunk = chunk_bytes
         self._pause_gc = pause_gc
+        self._metas = metas if metas is not None else StreamMetas()
         self.executor: Executor | None = None  # set while the store is open
-        self._cache: OrderedDict[tuple[int, int], _Expanded] = OrderedDict()
+        self._cache: OrderedDict[tuple[Segment, int], _Expanded] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = 0
         self._cache_max = 4 * chunk_bytes  # bytes of decompressed containers kept
         self.decompressions = 0  # containers decompressed (cache misses)
 
-    def _expanded(self, ordinal: int, offset: int, buf: bytes, start: int, end: int) -> _Expanded:
-        """The container at ``offset`` of segment ``ordinal`` (``buf[start:end]``, checked),
+    async def _pinned(self, segs: list[Segment], fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on a reader thread with ``segs`` pinned (taken on the loop thread, in the
+        same step as the index lookup that planned the read)."""
+        for seg in segs:
+            seg.pin()
+        try:
+            return await self._run_blocking(fn, *args)
+        finally:
+            for seg in segs:
+                seg.unpin()
+
+    def _expanded(self, seg: Segment, offset: int, buf: bytes, start: int, end: int) -> _Expanded:
+        """The container at ``offset`` of segment ``seg`` (``buf[start:end]``, checked),
         decompressed, from the cache when it is there (any reader thread)."""
-        key = (ordinal, offset)
+        key = (seg, offset)
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -170,20 +193,26 @@ class Reader:
         if span is None:
             return None
         lo, hi = (0, pos) if backwards else (pos, self._index.head)
-        records = await self._run_blocking(self._decode_span, span, lo, hi, backwards, filt, raw)
+        seg = self._log.segments[span.ordinal]
+        hidden = self._metas.hidden(self._index)
+        records = await self._pinned(
+            [seg], self._decode_span, seg, span, lo, hi, backwards, filt, raw, hidden
+        )
         return records, (span.first_position - 1 if backwards else span.end_position)
 
     def _decode_span(
         self,
+        seg: Segment,
         span: Span,
         lo: int,
         hi: int,
         backwards: bool,
         filt: EventFilter | None,
         raw: bool = False,
+        hidden: dict[str, tuple[int, int]] | None = None,
     ) -> list[RecordedEvent]:
         """One pread of a span of frames, checked and decoded (reader thread)."""
-        data = self._log.read(span.ordinal, span.start, span.end - span.start)
+        data = seg.read(span.end - span.start, span.start)
         out: list[RecordedEvent] = []
         types = prefixes = None
         if filt is not None:
@@ -195,14 +224,23 @@ class Reader:
         hi = min(hi, span.end_position - 1)
 
         def expanded(buf: bytes, start: int, end: int) -> bytes:
-            return self._expanded(span.ordinal, span.start + start, buf, start, end).raw
+            return self._expanded(seg, span.start + start, buf, start, end).raw
 
         try:
             if len(data) != span.end - span.start:
                 raise FrameError("segment shorter than the index says")
             with self._gc_guard():
                 last, end = decode_span(
-                    data, span.first_position, lo, hi, types, prefixes, out, raw, expanded
+                    data,
+                    span.first_position,
+                    lo,
+                    hi,
+                    types,
+                    prefixes,
+                    out,
+                    raw,
+                    expanded,
+                    hidden=hidden,
                 )
             if not last < span.end_position <= end:
                 raise FrameError(f"frames end at position {end}, index says {span.end_position}")
@@ -227,32 +265,31 @@ class Reader:
         frames = index.stream_frames(stream, version, self._chunk, backwards, max_events)
         if not frames:
             return None
+        if not backwards:
+            version = max(version, index.first_version(stream))
         bound = index.position_of(stream, version)
         lo, hi = (0, bound) if backwards else (bound, index.head)
-        records = await self._run([f for f, _ in frames], lo, hi, backwards, None, raw)
+        refs = [f for f, _ in frames]
+        segs = {ref.ordinal: self._log.segments[ref.ordinal] for ref in refs}
+        hidden = self._metas.hidden(index)
+        records = await self._pinned(
+            list(segs.values()), self._decode, segs, refs, lo, hi, backwards, None, raw, hidden
+        )
         ref, first = frames[0] if backwards else frames[-1]
         return records, (first - 1 if backwards else first + ref.event_count)
 
     async def stream_ids(self, stream: str, first: int, count: int) -> list[bytes]:
         """The 16-byte ids of a stream's committed versions ``first`` .. ``first+count-1``
-        (fewer if the stream is shorter)."""
+        (fewer if the stream is shorter, or if some of them were removed from the log)."""
         ids: list[bytes] = []
+        if first < self._index.first_version(stream):
+            return ids
         for ref, ref_first in self._index.stream_frames(stream, first, 1 << 20, False, count):
-            data = await self._run_blocking(self._log.read, ref.ordinal, ref.offset, ref.length)
-            buf, at, info, _ = await self._run_blocking(self._locate, data, ref, 0, None)
+            seg = self._log.segments[ref.ordinal]
+            data = await self._pinned([seg], seg.read, ref.length, ref.offset)
+            buf, at, info, _ = await self._pinned([seg], self._locate, data, ref, 0, None, seg)
             ids += frame_event_ids(buf, at, info)[max(0, first - ref_first) :]
         return ids[:count]
-
-    async def _run(
-        self,
-        frames: list[FrameRef],
-        lo: int,
-        hi: int,
-        backwards: bool,
-        filt: EventFilter | None,
-        raw: bool = False,
-    ) -> list[RecordedEvent]:
-        return await self._run_blocking(self._decode, frames, lo, hi, backwards, filt, raw)
 
     async def _run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         if self.executor is None:
@@ -260,7 +297,7 @@ class Reader:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _locate(
-        self, data: bytes, ref: FrameRef, at: int, outer: FrameInfo | None
+        self, data: bytes, ref: FrameRef, at: int, outer: FrameInfo | None, seg: Segment
     ) -> tuple[bytes, int, FrameInfo, FrameInfo | None]:
         """The frame ``ref`` (at ``data[at:]``), checked: ``(buffer, offset in it, info,
         container)``; for a frame inside a container, the buffer is the container's
@@ -280,7 +317,7 @@ class Reader:
         if not info.first_position <= ref.first_position < info.first_position + info.event_count:
             raise CorruptLog(path, ref.offset, "frame on disk does not match the index")
         try:
-            got = self._expanded(ref.ordinal, ref.offset, data, at, at + ref.length)
+            got = self._expanded(seg, ref.offset, data, at, at + ref.length)
             inner_at = got.find(ref.first_position)
             inner = check_frame(got.raw, inner_at, len(got.raw))
             if inner.kind != FRAME_KIND_EVENTS or inner.first_position != ref.first_position:
@@ -291,22 +328,31 @@ class Reader:
 
     def _decode(
         self,
+        segs: dict[int, Segment],
         frames: list[FrameRef],
         lo: int,
         hi: int,
         backwards: bool,
         filt: EventFilter | None,
         raw: bool = False,
+        hidden: dict[str, tuple[int, int]] | None = None,
     ) -> list[RecordedEvent]:
         """Read and decode frames (reader thread). Adjacent frames are read in one pread."""
         with self._gc_guard():
-            out = self._decode_frames(frames, lo, hi, filt, raw)
+            out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden)
         if backwards:
             out.reverse()
         return out
 
     def _decode_frames(
-        self, frames: list[FrameRef], lo: int, hi: int, filt: EventFilter | None, raw: bool
+        self,
+        segs: dict[int, Segment],
+        frames: list[FrameRef],
+        lo: int,
+        hi: int,
+        filt: EventFilter | None,
+        raw: bool,
+        hidden: dict[str, tuple[int, int]] | None,
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
         types = filt.stored_type_names() if filt is not None and filt.event_types else None
@@ -323,17 +369,18 @@ class Reader:
                 j += 1
             start = frames[i].offset
             end = frames[j - 1].offset + frames[j - 1].length
-            data = self._log.read(frames[i].ordinal, start, end - start)
+            seg = segs[frames[i].ordinal]
+            data = seg.read(end - start, start)
             outer: FrameInfo | None = None  # the container the previous frame was in
             for ref in frames[i:j]:
                 at = ref.offset - start
                 if outer is not None and outer.offset != at:
                     outer = None
-                buf, fat, info, outer = self._locate(data, ref, at, outer)
+                buf, fat, info, outer = self._locate(data, ref, at, outer, seg)
                 if filt is not None and not filt.matches_stream(info.stream):
                     continue
                 try:
-                    decode_frame_events(buf, fat, info, lo, hi, types, out, raw, caches)
+                    decode_frame_events(buf, fat, info, lo, hi, types, out, raw, caches, hidden)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             i = j

@@ -19,6 +19,7 @@ from ._format import (
     FrameInfo,
     check_frame,
     pack_segment_header,
+    segment_flags,
     segment_format_version,
     segment_name,
     unpack_segment_header,
@@ -33,13 +34,35 @@ FrameSink = Callable[[FrameInfo, bytes, int], None]
 class Segment:
     """An open segment file and the position of its first event."""
 
-    __slots__ = ("file", "first_position", "format_version", "path")
+    __slots__ = ("file", "first_position", "flags", "format_version", "path", "pins", "retired")
 
     def __init__(self, path: str, first_position: int, file: FileHandle) -> None:
         self.path = path
         self.first_position = first_position
         self.file = file
         self.format_version = FORMAT_VERSION  # as read by read_header(), for existing files
+        self.flags = 0  # header flags (SEGMENT_FLAG_SCAVENGED), as read by read_header()
+        # Scavenging replaces a sealed segment's Segment object (and file) while reads planned
+        # against the old one may still be in flight: those pin it (event loop thread only),
+        # and a retired segment's file is closed when its last pin goes.
+        self.pins = 0
+        self.retired = False
+
+    def pin(self) -> None:
+        """A read planned against this segment is about to run (event loop thread)."""
+        self.pins += 1
+
+    def unpin(self) -> None:
+        """That read is over; close the file if the segment was retired meanwhile."""
+        self.pins -= 1
+        if self.retired and self.pins == 0:
+            self.file.close()
+
+    def retire(self) -> None:
+        """The segment was replaced or dropped: close its file once no read uses it."""
+        self.retired = True
+        if self.pins == 0:
+            self.file.close()
 
     @classmethod
     def create(cls, fs: FileSystem, directory: str, first_position: int) -> Segment:
@@ -60,14 +83,20 @@ class Segment:
         raw = self.file.pread(SEGMENT_HEADER_SIZE, 0)
         first = unpack_segment_header(raw)
         self.format_version = segment_format_version(raw)
+        self.flags = segment_flags(raw)
         return first
+
+    def read_header_flags(self) -> tuple[int, int]:
+        """``read_header()`` and the header's flags."""
+        first = self.read_header()
+        return first, self.flags
 
     def read(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file)."""
         return self.file.pread(size, offset)
 
     def scan(
-        self, start: int, first_position: int, chunk: int, sink: FrameSink
+        self, start: int, first_position: int, chunk: int, sink: FrameSink, gaps: bool = False
     ) -> tuple[int, int, str | None]:
         """Check frames from byte ``start`` on, feeding each good one to ``sink``.
 
@@ -93,11 +122,12 @@ class Segment:
                 buf = self.read(min(need, size - off), off)
                 buf_off = off
                 continue
-            if info.first_position != pos:
+            # with ``gaps`` (a scavenged segment) a frame may skip positions forwards
+            if info.first_position != pos and not (gaps and info.first_position > pos):
                 return off, pos, (f"frame holds position {info.first_position}, expected {pos}")
             sink(info._replace(offset=off), buf, rel)
             off += info.length
-            pos += info.event_count
+            pos = info.first_position + info.event_count
         return off, pos, None
 
     def close(self) -> None:

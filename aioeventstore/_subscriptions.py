@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._codec import recorded_at, unpack_metadata
 from ._index import Index
+from ._meta import StreamMetas
 from ._reader import Reader
 from .errors import StoreClosed
 from .events import END, NO_METADATA, Event, EventFilter, RecordedEvent, StartAt
@@ -175,6 +176,7 @@ class Subscription:
         filter: EventFilter | None,
         name: str | None,
         buffer_events: int,
+        metas: StreamMetas | None = None,
     ) -> None:
         self.stream = stream
         """The stream followed, or None for the whole store."""
@@ -182,6 +184,7 @@ class Subscription:
         """The durable consumer name, or None."""
         self.filter = filter
         self._index = index
+        self._metas = metas if metas is not None else StreamMetas()
         self._reader = reader
         self._hub = hub
         self._checkpoints = checkpoints
@@ -334,12 +337,16 @@ class Subscription:
             i = self._i
             n = len(cur)
             mark = self._mark_at
+            metas = self._metas
             while i < n:
                 rec = cur[i]
                 i += 1
                 self._i = i  # the whole per-event bookkeeping: lag is derived from it
                 if i == mark:
                     self._mark_caught_up()
+                # stream metadata written after this event was read hides it at once
+                if metas.durable and metas.is_hidden(self._index, rec):
+                    continue
                 yield rec
                 if self._cur is not cur:  # closed while the consumer held the event
                     break
@@ -360,6 +367,11 @@ class Subscription:
                 self._i = len(cur)
                 if self._mark_at >= 0:
                     self._mark_caught_up()
+                metas = self._metas
+                if metas.durable:  # metadata written after these were read hides them
+                    batch = [r for r in batch if not metas.is_hidden(self._index, r)]
+                    if not batch:
+                        continue
                 yield batch
             if not await self._advance():
                 return

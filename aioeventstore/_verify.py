@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._codec import unpack_stream_metadata
 from ._compress import expand, inner_frames
 from ._format import (
     ENTRY_HEAD,
@@ -30,8 +31,10 @@ from ._format import (
     FRAME_FLAG_SCHEMA,
     FRAME_KIND_COMPRESSED,
     FRAME_KIND_EVENTS,
+    FRAME_KIND_METADATA,
     SCHEMA_VERSION,
     SCHEMA_VERSION_SIZE,
+    SEGMENT_FLAG_SCAVENGED,
     SEGMENT_HEADER_SIZE,
     FrameError,
     FrameInfo,
@@ -247,11 +250,12 @@ def verify_store(
     reports: list[SegmentReport] = []
     expected: int | None = 0  # next position; None once the log's order is broken
     versions: dict[str, int] = {}
+    seen = [0]  # events in good frames so far: positions missing = a position minus this
     for i, (first, seg_path) in enumerate(names):
         last = i == len(names) - 1
         seg = Segment(seg_path, first, fs.open(seg_path, write=False))
         try:
-            report = _verify_segment(seg, last, expected, versions, chunk_bytes, max_write)
+            report = _verify_segment(seg, last, expected, versions, chunk_bytes, max_write, seen)
         finally:
             seg.close()
         reports.append(report)
@@ -271,11 +275,12 @@ def _verify_segment(
     versions: dict[str, int],
     chunk: int,
     max_write: int,
+    seen: list[int],
 ) -> SegmentReport:
     size = seg.file.size()
     problem: SegmentProblem | None = None
     try:
-        header_first = seg.read_header()
+        header_first, flags = seg.read_header_flags()
     except NewerFormat as exc:
         raise UnsupportedFormat(seg.path, exc.found, FORMAT_VERSION) from None
     except ValueError as exc:
@@ -288,19 +293,26 @@ def _verify_segment(
         else:
             problem = SegmentProblem("corruption", 0, f"bad segment header: {exc}")
         return SegmentReport(seg.path, 0, 0, None, None, size, problem)
-    if header_first != seg.first_position or (expected is not None and header_first != expected):
+    # A segment may start past the previous one's end (retention or scavenging removed
+    # segments), never before it.
+    if header_first != seg.first_position or (expected is not None and header_first < expected):
         want = header_first if expected is None else expected
         problem = SegmentProblem(
             "corruption",
             0,
             f"segment starts at position {header_first} (named {seg.first_position}); "
-            f"expected {want}",
+            f"expected {want} or later",
         )
     checking = problem is None and expected is not None
     local: dict[str, int] = {}  # stream versions within this segment, when not checking
     stats = {"frames": 0, "events": 0, "first": -1, "last": -1}
 
     def sink(info: FrameInfo, buf: bytes, start: int) -> None:
+        if info.kind == FRAME_KIND_METADATA:
+            try:
+                unpack_stream_metadata(buf[start + info.entries_at : start + info.length])
+            except FrameError as exc:
+                raise _Stop(info.offset, exc.reason) from None
         if info.kind == FRAME_KIND_COMPRESSED:
             try:
                 raw = expand(buf, start, start + info.length)
@@ -318,10 +330,13 @@ def _verify_segment(
 
     def events(info: FrameInfo, buf: bytes, start: int) -> None:
         if info.kind == FRAME_KIND_EVENTS:
-            seen = versions if checking else local
-            prev = seen.get(info.stream)
+            known = versions if checking else local
+            prev = known.get(info.stream)
             want = -1 if prev is None else prev
-            if (checking or prev is not None) and info.first_version != want + 1:
+            # a stream whose oldest frames were removed first shows up past version 0, with
+            # at least that many positions missing before it (as recovery checks)
+            removed = prev is None and 0 < info.first_version <= info.first_position - seen[0]
+            if (checking or prev is not None) and info.first_version != want + 1 and not removed:
                 raise _Stop(
                     info.offset,
                     f"stream {info.stream!r} continues at version {info.first_version}, "
@@ -330,14 +345,16 @@ def _verify_segment(
             bad = _check_entries(buf, start, info)
             if bad is not None:
                 raise _Stop(info.offset, bad)
-            seen[info.stream] = info.first_version + info.event_count - 1
+            known[info.stream] = info.first_version + info.event_count - 1
+            seen[0] += info.event_count
             if stats["first"] < 0:
                 stats["first"] = info.first_position
             stats["last"] = info.first_position + info.event_count - 1
             stats["events"] += info.event_count
 
     try:
-        end, _pos, reason = seg.scan(SEGMENT_HEADER_SIZE, header_first, chunk, sink)
+        gaps = bool(flags & SEGMENT_FLAG_SCAVENGED)
+        end, _pos, reason = seg.scan(SEGMENT_HEADER_SIZE, header_first, chunk, sink, gaps)
     except _Stop as stop:
         end, reason = stop.offset, None
         if problem is None:

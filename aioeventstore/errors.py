@@ -220,3 +220,24 @@ class SnapshotFailed(EventStoreError):
     ``__cause__`` is the OS error. The log is not affected (the store keeps running), and a
     failed save leaves the previous snapshot of the stream in place.
     """
+
+
+class StreamDeleted(EventStoreError):
+    """Raised when appending to (or changing the metadata of) a stream that was hard-deleted
+    (``delete_stream(..., hard=True)``): its tombstone is permanent. ``stream`` names it."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(f"stream {stream!r} was hard-deleted; it can never be written again")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stream,))
+
+
+class MaintenanceFailed(EventStoreError):
+    """Raised when a scavenge or retention run fails (an I/O error, or damage it found).
+
+    The store keeps working: each segment is swapped only once its replacement is complete
+    and synced, so readers and writers see either the old or the new segment, and a later
+    run (or reopening) picks up where this one stopped. ``__cause__`` is the error.
+    """

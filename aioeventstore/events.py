@@ -290,7 +290,8 @@ class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], dat
 
         @property
         def position(self) -> int:
-            """The event's 0-based dense position in the whole store."""
+            """The event's 0-based position in the whole store (dense, but for gaps where
+            retention or scavenging removed events)."""
 
         @property
         def type(self) -> str:
@@ -311,7 +312,11 @@ class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], dat
     else:  # C-level field access, as namedtuple does it: consumers read these per event
         stream = _field(0, "The stream the event belongs to.")
         version = _field(1, "The event's 0-based index within its stream.")
-        position = _field(2, "The event's 0-based dense position in the whole store.")
+        position = _field(
+            2,
+            "The event's 0-based position in the whole store (dense, but for gaps where "
+            "retention or scavenging removed events).",
+        )
         type = _field(4, "The event's type name.")
         data = _field(5, "The registered Event instance, or a dict for an unknown type.")
         metadata = _field(6, "The event's metadata (correlation/causation ids and the like).")

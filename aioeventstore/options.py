@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, TypedDict
 
 __all__ = ["Compression", "Durability", "OptionOverrides", "StoreOptions"]
@@ -69,6 +70,18 @@ class StoreOptions:
         this option says now. Durability, recovery and verification are unchanged.
     compression_level
         The zstd level (default 3; 1 is fastest, 22 smallest). Only used when compressing.
+    retention_bytes
+        Store-wide retention by size, like Kafka's ``retention.bytes`` (default None: keep
+        everything). When the log's files total more, whole oldest *sealed* segments are
+        dropped (never the one being written) until it is at most this, or only the tail is
+        left. Applied after each rotation and by ``await store.enforce_retention()``.
+    retention_age
+        Store-wide retention by age, like Kafka's ``retention.ms`` (a timedelta or seconds;
+        default None): oldest sealed segments whose newest event was recorded longer ago are
+        dropped, at the same moments. Dropped events are gone for every stream and reader:
+        ``read_all``/subscriptions from position 0 start at the first retained position,
+        named consumers behind it continue from there, and a stream all of whose events were
+        dropped keeps its version (its ``truncate_before`` is set to its end first).
     """
 
     durability: Durability = "fsync"
@@ -83,8 +96,37 @@ class StoreOptions:
     verify_on_open: bool = False
     compression: Compression = "none"
     compression_level: int = 3
+    retention_bytes: int | None = None
+    retention_age: timedelta | float | None = None
+
+    @property
+    def retention_age_seconds(self) -> float:
+        """``retention_age`` in seconds (infinity when None)."""
+        age = self.retention_age
+        if age is None:
+            return float("inf")
+        return age.total_seconds() if isinstance(age, timedelta) else float(age)
 
     def __post_init__(self) -> None:
+        if self.retention_bytes is not None and (
+            not isinstance(self.retention_bytes, int)
+            or isinstance(self.retention_bytes, bool)
+            or self.retention_bytes < 0
+        ):
+            raise ValueError(
+                f"StoreOptions.retention_bytes must be None or an int >= 0, "
+                f"not {self.retention_bytes!r}"
+            )
+        age = self.retention_age
+        if age is not None and (
+            isinstance(age, bool)
+            or not isinstance(age, (int, float, timedelta))
+            or self.retention_age_seconds <= 0
+        ):
+            raise ValueError(
+                f"StoreOptions.retention_age must be None, a positive timedelta or seconds, "
+                f"not {age!r}"
+            )
         if self.durability not in ("fsync", "os"):
             raise ValueError(f"durability must be 'fsync' or 'os', not {self.durability!r}")
         if self.compression not in ("none", "zstd"):
@@ -134,3 +176,5 @@ class OptionOverrides(TypedDict, total=False):
     verify_on_open: bool
     compression: Compression
     compression_level: int
+    retention_bytes: int | None
+    retention_age: timedelta | float | None

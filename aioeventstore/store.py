@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import itertools
 import logging
 import os
@@ -22,7 +23,8 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TypeVar, Unpack
+from datetime import timedelta
+from typing import Final, TypeVar, Unpack
 from weakref import WeakSet
 
 from pydantic import BaseModel
@@ -36,13 +38,14 @@ from ._checks import (
     check_limit,
     check_stream,
 )
-from ._codec import encode_event, encode_events, frame_event_ids
-from ._commit import CommitLoop, PendingAppend, Recheck
+from ._codec import encode_event, encode_events, frame_event_ids, unpack_stream_metadata
+from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck
 from ._compress import expand, inner_frames, require
 from ._follow import Follower, frame_indexer
 from ._format import (
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
+    FRAME_KIND_METADATA,
     SEGMENT_HEADER_SIZE,
     FrameError,
     FrameInfo,
@@ -50,11 +53,14 @@ from ._format import (
 )
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
-from ._indexfile import SidecarWriter
+from ._indexfile import SidecarWriter, sidecar_path
 from ._indexfile import load as load_sidecar
 from ._log import LOCK_NAME, Log, Recovery
+from ._maintenance import Maintenance
 from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
+from ._meta import StreamMetadata, StreamMetas, check_max_age, check_max_count
 from ._reader import Reader
+from ._scavenge import ScavengeReport
 from ._segment import FrameSink, Segment
 from ._snapshots import SnapshotFiles, Snapshots
 from ._stats import COUNT_BUCKETS, LATENCY_BUCKETS, Histogram, empty_histogram
@@ -82,7 +88,14 @@ from .events import (
 )
 from .options import OptionOverrides, StoreOptions
 
-__all__ = ["EventStore", "MemoryStorage", "StoreStatistics", "Subscription"]
+__all__ = [
+    "EventStore",
+    "MemoryStorage",
+    "ScavengeReport",
+    "StoreStatistics",
+    "StreamMetadata",
+    "Subscription",
+]
 
 MEMORY_PATH = ":memory:"
 """The path of an in-memory store (``EventStore.memory()``, or this path as SQLite takes it)."""
@@ -91,6 +104,13 @@ S = TypeVar("S", bound=BaseModel)
 log = logging.getLogger("aioeventstore")
 
 log = logging.getLogger("aioeventstore")
+
+
+class _Unset(enum.Enum):
+    UNSET = "unset"  # a keyword not given: keep that field as it is
+
+
+_UNSET: Final = _Unset.UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +203,7 @@ class EventStore:
         self._read_only = bool(read_only)
         self._poll_interval = float(poll_interval)
         self._follower: Follower | None = None
+        self._seen = [0]  # events a read-only store has indexed (see frame_indexer)
         self._follow_task: asyncio.Task[None] | None = None
         self.follow_error: EventStoreError | None = None
         """Why a read-only store stopped following the log (None while it follows)."""
@@ -202,12 +223,15 @@ class EventStore:
         self._commit: CommitLoop | None = None
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
+        self._metas = StreamMetas()  # stream retention metadata (see _meta.py)
         self._reader = Reader(
             self._log,
             self._index,
             self._options.read_chunk_bytes,
             self._options.pause_gc_while_decoding,
+            self._metas,
         )
+        self._maintenance: Maintenance | None = None
         self._snapshots = Snapshots(SnapshotFiles(self._fs, self._path), self._index, self._reader)
         self._hub = LiveHub()
         self._sidecars = SidecarWriter(self._log, self._index, self._fs)
@@ -308,7 +332,7 @@ class EventStore:
             self._state = "open"
             return self
         self._commit = CommitLoop(
-            self._log, self._index, self._options, self._io, window, self._checkpoints
+            self._log, self._index, self._options, self._io, window, self._checkpoints, self._metas
         )
         self._commit.listeners.append(self._hub.publish)
         self._commit.on_sealed = self._sidecars.export
@@ -316,6 +340,18 @@ class EventStore:
         for ordinal in self._unsaved:  # sealed segments that were scanned: save them now
             self._sidecars.export(ordinal)
         self._unsaved = []
+        self._maintenance = Maintenance(
+            self._fs,
+            self._log,
+            self._index,
+            self._options,
+            self._commit,
+            self._checkpoints,
+            self._sidecars,
+            self._io if isinstance(self._io, InlineExecutor) else None,
+        )
+        if self._options.retention_bytes is not None or self._options.retention_age is not None:
+            self._commit.listeners.append(self._maintenance.on_commit)
         self._commit.start()
         self._state = "open"
         return self
@@ -330,7 +366,15 @@ class EventStore:
                 f"store at {self._path} is already open for writing (by this or another process)"
             ) from None
         index = self._index
+        metas = self._metas
         scanned: list[int] = []  # sealed segments without a usable sidecar
+        seen = [0]  # events so far: a frame's position minus this = positions missing before
+
+        def meta_frame(ordinal: int, stream: str, revision: int, packed: bytes) -> None:
+            """A metadata frame (scanned or from a sidecar): the highest revision wins."""
+            fields = unpack_stream_metadata(packed)
+            index.add_meta(ordinal, stream, revision, packed)
+            metas.commit(stream, StreamMetadata.from_fields(fields, revision))
 
         def resume(ordinal: int, seg: Segment, position: int, last: bool) -> tuple[int, int]:
             car = load_sidecar(fs, seg, position, self._options.verify_on_open, last)
@@ -338,14 +382,34 @@ class EventStore:
                 if not last:
                     scanned.append(ordinal)
                 return SEGMENT_HEADER_SIZE, position
-            index.load_rows(ordinal, car.rows, car.end_position, sids=last)
+            rows = car.rows
+            for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
+                if rows.firsts[i] < 0:
+                    rows.firsts[i] = index.last_version(name) + 1
+            problem = index.rows_problem(rows, rows.pos[0] - seen[0])
+            if problem is not None:  # what a scan would have found: the log is damaged
+                raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
+            index.load_rows(ordinal, rows, car.end_position, sids=last)
+            seen[0] += len(rows.positions)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)
                 self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
+            try:
+                for stream, (revision, packed) in car.metas.items():
+                    meta_frame(ordinal, stream, revision, packed)
+            except FrameError as exc:
+                raise CorruptLog(sidecar_path(seg.path), 0, exc.reason) from None
             return car.covered_end, car.end_position
 
         def sink(ordinal: int, seg: Segment) -> FrameSink:
             def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
+                if info.kind == FRAME_KIND_METADATA:  # never inside a container
+                    packed = bytes(buf[start + info.entries_at : start + info.length])
+                    try:
+                        meta_frame(ordinal, info.stream, info.first_version, packed)
+                    except FrameError as exc:
+                        raise CorruptLog(seg.path, info.offset, exc.reason) from None
+                    return
                 if info.kind != FRAME_KIND_COMPRESSED:
                     add(info, None)
                     return
@@ -354,6 +418,8 @@ class EventStore:
                 except FrameError as exc:
                     raise CorruptLog(seg.path, info.offset, exc.reason) from None
                 for frame in inner:
+                    if frame.kind == FRAME_KIND_METADATA:
+                        raise CorruptLog(seg.path, info.offset, "metadata frame in a container")
                     add(frame, info)
 
             def add(info: FrameInfo, container: FrameInfo | None) -> None:
@@ -364,14 +430,20 @@ class EventStore:
                     index.add_mark(ordinal, info.stream, info.first_version)
                     return
                 at = info.offset if container is None else container.offset
-                if info.first_version != index.last_version(info.stream) + 1:
+                # Versions are dense per stream, except that a stream's oldest frames may have
+                # been removed (retention, scavenging): then it first shows up at a version
+                # above 0, and at least that many positions before it must be missing.
+                want = index.last_version(info.stream) + 1
+                missing = info.first_position - seen[0]
+                if info.first_version != want and not (want == 0 and info.first_version <= missing):
                     raise CorruptLog(
                         seg.path,
                         at,
                         f"stream {info.stream!r} continues at version "
-                        f"{info.first_version}, expected "
-                        f"{index.last_version(info.stream) + 1}",
+                        f"{info.first_version}, expected {want}"
+                        + (f" (at most {missing} removed before it)" if want == 0 else ""),
                     )
+                seen[0] += info.event_count
                 index.add_frame(
                     ordinal,
                     at,
@@ -387,7 +459,21 @@ class EventStore:
         self.recovery = self._log.recover(sink, resume)
         if removed := self._snapshots.files.remove_temporaries():
             log.info("removed %d snapshot file(s) a crash left half-written", removed)
+        index.next_position = max(index.next_position, self.recovery.next_position)
         index.head = index.next_position - 1
+        for stream, rec in metas.durable.items():
+            # a stream whose events were all removed ends where its truncate_before says
+            end = (rec.truncate_before or 0) - 1
+            last = index.last_version(stream)
+            if end > last:
+                if last >= 0:
+                    raise CorruptLog(
+                        self._path,
+                        0,
+                        f"stream {stream!r} ends at version {last} in the log, but its "
+                        f"metadata truncates it before version {end + 1}",
+                    )
+                index.set_stream_floor(stream, end)
         # The idempotency window: the last appends on disk, oldest first.
         rows = index.row_count()
         # the last container decompressed: (ordinal, offset), its bytes, its event frames
@@ -434,30 +520,55 @@ class EventStore:
             raise StoreNotFound(f"no store at {self._path}: the directory does not exist") from None
         self._follower = Follower(self._log)
         index = self._index
+        follower = self._follower
+        seen = self._seen
 
         def resume(ordinal: int, seg: Segment, position: int) -> tuple[int, int]:
             car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
             if car is None:
                 return SEGMENT_HEADER_SIZE, position
-            index.load_rows(ordinal, car.rows, car.end_position, sids=False)
+            rows = car.rows
+            for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
+                if rows.firsts[i] < 0:
+                    rows.firsts[i] = index.last_version(name) + 1
+            problem = index.rows_problem(rows, rows.pos[0] - seen[0])
+            if problem is not None:  # what a scan would have found: the log is damaged
+                raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
+            index.load_rows(ordinal, rows, car.end_position, sids=False)
+            seen[0] += len(rows.positions)
             for name, mark in car.marks.items():
                 self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
+            for stream, (revision, packed) in car.metas.items():
+                follower.metadata.append((stream, revision, packed))
             return car.covered_end, car.end_position
 
-        self._follower.resume = resume  # the first scan only: later ones run on the I/O
+        follower.resume = resume  # the first scan only: later ones run on the I/O
+        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
         try:  # thread; as recovery does: the index is not in use yet, fill it from here
-            self._follower.scan(frame_indexer(self._index, self._checkpoints, self._log.path))
+            follower.scan(add)
         finally:
             self._follower.resume = None
             self._index.head = self._index.next_position - 1
+        self._take_metadata()
         self.recovery = Recovery(len(self._log.segments), self._index.next_position)
+
+    def _take_metadata(self) -> None:
+        """A read-only store: apply the metadata frames its follower found."""
+        assert self._follower is not None
+        found, self._follower.metadata = self._follower.metadata, []
+        for stream, revision, packed in found:
+            try:
+                fields = unpack_stream_metadata(packed)
+            except FrameError as exc:
+                raise CorruptLog(self._path, 0, f"stream {stream!r}: {exc.reason}") from None
+            self._metas.commit(stream, StreamMetadata.from_fields(fields, revision))
 
     async def _follow(self) -> None:
         """A read-only store's poller: add what the writer committed, wake subscriptions."""
         assert self._follower is not None and self._io is not None
         loop = asyncio.get_running_loop()
         follower = self._follower
-        add = frame_indexer(self._index, self._checkpoints, self._log.path)
+        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
         while True:
             await asyncio.sleep(self._poll_interval)
             frames: list[tuple[int, FrameInfo]] = []
@@ -469,6 +580,7 @@ class EventStore:
                         add(ordinal, info)
                 finally:
                     self._index.head = self._index.next_position - 1
+                self._take_metadata()
             except (EventStoreError, OSError) as exc:
                 err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
                 if err is not exc:
@@ -504,6 +616,8 @@ class EventStore:
                 self._follow_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._follow_task
+            if self._maintenance is not None:
+                await self._maintenance.close()
             if self._commit is not None:
                 await self._commit.close()
                 if self._commit.failure is None and self._io is not None:
@@ -623,9 +737,11 @@ class EventStore:
         """
         self._require_open()
         assert self._io is not None
-        return await asyncio.get_running_loop().run_in_executor(
-            self._io, verify_store, self._path, self._fs, self._options
-        )
+        run = asyncio.get_running_loop().run_in_executor
+        if self._maintenance is None:  # read-only: no scavenge of ours to wait for
+            return await run(self._io, verify_store, self._path, self._fs, self._options)
+        async with self._maintenance.lock:  # never while a scavenge swaps files
+            return await run(self._io, verify_store, self._path, self._fs, self._options)
 
     # --- append -----------------------------------------------------------------------------
     async def append(
@@ -727,12 +843,20 @@ class EventStore:
                 from_version = min(from_version, self._index.committed_last_version(stream))
         remaining = limit
         version = from_version
+        metas, index = self._metas, self._index
         while remaining is None or remaining > 0:
             self._require_open()
+            if stream in metas.durable:  # skip what is hidden by version, unread
+                visible = metas.durable[stream].first_visible(index.committed_last_version(stream))
+                if backwards and version < visible:
+                    return
+                version = max(version, visible)
             chunk = await self._reader.stream_chunk(stream, version, backwards, remaining, raw)
             if chunk is None:
                 return
             records, version = chunk
+            if stream in metas.durable:  # metadata written while the chunk was read
+                records = [r for r in records if not metas.is_hidden(index, r)]
             if remaining is not None:
                 records = records[:remaining]
                 remaining -= len(records)
@@ -772,6 +896,8 @@ class EventStore:
             if chunk is None:
                 return
             records, pos = chunk
+            if self._metas.durable:  # metadata written while the chunk was read
+                records = [r for r in records if not self._metas.is_hidden(self._index, r)]
             if remaining is not None:
                 records = records[:remaining]
                 remaining -= len(records)
@@ -823,6 +949,7 @@ class EventStore:
         if not isinstance(buffer_events, int) or buffer_events < 1:
             raise ValueError(f"buffer_events must be an int >= 1, not {buffer_events!r}")
         sub = Subscription(
+            metas=self._metas,
             index=self._index,
             reader=self._reader,
             hub=self._hub,
@@ -906,3 +1033,112 @@ class EventStore:
         if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
             raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
         return await self._snapshots.load(stream, state_type)
+
+    # --- retention and deletion (the work is in _meta.py, _maintenance.py, _scavenge.py) ----
+    def stream_metadata(self, stream: str) -> StreamMetadata:
+        """The stream's durable retention metadata (all defaults when it never had any)."""
+        self._require_open()
+        check_stream(stream)
+        return self._metas.public(stream, self._index)
+
+    async def set_stream_metadata(
+        self,
+        stream: str,
+        *,
+        max_count: int | _Unset | None = _UNSET,
+        max_age: timedelta | float | _Unset | None = _UNSET,
+        truncate_before: int | _Unset | None = _UNSET,
+    ) -> StreamMetadata:
+        """Change a stream's retention: only the fields given change (None clears one).
+
+        ``max_count``: keep the newest *n* events visible (n >= 1). ``max_age``: hide events
+        recorded longer ago (a timedelta or seconds). ``truncate_before``: hide versions below
+        it (at most the stream's last version + 1). Durable on return, written through the
+        group commit as a metadata frame; from then on reads and subscriptions skip the
+        hidden events (already-delivered ones are not recalled). Hidden events keep their
+        disk space until ``scavenge()``. Lowering a limit shows events again unless a
+        scavenge removed them. Raises :class:`StreamDeleted` for a hard-deleted stream,
+        ValueError for a ``truncate_before`` past the end or a bad value, TypeError for a
+        ``max_age`` that is not a timedelta or a number.
+        """
+        commit = self._require_writer()
+        stream_b = check_stream(stream)
+        changes: dict[str, object] = {}
+        if not isinstance(max_count, _Unset):
+            changes["max_count"] = check_max_count(max_count)
+        if not isinstance(max_age, _Unset):
+            changes["max_age"] = check_max_age(max_age)
+        if not isinstance(truncate_before, _Unset):
+            if truncate_before is not None:
+                check_index("truncate_before", truncate_before)
+            changes["truncate_before"] = truncate_before
+        return await self._write_meta(commit, stream, stream_b, ANY, MetaOp("set", changes))
+
+    async def delete_stream(
+        self, stream: str, *, expected_version: ExpectedVersion = ANY, hard: bool = False
+    ) -> StreamMetadata:
+        """Delete a stream: hide every event it holds now (durable on return).
+
+        Soft (default): like KurrentDB, this sets ``truncate_before`` to the last version + 1
+        and marks the stream deleted. ``read_stream`` then yields nothing, and the stream
+        can be appended to again: the next event gets the next version (e.g. 5 after versions
+        0..4 were deleted), ``read_stream`` shows only the new events, and ``deleted`` turns
+        False. ``hard=True`` writes a permanent tombstone: reads yield nothing (they do not
+        raise), later appends and metadata changes raise :class:`StreamDeleted`. Either way
+        ``scavenge()`` frees the space. ``expected_version`` is checked as for ``append``
+        (:class:`WrongExpectedVersion`, nothing written).
+        """
+        commit = self._require_writer()
+        stream_b = check_stream(stream)
+        check_expected(expected_version)
+        op = MetaOp("delete", hard=bool(hard))
+        return await self._write_meta(commit, stream, stream_b, expected_version, op)
+
+    async def _write_meta(
+        self,
+        commit: CommitLoop,
+        stream: str,
+        stream_b: bytes,
+        expected: ExpectedVersion,
+        op: MetaOp,
+    ) -> StreamMetadata:
+        fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
+        await commit.submit(PendingAppend(stream, stream_b, expected, (), b"", fut, meta=op))
+        await fut  # durable: the commit loop applied it to self._metas
+        return self._metas.public(stream, self._index)
+
+    async def scavenge(self) -> ScavengeReport:
+        """Free the disk space of hidden events; returns once done, with a report.
+
+        Rewrites sealed segments (never the one being written) without the frames whose
+        events are all hidden by stream metadata (and superseded checkpoint and metadata
+        frames), or removes a segment left empty. Surviving events keep their positions: the
+        log then has gaps, and a stream may start at a version above 0 on disk. A frame only
+        partly hidden is kept; its hidden events stay skipped by reads. A stream's last event
+        is kept unless a delete or ``truncate_before`` covers it. The metadata in force when
+        it starts is applied. Runs on its own thread in the background: appends and reads go
+        on meanwhile, and a read planned before a segment is swapped reads the old file.
+        Crash-safe (temp file, sync, rename, directory sync). Cancelling the caller does not
+        stop it; closing the store does. A call while one runs waits for that one. Raises
+        :class:`MaintenanceFailed` on an I/O error (what was done stays done).
+        """
+        self._require_open()
+        assert self._maintenance is not None
+        return await asyncio.shield(self._maintenance.start_scavenge())
+
+    def start_scavenge(self) -> asyncio.Future[ScavengeReport]:
+        """Start ``scavenge()`` in the background (owned by the store) and return at once;
+        await the result for the report."""
+        self._require_open()
+        assert self._maintenance is not None
+        return self._maintenance.start_scavenge()
+
+    async def enforce_retention(self) -> ScavengeReport:
+        """Apply ``StoreOptions.retention_bytes``/``retention_age`` now: drop whole oldest
+        sealed segments past them (also done after each rotation when they are set). The
+        current checkpoint and metadata frames in those segments are first written again at
+        the end of the log, so nothing but events is lost. Raises :class:`MaintenanceFailed`
+        on an I/O error."""
+        self._require_open()
+        assert self._maintenance is not None
+        return await asyncio.shield(self._maintenance.start_retention())

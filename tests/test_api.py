@@ -28,6 +28,8 @@ def test_public_methods_are_documented() -> None:
         es.RecordedEvent,
         es.MemoryStorage,
         es.Histogram,
+        es.StreamMetadata,
+        es.ScavengeReport,
     ):
         for name, member in vars(cls).items():
             if isinstance(member, classmethod | staticmethod):
@@ -66,6 +68,8 @@ def test_error_hierarchy() -> None:
         "StoreNotFound",
         "MissingUpcaster",
         "UnsupportedFormat",
+        "StreamDeleted",
+        "MaintenanceFailed",
     ):
         assert issubclass(getattr(es, name), es.EventStoreError)
     assert issubclass(es.EventTooLarge, ValueError)

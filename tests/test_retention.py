@@ -1,0 +1,615 @@
+"""Retention and deletion: stream metadata, soft and hard deletes, scavenging, store-wide
+retention; what reads, subscriptions, reopening and verification see afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import aioeventstore as es
+from aioeventstore._format import (
+    SEGMENT_FLAG_SCAVENGED,
+    SEGMENT_HEADER,
+    crc32c,
+    pack_segment_header,
+)
+from aioeventstore._verify import verify_store
+from tests.helpers import Note
+
+SMALL = es.StoreOptions(segment_bytes=4096)
+
+
+async def fill(store: es.EventStore, streams: int, per_stream: int, width: int = 20) -> None:
+    """``per_stream`` rounds of one append to each of ``streams`` streams ``s-<i>``."""
+    for v in range(per_stream):
+        for s in range(streams):
+            await store.append(f"s-{s}", Note(text=f"{s}:{v}".ljust(width, ".")))
+
+
+async def everything(store: es.EventStore) -> list[tuple[str, int, int, str]]:
+    return [(r.stream, r.version, r.position, r.data.text) async for r in store.read_all()]  # type: ignore[union-attr]
+
+
+async def versions(store: es.EventStore, stream: str, **kw: object) -> list[int]:
+    return [r.version async for r in store.read_stream(stream, **kw)]  # type: ignore[arg-type]
+
+
+# --- stream metadata ----------------------------------------------------------------------------
+async def test_metadata_hides_events_at_once_and_survives_reopen(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 3, 10)
+        assert store.stream_metadata("s-0") == es.StreamMetadata()
+        meta = await store.set_stream_metadata("s-0", max_count=3)
+        assert meta.max_count == 3 and meta.revision == 0
+        assert await versions(store, "s-0") == [7, 8, 9]
+        assert await versions(store, "s-0", backwards=True) == [9, 8, 7]
+        await store.set_stream_metadata("s-1", truncate_before=6)
+        assert await versions(store, "s-1") == [6, 7, 8, 9]
+        assert await versions(store, "s-1", from_version=8) == [8, 9]
+        assert await versions(store, "s-1", backwards=True, from_version=5) == []
+        seen = await everything(store)
+        assert [v for s, v, _, _ in seen if s == "s-0"] == [7, 8, 9]
+        assert [v for s, v, _, _ in seen if s == "s-1"] == [6, 7, 8, 9]
+        assert len([1 for s, *_ in seen if s == "s-2"]) == 10
+        await store.append("s-0", Note(text="new"))  # max_count moves with the stream
+        assert await versions(store, "s-0") == [8, 9, 10]
+        # only the given fields change; None clears one
+        meta = await store.set_stream_metadata("s-0", truncate_before=9)
+        assert (meta.max_count, meta.truncate_before, meta.revision) == (3, 9, 1)
+        meta = await store.set_stream_metadata("s-0", max_count=None)
+        assert (meta.max_count, meta.truncate_before) == (None, 9)
+        assert await versions(store, "s-0") == [9, 10]
+        head = store.head
+    async with es.EventStore(store_path) as store:
+        assert store.head == head  # metadata frames hold no events
+        assert store.stream_metadata("s-0").truncate_before == 9
+        assert store.stream_metadata("s-0").revision == 2
+        assert await versions(store, "s-0") == [9, 10]
+        assert await versions(store, "s-1") == [6, 7, 8, 9]
+
+
+async def test_metadata_argument_checks(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 1, 3)
+        with pytest.raises(ValueError, match="max_count"):
+            await store.set_stream_metadata("s-0", max_count=0)
+        with pytest.raises(ValueError, match="max_age"):
+            await store.set_stream_metadata("s-0", max_age=timedelta(0))
+        with pytest.raises(TypeError, match="max_age"):
+            await store.set_stream_metadata("s-0", max_age="1d")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="truncate_before=5 for stream 's-0' is past"):
+            await store.set_stream_metadata("s-0", truncate_before=5)
+        assert store.stream_metadata("s-0") == es.StreamMetadata()
+        meta = await store.set_stream_metadata("s-0", max_age=60)
+        assert meta.max_age == timedelta(seconds=60)
+
+
+async def test_max_age_hides_old_events(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 1, 3)
+        await asyncio.sleep(0.6)  # ages are wall-clock: margins wide enough for a busy box
+        await store.append("s-0", Note(text="fresh"))
+        await store.set_stream_metadata("s-0", max_age=timedelta(milliseconds=500))
+        assert await versions(store, "s-0") == [3]
+        assert [r.version async for r in store.read_all()] == [3]
+        async with store.subscribe() as sub:
+            assert (await anext(aiter(sub))).version == 3
+
+
+# --- deletion ---------------------------------------------------------------------------------
+async def test_soft_delete_then_recreate_continues_the_versions(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 2, 5)
+        with pytest.raises(es.WrongExpectedVersion):
+            await store.delete_stream("s-0", expected_version=3)
+        meta = await store.delete_stream("s-0", expected_version=4)
+        assert meta.deleted and not meta.hard_deleted and meta.truncate_before == 5
+        assert await versions(store, "s-0") == []
+        assert {r.stream async for r in store.read_all()} == {"s-1"}
+        r = await store.append("s-0", Note(text="again"), expected_version=4)
+        assert r.version == 5
+        assert not store.stream_metadata("s-0").deleted
+        assert await versions(store, "s-0") == [5]
+    async with es.EventStore(store_path) as store:
+        assert await versions(store, "s-0") == [5]
+        assert not store.stream_metadata("s-0").deleted
+
+
+async def test_hard_delete_is_permanent(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 2, 5)
+        meta = await store.delete_stream("s-0", hard=True)
+        assert meta.deleted and meta.hard_deleted
+        assert await versions(store, "s-0") == []
+        with pytest.raises(es.StreamDeleted) as info:
+            await store.append("s-0", Note(text="x"))
+        assert info.value.stream == "s-0" and isinstance(info.value, es.EventStoreError)
+        with pytest.raises(es.StreamDeleted):
+            await store.set_stream_metadata("s-0", max_count=1)
+        with pytest.raises(es.StreamDeleted):
+            await store.delete_stream("s-0")
+        await store.scavenge()
+    async with es.EventStore(store_path, SMALL) as store:
+        with pytest.raises(es.StreamDeleted):
+            await store.append("s-0", Note(text="x"))
+        assert store.stream_metadata("s-0").hard_deleted
+
+
+async def test_delete_hides_events_already_read_by_a_subscription(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await fill(store, 2, 3)  # s-0 v0, s-1 v0, s-0 v1, s-1 v1, s-0 v2, s-1 v2
+        async with store.subscribe() as sub, store.subscribe(stream="s-0") as one:
+            it = aiter(sub)
+            first = await anext(it)  # the whole history is now read into the subscription
+            assert (first.stream, first.version) == ("s-0", 0)
+            await store.delete_stream("s-0")
+            rest = [await anext(it) for _ in range(2)]
+            assert [(r.stream, r.version) for r in rest] == [("s-1", 0), ("s-1", 1)]
+            await store.append("s-0", Note(text="after"))
+            tail = [await anext(it) for _ in range(2)]
+            assert [(r.stream, r.version) for r in tail] == [("s-1", 2), ("s-0", 3)]
+            assert (await anext(aiter(one))).version == 3
+
+
+# --- scavenging -------------------------------------------------------------------------------
+async def test_scavenge_frees_space_and_changes_no_visible_event(store_path: Path) -> None:
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 10, 30)
+        for s in range(0, 10, 2):
+            await store.delete_stream(f"s-{s}")
+        await store.delete_stream("s-1", hard=True)
+        await store.set_stream_metadata("s-3", max_count=2)
+        await store.set_stream_metadata("s-5", truncate_before=29)  # all but the last one
+        before = await everything(store)
+        report = await store.scavenge()
+        assert isinstance(report, es.ScavengeReport)
+        assert report.segments_rewritten + report.segments_dropped > 5
+        assert report.bytes_after < report.bytes_before / 2 and report.bytes_freed > 0
+        assert report.events_removed > 150 and report.duration >= 0
+        assert await everything(store) == before
+        assert (await store.verify()).ok
+        assert await versions(store, "s-3") == [28, 29]
+        assert await versions(store, "s-5") == [29]
+        # positions stay stable; appends go on; a deleted stream continues its versions
+        r = await store.append("s-0", Note(text="back"))
+        assert r.version == 30 and r.position == store.head
+        again = await store.scavenge()  # nothing left to remove
+        assert again.events_removed == 0
+        before = await everything(store)
+        head = store.head
+    async with es.EventStore(store_path, SMALL) as store:
+        assert store.head == head
+        assert await everything(store) == before
+        assert await versions(store, "s-0") == [30]
+        assert await versions(store, "s-2") == []
+        r = await store.append("s-2", Note(text="x"), expected_version=29)
+        assert r.version == 30
+        assert (await store.verify()).ok
+
+
+async def test_partly_hidden_frames_stay_hidden_after_scavenge(store_path: Path) -> None:
+    async with es.EventStore(store_path, SMALL) as store:
+        await store.append("a", [Note(text=str(i)) for i in range(10)])  # one frame
+        await fill(store, 3, 20, width=100)  # rotate past it
+        await store.set_stream_metadata("a", truncate_before=4)
+        report = await store.scavenge()
+        assert report.events_removed == 0  # the frame is only partly hidden: kept
+        assert await versions(store, "a") == [4, 5, 6, 7, 8, 9]
+    async with es.EventStore(store_path, SMALL) as store:
+        assert await versions(store, "a") == [4, 5, 6, 7, 8, 9]
+
+
+async def test_scavenge_keeps_a_streams_last_event(store_path: Path) -> None:
+    """As in KurrentDB: the last event keeps the stream's version, unless truncate_before
+    (a delete) covers it and keeps the version in the metadata instead."""
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 2, 40, width=60)
+        await store.set_stream_metadata("s-0", max_age=timedelta(microseconds=1))
+        assert await versions(store, "s-0") == []
+        await store.scavenge()
+        assert store._index.first_version("s-0") > 0  # older frames went
+    async with es.EventStore(store_path, SMALL) as store:
+        assert store._index.last_version("s-0") == 39
+        with pytest.raises(es.WrongExpectedVersion):
+            await store.append("s-0", Note(text="x"), expected_version=es.NO_STREAM)
+
+
+async def test_reads_and_subscriptions_during_a_scavenge(store_path: Path) -> None:
+    """Readers planned against a segment keep reading its old file while it is replaced;
+    appends go on; nothing visible changes."""
+    async with es.EventStore(store_path, segment_bytes=4096, read_chunk_bytes=4096) as store:
+        await fill(store, 6, 40)
+        for s in (0, 2, 4):
+            await store.delete_stream(f"s-{s}")
+        expected = await everything(store)
+        reads: list[list[tuple[str, int, int, str]]] = []
+
+        async def reader() -> None:
+            out = []
+            async for r in store.read_all():
+                out.append((r.stream, r.version, r.position, r.data.text))  # type: ignore[union-attr]
+                await asyncio.sleep(0)
+            reads.append(out)
+
+        async def subscriber() -> None:
+            out = []
+            async with store.subscribe() as sub:
+                async for r in sub:
+                    out.append((r.stream, r.version, r.position, r.data.text))  # type: ignore[union-attr]
+                    if r.position >= expected[-1][2]:
+                        break
+            reads.append(out)
+
+        async def appender() -> None:
+            for i in range(20):
+                await store.append("s-1", Note(text=f"more {i}"))
+
+        tasks = [asyncio.create_task(c()) for c in (reader, reader, subscriber)]
+        await asyncio.sleep(0)
+        report, _ = await asyncio.gather(store.scavenge(), appender())
+        await asyncio.gather(*tasks)
+        assert report.events_removed > 0
+        for got in reads:
+            assert got[: len(expected)] == expected
+        assert (await store.verify()).ok
+
+
+async def test_scavenge_is_owned_by_the_store(store_path: Path) -> None:
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 4, 30)
+        await store.delete_stream("s-0")
+        task = store.start_scavenge()
+        assert store.start_scavenge() is task  # one at a time
+        caller = asyncio.create_task(store.scavenge())
+        await asyncio.sleep(0)
+        caller.cancel()  # a cancelled caller does not stop the store's scavenge
+        report = await task
+        assert report.events_removed > 0
+        store.start_scavenge()  # left running: close cancels and awaits it
+    async with es.EventStore(store_path, SMALL) as store:
+        assert await versions(store, "s-0") == []
+        assert len(await versions(store, "s-1")) == 30
+
+
+# --- store-wide retention ---------------------------------------------------------------------
+async def test_retention_by_bytes_drops_oldest_segments(store_path: Path) -> None:
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        await fill(store, 4, 40)
+        await store.set_stream_metadata("s-1", max_count=100)  # in an old segment soon
+        await store.save_checkpoint("worker", 3)
+        await fill(store, 4, 40)
+        before = await everything(store)
+        head = store.head
+    opts = es.StoreOptions(segment_bytes=4096, retention_bytes=12_000)
+    async with es.EventStore(store_path, opts) as store:
+        report = await store.enforce_retention()
+        assert report.segments_dropped > 3
+        assert report.bytes_after <= 12_000 + 4096
+        seen = await everything(store)
+        assert seen == before[len(before) - len(seen) :]  # a suffix: the oldest are gone
+        first = seen[0][2]
+        assert first > 0 and store.head == head
+        async with store.subscribe(from_position=0) as sub:
+            assert (await anext(aiter(sub))).position == first
+        async with store.subscribe(name="worker") as sub:  # behind: continues at the start
+            assert (await anext(aiter(sub))).position == first
+        assert store.stream_metadata("s-1").max_count == 100  # carried forward
+        assert store.checkpoint("worker") == 3
+        await store.append("s-2", Note(text="after"))
+    async with es.EventStore(store_path, opts) as store:
+        assert store.stream_metadata("s-1").max_count == 100
+        assert store.checkpoint("worker") == 3
+        assert (await everything(store))[0][2] == first
+        assert (await store.verify()).ok
+
+
+async def test_retention_keeps_the_version_of_a_stream_it_empties(store_path: Path) -> None:
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        await store.append("early", [Note(text=str(i)) for i in range(5)])
+        await fill(store, 3, 60)
+    opts = es.StoreOptions(segment_bytes=4096, retention_bytes=8000)
+    async with es.EventStore(store_path, opts) as store:
+        await store.enforce_retention()
+        assert await versions(store, "early") == []
+        assert store.stream_metadata("early").truncate_before == 5
+    async with es.EventStore(store_path, opts) as store:
+        with pytest.raises(es.WrongExpectedVersion):
+            await store.append("early", Note(text="x"), expected_version=es.NO_STREAM)
+        assert (await store.append("early", Note(text="x"))).version == 5
+
+
+async def test_retention_by_age_is_applied_on_rotation(store_path: Path) -> None:
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        await fill(store, 3, 30)
+    await asyncio.sleep(0.05)
+    opts = es.StoreOptions(segment_bytes=4096, retention_age=0.04)
+    async with es.EventStore(store_path, opts) as store:
+        assert (await everything(store))[0][2] == 0  # nothing happens before a rotation
+        await fill(store, 3, 15)  # rotates: retention runs in the background
+        task = store._maintenance._retention  # type: ignore[union-attr]
+        assert task is not None
+        report = await task
+        assert report.segments_dropped > 0 or (await store.enforce_retention()).segments_dropped
+        assert (await everything(store))[0][2] > 0
+        assert len(await versions(store, "s-0")) < 45
+
+
+def test_retention_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="retention_bytes"):
+        es.StoreOptions(retention_bytes=-1)
+    with pytest.raises(ValueError, match="retention_age"):
+        es.StoreOptions(retention_age=0)
+    assert es.StoreOptions(retention_age=timedelta(hours=1)).retention_age_seconds == 3600
+
+
+# --- recovery still tells removal from damage -------------------------------------------------
+async def test_a_gap_in_a_segment_that_was_not_scavenged_is_corruption(store_path: Path) -> None:
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 4, 30)
+        await store.delete_stream("s-0")
+        await store.scavenge()
+    names = sorted(n for n in os.listdir(store_path) if n.endswith(".seg"))
+    rewritten = store_path / names[0]
+    raw = bytearray(rewritten.read_bytes())
+    fields = SEGMENT_HEADER.unpack_from(raw)
+    assert fields[3] == SEGMENT_FLAG_SCAVENGED
+    raw[: SEGMENT_HEADER.size] = pack_segment_header(fields[4], 0)  # pretend it never was
+    rewritten.write_bytes(bytes(raw))
+    report = verify_store(store_path, options=SMALL)
+    assert report.corrupt and report.first_problem is not None
+    assert report.first_problem[0].name == names[0]
+    for name in os.listdir(store_path):  # index sidecars spare opening a scan: none here
+        if name.endswith(".idx"):
+            os.remove(store_path / name)
+    with pytest.raises(es.CorruptLog):
+        await es.EventStore(store_path, SMALL).open()
+
+
+async def test_a_stream_starting_late_without_removed_positions_is_corruption(
+    store_path: Path,
+) -> None:
+    """A stream may start past version 0 on disk only if at least as many positions before it
+    are missing: here a whole middle segment was deleted by hand with its stream's frames."""
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 2, 60)
+    names = sorted(n for n in os.listdir(store_path) if n.endswith(".seg"))
+    os.remove(store_path / names[1])  # not by retention: the streams continue past it
+    with pytest.raises(es.CorruptLog, match="continues at version"):
+        await es.EventStore(store_path, SMALL).open()
+
+
+async def test_a_leftover_scavenge_file_is_removed_on_open(store_path: Path) -> None:
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 2, 30)
+    names = sorted(n for n in os.listdir(store_path) if n.endswith(".seg"))
+    (store_path / (names[0] + ".scavenge")).write_bytes(b"half a segment")
+    async with es.EventStore(store_path, SMALL) as store:
+        assert len(await versions(store, "s-0")) == 30
+    assert not [n for n in os.listdir(store_path) if n.endswith(".scavenge")]
+
+
+async def test_reads_across_gaps_left_by_a_scavenge(store_path: Path) -> None:
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 4, 30)
+        await store.delete_stream("s-0")
+        await store.delete_stream("s-1")
+        await store.scavenge()
+        rows = await everything(store)
+        positions = [p for _, _, p, _ in rows]
+        gap = next(p + 1 for p, q in itertools.pairwise(positions) if q > p + 1)
+        assert gap not in positions  # a removed position
+        after = [r.position async for r in store.read_all(from_position=gap)]
+        assert after == [p for p in positions if p >= gap]
+        back = [r.position async for r in store.read_all(from_position=gap, backwards=True)]
+        assert back == [p for p in reversed(positions) if p < gap]
+        assert [r.position async for r in store.read_all(backwards=True)] == positions[::-1]
+        limited = [r.position async for r in store.read_all(from_position=gap, limit=3)]
+        assert limited == [p for p in positions if p >= gap][:3]
+        async with store.subscribe(from_position=gap) as sub:
+            assert (await anext(aiter(sub))).position == after[0]
+        assert await versions(store, "s-2", from_version=5, limit=2) == [5, 6]
+
+
+async def test_a_read_planned_before_a_swap_reads_the_old_file(store_path: Path) -> None:
+    """White box: the segment object a read pinned keeps its file open and unchanged after
+    scavenging replaced it; the file is closed when the last pin goes."""
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 4, 30)
+        await store.delete_stream("s-0")
+        span = store._index.span_from(0, 1 << 20, False)
+        assert span is not None
+        old = store._log.segments[span.ordinal]
+        before = old.read(span.end - span.start, span.start)
+        old.pin()
+        await store.scavenge()
+        assert store._log.segments[span.ordinal] is not old and old.retired
+        assert old.read(span.end - span.start, span.start) == before
+        old.unpin()
+        with pytest.raises(OSError):
+            old.read(16, 0)
+
+
+async def test_a_segment_left_empty_is_dropped(store_path: Path) -> None:
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 2, 5)
+        for i in range(60):  # whole segments of one stream
+            await store.append("bulk", Note(text=str(i).ljust(100, ".")))
+        await fill(store, 2, 40)
+        await store.delete_stream("bulk")
+        files = len([n for n in os.listdir(store_path) if n.endswith(".seg")])
+        rows = await everything(store)
+        report = await store.scavenge()
+        assert report.segments_dropped >= 1
+        left = [n for n in os.listdir(store_path) if n.endswith(".seg")]
+        assert len(left) == files - report.segments_dropped
+        assert await everything(store) == rows
+    async with es.EventStore(store_path, SMALL) as store:
+        assert await everything(store) == rows
+        assert (await store.append("bulk", Note(text="x"))).version == 60
+        assert (await store.verify()).ok
+
+
+@pytest.mark.parametrize(("seed", "retention"), [(1, False), (2, False), (3, True), (4, True)])
+async def test_random_operations_match_a_model(
+    store_path: Path, seed: int, retention: bool
+) -> None:
+    """Appends, metadata changes, soft and hard deletes, scavenges and reopens in a random
+    order (with store-wide retention dropping old segments after rotations, or not); after
+    each step every stream and the whole log read exactly what a plain model says is
+    visible, and every stream continues at the right version."""
+
+    options = es.StoreOptions(segment_bytes=4096, retention_bytes=8_000 if retention else None)
+
+    rng = random.Random(seed)
+    streams = [f"m-{i}" for i in range(6)]
+    events: dict[str, list[tuple[int, int, str]]] = {s: [] for s in streams}  # (ver, pos, text)
+    meta: dict[str, dict[str, int | None]] = {s: {} for s in streams}
+    hard: set[str] = set()
+    removed = dict.fromkeys(streams, 0)  # versions below this were removed by a scavenge
+    position = -1
+    log_start = 0
+
+    def first_visible(s: str) -> int:
+        m = meta[s]
+        low = max(m.get("truncate_before") or 0, removed[s])
+        count = m.get("max_count")
+        if count is not None:
+            low = max(low, len(events[s]) - count)
+        return low
+
+    def visible(s: str) -> list[tuple[int, int, str]]:
+        return [e for e in events[s] if e[0] >= first_visible(s)]
+
+    store = await es.EventStore(store_path, options).open()
+    try:
+        for step in range(250):
+            s = rng.choice(streams)
+            op = rng.random()
+            if op < 0.6:
+                n = rng.randint(1, 3)
+                texts = [f"{s}/{step}/{k}".ljust(rng.randint(10, 120), ".") for k in range(n)]
+                last = len(events[s]) - 1
+                if s in hard:
+                    with pytest.raises(es.StreamDeleted):
+                        await store.append(s, [Note(text=t) for t in texts])
+                    continue
+                r = await store.append(
+                    s,
+                    [Note(text=t) for t in texts],
+                    expected_version=last if last >= 0 else es.NO_STREAM,
+                )
+                for k, t in enumerate(texts):
+                    position += 1
+                    events[s].append((last + 1 + k, position, t))
+                assert (r.position, r.version) == (position, last + n)
+            elif s in hard:
+                continue
+            elif op < 0.7:
+                tb = rng.randint(0, len(events[s]))
+                await store.set_stream_metadata(s, truncate_before=tb)
+                meta[s]["truncate_before"] = tb
+            elif op < 0.78:
+                mc = rng.choice([None, 1, 2, 5])
+                await store.set_stream_metadata(s, max_count=mc)
+                meta[s]["max_count"] = mc
+            elif op < 0.84:
+                await store.delete_stream(s, hard=rng.random() < 0.2)
+                meta[s]["truncate_before"] = len(events[s])
+                if store.stream_metadata(s).hard_deleted:
+                    hard.add(s)
+            elif op < 0.93:
+                await store.scavenge()
+                for name in streams:  # it removed hidden events only (lowering a limit
+                    gone = store._index.first_version(name)  # later cannot bring them back)
+                    assert gone <= first_visible(name), (step, name)
+                    removed[name] = max(removed[name], gone)
+            else:
+                await store.close()
+                store = await es.EventStore(store_path, options).open()
+            if retention:  # what retention dropped is a prefix of the log
+                task = store._maintenance._retention  # type: ignore[union-attr]
+                if task is not None:
+                    await task
+                log_start = min(
+                    seg.first_position for seg in store._log.segments if not seg.retired
+                )
+                for name in streams:
+                    dropped = [e for e in events[name] if e[1] < log_start]
+                    if dropped:
+                        removed[name] = max(removed[name], dropped[-1][0] + 1)
+                    if events[name] and len(dropped) == len(events[name]):
+                        tb = meta[name].get("truncate_before") or 0  # keeps the version
+                        meta[name]["truncate_before"] = max(tb, len(events[name]))
+            for name in streams:
+                got = [
+                    (r.version, r.position, r.data.text)  # type: ignore[union-attr]
+                    async for r in store.read_stream(name)
+                ]
+                assert got == visible(name), (step, name)
+            merged = sorted((p, name, v) for name in streams for v, p, _ in visible(name))
+            assert [(r.position, r.stream, r.version) async for r in store.read_all()] == merged
+        await store.scavenge()
+        assert (await store.verify()).ok
+        assert not retention or log_start > 0
+    finally:
+        await store.close()
+
+
+async def test_a_read_only_store_sees_what_the_writer_sees(store_path: Path) -> None:
+    """Opened next to its writer after retention and scavenging removed segments and frames,
+    a read-only store starts at the oldest segment left, accepts the gaps, honours the
+    metadata it finds, and follows metadata written later."""
+    opts = es.StoreOptions(segment_bytes=4096, retention_bytes=20_000)
+    async with es.EventStore(store_path, opts) as writer:
+        await fill(writer, 4, 60)
+        await writer.delete_stream("s-0")
+        await writer.set_stream_metadata("s-1", max_count=3)
+        await writer.scavenge()
+        await writer.enforce_retention()
+        expected = await everything(writer)
+        assert expected[0][2] > 0
+        reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
+        try:
+            assert await everything(reader) == expected
+            assert await versions(reader, "s-0") == []
+            assert await versions(reader, "s-1") == [57, 58, 59]
+            await writer.set_stream_metadata("s-2", truncate_before=59)
+            await writer.append("s-3", Note(text="late"))
+            async with reader.subscribe(stream="s-3", from_version=60) as sub:
+                assert (await anext(aiter(sub))).version == 60  # the reader caught up
+            assert await versions(reader, "s-2") == [59]
+            assert reader.stream_metadata("s-2").truncate_before == 59
+        finally:
+            await reader.close()
+
+
+async def test_version_1_index_sidecars_are_still_used(store_path: Path) -> None:
+    """Sidecars written before retention existed (version 1) describe gap-free segments:
+    opening uses them, deriving row counts and first versions."""
+    from aioeventstore import _indexfile
+
+    async with es.EventStore(store_path, SMALL) as store:
+        await fill(store, 3, 40)
+        rows = await everything(store)
+    for name in os.listdir(store_path):
+        if not name.endswith(".idx"):
+            continue
+        raw = (store_path / name).read_bytes()
+        car = _indexfile.unpack(raw)
+        assert not car.metas
+        v2_tail = 4 * len(car.rows.pos) + 8 * len(car.rows.names) + _indexfile.META_HEAD.size
+        body = bytearray(raw[: -4 - v2_tail])
+        body[8:10] = (1).to_bytes(2, "little")  # the version field
+        body += crc32c(bytes(body)).to_bytes(4, "little")
+        assert _indexfile.unpack(bytes(body)).rows.cnt == car.rows.cnt
+        (store_path / name).write_bytes(bytes(body))
+    async with es.EventStore(store_path, SMALL) as store:
+        assert store.recovery is not None and store.recovery.indexed_segments > 3
+        assert await everything(store) == rows
+        assert (await store.append("s-1", Note(text="x"))).version == 40
