@@ -613,3 +613,28 @@ async def test_version_1_index_sidecars_are_still_used(store_path: Path) -> None
         assert store.recovery is not None and store.recovery.indexed_segments > 3
         assert await everything(store) == rows
         assert (await store.append("s-1", Note(text="x"))).version == 40
+
+
+async def test_scavenge_with_compressed_containers(store_path: Path) -> None:
+    """A compressed container goes whole or stays whole; what is visible never changes."""
+    pytest.importorskip("zstandard")
+    opts = es.StoreOptions(segment_bytes=8192, compression="zstd")
+    async with es.EventStore(store_path, opts) as store:
+        for v in range(30):  # batches of many streams: containers mix streams
+            await asyncio.gather(
+                *(store.append(f"s-{s}", Note(text=f"{s}:{v}".ljust(60, "."))) for s in range(6))
+            )
+        for i in range(40):  # containers holding only "solo" events
+            await store.append("solo", [Note(text=f"{i}:{k}".ljust(60, ".")) for k in range(20)])
+        await fill(store, 2, 10)
+        await store.delete_stream("solo")
+        await store.delete_stream("s-0")
+        rows = await everything(store)
+        report = await store.scavenge()
+        assert report.events_removed > 0  # solo's containers went; mixed ones stayed whole
+        assert await everything(store) == rows
+        assert await versions(store, "s-0") == []
+        assert (await store.verify()).ok
+    async with es.EventStore(store_path, opts) as store:
+        assert await everything(store) == rows
+        assert (await store.append("solo", Note(text="x"))).version == 800
