@@ -337,6 +337,7 @@ class CommitLoop:
         touched: dict[str, int] = {}
         nbytes = 0
         metas = self.metas
+        has_meta = False
         for item in items:
             if item.future.done():  # producer cancelled before its batch: drop it
                 continue
@@ -367,6 +368,7 @@ class CommitLoop:
                 item.position = pos
                 item.first_version = new.revision
                 item.outcome = AppendResult(-1, new.revision)
+                has_meta = True
                 accepted.append(item)
                 nbytes += item.size
                 continue
@@ -449,7 +451,7 @@ class CommitLoop:
                 count = item.count if item.checkpoint < 0 else 0
                 frames.append(PlannedFrame(b"".join(frame), item.position, count))
             off += item.size
-        if frames is not None and any(i.meta is not None for i in accepted):
+        if frames is not None and has_meta:
             # metadata frames are never put in containers (recovery, index sidecars and
             # scavenging find them as frames of their own): such a rare batch goes uncompressed
             parts = [f.data for f in frames]
@@ -462,7 +464,9 @@ class CommitLoop:
                 del window[key]
         events = [i for i in accepted if i.checkpoint < 0 and i.meta is None]
         marks = [(i.stream, i.checkpoint) for i in accepted if i.checkpoint >= 0]
-        meta_recs = [(i.stream, i.planned_meta) for i in accepted if i.planned_meta]
+        meta_recs = (
+            [(i.stream, i.planned_meta) for i in accepted if i.planned_meta] if has_meta else []
+        )
         return _Batch(
             planned, plan, data, first_pos, pos - 1, events, now_us, marks, frames, None, meta_recs
         )
