@@ -27,6 +27,7 @@ reads every frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -46,6 +47,7 @@ from ._segment import Segment
 log = logging.getLogger("aioeventstore")
 
 SUFFIX: Final = ".idx"
+TMP_SUFFIX: Final = ".tmp"
 MAGIC: Final = b"AIOESIDX"
 VERSION: Final = 2
 """Version 2 added the rows' event counts, the streams' first versions and the stream
@@ -229,12 +231,13 @@ def describes(
     car: Sidecar, seg: Segment, position: int, checksum: bool, last: bool = False
 ) -> str | None:
     """Why ``car`` does not describe ``seg`` (whose first event is ``position``), or None.
-    With ``checksum`` the segment's covered bytes are checksummed too."""
+    With ``checksum`` the segment's covered bytes are checksummed too; with ``last`` (the
+    rows' stream ids will be kept) every row's stream id is checked against its names."""
     if car.first_position != seg.first_position or car.first_position != position:
         return "it is for another segment"
     if not car.rows.pos or car.rows.pos[0] < position:
         return "its rows start before the segment's first position"
-    if last and max(car.rows.sids) >= len(car.rows.names):
+    if last and max(car.rows.sids, default=0) >= len(car.rows.names):
         return "its rows name streams it does not list"
     if seg.file.size() < car.covered_end:
         return "the segment is shorter than what it describes"
@@ -287,17 +290,35 @@ def load(
 def write(fs: FileSystem, directory: str, segment_path: str, car: Sidecar) -> None:
     """Write a sidecar atomically: temporary file, sync, rename, sync the directory."""
     path = sidecar_path(segment_path)
-    tmp = path + ".tmp"
+    tmp = path + TMP_SUFFIX
     data = pack(car)
+    with contextlib.suppress(FileNotFoundError):  # a crash's leftover must not block it
+        fs.remove(tmp)
     handle = fs.open(tmp, write=True, create=True)
     try:
-        handle.truncate(0)
-        handle.pwrite(data, 0)
-        handle.sync()
-    finally:
-        handle.close()
-    fs.rename(tmp, path)
+        try:
+            handle.truncate(0)
+            handle.pwrite(data, 0)
+            handle.sync()
+        finally:
+            handle.close()
+        fs.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.remove(tmp)
+        raise
     fs.sync_dir(directory)
+
+
+def remove_temporaries(fs: FileSystem, directory: str) -> int:
+    """Remove ``*.idx.tmp`` files a crash left (a writer's open, under the lock)."""
+    removed = 0
+    for name in fs.listdir(directory):
+        if name.endswith(SUFFIX + TMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                fs.remove(os.path.join(directory, name))
+                removed += 1
+    return removed
 
 
 class SidecarWriter:

@@ -273,7 +273,17 @@ class Reader:
         segs = {ref.ordinal: self._log.segments[ref.ordinal] for ref in refs}
         hidden = self._metas.hidden(index)
         records = await self._pinned(
-            list(segs.values()), self._decode, segs, refs, lo, hi, backwards, None, raw, hidden
+            list(segs.values()),
+            self._decode,
+            segs,
+            refs,
+            lo,
+            hi,
+            backwards,
+            None,
+            raw,
+            hidden,
+            stream,
         )
         ref, first = frames[0] if backwards else frames[-1]
         return records, (first - 1 if backwards else first + ref.event_count)
@@ -287,7 +297,9 @@ class Reader:
         for ref, ref_first in self._index.stream_frames(stream, first, 1 << 20, False, count):
             seg = self._log.segments[ref.ordinal]
             data = await self._pinned([seg], seg.read, ref.length, ref.offset)
-            buf, at, info, _ = await self._pinned([seg], self._locate, data, ref, 0, None, seg)
+            buf, at, info, _ = await self._pinned(
+                [seg], self._locate, data, ref, 0, None, seg, stream
+            )
             ids += frame_event_ids(buf, at, info)[max(0, first - ref_first) :]
         return ids[:count]
 
@@ -297,13 +309,39 @@ class Reader:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _locate(
-        self, data: bytes, ref: FrameRef, at: int, outer: FrameInfo | None, seg: Segment
+        self,
+        data: bytes,
+        ref: FrameRef,
+        at: int,
+        outer: FrameInfo | None,
+        seg: Segment,
+        stream: str | None = None,
     ) -> tuple[bytes, int, FrameInfo, FrameInfo | None]:
         """The frame ``ref`` (at ``data[at:]``), checked: ``(buffer, offset in it, info,
         container)``; for a frame inside a container, the buffer is the container's
         decompressed bytes and ``container`` its checked info (None otherwise). ``outer`` is
-        that info when the caller has it already. Raises CorruptLog."""
+        that info when the caller has it already. With ``stream``, the frame must belong to
+        it (a stream read never returns another stream's events, even if the index were
+        wrong). Raises CorruptLog."""
         path = self._log.path(ref.ordinal)
+        got_data, got_at, info, container = self._find(data, ref, at, outer, seg, path)
+        if stream is not None and info.stream != stream:
+            raise CorruptLog(
+                path,
+                ref.offset,
+                f"the index points at a frame of stream {info.stream!r} for stream {stream!r}",
+            )
+        return got_data, got_at, info, container
+
+    def _find(
+        self,
+        data: bytes,
+        ref: FrameRef,
+        at: int,
+        outer: FrameInfo | None,
+        seg: Segment,
+        path: str,
+    ) -> tuple[bytes, int, FrameInfo, FrameInfo | None]:
         try:
             info = outer if outer is not None else check_frame(data, at, at + ref.length)
         except FrameError as exc:
@@ -336,10 +374,12 @@ class Reader:
         filt: EventFilter | None,
         raw: bool = False,
         hidden: dict[str, tuple[int, int]] | None = None,
+        stream: str | None = None,
     ) -> list[RecordedEvent]:
-        """Read and decode frames (reader thread). Adjacent frames are read in one pread."""
+        """Read and decode frames (reader thread). Adjacent frames are read in one pread.
+        With ``stream``, every frame must belong to it."""
         with self._gc_guard():
-            out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden)
+            out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden, stream)
         if backwards:
             out.reverse()
         return out
@@ -353,6 +393,7 @@ class Reader:
         filt: EventFilter | None,
         raw: bool,
         hidden: dict[str, tuple[int, int]] | None,
+        stream: str | None = None,
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
         types = filt.stored_type_names() if filt is not None and filt.event_types else None
@@ -376,7 +417,7 @@ class Reader:
                 at = ref.offset - start
                 if outer is not None and outer.offset != at:
                     outer = None
-                buf, fat, info, outer = self._locate(data, ref, at, outer, seg)
+                buf, fat, info, outer = self._locate(data, ref, at, outer, seg, stream)
                 if filt is not None and not filt.matches_stream(info.stream):
                     continue
                 try:

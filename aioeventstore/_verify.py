@@ -17,6 +17,7 @@ Each step is synced before the next, and running it again after a crash mid-repa
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from ._format import (
     parse_segment_name,
 )
 from ._fs import FileSystem, OsFileSystem
+from ._indexfile import sidecar_path
 from ._log import LOCK_NAME, Log, later_write_at
 from ._segment import Segment
 from .errors import StoreLocked, UnsupportedFormat
@@ -489,6 +491,16 @@ def repair_store(
         actions = plan_repair(before, fs)
         if dry_run or not actions:
             return RepairReport(before, tuple(actions), None if dry_run else before)
+        # The index sidecars of segments about to change would describe bytes that are gone
+        # (they would be found stale on open, but what they say about named consumers'
+        # checkpoints could outlive the cut checkpoint frames): remove them first.
+        dropped = False
+        for a in actions:
+            with contextlib.suppress(FileNotFoundError):
+                fs.remove(sidecar_path(a.path))
+                dropped = True
+        if dropped:
+            fs.sync_dir(directory)
         moves = [a for a in actions if a.kind == "move"]
         for a in moves:
             fs.rename(a.path, a.side_path)

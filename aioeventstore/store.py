@@ -55,6 +55,7 @@ from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
 from ._indexfile import SidecarWriter, sidecar_path
 from ._indexfile import load as load_sidecar
+from ._indexfile import remove_temporaries as remove_sidecar_temporaries
 from ._log import LOCK_NAME, Log, Recovery
 from ._maintenance import Maintenance
 from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
@@ -377,7 +378,10 @@ class EventStore:
             metas.commit(stream, StreamMetadata.from_fields(fields, revision))
 
         def resume(ordinal: int, seg: Segment, position: int, last: bool) -> tuple[int, int]:
-            car = load_sidecar(fs, seg, position, self._options.verify_on_open, last)
+            # (stream ids kept for every segment, not only the last: recovery may remove a
+            # half-made last segment, and the one before it is the tail again, exported on
+            # close; rows without their stream ids would file every event under one stream)
+            car = load_sidecar(fs, seg, position, self._options.verify_on_open, True)
             if car is None:
                 if not last:
                     scanned.append(ordinal)
@@ -389,7 +393,7 @@ class EventStore:
             problem = index.rows_problem(rows, rows.pos[0] - seen[0])
             if problem is not None:  # what a scan would have found: the log is damaged
                 raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
-            index.load_rows(ordinal, rows, car.end_position, sids=last)
+            index.load_rows(ordinal, rows, car.end_position, sids=True)
             seen[0] += len(rows.positions)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)
@@ -459,6 +463,8 @@ class EventStore:
         self.recovery = self._log.recover(sink, resume)
         if removed := self._snapshots.files.remove_temporaries():
             log.info("removed %d snapshot file(s) a crash left half-written", removed)
+        if removed := remove_sidecar_temporaries(fs, self._path):
+            log.info("removed %d index sidecar file(s) a crash left half-written", removed)
         index.next_position = max(index.next_position, self.recovery.next_position)
         index.head = index.next_position - 1
         for stream, rec in metas.durable.items():

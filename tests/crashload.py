@@ -81,7 +81,7 @@ class Lockstep:
     def _before_op(self, op: str, path: str) -> None:
         if op != "pwrite" or not self.enabled or self._fs.dead:
             return
-        if not path.endswith(".seg"):  # index sidecars are written by their own thread
+        if not path.endswith(".seg"):  # only the commit loop's writes are held
             return
         self._loop.call_soon_threadsafe(self.arrived.set)
         if not self._go.acquire(timeout=60):  # pragma: no cover - a test bug, not a store bug

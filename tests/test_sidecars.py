@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import aioeventstore as es
+from aioeventstore._format import segment_name
 from tests.helpers import Note
 
 OPTS = es.StoreOptions(segment_bytes=8192)
@@ -184,3 +185,66 @@ async def test_verify_on_open_checksums_what_sidecars_cover(tmp_path: Path) -> N
         assert exc.path == str(first)
     else:
         raise AssertionError("verify_on_open missed the damage")
+
+
+# A sealed segment whose successor recovery removes (a rotation that crashed before the new
+# segment's header was written) becomes the tail again and is exported on close: its rows
+# must carry their streams (found by review; see also test_sidecar_sweep.py).
+async def test_tail_sidecar_after_removed_half_made_segment(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    await fill(path)  # clean close: every segment has a sidecar
+    truth = await snapshot(path)
+    assert len(sidecars(path)) >= 2
+    async with es.EventStore(path, OPTS) as store:
+        head = store.head
+    # A rotation killed between creating the next segment and writing its header
+    # (a SIGKILL after open(O_CREAT), before pwrite): an empty file named after head + 1.
+    (path / segment_name(head + 1)).write_bytes(b"")
+    async with es.EventStore(path, OPTS) as store:  # removes it; the old tail is the tail
+        assert store.head == head
+    # that close wrote the tail's sidecar from rows whose stream ids were never loaded
+    assert await snapshot(path) == truth
+
+
+async def test_a_stale_idx_tmp_does_not_block_sidecars_forever(tmp_path: Path) -> None:
+    """A crash (or a failed pwrite/sync, e.g. ENOSPC) between creating ``N.idx.tmp`` and
+    renaming it leaves the temporary file; ``write`` creates it with O_EXCL, so every later
+    attempt for that segment fails and the segment is scanned on every open from then on."""
+    path = tmp_path / "s"
+    await fill(path)
+    first = sidecars(path)[0]
+    first.unlink()
+    first.with_name(first.name + ".tmp").write_bytes(b"half")  # the crash's leftover
+    for _ in range(2):
+        async with es.EventStore(path, OPTS) as store:
+            rec = store.recovery
+            assert rec is not None
+    assert first.exists(), "the sidecar was never written again"
+    async with es.EventStore(path, OPTS) as store:
+        assert store.recovery is not None and store.recovery.scanned_bytes == 0
+
+
+async def test_repair_removes_the_sidecars_of_what_it_cuts(tmp_path: Path) -> None:
+    """A named consumer's checkpoint frame at the end of a segment, damaged and cut by repair:
+    the store must then answer as its log says, with or without sidecars."""
+    from aioeventstore._verify import repair_store
+
+    path = tmp_path / "s"
+    async with es.EventStore(path, OPTS) as store:
+        for i in range(5):
+            await store.append("s", Note(text=str(i)))
+        await store.save_checkpoint("proj", 1)
+        await store.save_checkpoint("proj", 3)
+    last = sorted(path.glob("*.seg"))[-1]
+    raw = bytearray(last.read_bytes())
+    raw[-3] ^= 0xFF  # inside the last frame: the checkpoint at 3
+    last.write_bytes(bytes(raw))
+    report = repair_store(path, options=OPTS)
+    assert report.after is not None and report.after.ok
+    assert not (path / (last.stem + ".idx")).exists()
+    async with es.EventStore(path, OPTS) as store:
+        with_sidecars = store.checkpoint("proj")
+    for idx in sidecars(path):
+        idx.unlink()
+    async with es.EventStore(path, OPTS) as store:
+        assert store.checkpoint("proj") == with_sidecars == 1
