@@ -53,7 +53,7 @@ from ._format import (
 )
 from ._fs import FileSystem, Lock, OsFileSystem
 from ._index import Index
-from ._indexfile import SidecarWriter, sidecar_path
+from ._indexfile import Sidecar, SidecarWriter, sidecar_path
 from ._indexfile import load as load_sidecar
 from ._indexfile import remove_temporaries as remove_sidecar_temporaries
 from ._log import LOCK_NAME, Log, Recovery
@@ -386,18 +386,9 @@ class EventStore:
                 if not last:
                     scanned.append(ordinal)
                 return SEGMENT_HEADER_SIZE, position
-            rows = car.rows
-            for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
-                if rows.firsts[i] < 0:
-                    rows.firsts[i] = index.last_version(name) + 1
-            problem = index.rows_problem(rows, rows.pos[0] - seen[0])
-            if problem is not None:  # what a scan would have found: the log is damaged
-                raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
-            index.load_rows(ordinal, rows, car.end_position, sids=True)
-            seen[0] += len(rows.positions)
+            self._apply_sidecar(ordinal, seg, car, seen, sids=True)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)
-                self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
             try:
                 for stream, (revision, packed) in car.metas.items():
                     meta_frame(ordinal, stream, revision, packed)
@@ -514,6 +505,25 @@ class EventStore:
             )
         self._unsaved = scanned
 
+    def _apply_sidecar(
+        self, ordinal: int, seg: Segment, car: Sidecar, seen: list[int], sids: bool
+    ) -> None:
+        """Add a checked sidecar's rows and checkpoints (open only, in segment order).
+        ``seen`` counts the events added so far; raises CorruptLog when the rows break a
+        stream's or the log's continuity, as a scan of the segment would."""
+        index = self._index
+        rows = car.rows
+        for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
+            if rows.firsts[i] < 0:
+                rows.firsts[i] = index.last_version(name) + 1
+        problem = index.rows_problem(rows, rows.pos[0] - seen[0])
+        if problem is not None:  # what a scan would have found: the log is damaged
+            raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
+        index.load_rows(ordinal, rows, car.end_position, sids=sids)
+        seen[0] += len(rows.positions)
+        for name, mark in car.marks.items():
+            self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
+
     def _chores(self) -> Executor | None:
         """Where closing runs its blocking steps: the loop's default executor, or inline for
         a memory store (which then starts no thread at all)."""
@@ -525,7 +535,6 @@ class EventStore:
         except FileNotFoundError:
             raise StoreNotFound(f"no store at {self._path}: the directory does not exist") from None
         self._follower = Follower(self._log)
-        index = self._index
         follower = self._follower
         seen = self._seen
 
@@ -533,17 +542,7 @@ class EventStore:
             car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
             if car is None:
                 return SEGMENT_HEADER_SIZE, position
-            rows = car.rows
-            for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
-                if rows.firsts[i] < 0:
-                    rows.firsts[i] = index.last_version(name) + 1
-            problem = index.rows_problem(rows, rows.pos[0] - seen[0])
-            if problem is not None:  # what a scan would have found: the log is damaged
-                raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
-            index.load_rows(ordinal, rows, car.end_position, sids=False)
-            seen[0] += len(rows.positions)
-            for name, mark in car.marks.items():
-                self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
+            self._apply_sidecar(ordinal, seg, car, seen, sids=False)
             for stream, (revision, packed) in car.metas.items():
                 follower.metadata.append((stream, revision, packed))
             return car.covered_end, car.end_position
