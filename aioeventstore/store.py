@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -827,7 +827,7 @@ class EventStore:
         backwards: bool = False,
         limit: int | None = None,
         raw: bool = False,
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncGenerator[RecordedEvent, None]:
         """The durable events of one stream, in version order (or reverse with ``backwards``).
 
         ``from_version`` is inclusive; it defaults to 0 (forwards) or the last version
@@ -876,7 +876,7 @@ class EventStore:
         limit: int | None = None,
         filter: EventFilter | None = None,
         raw: bool = False,
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncGenerator[RecordedEvent, None]:
         """Every durable event of the store in position order (or reverse with ``backwards``).
 
         ``from_position`` is inclusive; it defaults to 0 (forwards) or the head (backwards).
@@ -893,21 +893,43 @@ class EventStore:
             check_index("from_position", from_position)
         pos = min(from_position, self._index.head) if backwards else from_position
         remaining = limit
-        while remaining is None or remaining > 0:
-            self._require_open()
-            chunk = await self._reader.all_chunk(
-                pos, backwards, remaining if filter is None else None, filter, raw
+        if remaining == 0:
+            return
+
+        def fetch(
+            at: int, left: int | None
+        ) -> asyncio.Future[tuple[list[RecordedEvent], int] | None]:
+            return asyncio.ensure_future(
+                self._reader.all_chunk(at, backwards, left if filter is None else None, filter, raw)
             )
-            if chunk is None:
-                return
-            records, pos = chunk
-            if self._metas.durable:  # metadata written while the chunk was read
-                records = [r for r in records if not self._metas.is_hidden(self._index, r)]
-            if remaining is not None:
-                records = records[:remaining]
-                remaining -= len(records)
-            for rec in records:
-                yield rec
+
+        # The next chunk is read and decoded on a reader thread while the caller consumes
+        # this one: at most two chunks are held at a time.
+        self._require_open()
+        nxt: asyncio.Future[tuple[list[RecordedEvent], int] | None] | None = fetch(pos, remaining)
+        try:
+            while nxt is not None:
+                chunk = await nxt
+                nxt = None
+                self._require_open()
+                if chunk is None:
+                    return
+                records, pos = chunk
+                if self._metas.durable:  # metadata written while the chunk was read
+                    records = [r for r in records if not self._metas.is_hidden(self._index, r)]
+                if remaining is not None:
+                    records = records[:remaining]
+                    remaining -= len(records)
+                if remaining is None or remaining > 0:
+                    nxt = fetch(pos, remaining)
+                for rec in records:
+                    yield rec
+        finally:
+            if nxt is not None:  # the caller stopped early: drop the chunk read ahead
+                if not nxt.done():
+                    nxt.cancel()
+                elif not nxt.cancelled():
+                    nxt.exception()  # retrieved: a failed read-ahead nobody needs is no error
 
     # --- subscriptions ----------------------------------------------------------------------
     def subscribe(

@@ -179,3 +179,35 @@ async def test_raw_reads_return_the_stored_dicts_without_models(
         from_all = [r.data async for r in store.read_all(raw=True)]
         from_stream = [r.data async for r in store.read_stream("acc", raw=True)]
         assert from_all == from_stream == [{"account": "a", "amount": 1}, {"text": "n"}]
+
+
+async def test_read_all_reads_ahead_one_chunk_and_drops_it_when_the_caller_stops(
+    store_path: Path,
+) -> None:
+    """``read_all`` decodes the next chunk while the caller consumes this one. Stopping
+    early (break, close of the generator, closing the store) drops the chunk read ahead
+    without an unretrieved error, and nothing is yielded once the store is closed."""
+    store = await es.EventStore(store_path, read_chunk_bytes=4096).open()
+    try:
+        await store.append("s", [Note(text="x" * 100) for _ in range(300)])
+        got = []
+        async for rec in store.read_all():
+            got.append(rec.position)
+            if len(got) == 5:
+                break
+        assert got == [0, 1, 2, 3, 4]
+        agen = store.read_all(limit=250)
+        assert [r.position async for r in agen] == list(range(250))
+        agen = store.read_all()
+        first = await agen.__anext__()
+        assert first.position == 0
+        await agen.aclose()
+        seen = []
+        with pytest.raises(es.StoreClosed):
+            async for rec in store.read_all():
+                seen.append(rec.position)
+                if rec.position == 10:
+                    await store.close()
+        assert seen[-1] < 300 and seen == list(range(len(seen)))
+    finally:
+        await store.close()
