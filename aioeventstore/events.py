@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -210,6 +210,14 @@ class NewEvent:
             raise TypeError(
                 f"NewEvent.metadata must be a mapping or None, not {type(self.metadata).__name__}"
             )
+
+
+AppendSpec = (
+    tuple[str, Event | NewEvent | Sequence[Event | NewEvent]]
+    | tuple[str, Event | NewEvent | Sequence[Event | NewEvent], ExpectedVersion]
+)
+"""One append for ``EventStore.append_many``: ``(stream, events)`` or ``(stream, events,
+expected_version)``."""
 
 
 class AppendResult(NamedTuple):
