@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,50 @@ def test_bench_scale_runs(tmp_path: Path) -> None:
         check=True,
     )
     assert "index B/event" in out.stdout
+
+
+def test_bench_scale_streams_curve_runs(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "perf" / "bench_scale.py"),
+            "--streams-curve",
+            "10,3000",
+            "--curve-events",
+            "6000",
+            "--appends",
+            "2000",
+            "--dir",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert [r["streams"] for r in rows] == [10, 3000]
+
+
+def test_bench_append_many_runs() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "perf" / "bench_append_many.py"),
+            "--seconds",
+            "0.3",
+            "--per-call",
+            "10",
+            "--tasks",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "append_many" in out.stdout and "gather" in out.stdout
 
 
 def test_snapshots_example_matches_a_full_replay(tmp_path: Path) -> None:
