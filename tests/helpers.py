@@ -103,3 +103,15 @@ class FaultyFileSystem:
 
     def lock(self, path: str) -> Lock:
         return self._os.lock(path)
+
+
+async def take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
+    """The next ``n`` events a subscription delivers (waits for them)."""
+    out: list[es.RecordedEvent] = []
+    if n == 0:
+        return out
+    async for rec in sub:
+        out.append(rec)
+        if len(out) == n:
+            break
+    return out

@@ -21,7 +21,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore import events as events_module
-from tests.helpers import Deposited, Note, Withdrawn
+from tests.helpers import Deposited, Note, Withdrawn, take
 
 
 class Backend(ABC):
@@ -70,17 +70,6 @@ async def fill(store: es.EventStore, n: int, start: int = 0) -> None:
         if i % 3 == 0:
             events.append(Note(text=f"{i}b"))
         await store.append(f"s{i % 3}", events)
-
-
-async def take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
-    out: list[es.RecordedEvent] = []
-    if n == 0:
-        return out
-    async for rec in sub:
-        out.append(rec)
-        if len(out) == n:
-            break
-    return out
 
 
 # --- appends ----------------------------------------------------------------------------------

@@ -14,21 +14,12 @@ from hypothesis import strategies as st
 
 import aioeventstore as es
 from aioeventstore import events as events_module
-from tests.helpers import Deposited, Note, Withdrawn
+from tests.helpers import Deposited, Note, Withdrawn, take
 
 
 async def fill(store: es.EventStore, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         await store.append(f"s{i % 3}", Note(text=str(i)))
-
-
-async def take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
-    out = []
-    async for rec in sub:
-        out.append(rec)
-        if len(out) == n:
-            break
-    return out
 
 
 async def test_replays_history_then_goes_live(store_path: Path) -> None:
