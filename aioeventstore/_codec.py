@@ -43,7 +43,7 @@ from .events import NO_METADATA, Event, NewEvent, RecordedEvent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 S = TypeVar("S", bound=BaseModel)
-_type_names: dict[type[Event], tuple[bytes, bytes, bytes, int]] = {}
+_type_names: dict[type[Event], tuple[bytes, bytes, bytes, int, int]] = {}
 
 
 def _default(obj: object) -> object:
@@ -94,9 +94,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_ids_in_child)
 
 
-def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int]:
+def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int, int]:
     """The entry's type field for ``cls``: plain (the name), with its schema version, and
-    for a frame of this class's events alone, the field and the frame flags it needs."""
+    for a frame of this class's events alone, the field and the frame flags it needs; last,
+    :func:`plain_fields` of the class."""
     b = _type_names.get(cls)
     if b is None:
         name = cls.__event_type__.encode("utf-8")
@@ -106,12 +107,90 @@ def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int]:
                 f"of {MAX_TYPE_NAME_BYTES - SCHEMA_VERSION_SIZE}"
             )
         versioned = name + SCHEMA_VERSION.pack(cls.__schema_version__)
+        plain = plain_fields(cls)
         if cls.__schema_version__ == 1:
-            b = (name, versioned, name, 0)
+            b = (name, versioned, name, 0, plain)
         else:
-            b = (name, versioned, versioned, FRAME_FLAG_SCHEMA)
+            b = (name, versioned, versioned, FRAME_FLAG_SCHEMA, plain)
         _type_names[cls] = b
     return b
+
+
+_PLAIN_TYPES = frozenset({"str", "int", "bool", "none"})
+_PLAIN_VALUES = (str, int, bool, type(None))
+# keys of a schema node that change nothing about how a value is serialized
+_NEUTRAL_KEYS = frozenset(
+    {
+        "type", "schema", "metadata", "ref", "strict", "default", "default_factory",
+        "default_factory_takes_data", "validate_default", "on_error", "expected",
+        "max_length", "min_length", "pattern", "strip_whitespace", "to_lower", "to_upper",
+        "regex_engine", "coerce_numbers_to_str", "multiple_of", "le", "ge", "lt", "gt",
+        "validation_alias", "frozen",
+    }
+)  # fmt: skip
+
+
+def plain_fields(cls: type[Event]) -> int:
+    """The number of fields of ``cls`` when its JSON-mode dump is its instance ``__dict__``
+    as it is, else 0.
+
+    That holds for a model whose every field is a ``str``, ``int``, ``bool``, ``None``, a
+    ``Literal`` of those or an optional one, with no serializer, exclusion, computed field,
+    extra fields, aliases used for dumping or validator that could leave another type behind:
+    pydantic stores exactly those values, and its serializer would return an equal dict.
+    The append path then packs ``event.__dict__`` without calling the serializer, the largest
+    single cost of encoding a small event. Decided once per class from the pydantic-core
+    schema, which is where every one of those features shows; anything not recognised as
+    neutral answers 0 (the serializer is used, as for every other class). ``float`` is left
+    out on purpose: the serializer turns ``inf``/``nan`` into ``None`` in JSON mode.
+    """
+    try:
+        schema: Any = cls.__pydantic_core_schema__
+        if (
+            schema.get("type") != "model"
+            or schema.get("root_model")
+            or "serialization" in schema
+            or cls.model_config.get("extra") == "allow"
+            or cls.model_config.get("serialize_by_alias")
+        ):
+            return 0
+        inner = schema["schema"]
+        if (
+            inner.get("type") != "model-fields"
+            or inner.get("computed_fields")
+            or inner.get("extra_behavior") == "allow"
+            or "serialization" in inner
+        ):
+            return 0
+        fields = inner["fields"]
+        for f in fields.values():
+            if f.get("type") != "model-field" or not set(f) <= {
+                "type",
+                "schema",
+                "metadata",
+                "validation_alias",
+                "frozen",
+            }:
+                return 0
+            node = f["schema"]
+            while True:
+                if not set(node) <= _NEUTRAL_KEYS:
+                    return 0
+                kind = node["type"]
+                if kind in ("default", "nullable"):
+                    if kind == "default" and not isinstance(node.get("default"), _PLAIN_VALUES):
+                        return 0
+                    node = node["schema"]
+                    continue
+                if kind == "literal":
+                    if not all(type(v) in _PLAIN_VALUES for v in node["expected"]):
+                        return 0
+                elif kind not in _PLAIN_TYPES:
+                    return 0
+                break
+        return len(fields)
+    except (AttributeError, KeyError, TypeError):  # a schema shape we do not know
+        return 0
 
 
 def _packer() -> Callable[[Any], bytes]:
@@ -148,7 +227,8 @@ def encode_events(
 
     The data is ``model_dump(mode="json")`` packed with msgpack; the model's serializer is
     called directly (the same call ``model_dump`` makes with its defaults, without its
-    Python-level wrapper), which halves the cost of a small event.
+    Python-level wrapper), which halves the cost of a small event, or not at all for a class
+    of plain fields (:func:`plain_fields`), whose ``__dict__`` is that dump already.
     """
     parts: list[bytes] = []
     ids: list[bytes] = []
@@ -159,6 +239,7 @@ def encode_events(
     pack = _packer()
     pack_head = ENTRY_HEAD.pack
     last_cls: type | None = None
+    plain = 0
     type_b = b""
     dump: Callable[..., Any] = _no_dump
     event: Event
@@ -188,10 +269,13 @@ def encode_events(
             )
         if cls is not last_cls:
             last_cls = cls
-            plain, versioned, _own, _flags = _type_fields(cls)
-            type_b = versioned if field else plain
+            name_b, versioned, _own, _flags, plain = _type_fields(cls)
+            type_b = versioned if field else name_b
             dump = cls.__pydantic_serializer__.to_python
-        data = pack(dump(event, mode="json"))
+        value = event.__dict__
+        if len(value) != plain:  # see plain_fields
+            value = dump(event, mode="json")
+        data = pack(value)
         size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(meta) + len(data)
         if size > max_event_bytes:
             raise EventTooLarge(
@@ -228,8 +312,11 @@ def encode_event(
     fields = _type_names.get(cls)
     if fields is None:
         fields = _type_fields(cls)
-    _plain, _versioned, type_b, flags = fields
-    data = _packer()(cls.__pydantic_serializer__.to_python(event, mode="json"))
+    _plain, _versioned, type_b, flags, plain = fields
+    value = event.__dict__
+    if len(value) != plain:  # not a plain class (plain is 0), or something added a key
+        value = cls.__pydantic_serializer__.to_python(event, mode="json")
+    data = _packer()(value)
     size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(data)
     if size > max_event_bytes:
         raise EventTooLarge(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -58,6 +59,8 @@ from .options import StoreOptions
 
 FRAME_OVERHEAD = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
 _new_tuple = tuple.__new__  # NamedTuple's own __new__ is a Python function
+_MAGIC_CRC = struct.Struct("<4sI")  # a frame's first 8 bytes
+_LENGTH_HEAD = struct.Struct("<I" + BODY_HEAD.format[1:])  # body length, then the body's head
 log = logging.getLogger("aioeventstore")
 
 
@@ -104,6 +107,7 @@ class PendingAppend:
         "position",
         "size",
         "source",
+        "special",
         "stream",
         "stream_b",
     )
@@ -115,12 +119,12 @@ class PendingAppend:
         expected: ExpectedVersion,
         ids: tuple[bytes, ...],
         entries: bytes,
-        future: asyncio.Future[AppendResult | Recheck],
-        source: Sequence[Event | NewEvent] = (),
+        future: asyncio.Future[AppendResult | Recheck | None],
+        source: Event | Sequence[Event | NewEvent] = (),
         metas: tuple[bytes, ...] | None = None,
-        checkpoint: int = -1,
         own_ids: bool = False,
         flags: int = 0,
+        checkpoint: int = -1,
         meta: MetaOp | None = None,
     ) -> None:
         self.stream = stream
@@ -131,7 +135,7 @@ class PendingAppend:
         self.entries = entries
         self.size = FRAME_OVERHEAD + len(stream_b) + len(entries)
         self.future = future
-        self.source = source  # the caller's events, for the live fan-out
+        self.source = source  # the caller's events (or its one event), for the live fan-out
         self.metas = metas  # their packed metadata, or None when none has any
         self.first_version = -1  # set when the commit loop accepts the append
         self.position = -1  # of its first event, set then too
@@ -143,6 +147,14 @@ class PendingAppend:
         self.flags = flags  # the frame flags its entries need (FRAME_FLAG_SCHEMA or 0)
         self.meta = meta  # a stream metadata write (its frame's body is made when planned)
         self.planned_meta: StreamMetadata | None = None  # what it writes, once planned
+        self.special = checkpoint >= 0 or meta is not None  # not an append of events
+
+    def result(self) -> AppendResult:
+        """What an accepted, committed append of events returns. Its future resolves to None
+        then: the result is made here, by the producer, so that it is not one more object
+        kept alive (and walked by the cyclic GC) for every append waiting on its batch."""
+        n = self.count - 1
+        return _new_tuple(AppendResult, (self.position + n, self.first_version + n))
 
 
 @dataclass(slots=True)
@@ -325,8 +337,13 @@ class CommitLoop:
     def _plan(self, items: list[PendingAppend]) -> _Batch:
         """Check versions in queue order and lay out accepted appends (commit task only).
 
-        Hot: per append it allocates no tuple but its result; what a producer gets is left on
-        its PendingAppend (``outcome``), and frames are packed inline (see ``pack_frame``).
+        Hot, so one pass: each accepted append is packed into its frame (``pack_frame``,
+        inline) and added to the index at once, so the next append to the same stream sees
+        its version there. The log space is reserved at the first accepted append, for the
+        queued bytes from there on (exact for appends of events; a metadata frame's body is
+        only made when it is planned), and settled to what the batch took at the end. What a
+        producer gets is left on its PendingAppend (``outcome``; None for the common success,
+        see ``PendingAppend.result``).
         """
         index = self._index
         window = self._window
@@ -334,84 +351,53 @@ class CommitLoop:
         first_pos = pos = index.next_position
         planned: list[PendingAppend] = []  # every live item, in queue order
         accepted: list[PendingAppend] = []  # those written, in position order
-        touched: dict[str, int] = {}
-        nbytes = 0
         metas = self.metas
         has_meta = False
+        queued = 0  # bytes of the items not yet looked at
         for item in items:
+            queued += item.size
+        plan: WritePlan | None = None
+        now_us = time.time_ns() // 1000
+        ordinal = woff = off = 0
+        parts: list[bytes] = []
+        frames: list[PlannedFrame] | None = [] if self._compressor is not None else None
+        last_version = index.last_version
+        add_frame = index.add_frame
+        length_head = _LENGTH_HEAD.pack
+        magic_crc = _MAGIC_CRC.pack
+        frame: Sequence[bytes]
+        for item in items:
+            queued -= item.size
             if item.future.done():  # producer cancelled before its batch: drop it
                 continue
             planned.append(item)
-            if item.checkpoint >= 0:
-                item.position = pos
-                item.first_version = item.checkpoint
-                item.outcome = AppendResult(item.checkpoint, -1)
-                accepted.append(item)
-                nbytes += item.size
-                continue
             stream = item.stream
-            last = touched.get(stream)
-            if last is None:
-                last = index.last_version(stream)
-            if (  # a hard-deleted stream takes nothing more (but its own carried metadata)
-                metas.tombstones
-                and stream in metas.tombstones
-                and (item.meta is None or item.meta.kind != "carry")
-            ):
-                item.outcome = StreamDeleted(stream)
-                continue
-            if item.meta is not None:  # a metadata frame: no events, a revision
-                new = self._plan_meta(item, last)
-                if isinstance(new, BaseException):
-                    item.outcome = new
-                    continue
-                item.position = pos
-                item.first_version = new.revision
-                item.outcome = AppendResult(-1, new.revision)
-                has_meta = True
-                accepted.append(item)
-                nbytes += item.size
-                continue
-            exp = item.expected
-            if exp is ANY or (exp is STREAM_EXISTS and last >= 0):
-                if item.key is not None:
-                    hit = window.get(item.key)
-                    if hit is not None and hit[0] == item.ids:
-                        item.outcome = hit[1]
+            if item.special:
+                if item.checkpoint < 0:  # a metadata write
+                    if metas.tombstones and stream in metas.tombstones:
+                        assert item.meta is not None
+                        if item.meta.kind != "carry":  # a hard-deleted stream keeps its own
+                            item.outcome = StreamDeleted(stream)
+                            continue
+                    new = self._plan_meta(item, last_version(stream))
+                    if isinstance(new, BaseException):
+                        item.outcome = new
                         continue
-            elif exp is NO_STREAM:
-                if last != -1:
-                    item.outcome = self._mismatch(item, last)
-                    continue
-            elif exp is STREAM_EXISTS or last != exp:
-                item.outcome = self._mismatch(item, last)
-                continue
-            count = item.count
-            item.first_version = version = last + 1
-            item.position = pos
-            touched[stream] = last + count
-            accepted.append(item)
-            result = item.outcome = _new_tuple(AppendResult, (pos + count - 1, version + count - 1))
-            if item.key is not None and remember:
-                window[item.key] = (item.ids, result)
-            pos += count
-            nbytes += item.size
-        if not accepted:
-            return _Batch(planned, None, b"", -1, -1, [], 0, [])
-        plan = self._log.reserve(nbytes, first_pos)
-        now_us = time.time_ns() // 1000
-        parts: list[bytes] = []
-        frames: list[PlannedFrame] | None = [] if self._compressor is not None else None
-        ordinal, woff = plan.ordinal, plan.offset
-        off = woff
-        add_frame = index.add_frame
-        head = BODY_HEAD.pack
-        for item in accepted:
-            if item.checkpoint >= 0 or item.meta is not None:
+                    item.first_version = new.revision
+                    item.outcome = AppendResult(-1, new.revision)
+                    has_meta = True
+                else:
+                    item.first_version = item.checkpoint
+                    item.outcome = AppendResult(item.checkpoint, -1)
+                item.position = pos
+                if plan is None:
+                    plan = self._log.reserve(queued + item.size, first_pos)
+                    ordinal = plan.ordinal
+                    woff = off = plan.offset
                 frame = pack_frame(
                     item.stream_b,
                     0,
-                    item.position,
+                    pos,
                     item.first_version,
                     now_us,
                     woff,
@@ -419,45 +405,79 @@ class CommitLoop:
                     FRAME_KIND_CHECKPOINT if item.meta is None else FRAME_KIND_METADATA,
                 )
                 if item.meta is None:
-                    index.add_mark(ordinal, item.stream, item.checkpoint)
+                    index.add_mark(ordinal, stream, item.checkpoint)
                 else:
-                    index.add_meta(ordinal, item.stream, item.first_version, item.entries)
+                    index.add_meta(ordinal, stream, item.first_version, item.entries)
+                count = 0
             else:
-                # pack_frame, inline: one CRC32C call over length, head, stream and entries
-                sb = item.stream_b
+                if metas.tombstones and stream in metas.tombstones:  # hard-deleted
+                    item.outcome = StreamDeleted(stream)
+                    continue
+                last = last_version(stream)  # this batch's earlier appends included
+                exp = item.expected
+                if exp is ANY or (exp is STREAM_EXISTS and last >= 0):
+                    if item.key is not None:
+                        hit = window.get(item.key)
+                        if hit is not None and hit[0] == item.ids:
+                            item.outcome = hit[1]
+                            continue
+                elif exp is NO_STREAM:
+                    if last != -1:
+                        item.outcome = self._mismatch(item, last)
+                        continue
+                elif exp is STREAM_EXISTS or last != exp:
+                    item.outcome = self._mismatch(item, last)
+                    continue
                 count = item.count
-                body = (
-                    (item.size - FRAME_HEADER_SIZE).to_bytes(4, "little")
-                    + head(
-                        FRAME_KIND_EVENTS,
-                        item.flags,
-                        len(sb),
-                        count,
-                        item.position,
-                        item.first_version,
-                        now_us,
-                        woff,
-                    )
-                    + sb
-                    + item.entries
+                item.first_version = version = last + 1
+                item.position = pos
+                # item.outcome stays None: the producer makes its AppendResult from the item
+                if item.key is not None and remember:
+                    result = _new_tuple(AppendResult, (pos + count - 1, version + count - 1))
+                    window[item.key] = (item.ids, result)
+                if plan is None:
+                    plan = self._log.reserve(queued + item.size, first_pos)
+                    ordinal = plan.ordinal
+                    woff = off = plan.offset
+                # pack_frame, inline: the body's length and head in one struct, the CRC32C
+                # chained over them, the stream and the entries; no bytes copied until the join
+                sb = item.stream_b
+                entries = item.entries
+                lh = length_head(
+                    item.size - FRAME_HEADER_SIZE,
+                    FRAME_KIND_EVENTS,
+                    item.flags,
+                    len(sb),
+                    count,
+                    pos,
+                    version,
+                    now_us,
+                    woff,
                 )
-                frame = [FRAME_MAGIC, crc32c(body).to_bytes(4, "little"), body]
-                add_frame(
-                    ordinal, off, item.size, item.stream, item.position, item.first_version, count
+                frame = (
+                    magic_crc(FRAME_MAGIC, crc32c(entries, crc32c(sb, crc32c(lh)))),
+                    lh,
+                    sb,
+                    entries,
                 )
+                add_frame(ordinal, off, item.size, stream, pos, version, count)
+            accepted.append(item)
             if frames is None:
                 parts += frame
             else:  # compressed on the I/O thread, in ``_write_compressed``
-                count = item.count if item.checkpoint < 0 else 0
-                frames.append(PlannedFrame(b"".join(frame), item.position, count))
+                frames.append(PlannedFrame(b"".join(frame), pos, count))
+            pos += count
             off += item.size
+        if plan is None:
+            return _Batch(planned, None, b"", -1, -1, [], 0, [])
+        self._log.settle(plan, off - woff)
         if frames is not None and has_meta:
             # metadata frames are never put in containers (recovery, index sidecars and
             # scavenging find them as frames of their own): such a rare batch goes uncompressed
             parts = [f.data for f in frames]
             frames = None
         data = b"".join(parts)
-        assert frames is not None or len(data) == nbytes
+        assert frames is not None or len(data) == off - woff
         excess = len(window) - self._options.idempotency_window
         if excess > 0:
             for key in list(islice(window, excess)):
@@ -558,12 +578,11 @@ class CommitLoop:
             if fut.done():
                 continue
             outcome = item.outcome
-            if type(outcome) is AppendResult:
+            if outcome is None or type(outcome) is AppendResult:  # None: see result()
                 fut.set_result(outcome)
             elif isinstance(outcome, BaseException):
                 fut.set_exception(outcome)
             else:
-                assert outcome is not None
                 fut.set_result(outcome)
 
     def _fail(self, exc: BaseException, batch: _Batch | None) -> None:

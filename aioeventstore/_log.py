@@ -284,9 +284,12 @@ class Log:
         return plan
 
     def settle(self, plan: WritePlan, nbytes: int) -> None:
-        """The write planned by the last ``reserve`` took ``nbytes``, at most what it reserved
-        (a compressed batch; commit loop thread only, before the next ``reserve``)."""
-        assert plan.ordinal == self._tail and plan.offset + nbytes <= self._end
+        """The write planned by the last ``reserve`` takes ``nbytes``: less than it reserved
+        for a compressed batch or one whose producers were turned away, a little more when a
+        metadata frame's body was made after the reservation (commit loop thread only, before
+        the next ``reserve``). A segment may then end a little past ``segment_bytes``, as it
+        does for any batch larger than a segment."""
+        assert plan.ordinal == self._tail and nbytes >= 0
         self._end = plan.offset + nbytes
 
     def write(self, plan: WritePlan, data: bytes, sync: bool) -> None:

@@ -299,7 +299,7 @@ class Maintenance:
                 if rec is not None and revision >= rec.revision:
                     streams.add(stream)
         for name in sorted(names):
-            fut: asyncio.Future[AppendResult | Recheck] = loop.create_future()
+            fut: asyncio.Future[AppendResult | Recheck | None] = loop.create_future()
             name_b = name.encode("utf-8", "surrogatepass")
             position = self._checkpoints[name]
             items.append(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
@@ -314,7 +314,7 @@ class Maintenance:
             fut = loop.create_future()
             op = MetaOp("floor", changes={"truncate_before": last + 1})
             items.append(PendingAppend(stream, stream.encode("utf-8"), ANY, (), b"", fut, meta=op))
-        submitted: list[asyncio.Future[AppendResult | Recheck]] = []
+        submitted: list[asyncio.Future[AppendResult | Recheck | None]] = []
         try:
             for item in items:
                 await commit.submit(item)

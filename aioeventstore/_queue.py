@@ -56,10 +56,16 @@ class ByteBoundedQueue(Generic[T]):
 
     def put_nowait(self, item: T) -> bool:
         """Enqueue ``item`` if it fits now and nobody is waiting ahead of it."""
-        if not self._putters and self._fits(item):
-            self._push(item)
-            return True
-        return False
+        # _fits and _push written out: this is every append's path
+        items = self._items
+        if self._putters or (items and self._bytes + item.size > self._max):
+            return False
+        items.append(item)
+        self._bytes += item.size
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+        return True
 
     async def put(self, item: T) -> None:
         """Enqueue ``item``, waiting while the queue is full.

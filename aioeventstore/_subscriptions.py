@@ -43,6 +43,8 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
     metas = item.metas
     version = item.first_version
     source = item.source
+    if isinstance(source, Event):  # a one-event append keeps its event as it is
+        source = (source,)
     for k in range(item.count):
         src = source[k]
         event = src if isinstance(src, Event) else src.event

@@ -104,9 +104,10 @@ MEMORY_PATH = ":memory:"
 
 S = TypeVar("S", bound=BaseModel)
 log = logging.getLogger("aioeventstore")
+_new_tuple = tuple.__new__  # AppendResult without NamedTuple's Python-level __new__
 
 
-def _forget(fut: asyncio.Future[AppendResult | Recheck]) -> None:
+def _forget(fut: asyncio.Future[AppendResult | Recheck | None]) -> None:
     """Retrieve an outcome nobody waits for any more (no "never retrieved" warning)."""
     if not fut.cancelled():
         fut.exception()
@@ -777,11 +778,16 @@ class EventStore:
         If the calling task is cancelled while waiting, its events may still be committed
         (when their batch was already being written); retrying with the same ids is safe.
         """
-        commit = self._require_writer()
+        commit = self._commit
+        if commit is None or self._state != "open" or self._read_only:
+            commit = self._require_writer()  # raises
         pending = self._prepare(stream, events, expected_version)
         if not commit.try_submit(pending):  # the queue is full (or the store stopped): wait
             await commit.submit(pending)
         outcome = await pending.future
+        if outcome is None:
+            n = pending.count - 1  # PendingAppend.result(), inline
+            return _new_tuple(AppendResult, (pending.position + n, pending.first_version + n))
         if type(outcome) is AppendResult:
             return outcome
         assert isinstance(outcome, Recheck)
@@ -853,7 +859,9 @@ class EventStore:
         for pending in pendings:
             try:
                 outcome = pending.future.result()
-                if type(outcome) is not AppendResult:
+                if outcome is None:
+                    outcome = pending.result()
+                elif type(outcome) is not AppendResult:
                     assert isinstance(outcome, Recheck)
                     outcome = await self._recheck(
                         pending.stream, pending.expected, pending.ids, outcome
@@ -878,27 +886,26 @@ class EventStore:
         if expected_version is not ANY:
             check_expected(expected_version)
         opts = self._options
-        items: Sequence[Event | NewEvent]
+        source: Event | Sequence[Event | NewEvent]
         if isinstance(events, Event):  # the common case, with a shorter path
-            items = (events,)
+            source = events
             ids, entries, metas, own_ids, flags = encode_event(stream, events, opts.max_event_bytes)
         else:
-            items = as_event_list(stream, events)
+            source = as_event_list(stream, events)
             ids, entries, metas, own_ids, flags = encode_events(
-                stream, items, opts.max_event_bytes, opts.max_append_bytes
+                stream, source, opts.max_event_bytes, opts.max_append_bytes
             )
-        fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
         return PendingAppend(
             stream,
             stream_b,
             expected_version,
             ids,
             entries,
-            fut,
-            items,
+            asyncio.get_running_loop().create_future(),
+            source,
             metas,
-            own_ids=own_ids,
-            flags=flags,
+            own_ids,
+            flags,
         )
 
     async def _recheck(
@@ -1103,7 +1110,9 @@ class EventStore:
             raise ValueError(f"checkpoint position must be an int in [0, 2**63), not {position!r}")
         if position <= self._checkpoints.get(name, -1):
             return  # not an advance: nothing to write
-        fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[AppendResult | Recheck | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
         await fut  # the commit loop records it in self._checkpoints once durable
 
@@ -1223,7 +1232,9 @@ class EventStore:
         expected: ExpectedVersion,
         op: MetaOp,
     ) -> StreamMetadata:
-        fut: asyncio.Future[AppendResult | Recheck] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[AppendResult | Recheck | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         await commit.submit(PendingAppend(stream, stream_b, expected, (), b"", fut, meta=op))
         await fut  # durable: the commit loop applied it to self._metas
         return self._metas.public(stream, self._index)

@@ -96,8 +96,18 @@ async def test_power_cut_during_recovery() -> None:
         for j in range(len(recovery_ops)):
             again = fs.clone()
             again.cut_after(j)
-            with pytest.raises(PowerCut):
-                await es.EventStore(STORE, _fs=again, segment_bytes=4096).open()
+            try:
+                reopened = await es.EventStore(STORE, _fs=again, segment_bytes=4096).open()
+            except PowerCut:
+                pass
+            else:
+                # The cut fell on an index sidecar that open hands to the I/O thread for the
+                # sealed segments it had to scan: whether that write ran before open returned
+                # (in the probe) and does now depends on thread timing. The open succeeded;
+                # closing runs into the cut, and what survives is checked as for any other.
+                with contextlib.suppress(OSError):
+                    await reopened.close()
+                assert again.dead
             again.reboot("torn", random.Random(k * 31 + j))
             await reopen_and_check(again, run, exact=False)
             swept += 1
