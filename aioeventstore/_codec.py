@@ -322,7 +322,10 @@ def encode_event(
         raise EventTooLarge(
             stream, f"event 0 ({event.__event_type__})", size, max_event_bytes, "max_event_bytes"
         )
-    eid = new_event_id()
+    try:
+        eid = _pool.pop()  # new_event_id(), without the call while the pool lasts
+    except IndexError:
+        eid = new_event_id()
     entry = ENTRY_HEAD.pack(size, eid, len(type_b), 0) + type_b + data
     return (eid,), entry, None, False, flags
 
