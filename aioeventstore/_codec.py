@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any, TypeVar
 
 import msgpack
@@ -543,9 +544,354 @@ def decode_span(
     MissingUpcaster) for an event its class does not accept. ``caches`` (internal) shares
     the type-field decoders with the containers' inner frames.
 
-    This is the replay hot path, written out flat: one struct unpack and two CRC calls per
-    frame; per event, one dict lookup of its type field (which yields the name to report, the
-    decoder and the filter verdict), one msgpack call for the data and one pydantic-core call.
+    The replay hot path. Without a filter the buffer goes to the batch path first
+    (:func:`_span_batch`: the same checks, the events decoded in columns); if it meets
+    anything else (damage, an event its class rejects, a failing upcaster) the reference loop
+    does the whole buffer again and reports it: both give the same records and the same
+    errors (tests/test_replay_batch.py).
+    """
+    if caches is None:
+        caches = new_type_caches()
+    if types is None and prefixes is None:
+        try:
+            got, last_first, pos = _span_batch(
+                buf, first_position, lo, hi, as_dicts, expand, caches, hidden
+            )
+        except Exception:  # anything unusual: the reference loop decides (and names the error)
+            pass
+        else:
+            out += got
+            return last_first, pos
+    return _span_loop(
+        buf, first_position, lo, hi, types, prefixes, out, as_dicts, expand, caches, hidden
+    )
+
+
+class _Bail(Exception):
+    """Internal: the batch path met something only the reference loop handles."""
+
+
+def _span_batch(
+    buf: bytes,
+    first_position: int,
+    lo: int,
+    hi: int,
+    as_dicts: bool,
+    expand: Callable[[bytes, int, int], bytes] | None,
+    caches: tuple[TypeCache, TypeCache],
+    hidden: Mapping[str, tuple[int, int]] | None = None,
+    only: str | None = None,
+    firsts: list[int] | None = None,
+) -> tuple[list[RecordedEvent], int, int]:
+    """:func:`decode_span` without filter or retention, in columns: the frames are walked
+    and checked first (the same checks), collecting each event's id, payload bytes and type
+    decoder; then the payloads are unpacked and validated with ``map`` (no Python bytecode
+    per event) and the records built from the columns with ``zip``. Raises :class:`_Bail`
+    (or whatever a step raised) on anything the reference loop reports, leaving the error
+    to it; on success the records are exactly those the loop would append.
+    """
+    unpack_frame = _SPAN_HEAD.unpack_from
+    unpack_entry = ENTRY_HEAD.unpack_from
+    names = _stream_names
+    plain, versioned = caches
+    size = len(buf)
+    pos = first_position
+    at = 0
+    last_us = -1
+    last_first = -1
+    started = False
+    when = _EPOCH
+    res: list[RecordedEvent] = []
+    streams: list[str] = []  # the columns of the events met since the last flush
+    vers: list[int] = []
+    poss: list[int] = []
+    whens: list[datetime] = []
+    eids: list[bytes] = []
+    payloads: list[bytes] = []
+    metas: list[tuple[int, bytes]] = []  # (index, packed metadata), for the few that have any
+    runs: list[tuple[int, str, Callable[[Any], Any] | None]] = []  # (first index, name, decode)
+    add_stream, add_ver, add_pos, add_when = streams.append, vers.append, poss.append, whens.append
+    add_eid, add_payload = eids.append, payloads.append
+    columns = (streams, vers, poss, whens, eids, payloads, metas, runs)
+    field = _NO_FIELD  # the type field of the current run, read with ``cache``
+    cache = plain
+    # A single-event frame is unpacked in one call (header, stream name, entry head) with the
+    # layout of the previous such frame's stream name length, when it fits.
+    one_slen = -1
+    one_size = size + 1
+    unpack_one: Callable[[Any, int], tuple[Any, ...]] = unpack_frame
+    while at < size:
+        if at + one_size <= size:
+            (
+                magic,
+                crc,
+                blen,
+                kind,
+                fl,
+                slen,
+                count,
+                fpos,
+                fver,
+                us,
+                raw_name,
+                esize,
+                eid,
+                tlen,
+                mlen,
+            ) = unpack_one(buf, at)
+            one = slen == one_slen and count == 1 and kind == FRAME_KIND_EVENTS
+        else:
+            one = False
+        if not one:
+            magic, crc, blen, kind, fl, slen, count, fpos, fver, us, _wo = unpack_frame(buf, at)
+        end = at + FRAME_HEADER_SIZE + blen
+        if magic != FRAME_MAGIC or end > size or blen < BODY_HEAD_SIZE:
+            raise _Bail
+        if crc32c(buf[at + FRAME_LENGTH_AT : end]) != crc:
+            raise _Bail
+        if kind != FRAME_KIND_EVENTS:
+            if kind in (FRAME_KIND_CHECKPOINT, FRAME_KIND_METADATA):
+                at = end
+                continue
+            if kind != FRAME_KIND_COMPRESSED or expand is None or not count:
+                raise _Bail
+            holds = at == 0 and fpos < pos < fpos + count  # starts before, holds pos
+            if (fpos < pos or (fpos > pos and not started)) and not holds:
+                raise _Bail
+            started = True
+            last_first, pos = fpos, fpos + count
+            if pos > lo and fpos <= hi:
+                _flush(res, columns)
+                field = _NO_FIELD
+                got, _last, inner_end = _span_batch(
+                    expand(buf, at, end), fpos, lo, hi, as_dicts, None, caches, hidden
+                )
+                if inner_end != pos:
+                    raise _Bail
+                res += got
+            at = end
+            continue
+        if (fpos != pos and (fpos < pos or not started)) or not count:
+            raise _Bail
+        started = True
+        last_first = fpos
+        pos = fpos + count
+        if firsts is not None:
+            firsts.append(fpos)
+        if pos <= lo or fpos > hi:
+            at = end
+            continue
+        s0 = at + _HEAD_SIZE
+        if not one:
+            raw_name = buf[s0 : s0 + slen]
+        stream = names.get(raw_name)
+        if stream is None:
+            if len(names) > 65536:
+                names.clear()
+            stream = names[raw_name] = raw_name.decode("utf-8")
+        if only is not None and stream != only:
+            raise _Bail
+        min_version = -1
+        if hidden:
+            h = hidden.get(stream)
+            if h is not None:
+                if us < h[1] or fver + count <= h[0]:  # the whole frame is hidden
+                    at = end
+                    continue
+                min_version = h[0]
+        if us != last_us:
+            when = _when(us)
+            last_us = us
+        if (versioned if fl & FRAME_FLAG_SCHEMA else plain) is not cache:
+            cache = versioned if fl & FRAME_FLAG_SCHEMA else plain
+            field = _NO_FIELD
+        e = s0 + slen
+        if count == 1:  # in range and visible, as the checks above show
+            if not one:
+                esize, eid, tlen, mlen = unpack_entry(buf, e)
+                one_slen = slen
+                unpack_one = _one_frame(slen)
+                one_size = _HEAD_SIZE + slen + ENTRY_HEAD_SIZE
+            nxt = e + 4 + esize
+            if nxt > end:
+                raise _Bail
+            t0 = e + ENTRY_HEAD_SIZE
+            m0 = t0 + tlen
+            if tlen != len(field) or not buf.startswith(field, t0):
+                field = _run(
+                    runs, len(eids), buf[t0:m0], cache, cache is versioned, as_dicts, stream, fpos
+                )
+            if mlen:
+                metas.append((len(eids), buf[m0 : m0 + mlen]))
+            add_eid(eid)
+            add_payload(buf[m0 + mlen : nxt])
+            add_stream(stream)
+            add_ver(fver)
+            add_pos(fpos)
+            add_when(when)
+            at = end
+            if len(eids) >= _FLUSH_EVENTS:
+                _flush(res, columns)
+                field = _NO_FIELD
+            continue
+        whole = fpos >= lo and pos <= hi + 1 and fver >= min_version
+        for k in range(count):
+            esize, eid, tlen, mlen = unpack_entry(buf, e)
+            nxt = e + 4 + esize
+            if not whole:
+                p = fpos + k
+                if p < lo or p > hi or fver + k < min_version:
+                    e = nxt
+                    continue
+                add_stream(stream)
+                add_ver(fver + k)
+                add_pos(p)
+                add_when(when)
+            t0 = e + ENTRY_HEAD_SIZE
+            m0 = t0 + tlen
+            if tlen != len(field) or not buf.startswith(field, t0):
+                field = _run(
+                    runs,
+                    len(eids),
+                    buf[t0:m0],
+                    cache,
+                    cache is versioned,
+                    as_dicts,
+                    stream,
+                    fpos + k,
+                )
+            if mlen:
+                metas.append((len(eids), buf[m0 : m0 + mlen]))
+            add_eid(eid)
+            add_payload(buf[m0 + mlen : nxt])
+            e = nxt
+        if e > end:  # some entry ran past its frame (the loop's own check, made once)
+            raise _Bail
+        if whole:
+            streams += [stream] * count
+            vers += range(fver, fver + count)
+            poss += range(fpos, pos)
+            whens += [when] * count
+        at = end
+        if len(eids) >= _FLUSH_EVENTS:
+            _flush(res, columns)
+            field = _NO_FIELD
+    _flush(res, columns)
+    return res, last_first, pos
+
+
+_HEAD_SIZE = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
+_FLUSH_EVENTS = 256  # decoded a few at a time: their bytes and dicts stay in the CPU cache
+_NO_FIELD = bytes(1 << 16)  # longer than any type field (its length is 16 bits)
+_one_frames: dict[int, Callable[[Any, int], tuple[Any, ...]]] = {}
+
+
+def _one_frame(slen: int) -> Callable[[Any, int], tuple[Any, ...]]:
+    """The unpacker of a whole single-event frame's head with a ``slen``-byte stream name:
+    frame header and body head (but the write offset), the name, the entry head."""
+    got = _one_frames.get(slen)
+    if got is None:
+        fmt = _SPAN_HEAD.format[:-1] + f"8x{slen}s" + ENTRY_HEAD.format[1:]
+        got = _one_frames[slen] = struct.Struct(fmt).unpack_from
+    return got
+
+
+def _run(
+    runs: list[tuple[int, str, Callable[[Any], Any] | None]],
+    index: int,
+    field: bytes,
+    cache: TypeCache,
+    versioned: bool,
+    as_dicts: bool,
+    stream: str,
+    position: int,
+) -> bytes:
+    """Start a run of events with type field ``field`` at column ``index``; returns ``field``."""
+    decoder = cache.get(field)
+    if decoder is None:
+        decoder = cache[field] = _decoder(field, versioned, as_dicts, None, stream, position)
+    type_name, decode, keep = decoder
+    if not keep:
+        raise _Bail
+    runs.append((index, type_name, decode))
+    return field
+
+
+def decode_stream_run(
+    buf: bytes,
+    firsts: Sequence[int],
+    lo: int,
+    hi: int,
+    stream: str,
+    as_dicts: bool,
+    caches: tuple[TypeCache, TypeCache],
+    hidden: Mapping[str, tuple[int, int]] | None = None,
+) -> list[RecordedEvent] | None:
+    """The events in ``[lo, hi]`` of back-to-back plain events frames of ``stream`` whose
+    first positions the index says are ``firsts``; None when the bytes are anything else
+    (another stream's frame, a compressed frame, damage, an event its class rejects...): the
+    caller then decodes frame by frame, which reports what is wrong."""
+    seen: list[int] = []
+    try:
+        got, _last, _end = _span_batch(
+            buf, firsts[0], lo, hi, as_dicts, None, caches, hidden, stream, seen
+        )
+    except Exception:  # the frame-by-frame path decides, and names the error
+        return None
+    return got if seen == list(firsts) else None
+
+
+def _flush(res: list[RecordedEvent], columns: tuple[list[Any], ...]) -> None:
+    """Unpack, validate and append to ``res`` the events in the columns; empty them."""
+    streams, vers, poss, whens, eids, payloads, metas, runs = columns
+    n = len(eids)
+    if not n:
+        return
+    unpackb = msgpack.unpackb
+    if len(runs) == 1:
+        _a, name, decode = runs[0]
+        datas = map(unpackb, payloads)  # each dict is validated (and freed) as soon as made
+        models = list(datas if decode is None else map(decode, datas))
+        type_names = [name] * n
+    else:
+        models = []
+        type_names = []
+        for i, (a, name, decode) in enumerate(runs):
+            b = runs[i + 1][0] if i + 1 < len(runs) else n
+            datas = map(unpackb, payloads[a:b])
+            models += datas if decode is None else map(decode, datas)
+            type_names += [name] * (b - a)
+    meta_col: list[Mapping[str, Any]] = [NO_METADATA] * n
+    for i, m in metas:
+        meta_col[i] = unpackb(m)
+    res += map(
+        _new_tuple,
+        repeat(RecordedEvent),
+        zip(streams, vers, poss, eids, type_names, models, meta_col, whens, strict=True),
+    )
+    for col in columns:
+        col.clear()
+
+
+def _span_loop(
+    buf: bytes,
+    first_position: int,
+    lo: int,
+    hi: int,
+    types: frozenset[str] | None,
+    prefixes: tuple[str, ...] | None,
+    out: list[RecordedEvent],
+    as_dicts: bool = False,
+    expand: Callable[[bytes, int, int], bytes] | None = None,
+    caches: tuple[TypeCache, TypeCache] | None = None,
+    hidden: Mapping[str, tuple[int, int]] | None = None,
+) -> tuple[int, int]:
+    """:func:`decode_span`'s reference loop, event by event: it handles every case (filters,
+    retention, damage) and reports every error, so the batch path leaves all of those to it.
+
+    Written out flat: one struct unpack and one CRC call per frame; per event, one dict lookup
+    of its type field (which yields the name to report, the decoder and the filter verdict),
+    one msgpack call for the data and one pydantic-core call.
     """
     unpack_frame = _SPAN_HEAD.unpack_from
     unpack_entry = ENTRY_HEAD.unpack_from

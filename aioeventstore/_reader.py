@@ -31,7 +31,13 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
-from ._codec import decode_frame_events, decode_span, frame_event_ids, new_type_caches
+from ._codec import (
+    decode_frame_events,
+    decode_span,
+    decode_stream_run,
+    frame_event_ids,
+    new_type_caches,
+)
 from ._compress import expand
 from ._format import (
     BODY_HEAD_SIZE,
@@ -398,6 +404,10 @@ class Reader:
         out: list[RecordedEvent] = []
         types = filt.stored_type_names() if filt is not None and filt.event_types else None
         caches = new_type_caches()
+        # A stream's frames that lie back to back are decoded as one batch (see _codec); with
+        # a filter, for a lone frame (the batch's set-up costs more than it saves), or if the
+        # batch refuses, frame by frame.
+        batch = stream if filt is None else None
         i = 0
         while i < len(frames):
             j = i + 1
@@ -412,6 +422,13 @@ class Reader:
             end = frames[j - 1].offset + frames[j - 1].length
             seg = segs[frames[i].ordinal]
             data = seg.read(end - start, start)
+            if batch and j - i > 1 and len(data) == end - start:
+                firsts = [f.first_position for f in frames[i:j]]
+                got = decode_stream_run(data, firsts, lo, hi, batch, raw, caches, hidden)
+                if got is not None:
+                    out += got
+                    i = j
+                    continue
             outer: FrameInfo | None = None  # the container the previous frame was in
             for ref in frames[i:j]:
                 at = ref.offset - start

@@ -18,7 +18,7 @@ catch-up speed from disk.
    and once with 100 events per append. ``read_all`` over the same store for comparison, and
    ``read_all(raw=True)``, which hands back the stored dicts without building models.
 
-    python perf/bench_subscribe.py [--quick] [--loop uvloop] [--json]
+    python perf/bench_subscribe.py [--quick] [--catchup-only] [--loop uvloop] [--json]
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ async def main(args: argparse.Namespace) -> None:
             flush=True,
         )
     base = None
-    for mode in ("events", "batches", "counted"):
+    for mode in () if args.catchup_only else ("events", "batches", "counted"):
         for subscribers in (0, 10, 100):
             if subscribers == 0 and base is not None:
                 continue
@@ -248,7 +248,7 @@ async def main(args: argparse.Namespace) -> None:
                     f"{row['events_per_s']:>10,.0f} events/s ({row['ratio_to_0']:.2f}x of 0)",
                     flush=True,
                 )
-    for producers in (1, 16):
+    for producers in () if args.catchup_only else (1, 16):
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
             show(await latency(d, producers, args.seconds))
     for per_append in (1, 100):
@@ -257,30 +257,31 @@ async def main(args: argparse.Namespace) -> None:
                 show(row)
     if args.json:
         return
-    print()
-    print_table(
-        [r for r in rows if r["test"] == "throughput"],
-        [
-            ("producers", "P", "d"),
-            ("subscribers", "live subscribers", "d"),
-            ("mode", "consumed as", "s"),
-            ("events_per_s", "appends/s", ",.0f"),
-            ("ratio_to_0", "ratio to 0", ".2f"),
-            ("overflows", "buffer overflows", "d"),
-        ],
-    )
-    print()
-    print_table(
-        [r for r in rows if r["test"] == "latency"],
-        [
-            ("producers", "P", "d"),
-            ("events", "events", ",d"),
-            ("ack_to_delivered_p50_ms", "ack→delivered p50 ms", ".3f"),
-            ("ack_to_delivered_p99_ms", "ack→delivered p99 ms", ".3f"),
-            ("start_to_delivered_p50_ms", "append→delivered p50 ms", ".3f"),
-            ("start_to_delivered_p99_ms", "append→delivered p99 ms", ".3f"),
-        ],
-    )
+    if not args.catchup_only:
+        print()
+        print_table(
+            [r for r in rows if r["test"] == "throughput"],
+            [
+                ("producers", "P", "d"),
+                ("subscribers", "live subscribers", "d"),
+                ("mode", "consumed as", "s"),
+                ("events_per_s", "appends/s", ",.0f"),
+                ("ratio_to_0", "ratio to 0", ".2f"),
+                ("overflows", "buffer overflows", "d"),
+            ],
+        )
+        print()
+        print_table(
+            [r for r in rows if r["test"] == "latency"],
+            [
+                ("producers", "P", "d"),
+                ("events", "events", ",d"),
+                ("ack_to_delivered_p50_ms", "ack→delivered p50 ms", ".3f"),
+                ("ack_to_delivered_p99_ms", "ack→delivered p99 ms", ".3f"),
+                ("start_to_delivered_p50_ms", "append→delivered p50 ms", ".3f"),
+                ("start_to_delivered_p99_ms", "append→delivered p99 ms", ".3f"),
+            ],
+        )
     print()
     print_table(
         [r for r in rows if r["test"].startswith("catchup")],
@@ -302,6 +303,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--catchup-events", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="1 s rows, 200,000-event catch-up")
+    ap.add_argument(
+        "--catchup-only", action="store_true", help="only the catch-up rows (section 3)"
+    )
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dir", default=None)

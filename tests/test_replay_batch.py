@@ -1,0 +1,329 @@
+"""Replay's batch decoding (``_codec._span_batch``, ``decode_stream_run``).
+
+Reads decode a chunk's events in columns (payloads unpacked and validated with ``map``) and
+leave anything unusual to the event-by-event reference loop. These tests read the same stores
+with the batch on and with it forced off, and require the very same records, and the very same
+errors (an event its class rejects, an upcaster that raises, a damaged byte), from every read
+path; and they check that the batch really is the path clean data takes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import field_validator
+
+import aioeventstore as es
+from aioeventstore import _codec
+from aioeventstore._format import FRAME_KIND_COMPRESSED
+from aioeventstore.errors import CorruptLog
+from tests.test_compression import kinds
+from tests.test_schema import forget, registry  # noqa: F401 - the autouse registry fixture
+
+ZSTD = es.StoreOptions(compression="zstd")
+SMALL = es.StoreOptions(read_chunk_bytes=4096)
+
+
+@pytest.fixture
+def loop_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts the reference loop's top-level calls (from decode_span, not its recursion)."""
+    calls = [0]
+    loop = _codec._span_loop
+
+    def counted(*args: Any) -> tuple[int, int]:
+        calls[0] += 1
+        return loop(*args)
+
+    monkeypatch.setattr(_codec, "_span_loop", counted)
+    yield calls
+
+
+def batch_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise _codec._Bail
+
+    monkeypatch.setattr(_codec, "_span_batch", refuse)
+
+
+async def every_read(store: es.EventStore, streams: list[str]) -> dict[str, Any]:
+    """The results (or the error, as type and message) of every read path over the store."""
+    got: dict[str, Any] = {}
+
+    async def take(name: str, it: Any) -> None:
+        out: list[Any] = []
+        try:
+            async for rec in it:
+                out.append(rec)
+        except es.EventStoreError as exc:
+            out.append((type(exc).__name__, str(exc)))
+        got[name] = out
+
+    middle = store.head // 2
+    await take("all", store.read_all())
+    await take("all-raw", store.read_all(raw=True))
+    await take("all-back", store.read_all(backwards=True))
+    await take("all-middle", store.read_all(from_position=middle, limit=store.head))
+    await take("all-back-middle", store.read_all(from_position=middle, backwards=True))
+    for s in streams:
+        await take(f"{s}", store.read_stream(s))
+        await take(f"{s}-raw", store.read_stream(s, raw=True))
+        await take(f"{s}-back", store.read_stream(s, backwards=True))
+        await take(f"{s}-from-3", store.read_stream(s, from_version=3))
+    sub: list[Any] = []
+    try:
+        async with store.subscribe(from_position=0) as subscription:
+            async for rec in subscription:
+                sub.append(rec)
+                if rec.position == store.head:
+                    break
+    except es.EventStoreError as exc:
+        sub.append((type(exc).__name__, str(exc)))
+    got["subscribe"] = sub
+    return got
+
+
+async def both_ways(
+    path: Path, options: es.StoreOptions, streams: list[str], mp: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    async with es.EventStore(path, options=options) as store:
+        batched = await every_read(store, streams)
+    with mp.context() as m:
+        batch_off(m)
+        async with es.EventStore(path, options=options) as store:
+            reference = await every_read(store, streams)
+    return batched, reference
+
+
+@pytest.mark.parametrize("options", [es.StoreOptions(), SMALL, ZSTD], ids=["1MiB", "4KiB", "zstd"])
+async def test_batch_records_equal_the_reference_loops(
+    tmp_path: Path,
+    options: es.StoreOptions,
+    monkeypatch: pytest.MonkeyPatch,
+    loop_calls: list[int],
+) -> None:
+    """Single- and many-event frames, mixed types in one append, metadata, an unregistered
+    type (dicts), non-scalar fields, schema-versioned frames next to version 1 frames of the
+    same name (the upcaster runs on the old ones), and more events than one flush."""
+
+    class ThingV1(es.Event):
+        __event_type__ = "Thing"
+        name: str
+
+    class Point(es.Event):
+        x: int
+        tags: list[str]
+        at: datetime
+        ref: uuid.UUID
+
+    class Gone(es.Event):
+        n: int
+
+    when = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    streams = ["a", "b", "c-1"]
+    async with es.EventStore(tmp_path, options=options) as store:
+        for i in range(300):  # one event per append: one frame each
+            await store.append(
+                streams[i % 3], Point(x=i, tags=["t"] * (i % 3), at=when, ref=uuid.UUID(int=i))
+            )
+        await store.append("a", [ThingV1(name=f"n{i}") for i in range(40)])
+        await store.append(
+            "b",
+            [
+                es.NewEvent(Gone(n=1), metadata={"by": "me", "n": 1}),
+                Point(x=-1, tags=[], at=when, ref=uuid.UUID(int=7)),
+                es.NewEvent(ThingV1(name="meta"), metadata={"k": [1, 2]}),
+                Gone(n=2),
+            ],
+        )
+        await store.append("c-1", [Gone(n=i) for i in range(300)])
+
+    forget("Thing", "Gone")
+
+    class Thing(es.Event):
+        __schema_version__ = 2
+        first: str
+        last: str
+
+    @es.upcaster("Thing", from_version=1)
+    def split(raw: dict[str, Any]) -> dict[str, Any]:
+        return {"first": raw["name"], "last": "?"}
+
+    async with es.EventStore(tmp_path, options=options) as store:
+        for i in range(30):  # frames flagged with schema versions, the same type name
+            await store.append("a", Thing(first=f"f{i}", last="l"))
+        await store.append(
+            "b", [Thing(first="x", last="y"), Point(x=5, tags=[], at=when, ref=uuid.UUID(int=5))]
+        )
+
+    if options.compression == "zstd":
+        assert kinds(tmp_path)[FRAME_KIND_COMPRESSED] >= 1
+    batched, reference = await both_ways(tmp_path, options, streams, monkeypatch)
+    assert batched == reference
+    everything = batched["all"]
+    assert len(everything) == 300 + 40 + 4 + 300 + 30 + 2
+    assert isinstance(everything[300].data, Thing) and everything[300].data.first == "n0"
+    assert everything[340].metadata == {"by": "me", "n": 1} and everything[340].data == {"n": 1}
+    assert isinstance(everything[-1].data, Point) and everything[-1].data.ref == uuid.UUID(int=5)
+    assert [r.position for r in everything] == list(range(len(everything)))
+    assert batched["all-raw"][300].data == {"name": "n0"}  # raw: as stored, no upcaster
+    # the batch is what decoded the clean store: the reference loop ran only when forced off
+    loops_with_batch_off = loop_calls[0]
+    loop_calls[0] = 0
+    async with es.EventStore(tmp_path, options=options) as store:
+        await every_read(store, streams)
+    assert loop_calls[0] == 0 < loops_with_batch_off
+
+
+@pytest.mark.parametrize("per_append", [1, 7])
+async def test_an_event_its_class_rejects_fails_the_same_way(
+    tmp_path: Path, per_append: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Counted(es.Event):
+        n: int
+
+    async with es.EventStore(tmp_path, options=SMALL) as store:
+        for i in range(0, 140, per_append):
+            batch = [Counted(n=i + k) for k in range(per_append)]
+            await store.append(f"s-{i // per_append % 2}", batch if per_append > 1 else batch[0])
+
+    forget("Counted")
+
+    class Bounded(es.Event):  # the next release: a bound the stored events break from n=100 on
+        __event_type__ = "Counted"
+        n: int
+
+        @field_validator("n")
+        @classmethod
+        def small(cls, v: int) -> int:
+            if v >= 100:
+                raise ValueError("too big")
+            return v
+
+    batched, reference = await both_ways(tmp_path, SMALL, ["s-0", "s-1"], monkeypatch)
+    assert batched == reference
+    err = batched["all"][-1]
+    stream = "s-0" if per_append == 1 else f"s-{100 // per_append % 2}"
+    assert err[0] == "EventDecodeError"
+    assert f"position 100 of stream {stream!r}" in err[1] and "too big" in err[1]
+    assert [r.position for r in batched["all"][:-1]] == list(range(len(batched["all"]) - 1))
+    assert batched["all-raw"][-1].position == 139  # raw reads never validate
+    assert batched["s-1"][-1][0] == "EventDecodeError"
+
+
+async def test_an_upcaster_that_raises_fails_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class TagV1(es.Event):
+        __event_type__ = "Tag"
+        v: int
+
+    async with es.EventStore(tmp_path) as store:
+        await store.append("t", [TagV1(v=i) for i in range(50)])
+        for i in range(50):
+            await store.append("t", TagV1(v=50 + i))
+
+    forget("Tag")
+
+    class Tag(es.Event):
+        __schema_version__ = 2
+        v: int
+
+    @es.upcaster("Tag", from_version=1)
+    def bump(raw: dict[str, Any]) -> dict[str, Any]:
+        if raw["v"] == 70:
+            raise KeyError("seventy")
+        return {"v": raw["v"] + 1000}
+
+    batched, reference = await both_ways(tmp_path, SMALL, ["t"], monkeypatch)
+    assert batched == reference
+    values = [r.data.v for r in batched["all"][:-1]]  # the chunks before the failing one
+    assert values == [1000 + i for i in range(len(values))] and len(values) < 70
+    assert batched["all"][-1][0] == "EventDecodeError" and "seventy" in batched["all"][-1][1]
+
+
+async def test_a_damaged_byte_is_reported_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Blob(es.Event):
+        text: str
+
+    async with es.EventStore(tmp_path) as store:
+        await store.append("x", [Blob(text=f"t{i:03d}") for i in range(20)])
+        for i in range(20):
+            await store.append("x", Blob(text=f"u{i:03d}"))
+    seg = sorted(tmp_path.glob("*.seg"))[0]
+    intact = seg.read_bytes()
+    damaged = bytearray(intact)
+    damaged[intact.rindex(b"u010")] ^= 0x20  # "U010": the frame's checksum no longer holds
+
+    async def read_damaged() -> dict[str, Any]:
+        seg.write_bytes(intact)  # (opening checks the newest frames)
+        async with es.EventStore(tmp_path, options=SMALL) as store:
+            seg.write_bytes(bytes(damaged))
+            return await every_read(store, ["x"])
+
+    batched = await read_damaged()
+    with monkeypatch.context() as m:
+        batch_off(m)
+        reference = await read_damaged()
+    assert batched == reference
+    assert batched["all"][-1][0] == CorruptLog.__name__
+    assert "checksum" in batched["all"][-1][1]
+    assert batched["x"][-1][0] == CorruptLog.__name__
+
+
+async def test_a_stream_run_is_only_decoded_when_it_is_what_the_index_says(
+    tmp_path: Path,
+) -> None:
+    class Step(es.Event):
+        k: int
+
+    async with es.EventStore(tmp_path) as store:
+        for k in range(5):
+            await store.append("only", Step(k=k))
+        refs = [ref for ref, _ in store._index.stream_frames("only", 0, 1 << 20, False)]
+    seg = sorted(tmp_path.glob("*.seg"))[0]
+    start, end = refs[0].offset, refs[-1].offset + refs[-1].length
+    buf = seg.read_bytes()[start:end]
+    firsts = [r.first_position for r in refs]
+    caches = _codec.new_type_caches()
+    got = _codec.decode_stream_run(buf, firsts, 0, 10, "only", False, caches)
+    assert got is not None and [r.data for r in got] == [Step(k=k) for k in range(5)]
+    assert _codec.decode_stream_run(buf, firsts, 2, 3, "only", False, caches) is not None
+    assert [
+        r.version for r in _codec.decode_stream_run(buf, firsts, 2, 3, "only", False, caches) or []
+    ] == [2, 3]
+    assert _codec.decode_stream_run(buf, firsts, 0, 10, "other", False, caches) is None
+    assert _codec.decode_stream_run(buf, firsts[:-1], 0, 10, "only", False, caches) is None
+    assert (
+        _codec.decode_stream_run(buf, [f + 1 for f in firsts], 0, 10, "only", False, caches) is None
+    )
+
+
+async def test_retention_hides_the_same_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_calls: list[int]
+) -> None:
+    class Kept(es.Event):
+        i: int
+
+    async with es.EventStore(tmp_path, options=SMALL) as store:
+        for i in range(60):
+            await store.append(f"r-{i % 2}", Kept(i=i))
+        await store.append("r-0", [Kept(i=100 + k) for k in range(30)])  # versions 30..59
+        await store.append("r-1", [Kept(i=200 + k) for k in range(30)])
+        await store.set_stream_metadata("r-0", truncate_before=45)  # inside the 30-event frame
+        await store.set_stream_metadata("r-1", max_count=40)
+    batched, reference = await both_ways(tmp_path, SMALL, ["r-0", "r-1"], monkeypatch)
+    assert batched == reference
+    assert [r.version for r in batched["r-0"]] == list(range(45, 60))
+    assert [r.version for r in batched["r-1"]] == list(range(20, 60))
+    assert len(batched["all"]) == 15 + 40
+    loop_calls[0] = 0
+    async with es.EventStore(tmp_path, options=SMALL) as store:
+        await every_read(store, ["r-0", "r-1"])
+    assert loop_calls[0] == 0
