@@ -375,7 +375,7 @@ def unpack_stream_metadata(raw: bytes | memoryview) -> dict[str, int]:
 
 def recorded_at(us: int) -> datetime:
     """The aware UTC datetime for a frame's recorded_at field."""
-    return _EPOCH + timedelta(microseconds=us)
+    return _EPOCH + timedelta(0, 0, us)  # (positional: a third faster than microseconds=us)
 
 
 _new_tuple = tuple.__new__
