@@ -620,6 +620,7 @@ def _span_batch(
     one_slen = -1
     one_size = size + 1
     unpack_one: Callable[[Any, int], tuple[Any, ...]] = unpack_frame
+    view = memoryview(buf)  # the CRC is taken over a view: no copy of the frame
     while at < size:
         if at + one_size <= size:
             (
@@ -639,15 +640,71 @@ def _span_batch(
                 tlen,
                 mlen,
             ) = unpack_one(buf, at)
-            one = slen == one_slen and count == 1 and kind == FRAME_KIND_EVENTS
-        else:
-            one = False
-        if not one:
-            magic, crc, blen, kind, fl, slen, count, fpos, fver, us, _wo = unpack_frame(buf, at)
+            if slen == one_slen and count == 1 and kind == FRAME_KIND_EVENTS:
+                # The same checks and steps as below, for one event (the common frame).
+                end = at + FRAME_HEADER_SIZE + blen
+                if magic != FRAME_MAGIC or end > size or blen < BODY_HEAD_SIZE:
+                    raise _Bail
+                if crc32c(view[at + FRAME_LENGTH_AT : end]) != crc:
+                    raise _Bail
+                if fpos != pos and (fpos < pos or not started):
+                    raise _Bail
+                started = True
+                last_first = fpos
+                pos = fpos + 1
+                if firsts is not None:
+                    firsts.append(fpos)
+                stream = names.get(raw_name) or _stream_name(raw_name)
+                if only is not None and stream != only:
+                    raise _Bail
+                if fpos < lo or fpos > hi:
+                    at = end
+                    continue
+                if hidden:
+                    h = hidden.get(stream)
+                    if h is not None and (us < h[1] or fver < h[0]):
+                        at = end
+                        continue
+                if us != last_us:
+                    when = _when(us)
+                    last_us = us
+                if (versioned if fl & FRAME_FLAG_SCHEMA else plain) is not cache:
+                    cache = versioned if fl & FRAME_FLAG_SCHEMA else plain
+                    field = _NO_FIELD
+                t0 = at + one_size
+                nxt = t0 - ENTRY_HEAD_SIZE + 4 + esize
+                if nxt > end:
+                    raise _Bail
+                m0 = t0 + tlen
+                if tlen != len(field) or not buf.startswith(field, t0):
+                    field = _run(
+                        runs,
+                        len(eids),
+                        buf[t0:m0],
+                        cache,
+                        cache is versioned,
+                        as_dicts,
+                        stream,
+                        fpos,
+                    )
+                if mlen:
+                    metas.append((len(eids), buf[m0 : m0 + mlen]))
+                add_eid(eid)
+                add_payload(buf[m0 + mlen : nxt])
+                add_stream(stream)
+                add_ver(fver)
+                add_pos(fpos)
+                add_when(when)
+                at = end
+                if len(eids) >= _FLUSH_EVENTS:
+                    _flush(res, columns)
+                    field = _NO_FIELD
+                continue
+        magic, crc, blen, kind, fl, slen, count, fpos, fver, us, _wo = unpack_frame(buf, at)
         end = at + FRAME_HEADER_SIZE + blen
         if magic != FRAME_MAGIC or end > size or blen < BODY_HEAD_SIZE:
             raise _Bail
-        if crc32c(buf[at + FRAME_LENGTH_AT : end]) != crc:
+        if crc32c(view[at + FRAME_LENGTH_AT : end]) != crc:
             raise _Bail
         if kind != FRAME_KIND_EVENTS:
             if kind in (FRAME_KIND_CHECKPOINT, FRAME_KIND_METADATA):
@@ -678,19 +735,14 @@ def _span_batch(
         pos = fpos + count
         if firsts is not None:
             firsts.append(fpos)
+        s0 = at + _HEAD_SIZE
+        raw_name = buf[s0 : s0 + slen]
+        stream = names.get(raw_name) or _stream_name(raw_name)
+        if only is not None and stream != only:
+            raise _Bail
         if pos <= lo or fpos > hi:
             at = end
             continue
-        s0 = at + _HEAD_SIZE
-        if not one:
-            raw_name = buf[s0 : s0 + slen]
-        stream = names.get(raw_name)
-        if stream is None:
-            if len(names) > 65536:
-                names.clear()
-            stream = names[raw_name] = raw_name.decode("utf-8")
-        if only is not None and stream != only:
-            raise _Bail
         min_version = -1
         if hidden:
             h = hidden.get(stream)
@@ -707,11 +759,10 @@ def _span_batch(
             field = _NO_FIELD
         e = s0 + slen
         if count == 1:  # in range and visible, as the checks above show
-            if not one:
-                esize, eid, tlen, mlen = unpack_entry(buf, e)
-                one_slen = slen
-                unpack_one = _one_frame(slen)
-                one_size = _HEAD_SIZE + slen + ENTRY_HEAD_SIZE
+            esize, eid, tlen, mlen = unpack_entry(buf, e)
+            one_slen = slen  # the next single-event frames take the path above
+            unpack_one = _one_frame(slen)
+            one_size = _HEAD_SIZE + slen + ENTRY_HEAD_SIZE
             nxt = e + 4 + esize
             if nxt > end:
                 raise _Bail
@@ -784,6 +835,15 @@ _HEAD_SIZE = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
 _FLUSH_EVENTS = 256  # decoded a few at a time: their bytes and dicts stay in the CPU cache
 _NO_FIELD = bytes(1 << 16)  # longer than any type field (its length is 16 bits)
 _one_frames: dict[int, Callable[[Any, int], tuple[Any, ...]]] = {}
+
+
+def _stream_name(raw: bytes) -> str:
+    """The str of a stream name met for the first time (kept for the next frames)."""
+    names = _stream_names
+    if len(names) > 65536:
+        names.clear()
+    name = names[raw] = raw.decode("utf-8")
+    return name
 
 
 def _one_frame(slen: int) -> Callable[[Any, int], tuple[Any, ...]]:
