@@ -86,6 +86,7 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+_MIN_RUN = 2  # frames back to back for the batch: a lone frame costs it more than it saves
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
 
@@ -422,7 +423,7 @@ class Reader:
             end = frames[j - 1].offset + frames[j - 1].length
             seg = segs[frames[i].ordinal]
             data = seg.read(end - start, start)
-            if batch and j - i > 1 and len(data) == end - start:
+            if batch and j - i >= _MIN_RUN and len(data) == end - start:
                 firsts = [f.first_position for f in frames[i:j]]
                 got = decode_stream_run(data, firsts, lo, hi, batch, raw, caches, hidden)
                 if got is not None:
