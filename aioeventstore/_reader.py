@@ -86,7 +86,10 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-_MIN_RUN = 2  # frames back to back for the batch: a lone frame costs it more than it saves
+# What a stream read decodes as a batch: frames back to back, or a frame of many events (the
+# batch's set-up costs more than it saves on a lone frame of a few events).
+_MIN_RUN = 2
+_MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
 
@@ -406,8 +409,7 @@ class Reader:
         types = filt.stored_type_names() if filt is not None and filt.event_types else None
         caches = new_type_caches()
         # A stream's frames that lie back to back are decoded as one batch (see _codec); with
-        # a filter, for a lone frame (the batch's set-up costs more than it saves), or if the
-        # batch refuses, frame by frame.
+        # a filter, for a lone frame of a few events, or if the batch refuses, frame by frame.
         batch = stream if filt is None else None
         i = 0
         while i < len(frames):
@@ -423,7 +425,8 @@ class Reader:
             end = frames[j - 1].offset + frames[j - 1].length
             seg = segs[frames[i].ordinal]
             data = seg.read(end - start, start)
-            if batch and j - i >= _MIN_RUN and len(data) == end - start:
+            many = j - i >= _MIN_RUN or frames[i].event_count >= _MIN_EVENTS
+            if batch and many and len(data) == end - start:
                 firsts = [f.first_position for f in frames[i:j]]
                 got = decode_stream_run(data, firsts, lo, hi, batch, raw, caches, hidden)
                 if got is not None:

@@ -15,8 +15,10 @@ catch-up speed from disk.
 3. Catch-up: a subscriber starting at position 0 of a store with ``--catchup-events`` events
    (default 1,000,000) consumes to the head, decoding every event into its model; the store
    is built once with one event per append (one frame each, the worst case for the reader)
-   and once with 100 events per append. ``read_all`` over the same store for comparison, and
-   ``read_all(raw=True)``, which hands back the stored dicts without building models.
+   and once with 100 events per append. ``read_all`` over the same store for comparison,
+   ``read_all(raw=True)``, which hands back the stored dicts without building models, and
+   ``read_stream`` of each of the 1,000 streams in turn (each stream's frames lie between
+   the other streams' frames, as when aggregates are loaded).
 
     python perf/bench_subscribe.py [--quick] [--catchup-only] [--loop uvloop] [--json]
 """
@@ -187,7 +189,7 @@ async def catchup(
         )
     rows = []
     async with es.EventStore(directory) as store:
-        for mode in ("subscribe", "read_all", "read_all-raw"):
+        for mode in ("subscribe", "read_all", "read_all-raw", "read_stream"):
             t = time.perf_counter()
             n = 0
             if mode == "subscribe":
@@ -202,10 +204,15 @@ async def catchup(
                 async for rec in store.read_all():
                     assert isinstance(rec.data, Deposited)
                     n += 1
-            else:  # raw: the stored dicts, no models built
+            elif mode == "read_all-raw":  # the stored dicts, no models built
                 async for rec in store.read_all(raw=True):
                     assert isinstance(rec.data, dict)
                     n += 1
+            else:  # every stream in turn, as aggregates load (their frames interleave in the log)
+                for k in range(STREAMS):
+                    async for rec in store.read_stream(f"acct-{k:04d}"):
+                        assert isinstance(rec.data, Deposited)
+                        n += 1
             dt = time.perf_counter() - t
             rows.append(
                 {

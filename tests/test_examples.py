@@ -53,6 +53,20 @@ def test_bench_subscribe_runs(tmp_path: Path) -> None:
     assert "catchup-subscribe" in out and "ratio to 0" in out
 
 
+def test_bench_subscribe_catchup_only(tmp_path: Path) -> None:
+    out = run_script(
+        "perf/bench_subscribe.py",
+        "--catchup-only",
+        "--catchup-events",
+        "2000",
+        "--dir",
+        str(tmp_path),
+        timeout=240,
+    )
+    assert "catchup-read_all-raw" in out and "catchup-read_stream" in out
+    assert "ratio to 0" not in out and "p50" not in out
+
+
 def test_bench_scale_runs(tmp_path: Path) -> None:
     out = run_script(
         "perf/bench_scale.py", "--steps", "2000,5000", "--appends", "2000", "--dir", str(tmp_path)
