@@ -154,6 +154,26 @@ async def test_reads_leave_the_garbage_collector_as_they_found_it(
                 gc.enable()
 
 
+async def test_reads_leave_frozen_objects_frozen_and_freeze_nothing(store_path: Path) -> None:
+    """The decoded chunks skip the young generations by gc.freeze() + gc.unfreeze(): only
+    when the process has no frozen objects, and nothing stays frozen after a read."""
+    import gc
+
+    async with es.EventStore(store_path) as store:
+        await fill(store, 50)
+        assert len([r async for r in store.read_all()]) == 67
+        assert gc.get_freeze_count() == 0 and gc.isenabled()
+        marker: list[object] = [object()]
+        gc.freeze()  # as a pre-fork server would
+        try:
+            assert len([r async for r in store.read_all()]) == 67
+            assert len([r async for r in store.read_stream("s0")]) == 34
+            assert gc.get_freeze_count() > 0
+            assert all(o is not marker for o in gc.get_objects())  # (frozen ones are not listed)
+        finally:
+            gc.unfreeze()
+
+
 async def test_raw_reads_return_the_stored_dicts_without_models(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
