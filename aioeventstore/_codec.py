@@ -583,12 +583,14 @@ def _span_batch(
     only: str | None = None,
     firsts: list[int] | None = None,
 ) -> tuple[list[RecordedEvent], int, int]:
-    """:func:`decode_span` without filter or retention, in columns: the frames are walked
-    and checked first (the same checks), collecting each event's id, payload bytes and type
-    decoder; then the payloads are unpacked and validated with ``map`` (no Python bytecode
-    per event) and the records built from the columns with ``zip``. Raises :class:`_Bail`
-    (or whatever a step raised) on anything the reference loop reports, leaving the error
-    to it; on success the records are exactly those the loop would append.
+    """:func:`decode_span` without a filter, in columns: the frames are walked and checked
+    (the same checks, the same retention skips), collecting each event's id, payload bytes
+    and type decoder; every few hundred events the payloads are unpacked and validated with
+    ``map`` (no Python bytecode per event) and the records built from the columns with
+    ``zip``. Raises :class:`_Bail` (or whatever a step raised) on anything the reference loop
+    reports, leaving the error to it; on success the records are exactly those the loop
+    would append. With ``only`` every events frame must be that stream's (a stream read);
+    ``firsts`` collects each events frame's first position.
     """
     unpack_frame = _SPAN_HEAD.unpack_from
     unpack_entry = ENTRY_HEAD.unpack_from

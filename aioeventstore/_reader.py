@@ -423,7 +423,7 @@ class Reader:
         caches = new_type_caches()
         # A stream's frames that lie back to back are decoded as one batch (see _codec); with
         # a filter, for a lone frame of a few events, or if the batch refuses, frame by frame.
-        batch = stream if filt is None else None
+        batch = stream is not None and filt is None
         i = 0
         while i < len(frames):
             j = i + 1
@@ -439,9 +439,9 @@ class Reader:
             seg = segs[frames[i].ordinal]
             data = seg.read(end - start, start)
             many = j - i >= _MIN_RUN or frames[i].event_count >= _MIN_EVENTS
-            if batch and many and len(data) == end - start:
+            if batch and many and stream is not None and len(data) == end - start:
                 firsts = [f.first_position for f in frames[i:j]]
-                got = decode_stream_run(data, firsts, lo, hi, batch, raw, caches, hidden)
+                got = decode_stream_run(data, firsts, lo, hi, stream, raw, caches, hidden)
                 if got is not None:
                     out += got
                     i = j
