@@ -617,9 +617,9 @@ def _span_batch(
     columns = (streams, vers, poss, whens, eids, payloads, metas, runs)
     field = _NO_FIELD  # the type field of the current run, read with ``cache``
     cache = plain
-    # A single-event frame is unpacked in one call (header, stream name, entry head) with the
-    # layout of the previous such frame's stream name length, when it fits.
-    one_slen = -1
+    # A single-event frame is unpacked in one call (header, stream name, entry head, type
+    # field) with the layout of the previous such frame's name and type lengths, when it fits.
+    one_slen = one_tlen = -1
     one_size = size + 1
     unpack_one: Callable[[Any, int], tuple[Any, ...]] = unpack_frame
     view = memoryview(buf)  # the CRC is taken over a view: no copy of the frame
@@ -641,8 +641,9 @@ def _span_batch(
                 eid,
                 tlen,
                 mlen,
+                tfield,
             ) = unpack_one(buf, at)
-            if slen == one_slen and count == 1 and kind == FRAME_KIND_EVENTS:
+            if slen == one_slen and tlen == one_tlen and count == 1 and kind == FRAME_KIND_EVENTS:
                 # The same checks and steps as below, for one event (the common frame).
                 end = at + FRAME_HEADER_SIZE + blen
                 if magic != FRAME_MAGIC or end > size or blen < BODY_HEAD_SIZE:
@@ -673,21 +674,13 @@ def _span_batch(
                 if (versioned if fl & FRAME_FLAG_SCHEMA else plain) is not cache:
                     cache = versioned if fl & FRAME_FLAG_SCHEMA else plain
                     field = _NO_FIELD
-                t0 = at + one_size
-                nxt = t0 - ENTRY_HEAD_SIZE + 4 + esize
+                m0 = at + one_size  # (the type field was unpacked with the head)
+                nxt = m0 - tlen - ENTRY_HEAD_SIZE + 4 + esize
                 if nxt > end:
                     raise _Bail
-                m0 = t0 + tlen
-                if tlen != len(field) or not buf.startswith(field, t0):
+                if tfield != field:
                     field = _run(
-                        runs,
-                        len(eids),
-                        buf[t0:m0],
-                        cache,
-                        cache is versioned,
-                        as_dicts,
-                        stream,
-                        fpos,
+                        runs, len(eids), tfield, cache, cache is versioned, as_dicts, stream, fpos
                     )
                 if mlen:
                     metas.append((len(eids), buf[m0 : m0 + mlen]))
@@ -762,9 +755,9 @@ def _span_batch(
         e = s0 + slen
         if count == 1:  # in range and visible, as the checks above show
             esize, eid, tlen, mlen = unpack_entry(buf, e)
-            one_slen = slen  # the next single-event frames take the path above
-            unpack_one = _one_frame(slen)
-            one_size = _HEAD_SIZE + slen + ENTRY_HEAD_SIZE
+            one_slen, one_tlen = slen, tlen  # the next single-event frames take the path above
+            unpack_one = _one_frame(slen, tlen)
+            one_size = _HEAD_SIZE + slen + ENTRY_HEAD_SIZE + tlen
             nxt = e + 4 + esize
             if nxt > end:
                 raise _Bail
@@ -836,7 +829,7 @@ def _span_batch(
 _HEAD_SIZE = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
 _FLUSH_EVENTS = 256  # decoded a few at a time: their bytes and dicts stay in the CPU cache
 _NO_FIELD = bytes(1 << 16)  # longer than any type field (its length is 16 bits)
-_one_frames: dict[int, Callable[[Any, int], tuple[Any, ...]]] = {}
+_one_frames: dict[tuple[int, int], Callable[[Any, int], tuple[Any, ...]]] = {}
 
 
 def _stream_name(raw: bytes) -> str:
@@ -848,13 +841,14 @@ def _stream_name(raw: bytes) -> str:
     return name
 
 
-def _one_frame(slen: int) -> Callable[[Any, int], tuple[Any, ...]]:
-    """The unpacker of a whole single-event frame's head with a ``slen``-byte stream name:
-    frame header and body head (but the write offset), the name, the entry head."""
-    got = _one_frames.get(slen)
+def _one_frame(slen: int, tlen: int) -> Callable[[Any, int], tuple[Any, ...]]:
+    """The unpacker of a single-event frame's head with a ``slen``-byte stream name and a
+    ``tlen``-byte type field: frame header and body head (but the write offset), the name,
+    the entry head, the type field."""
+    got = _one_frames.get((slen, tlen))
     if got is None:
-        fmt = _SPAN_HEAD.format[:-1] + f"8x{slen}s" + ENTRY_HEAD.format[1:]
-        got = _one_frames[slen] = struct.Struct(fmt).unpack_from
+        fmt = _SPAN_HEAD.format[:-1] + f"8x{slen}s" + ENTRY_HEAD.format[1:] + f"{tlen}s"
+        got = _one_frames[slen, tlen] = struct.Struct(fmt).unpack_from
     return got
 
 
