@@ -60,10 +60,12 @@ T = TypeVar("T")
 _gc_lock = threading.Lock()
 _gc_pauses = 0  # reader threads decoding right now
 _gc_resume = False  # whether the collector was enabled when the first of them began
+_gc_promote = False  # whether one of them asked for its objects to skip the young generations
+_PROMOTE_BYTES = 64 * 1024  # decodes of this many bytes or more ask for it (see gc_paused)
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
+def gc_paused(promote: bool = False) -> Iterator[None]:
     """Pause CPython's cyclic garbage collector while a reader thread decodes one chunk.
 
     Decoding a chunk creates thousands of container objects that are all still alive, so the
@@ -71,21 +73,25 @@ def gc_paused() -> Iterator[None]:
     reference counting still frees everything as usual. The collector is resumed when the last
     concurrent decode ends, and only if it was enabled when the first began.
 
-    On resuming, the collection its first allocation would set off would only walk the
-    chunk's objects, alive and about to be consumed (about a tenth of replay's time). So they
-    are moved to the oldest generation without it (``gc.freeze()`` then ``gc.unfreeze()``,
-    which also resets the young generation's count); they die by reference counting there as
-    anywhere. The young generation is collected when a pause begins, so what is moved is what
-    was made while the collector was paused. Skipped when the process keeps frozen objects of
-    its own (``gc.get_freeze_count()``): unfreezing would thaw them.
+    ``promote`` (a large chunk): on resuming, the collection its first allocation would set
+    off would only walk the chunk's objects, alive and about to be consumed (a tenth of
+    replay's time). So they are moved to the oldest generation without it (``gc.freeze()``
+    then ``gc.unfreeze()``, which also resets the young generation's count); they die by
+    reference counting there as anywhere. The young generation is collected when such a
+    decode begins, so what is moved is what was made while the collector was paused. Skipped
+    when the process keeps frozen objects of its own (``gc.get_freeze_count()``): unfreezing
+    would thaw them. Small decodes (a short stream's read) resume the collector as it was:
+    for them the collection is cheap and the extra one would not be.
     """
-    global _gc_pauses, _gc_resume
-    if gc.isenabled():
+    global _gc_pauses, _gc_resume, _gc_promote
+    if promote and gc.isenabled():
         gc.collect(0)
     with _gc_lock:
         if _gc_pauses == 0:
             _gc_resume = gc.isenabled()
+            _gc_promote = False
             gc.disable()
+        _gc_promote = _gc_promote or promote
         _gc_pauses += 1
     try:
         yield
@@ -93,7 +99,7 @@ def gc_paused() -> Iterator[None]:
         with _gc_lock:
             _gc_pauses -= 1
             if _gc_pauses == 0 and _gc_resume:
-                if not gc.get_freeze_count():
+                if _gc_promote and not gc.get_freeze_count():
                     gc.freeze()
                     gc.unfreeze()
                 gc.enable()
@@ -252,7 +258,7 @@ class Reader:
         try:
             if len(data) != span.end - span.start:
                 raise FrameError("segment shorter than the index says")
-            with self._gc_guard():
+            with self._gc_guard(len(data) >= _PROMOTE_BYTES):
                 last, end = decode_span(
                     data,
                     span.first_position,
@@ -401,7 +407,7 @@ class Reader:
     ) -> list[RecordedEvent]:
         """Read and decode frames (reader thread). Adjacent frames are read in one pread.
         With ``stream``, every frame must belong to it."""
-        with self._gc_guard():
+        with self._gc_guard(sum(f.length for f in frames) >= _PROMOTE_BYTES):
             out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden, stream)
         if backwards:
             out.reverse()
@@ -461,6 +467,7 @@ class Reader:
             i = j
         return out
 
-    def _gc_guard(self) -> AbstractContextManager[None]:
-        """The collector pause around one chunk's decoding, unless the options turned it off."""
-        return gc_paused() if self._pause_gc else nullcontext()
+    def _gc_guard(self, promote: bool) -> AbstractContextManager[None]:
+        """The collector pause around one chunk's decoding, unless the options turned it off;
+        ``promote``: a large chunk (see :func:`gc_paused`)."""
+        return gc_paused(promote) if self._pause_gc else nullcontext()

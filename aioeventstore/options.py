@@ -52,9 +52,10 @@ class StoreOptions:
         (default True): a chunk creates thousands of live objects that the collector would
         otherwise scan over and over, costing replay about a fifth of its speed. Reference
         counting frees memory as usual; the collector resumes after the chunk (if it was
-        enabled), with the chunk's objects moved to the oldest generation (``gc.freeze()`` +
-        ``gc.unfreeze()``; not when the process has frozen objects) rather than walked by a
-        young collection. Set False if your application manages ``gc`` itself.
+        enabled); after a chunk of 64 KiB or more, with the chunk's objects moved to the
+        oldest generation (``gc.freeze()`` + ``gc.unfreeze()``; not when the process has
+        frozen objects) rather than walked by a young collection. Set False if your
+        application manages ``gc`` itself.
     verify_on_open
         Opening loads each segment's index from its sidecar file instead of rescanning the
         segment, checking the sidecar against the segment's size and last frame. With

@@ -154,20 +154,39 @@ async def test_reads_leave_the_garbage_collector_as_they_found_it(
                 gc.enable()
 
 
-async def test_reads_leave_frozen_objects_frozen_and_freeze_nothing(store_path: Path) -> None:
-    """The decoded chunks skip the young generations by gc.freeze() + gc.unfreeze(): only
-    when the process has no frozen objects, and nothing stays frozen after a read."""
+async def test_large_decodes_skip_the_young_generations_but_never_thaw_frozen_objects(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large chunk's objects move to the oldest generation by gc.freeze() + gc.unfreeze():
+    not for small reads, not when the process has frozen objects (they stay frozen), and
+    nothing stays frozen after a read."""
     import gc
 
+    from aioeventstore import _reader
+
+    freezes: list[int] = []
+    real_freeze = gc.freeze
+
+    def counted_freeze() -> None:
+        freezes.append(1)
+        real_freeze()
+
+    monkeypatch.setattr(gc, "freeze", counted_freeze)
     async with es.EventStore(store_path) as store:
         await fill(store, 50)
+        assert len([r async for r in store.read_all()]) == 67  # small: left as it was
+        assert not freezes
+        monkeypatch.setattr(_reader, "_PROMOTE_BYTES", 0)  # every decode counts as large
         assert len([r async for r in store.read_all()]) == 67
+        assert len([r async for r in store.read_stream("s0")]) == 34
+        assert len(freezes) == 2
         assert gc.get_freeze_count() == 0 and gc.isenabled()
         marker: list[object] = [object()]
-        gc.freeze()  # as a pre-fork server would
+        real_freeze()  # as a pre-fork server would
         try:
             assert len([r async for r in store.read_all()]) == 67
             assert len([r async for r in store.read_stream("s0")]) == 34
+            assert len(freezes) == 2
             assert gc.get_freeze_count() > 0
             assert all(o is not marker for o in gc.get_objects())  # (frozen ones are not listed)
         finally:
