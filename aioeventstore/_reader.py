@@ -430,6 +430,7 @@ class Reader:
         # A stream's frames that lie back to back are decoded as one batch (see _codec); with
         # a filter, for a lone frame of a few events, or if the batch refuses, frame by frame.
         batch = stream is not None and filt is None
+        runs: list[tuple[int, int, Segment, int, int, bytes]] = []  # frames i:j, bytes read
         i = 0
         while i < len(frames):
             j = i + 1
@@ -443,14 +444,37 @@ class Reader:
             start = frames[i].offset
             end = frames[j - 1].offset + frames[j - 1].length
             seg = segs[frames[i].ordinal]
-            data = seg.read(end - start, start)
+            runs.append((i, j, seg, start, end, seg.read(end - start, start)))
+            i = j
+        # A stream whose frames lie apart in the log (other streams were appended in between):
+        # its frames, read one by one above, are decoded as one batch too, as if they were
+        # back to back (each is self-contained and checked as ever). Anything the batch
+        # refuses is decoded run by run below, from the same bytes.
+        if (
+            batch
+            and stream is not None
+            and len(runs) >= _MIN_RUN
+            and all(len(data) == end - start for _i, _j, _s, start, end, data in runs)
+        ):
+            got = decode_stream_run(
+                b"".join(run[5] for run in runs),
+                [f.first_position for f in frames],
+                lo,
+                hi,
+                stream,
+                raw,
+                caches,
+                hidden,
+            )
+            if got is not None:
+                return got
+        for i, j, seg, start, end, data in runs:
             many = j - i >= _MIN_RUN or frames[i].event_count >= _MIN_EVENTS
             if batch and many and stream is not None and len(data) == end - start:
                 firsts = [f.first_position for f in frames[i:j]]
                 got = decode_stream_run(data, firsts, lo, hi, stream, raw, caches, hidden)
                 if got is not None:
                     out += got
-                    i = j
                     continue
             outer: FrameInfo | None = None  # the container the previous frame was in
             for ref in frames[i:j]:
@@ -464,7 +488,6 @@ class Reader:
                     decode_frame_events(buf, fat, info, lo, hi, types, out, raw, caches, hidden)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
-            i = j
         return out
 
     def _gc_guard(self, promote: bool) -> AbstractContextManager[None]:

@@ -327,3 +327,42 @@ async def test_retention_hides_the_same_events(
     async with es.EventStore(tmp_path, options=SMALL) as store:
         await every_read(store, ["r-0", "r-1"])
     assert loop_calls[0] == 0
+
+
+async def test_damage_in_a_stream_whose_frames_lie_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_calls: list[int]
+) -> None:
+    """Streams appended in turn: each stream's frames lie apart in the log and are read one
+    by one, then decoded as one batch. A damaged frame among them makes the batch refuse, and
+    the run-by-run path reports it as it would have, from the same bytes."""
+
+    class Tick(es.Event):
+        text: str
+
+    async with es.EventStore(tmp_path) as store:
+        for i in range(60):
+            await store.append("abc"[i % 3], Tick(text=f"{'abc'[i % 3]}{i:03d}"))
+    async with es.EventStore(tmp_path) as store:
+        clean = [r.data.text async for r in store.read_stream("b")]  # type: ignore[attr-defined]
+    assert clean == [f"b{i:03d}" for i in range(1, 60, 3)]
+    assert loop_calls[0] == 0  # the batch decoded them
+    seg = sorted(tmp_path.glob("*.seg"))[0]
+    intact = seg.read_bytes()
+    damaged = bytearray(intact)
+    at = intact.rindex(b"b031")
+    damaged[at] ^= 0x20
+
+    async def read_damaged() -> dict[str, Any]:
+        seg.write_bytes(intact)  # (opening checks the newest frames)
+        async with es.EventStore(tmp_path) as store:
+            seg.write_bytes(bytes(damaged))
+            return await every_read(store, ["a", "b", "c"])
+
+    batched = await read_damaged()
+    with monkeypatch.context() as m:
+        batch_off(m)
+        reference = await read_damaged()
+    assert batched == reference
+    assert batched["b"][-1][0] == CorruptLog.__name__ and "checksum" in batched["b"][-1][1]
+    assert batched["b"][:-1] == []  # its 20 frames are one chunk: the chunk fails whole
+    assert len(batched["a"]) == 20 and len(batched["c"]) == 20  # other streams read fine
