@@ -343,7 +343,7 @@ async def test_damage_in_a_stream_whose_frames_lie_apart(
         for i in range(60):
             await store.append("abc"[i % 3], Tick(text=f"{'abc'[i % 3]}{i:03d}"))
     async with es.EventStore(tmp_path) as store:
-        clean = [r.data.text async for r in store.read_stream("b")]  # type: ignore[attr-defined]
+        clean = [r.data.text async for r in store.read_stream("b")]  # type: ignore[union-attr]
     assert clean == [f"b{i:03d}" for i in range(1, 60, 3)]
     assert loop_calls[0] == 0  # the batch decoded them
     seg = sorted(tmp_path.glob("*.seg"))[0]
