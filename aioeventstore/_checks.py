@@ -8,22 +8,23 @@ from collections.abc import Sequence
 from ._format import MAX_STREAM_NAME_BYTES
 from .events import Event, EventFilter, NewEvent, StreamState
 
-_checked: dict[str, bytes] = {}
-"""Stream names already checked, with their UTF-8: an append to a known stream skips the
-checks (bounded: cleared when it reaches 65,536 names)."""
-
 
 def check_stream(stream: object) -> bytes:
-    if type(stream) is str:
-        b = _checked.get(stream)
-        if b is not None:
-            return b
-    b = _check_stream(stream)
-    if type(stream) is str:
-        if len(_checked) >= 65536:
-            _checked.clear()
-        _checked[stream] = b
-    return b
+    """The stream name's UTF-8, or TypeError/ValueError naming what is wrong.
+
+    No cache: the common case (a str not starting with ``$`` whose UTF-8 fits) costs about
+    what a dict lookup would, and a cache of names thrashes once a store has more streams
+    than it holds.
+    """
+    if type(stream) is str and stream and stream[0] != "$":
+        try:
+            b = stream.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            if len(b) <= MAX_STREAM_NAME_BYTES:
+                return b
+    return _check_stream(stream)
 
 
 def _check_stream(stream: object) -> bytes:

@@ -1,14 +1,26 @@
 """The in-memory index: stream → version → position, and position → frame on disk.
 
 Compact by construction: six parallel ``array`` columns with one row per frame (one frame per
-append call) and one ``array('q')`` of positions per stream, so an event costs 8 bytes in its
-stream's array plus its share of its frame's 32-byte row; no Python object per event.
+append call) and one ``bytearray`` of native 8-byte positions per stream, so an event costs 8
+bytes in its stream's buffer plus its share of its frame's 32-byte row; no Python object per
+event.
+
+Invisible to the cyclic garbage collector, whatever the number of streams: CPython's full
+collections walk every tracked container and every object it tracks, so a million streams
+held as ``array`` objects in a list (or even their names in a list) cost tens of milliseconds
+per full collection. A stream's positions are therefore a ``bytearray`` (never tracked) kept
+in a dict whose keys and values are never tracked (so neither is the dict), and the streams'
+names are one UTF-8 blob cut by an ``array`` of end offsets; per stream there is no tracked
+object at all. Positions are read one 8-byte ``struct`` unpack at a time (``_at``, ``_bisect``):
+each read is one C call, so no buffer view outlives it, which is what lets the sidecar export
+read a stream's buffer on the I/O thread while the commit loop grows it (a ``bytearray``
+cannot be resized while a ``memoryview`` of it exists: that would raise ``BufferError``).
 
 Gaps (retention and scavenging, see ``_scavenge.py``): once frames are removed from the log,
 positions are no longer dense and a stream's oldest versions may be gone. So each row stores
 its event count (``_frame_cnt``: a row's end is no longer the next row's first position), and
 a stream whose oldest versions were removed has a *base*, the version of the first entry of
-its positions array (``_base``, by stream id; absent means 0). Removal is always a prefix of
+its positions (``_base``, by stream id; absent means 0). Removal is always a prefix of
 each stream (scavenging keeps a stream's frames from its first kept one on; retention drops
 the oldest segments), so a stream's versions stay dense from its base to its last version.
 Rows are removed or moved only by ``replace_segment_rows`` and ``drop_oldest``, on the loop
@@ -26,9 +38,41 @@ batch is durable; readers clamp everything to ``head``, so they never see an unc
 from __future__ import annotations
 
 import itertools
+import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+_POSITION: Final = struct.Struct("=q")  # native, as array("q") and the sidecars store them
+_pack = _POSITION.pack
+_unpack_from = _POSITION.unpack_from
+
+
+def _at(buf: bytearray, i: int) -> int:
+    """The ``i``-th position in a stream's buffer."""
+    return int(_unpack_from(buf, i << 3)[0])
+
+
+def _bisect(buf: bytearray, x: int, right: bool = False) -> int:
+    """How many positions in ``buf`` are below ``x`` (or at most ``x`` with ``right``).
+
+    Safe on any thread while the loop thread appends to ``buf``: each probe is one C call
+    (no view of the buffer survives it) and positions are only ever appended meanwhile.
+    """
+    lo, hi = 0, len(buf) >> 3
+    if not hi or _at(buf, 0) > x or (not right and _at(buf, 0) == x):
+        return 0
+    last = _at(buf, hi - 1)
+    if last < x or (right and last == x):
+        return hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        v = _at(buf, mid)
+        if v < x or (right and v == x):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class FrameRef(NamedTuple):
@@ -78,9 +122,11 @@ class Index:
         # Stream ids: a frame row records its stream as a small int, so that a sealed segment's
         # rows can be grouped by stream for its sidecar file without touching every stream.
         self._frame_sid = array("I")
+        # Nothing below holds a GC-tracked object per stream (see the module docstring).
         self._sids: dict[str, int] = {}
-        self._names: list[str] = []
-        self._positions: list[array[int]] = []  # by stream id: positions in version order
+        self._name_blob = bytearray()  # every stream's name in UTF-8, by stream id
+        self._name_end = array("q")  # by stream id: where its name ends in _name_blob
+        self._positions: dict[int, bytearray] = {}  # by stream id: positions in version order
         self._frame_cnt = array("I")  # events in the frame (see "Gaps" above)
         self._base: dict[int, int] = {}  # stream id → version of positions[0], when not 0
         self.marks: dict[int, dict[str, int]] = {}
@@ -114,7 +160,7 @@ class Index:
         if sid is None:
             sid = self._new_stream(stream, first_version)
         positions = self._positions[sid]
-        assert first_version == self._base.get(sid, 0) + len(positions), "dense versions"
+        assert first_version == self._base.get(sid, 0) + (len(positions) >> 3), "dense versions"
         self._frame_pos.append(first_position)
         self._frame_seg.append(ordinal)
         self._frame_off.append(offset)
@@ -122,18 +168,24 @@ class Index:
         self._frame_sid.append(sid)
         self._frame_cnt.append(count)
         if count == 1:
-            positions.append(first_position)
+            positions += _pack(first_position)
         else:
-            positions.extend(range(first_position, first_position + count))
+            positions += array("q", range(first_position, first_position + count))
         self.next_position = first_position + count
 
     def _new_stream(self, stream: str, first_version: int) -> int:
-        sid = self._sids[stream] = len(self._names)
-        self._names.append(stream)
-        self._positions.append(array("q"))
+        sid = self._sids[stream] = len(self._name_end)
+        self._name_blob += stream.encode("utf-8", "surrogatepass")
+        self._name_end.append(len(self._name_blob))
+        self._positions[sid] = bytearray()
         if first_version:
             self._base[sid] = first_version
         return sid
+
+    def _name(self, sid: int) -> str:
+        """The name of stream ``sid`` (any thread: the blob and its ends only grow)."""
+        start = self._name_end[sid - 1] if sid else 0
+        return self._name_blob[start : self._name_end[sid]].decode("utf-8", "surrogatepass")
 
     def add_mark(self, ordinal: int, name: str, position: int) -> None:
         """Note a named consumer's checkpoint frame in segment ``ordinal``."""
@@ -164,14 +216,14 @@ class Index:
         sid = self._sids.get(stream)
         if sid is None:
             return -1
-        return self._base.get(sid, 0) + len(self._positions[sid]) - 1
+        return self._base.get(sid, 0) + (len(self._positions[sid]) >> 3) - 1
 
     def committed_last_version(self, stream: str) -> int:
         """Version of the stream's last durable event, or -1."""
         sid = self._sids.get(stream)
         if sid is None:
             return -1
-        return self._base.get(sid, 0) + bisect_right(self._positions[sid], self.head) - 1
+        return self._base.get(sid, 0) + _bisect(self._positions[sid], self.head, True) - 1
 
     def first_version(self, stream: str) -> int:
         """The oldest version of ``stream`` still in the log (0 unless frames were removed)."""
@@ -183,7 +235,7 @@ class Index:
         sid = self._sids.get(stream)
         if sid is None:
             return 0
-        return self._base.get(sid, 0) + bisect_right(self._positions[sid], position)
+        return self._base.get(sid, 0) + _bisect(self._positions[sid], position, True)
 
     def position_of(self, stream: str, version: int) -> int:
         """Position of a (planned) stream version; the caller checks the range (it must be at
@@ -191,7 +243,7 @@ class Index:
         sid = self._sids[stream]
         base = self._base.get(sid, 0)
         assert version >= base, "the version was removed from the log"
-        return self._positions[sid][version - base]
+        return _at(self._positions[sid], version - base)
 
     def set_stream_floor(self, stream: str, last_version: int) -> None:
         """Make ``stream`` continue after ``last_version`` although none of its events are in
@@ -227,7 +279,7 @@ class Index:
             sid = self._sids[stream]
             base = self._base.get(sid, 0)
             assert first_version == base, f"removal of {stream!r} is not a prefix"
-            del self._positions[sid][:count]
+            del self._positions[sid][: count << 3]
             self._base[sid] = base + count
 
     def set_segment_sids(self, ordinal: int, streams: list[str]) -> None:
@@ -240,9 +292,10 @@ class Index:
     def streams_ending_before(self, position: int) -> list[tuple[str, int]]:
         """(stream, last version) of every stream with events, all before ``position``."""
         out = []
-        for sid, positions in enumerate(self._positions):
-            if positions and positions[-1] < position:
-                out.append((self._names[sid], self._base.get(sid, 0) + len(positions) - 1))
+        for sid, positions in self._positions.items():
+            n = len(positions) >> 3
+            if n and _at(positions, n - 1) < position:
+                out.append((self._name(sid), self._base.get(sid, 0) + n - 1))
         return out
 
     def drop_oldest(self, last_ordinal: int, before_position: int) -> None:
@@ -257,10 +310,10 @@ class Index:
         cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
         for col in (*cols, self._frame_sid, self._frame_cnt):
             del col[:hi]
-        for sid, positions in enumerate(self._positions):
-            k = bisect_left(positions, before_position)
+        for sid, positions in self._positions.items():
+            k = _bisect(positions, before_position)
             if k:
-                del positions[:k]
+                del positions[: k << 3]
                 self._base[sid] = self._base.get(sid, 0) + k
         for ordinal in [o for o in (*self.marks, *self.metas) if o <= last_ordinal]:
             self.marks.pop(ordinal, None)
@@ -341,7 +394,7 @@ class Index:
             return []
         positions = self._positions[sid]
         base = self._base.get(sid, 0)
-        last = base + bisect_right(positions, self.head) - 1
+        last = base + _bisect(positions, self.head, True) - 1
         if not backwards:
             version = max(version, base)
         if version < base or version > last:
@@ -352,7 +405,7 @@ class Index:
         want = (1 << 62) if max_events is None else max_events
         v = version
         while base <= v <= last and (not out or (total < max_bytes and have < want)):
-            pos = positions[v - base]
+            pos = _at(positions, v - base)
             ref = self.frame(self.frame_at(pos))
             first_version = v - (pos - ref.first_position)
             out.append((ref, first_version))
@@ -372,14 +425,14 @@ class Index:
         """The rows ``[r0, r1)`` grouped for a sidecar file; ``end_position`` is the position
         after the last event of row ``r1 - 1``.
 
-        Safe on a thread other than the commit loop's for committed rows: rows are only
-        appended while it runs (the store never removes rows while an export is pending), and
-        each slice is taken in one step under the GIL.
+        Safe on a thread other than the commit loop's for committed rows: rows, streams and
+        positions are only appended while it runs (the store never removes rows while an
+        export is pending), each slice is taken in one step under the GIL, and a stream's
+        positions are read without holding a view of its buffer (``_bisect``).
         """
         pos = self._frame_pos[r0:r1]
         sids = self._frame_sid[r0:r1]
         cnt = self._frame_cnt[r0:r1]
-        all_names = self._names
         local: dict[int, int] = {}
         names: list[str] = []
         groups: list[array[int]] = []
@@ -390,9 +443,9 @@ class Index:
             lid = local.get(g)
             if lid is None:
                 lid = local[g] = len(names)
-                names.append(all_names[g])
+                names.append(self._name(g))
                 groups.append(array("q"))
-                firsts.append(self._base.get(g, 0) + bisect_left(self._positions[g], p))
+                firsts.append(self._base.get(g, 0) + _bisect(self._positions[g], p))
             lsids.append(lid)
             if e - p == 1:
                 groups[lid].append(p)
@@ -433,13 +486,14 @@ class Index:
         glob: list[int] = []
         at = 0
         raw = memoryview(rows.positions).cast("B")  # one copy per stream, not two
+        positions = self._positions
         size = rows.positions.itemsize
         for name, count, first in zip(rows.names, rows.counts, rows.firsts, strict=True):
             sid = self._sids.get(name)
             if sid is None:
                 sid = self._new_stream(name, first)
             glob.append(sid)
-            self._positions[sid].frombytes(raw[at * size : (at + count) * size])
+            positions[sid] += raw[at * size : (at + count) * size]
             at += count
         if sids:
             self._frame_sid += array("I", map(glob.__getitem__, rows.sids))
@@ -474,12 +528,11 @@ class Index:
 
     def stream_count(self) -> int:
         """Number of streams with at least one planned event."""
-        return len(self._names)
+        return len(self._name_end)
 
     def memory_bytes(self) -> int:
-        """Approximate bytes held by the index arrays (not counting dict overhead)."""
+        """Approximate bytes held by the frame columns and the streams' positions (not counting
+        the streams' names and the dicts)."""
         cols: tuple[array[int], ...] = (self._frame_pos, self._frame_seg, self._frame_off)
         cols += (self._frame_len, self._frame_sid, self._frame_cnt)
-        return sum(a.itemsize * len(a) for a in cols) + sum(
-            a.itemsize * len(a) for a in self._positions
-        )
+        return sum(a.itemsize * len(a) for a in cols) + sum(map(len, self._positions.values()))
