@@ -20,7 +20,7 @@ Gaps (retention and scavenging, see ``_scavenge.py``): once frames are removed f
 positions are no longer dense and a stream's oldest versions may be gone. So each row stores
 its event count (``_frame_cnt``: a row's end is no longer the next row's first position), and
 a stream whose oldest versions were removed has a *base*, the version of the first entry of
-its positions (``_base``, by stream id; absent means 0). Removal is always a prefix of
+its positions (``_base``, by stream name; absent means 0). Removal is always a prefix of
 each stream (scavenging keeps a stream's frames from its first kept one on; retention drops
 the oldest segments), so a stream's versions stay dense from its base to its last version.
 Rows are removed or moved only by ``replace_segment_rows`` and ``drop_oldest``, on the loop
@@ -41,6 +41,9 @@ import itertools
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
+from itertools import chain, repeat
+from operator import add
 from typing import Final, NamedTuple
 
 _POSITION: Final = struct.Struct("=q")  # native, as array("q") and the sidecars store them
@@ -48,9 +51,19 @@ _pack = _POSITION.pack
 _unpack_from = _POSITION.unpack_from
 
 
+def _count(buf: bytearray) -> int:
+    """How many positions a stream's buffer holds (its first slot is the stream's id)."""
+    return (len(buf) >> 3) - 1
+
+
+def _sid(buf: bytearray) -> int:
+    """The stream id in a stream's buffer."""
+    return int(_unpack_from(buf)[0])
+
+
 def _at(buf: bytearray, i: int) -> int:
     """The ``i``-th position in a stream's buffer."""
-    return int(_unpack_from(buf, i << 3)[0])
+    return int(_unpack_from(buf, (i + 1) << 3)[0])
 
 
 def _bisect(buf: bytearray, x: int, right: bool = False) -> int:
@@ -59,12 +72,12 @@ def _bisect(buf: bytearray, x: int, right: bool = False) -> int:
     Safe on any thread while the loop thread appends to ``buf``: each probe is one C call
     (no view of the buffer survives it) and positions are only ever appended meanwhile.
     """
-    lo, hi = 0, len(buf) >> 3
+    lo, hi = 0, _count(buf)
     if not hi or _at(buf, 0) > x or (not right and _at(buf, 0) == x):
         return 0
     last = _at(buf, hi - 1)
-    if last < x or (right and last == x):
-        return hi
+    if last <= x:  # positions are strictly increasing
+        return hi if right or last < x else hi - 1
     while lo < hi:
         mid = (lo + hi) >> 1
         v = _at(buf, mid)
@@ -73,6 +86,23 @@ def _bisect(buf: bytearray, x: int, right: bool = False) -> int:
         else:
             hi = mid
     return lo
+
+
+def _group(events: array[int], owners: array[int], k: int) -> tuple[array[int], array[int]]:
+    """``events`` grouped by owner ``0 .. k-1`` (each group in its order), and each group's
+    size: one pass appending to ``k`` arrays when owners are few, else a stable sort (its
+    runs make it nearly linear when most owners have one or two events)."""
+    if k < len(events) // 4:
+        groups = [array("q") for _ in range(k)]
+        for p, g in zip(events, owners, strict=True):
+            groups[g].append(p)
+        flat = array("q")
+        for group in groups:
+            flat += group
+        return flat, array("q", map(len, groups))
+    order = sorted(range(len(events)), key=owners.__getitem__)
+    tally = Counter(owners)
+    return array("q", map(events.__getitem__, order)), array("q", map(tally.__getitem__, range(k)))
 
 
 class FrameRef(NamedTuple):
@@ -122,13 +152,14 @@ class Index:
         # Stream ids: a frame row records its stream as a small int, so that a sealed segment's
         # rows can be grouped by stream for its sidecar file without touching every stream.
         self._frame_sid = array("I")
+        self._frame_cnt = array("I")  # events in the frame (see "Gaps" above)
         # Nothing below holds a GC-tracked object per stream (see the module docstring).
-        self._sids: dict[str, int] = {}
+        self._streams: dict[str, bytearray] = {}
+        """Stream → its buffer of native 8-byte ints: its stream id, then its positions in
+        version order (one lookup gives an append both)."""
         self._name_blob = bytearray()  # every stream's name in UTF-8, by stream id
         self._name_end = array("q")  # by stream id: where its name ends in _name_blob
-        self._positions: dict[int, bytearray] = {}  # by stream id: positions in version order
-        self._frame_cnt = array("I")  # events in the frame (see "Gaps" above)
-        self._base: dict[int, int] = {}  # stream id → version of positions[0], when not 0
+        self._base: dict[str, int] = {}  # stream → version of its first position, when not 0
         self.marks: dict[int, dict[str, int]] = {}
         """Segment ordinal → named consumer → highest checkpoint planned in that segment."""
         self.metas: dict[int, dict[str, tuple[int, bytes]]] = {}
@@ -156,16 +187,15 @@ class Index:
         above 0 (its older versions were removed). After that, its versions are dense.
         """
         assert first_position >= self.next_position, "frames are added in position order"
-        sid = self._sids.get(stream)
-        if sid is None:
-            sid = self._new_stream(stream, first_version)
-        positions = self._positions[sid]
-        assert first_version == self._base.get(sid, 0) + (len(positions) >> 3), "dense versions"
+        positions = self._streams.get(stream)
+        if positions is None:
+            positions = self._new_stream(stream, first_version)
+        assert first_version == self._base.get(stream, 0) + _count(positions), "dense versions"
         self._frame_pos.append(first_position)
         self._frame_seg.append(ordinal)
         self._frame_off.append(offset)
         self._frame_len.append(length)
-        self._frame_sid.append(sid)
+        self._frame_sid.append(_unpack_from(positions)[0])
         self._frame_cnt.append(count)
         if count == 1:
             positions += _pack(first_position)
@@ -173,14 +203,13 @@ class Index:
             positions += array("q", range(first_position, first_position + count))
         self.next_position = first_position + count
 
-    def _new_stream(self, stream: str, first_version: int) -> int:
-        sid = self._sids[stream] = len(self._name_end)
+    def _new_stream(self, stream: str, first_version: int) -> bytearray:
+        positions = self._streams[stream] = bytearray(_pack(len(self._name_end)))
         self._name_blob += stream.encode("utf-8", "surrogatepass")
         self._name_end.append(len(self._name_blob))
-        self._positions[sid] = bytearray()
         if first_version:
-            self._base[sid] = first_version
-        return sid
+            self._base[stream] = first_version
+        return positions
 
     def _name(self, sid: int) -> str:
         """The name of stream ``sid`` (any thread: the blob and its ends only grow)."""
@@ -213,48 +242,46 @@ class Index:
 
     def last_version(self, stream: str) -> int:
         """Version of the stream's last planned event, or -1 when it has none."""
-        sid = self._sids.get(stream)
-        if sid is None:
+        positions = self._streams.get(stream)
+        if positions is None:
             return -1
-        return self._base.get(sid, 0) + (len(self._positions[sid]) >> 3) - 1
+        return self._base.get(stream, 0) + (len(positions) >> 3) - 2  # - 1 for the stream id
 
     def committed_last_version(self, stream: str) -> int:
         """Version of the stream's last durable event, or -1."""
-        sid = self._sids.get(stream)
-        if sid is None:
+        positions = self._streams.get(stream)
+        if positions is None:
             return -1
-        return self._base.get(sid, 0) + _bisect(self._positions[sid], self.head, True) - 1
+        return self._base.get(stream, 0) + _bisect(positions, self.head, True) - 1
 
     def first_version(self, stream: str) -> int:
         """The oldest version of ``stream`` still in the log (0 unless frames were removed)."""
-        sid = self._sids.get(stream)
-        return 0 if sid is None else self._base.get(sid, 0)
+        return self._base.get(stream, 0)
 
     def committed_version_after(self, stream: str, position: int) -> int:
         """The first version of ``stream`` whose position is past ``position``."""
-        sid = self._sids.get(stream)
-        if sid is None:
+        positions = self._streams.get(stream)
+        if positions is None:
             return 0
-        return self._base.get(sid, 0) + _bisect(self._positions[sid], position, True)
+        return self._base.get(stream, 0) + _bisect(positions, position, True)
 
     def position_of(self, stream: str, version: int) -> int:
         """Position of a (planned) stream version; the caller checks the range (it must be at
         least ``first_version(stream)``)."""
-        sid = self._sids[stream]
-        base = self._base.get(sid, 0)
+        base = self._base.get(stream, 0)
         assert version >= base, "the version was removed from the log"
-        return _at(self._positions[sid], version - base)
+        return _at(self._streams[stream], version - base)
 
     def set_stream_floor(self, stream: str, last_version: int) -> None:
         """Make ``stream`` continue after ``last_version`` although none of its events are in
         the log any more (recovery of a deleted or truncated stream whose frames were all
         removed: its metadata's ``truncate_before`` says where it ended)."""
         assert self.last_version(stream) < last_version
-        sid = self._sids.get(stream)
-        if sid is None:
-            sid = self._new_stream(stream, 0)
-        assert not self._positions[sid], "only for a stream with no event in the log"
-        self._base[sid] = last_version + 1
+        positions = self._streams.get(stream)
+        if positions is None:
+            positions = self._new_stream(stream, 0)
+        assert not _count(positions), "only for a stream with no event in the log"
+        self._base[stream] = last_version + 1
 
     # --- removal: scavenging and retention (loop thread; see "Gaps" above) ------------------
     def replace_segment_rows(
@@ -276,26 +303,25 @@ class Index:
             col[lo:hi] = array(col.typecode, [col[r] for r in keep])
         foff[lo:hi] = array("q", [moved[foff[r]] for r in keep])
         for stream, first_version, count in removed:
-            sid = self._sids[stream]
-            base = self._base.get(sid, 0)
+            base = self._base.get(stream, 0)
             assert first_version == base, f"removal of {stream!r} is not a prefix"
-            del self._positions[sid][: count << 3]
-            self._base[sid] = base + count
+            del self._streams[stream][8 : (count + 1) << 3]
+            self._base[stream] = base + count
 
     def set_segment_sids(self, ordinal: int, streams: list[str]) -> None:
         """Set the stream of each row of segment ``ordinal`` (rows loaded from a sidecar may
         have none; a rewritten segment's sidecar needs them)."""
         lo, hi = self.segment_rows(ordinal)
         assert hi - lo == len(streams)
-        self._frame_sid[lo:hi] = array("I", [self._sids[s] for s in streams])
+        self._frame_sid[lo:hi] = array("I", [_sid(self._streams[s]) for s in streams])
 
     def streams_ending_before(self, position: int) -> list[tuple[str, int]]:
         """(stream, last version) of every stream with events, all before ``position``."""
         out = []
-        for sid, positions in self._positions.items():
-            n = len(positions) >> 3
+        for stream, positions in self._streams.items():
+            n = _count(positions)
             if n and _at(positions, n - 1) < position:
-                out.append((self._name(sid), self._base.get(sid, 0) + n - 1))
+                out.append((stream, self._base.get(stream, 0) + n - 1))
         return out
 
     def drop_oldest(self, last_ordinal: int, before_position: int) -> None:
@@ -310,11 +336,11 @@ class Index:
         cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
         for col in (*cols, self._frame_sid, self._frame_cnt):
             del col[:hi]
-        for sid, positions in self._positions.items():
+        for stream, positions in self._streams.items():
             k = _bisect(positions, before_position)
             if k:
-                del positions[: k << 3]
-                self._base[sid] = self._base.get(sid, 0) + k
+                del positions[8 : (k + 1) << 3]
+                self._base[stream] = self._base.get(stream, 0) + k
         for ordinal in [o for o in (*self.marks, *self.metas) if o <= last_ordinal]:
             self.marks.pop(ordinal, None)
             self.metas.pop(ordinal, None)
@@ -389,11 +415,10 @@ class Index:
         each frame's first version, in position order; about ``max_bytes`` (at least one).
         Forwards from a version older than the stream's first one still in the log starts at
         that first one; backwards from there finds nothing."""
-        sid = self._sids.get(stream)
-        if sid is None:
+        positions = self._streams.get(stream)
+        if positions is None:
             return []
-        positions = self._positions[sid]
-        base = self._base.get(sid, 0)
+        base = self._base.get(stream, 0)
         last = base + _bisect(positions, self.head, True) - 1
         if not backwards:
             version = max(version, base)
@@ -433,28 +458,28 @@ class Index:
         pos = self._frame_pos[r0:r1]
         sids = self._frame_sid[r0:r1]
         cnt = self._frame_cnt[r0:r1]
-        local: dict[int, int] = {}
+        # Per stream, not per row, in Python; the per-row and per-event work is in C.
+        order = list(dict.fromkeys(sids))  # the segment's streams, by first row
+        local = dict(zip(order, range(len(order)), strict=False))
+        lsids = array("I", map(local.__getitem__, sids))
+        first_pos = dict(zip(reversed(sids), reversed(pos), strict=False))  # the first row's wins
         names: list[str] = []
-        groups: list[array[int]] = []
         firsts = array("q")
-        lsids = array("I")
-        for p, c, g in zip(pos, cnt, sids, strict=True):
-            e = p + c
-            lid = local.get(g)
-            if lid is None:
-                lid = local[g] = len(names)
-                names.append(self._name(g))
-                groups.append(array("q"))
-                firsts.append(self._base.get(g, 0) + _bisect(self._positions[g], p))
-            lsids.append(lid)
-            if e - p == 1:
-                groups[lid].append(p)
-            else:
-                groups[lid].extend(range(p, e))
-        counts = array("q", [len(g) for g in groups])
-        flat = array("q")
-        for group in groups:
-            flat += group
+        streams, base, blob, ends = self._streams, self._base, self._name_blob, self._name_end
+        for g in order:
+            name = blob[ends[g - 1] if g else 0 : ends[g]].decode("utf-8", "surrogatepass")
+            names.append(name)
+            buf = streams[name]
+            p = first_pos[g]
+            # a small buffer is copied in one C call (no view of it survives) and bisected in C
+            k = bisect_left(array("q", buf), p, 1) - 1 if len(buf) <= 4096 else _bisect(buf, p)
+            firsts.append(base.get(name, 0) + k)
+        if max(cnt, default=1) == 1:  # one event per row: the rows' positions, regrouped
+            events, owners = pos, lsids
+        else:
+            events = array("q", chain.from_iterable(map(range, pos, map(add, pos, cnt))))
+            owners = array("I", chain.from_iterable(map(repeat, lsids, cnt)))
+        flat, counts = _group(events, owners, len(order))
         assert not cnt or pos[-1] + cnt[-1] == end_position
         return SegmentRows(
             pos,
@@ -486,14 +511,14 @@ class Index:
         glob: list[int] = []
         at = 0
         raw = memoryview(rows.positions).cast("B")  # one copy per stream, not two
-        positions = self._positions
         size = rows.positions.itemsize
+        streams = self._streams
         for name, count, first in zip(rows.names, rows.counts, rows.firsts, strict=True):
-            sid = self._sids.get(name)
-            if sid is None:
-                sid = self._new_stream(name, first)
-            glob.append(sid)
-            positions[sid] += raw[at * size : (at + count) * size]
+            positions = streams.get(name)
+            if positions is None:
+                positions = self._new_stream(name, first)
+            glob.append(_sid(positions))
+            positions += raw[at * size : (at + count) * size]
             at += count
         if sids:
             self._frame_sid += array("I", map(glob.__getitem__, rows.sids))
@@ -531,8 +556,9 @@ class Index:
         return len(self._name_end)
 
     def memory_bytes(self) -> int:
-        """Approximate bytes held by the frame columns and the streams' positions (not counting
-        the streams' names and the dicts)."""
+        """Approximate bytes held by the frame columns and the streams' positions: the cost
+        per event (not counting what each stream costs once: its name, id and dict entry)."""
         cols: tuple[array[int], ...] = (self._frame_pos, self._frame_seg, self._frame_off)
         cols += (self._frame_len, self._frame_sid, self._frame_cnt)
-        return sum(a.itemsize * len(a) for a in cols) + sum(map(len, self._positions.values()))
+        buffers = sum(map(len, self._streams.values())) - 8 * len(self._streams)
+        return sum(a.itemsize * len(a) for a in cols) + buffers
