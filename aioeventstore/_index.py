@@ -46,6 +46,8 @@ from itertools import chain, repeat
 from operator import add
 from typing import Final, NamedTuple
 
+_SHIFT: Final = 10
+_BLOCK: Final = 1 << _SHIFT  # streams per tuple in Index._blocks
 _POSITION: Final = struct.Struct("=q")  # native, as array("q") and the sidecars store them
 _pack = _POSITION.pack
 _unpack_from = _POSITION.unpack_from
@@ -92,6 +94,8 @@ def _group(events: array[int], owners: array[int], k: int) -> tuple[array[int], 
     """``events`` grouped by owner ``0 .. k-1`` (each group in its order), and each group's
     size: one pass appending to ``k`` arrays when owners are few, else a stable sort (its
     runs make it nearly linear when most owners have one or two events)."""
+    if k == len(events):  # one event per owner: already in order
+        return events, array("q", [1]) * k
     if k < len(events) // 4:
         groups = [array("q") for _ in range(k)]
         for p, g in zip(events, owners, strict=True):
@@ -159,6 +163,11 @@ class Index:
         version order (one lookup gives an append both)."""
         self._name_blob = bytearray()  # every stream's name in UTF-8, by stream id
         self._name_end = array("q")  # by stream id: where its name ends in _name_blob
+        # By stream id, for the sidecar export: the buffers of streams 1,024 * i on, in
+        # tuples (the collector untracks a tuple of untracked objects once it has seen it),
+        # and those past the last full tuple.
+        self._blocks: list[tuple[bytearray, ...]] = []
+        self._block: list[bytearray] = []
         self._base: dict[str, int] = {}  # stream → version of its first position, when not 0
         self.marks: dict[int, dict[str, int]] = {}
         """Segment ordinal → named consumer → highest checkpoint planned in that segment."""
@@ -207,14 +216,22 @@ class Index:
         positions = self._streams[stream] = bytearray(_pack(len(self._name_end)))
         self._name_blob += stream.encode("utf-8", "surrogatepass")
         self._name_end.append(len(self._name_blob))
+        self._block.append(positions)
+        if len(self._block) == _BLOCK:
+            self._blocks.append(tuple(self._block))
+            self._block = []  # (after the append: see _buffers)
         if first_version:
             self._base[stream] = first_version
         return positions
 
-    def _name(self, sid: int) -> str:
-        """The name of stream ``sid`` (any thread: the blob and its ends only grow)."""
-        start = self._name_end[sid - 1] if sid else 0
-        return self._name_blob[start : self._name_end[sid]].decode("utf-8", "surrogatepass")
+    def _buffers(self, sids: list[int]) -> list[bytearray]:
+        """The buffers of streams ``sids`` (any thread: what it reads only grows, and a full
+        block is in ``_blocks`` before it leaves ``_block``)."""
+        block = self._block
+        blocks = self._blocks
+        n = len(blocks)
+        mask = _BLOCK - 1
+        return [blocks[g >> _SHIFT][g & mask] if g >> _SHIFT < n else block[g & mask] for g in sids]
 
     def add_mark(self, ordinal: int, name: str, position: int) -> None:
         """Note a named consumer's checkpoint frame in segment ``ordinal``."""
@@ -465,11 +482,10 @@ class Index:
         first_pos = dict(zip(reversed(sids), reversed(pos), strict=False))  # the first row's wins
         names: list[str] = []
         firsts = array("q")
-        streams, base, blob, ends = self._streams, self._base, self._name_blob, self._name_end
-        for g in order:
+        base, blob, ends = self._base, self._name_blob, self._name_end
+        for g, buf in zip(order, self._buffers(order), strict=True):
             name = blob[ends[g - 1] if g else 0 : ends[g]].decode("utf-8", "surrogatepass")
             names.append(name)
-            buf = streams[name]
             p = first_pos[g]
             # a small buffer is copied in one C call (no view of it survives) and bisected in C
             k = bisect_left(array("q", buf), p, 1) - 1 if len(buf) <= 4096 else _bisect(buf, p)
