@@ -1,0 +1,191 @@
+"""The in-memory index on its own: its answers against a plain model, its sidecar rows, the
+garbage collector's view of it, and a sidecar export on another thread while streams grow."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import sys
+import threading
+from pathlib import Path
+
+import aioeventstore as es
+from aioeventstore._index import Index, SegmentRows
+from tests.helpers import Note
+
+
+def build(streams: int, events: int, seed: int = 1) -> tuple[Index, dict[str, list[int]]]:
+    """An index of ``events`` events in frames of 1-3 over ``streams`` streams (four
+    segments), and the model: each stream's positions in version order."""
+    rng = random.Random(seed)
+    index = Index()
+    model: dict[str, list[int]] = {}
+    position = 0
+    while position < events:
+        stream = f"s-{rng.randrange(streams)}"
+        count = rng.choice((1, 1, 1, 2, 3))
+        ordinal = position * 4 // events
+        index.add_frame(
+            ordinal, position * 10, 10, stream, position, index.last_version(stream) + 1, count
+        )
+        model.setdefault(stream, []).extend(range(position, position + count))
+        position += count + rng.choice((0, 0, 0, 2))  # a gap now and then (removed frames)
+    index.head = index.next_position - 1
+    return index, model
+
+
+def check(index: Index, model: dict[str, list[int]]) -> None:
+    assert index.stream_count() == len(model)
+    for stream, positions in model.items():
+        assert index.last_version(stream) == len(positions) - 1
+        assert index.committed_last_version(stream) == len(positions) - 1
+        assert index.first_version(stream) == 0
+        for version, position in enumerate(positions):
+            assert index.position_of(stream, version) == position
+            assert index.committed_version_after(stream, position) == version + 1
+            assert index.committed_version_after(stream, position - 1) == version
+        frames = index.stream_frames(stream, 0, 1 << 30, False)
+        found = [f.first_position + k for f, _ in frames for k in range(f.event_count)]
+        assert found == positions
+        assert [v for _, v in frames] == [positions.index(f.first_position) for f, _ in frames]
+    assert index.last_version("nope") == -1
+    assert index.committed_last_version("nope") == -1
+
+
+def test_the_index_answers_as_the_model_does() -> None:
+    index, model = build(300, 5000)
+    check(index, model)
+    head = index.head
+    index.head = head - 40  # the last 40 positions are planned, not durable
+    for stream, positions in model.items():
+        durable = sum(1 for p in positions if p <= head - 40)
+        assert index.committed_last_version(stream) == durable - 1
+
+
+def test_sidecar_rows_load_back_into_the_same_index() -> None:
+    index, model = build(300, 5000)
+    copy = Index()
+    for ordinal in range(4):
+        r0, r1 = index.segment_rows(ordinal)
+        end = index.frame(r1 - 1).first_position + index.frame(r1 - 1).event_count
+        rows = index.export_rows(r0, r1, end)
+        assert sum(rows.counts) == sum(rows.cnt)
+        missing = rows.pos[0] - copy.next_position
+        assert copy.rows_problem(rows, missing) is None
+        copy.load_rows(ordinal, rows, end, sids=True)
+        assert copy.export_rows(*copy.segment_rows(ordinal), end) == rows
+    copy.head = copy.next_position - 1
+    check(copy, model)
+    assert copy.memory_bytes() == index.memory_bytes()
+
+
+def test_removing_the_oldest_events_moves_each_streams_base() -> None:
+    index, model = build(50, 2000)
+    _, r1 = index.segment_rows(1)
+    cut = index.frame(r1).first_position  # the first position of segment 2
+    ending = dict(index.streams_ending_before(cut))
+    assert ending == {s: len(p) - 1 for s, p in model.items() if p[-1] < cut}
+    index.drop_oldest(1, cut)
+    for stream, positions in model.items():
+        kept = [p for p in positions if p >= cut]
+        base = len(positions) - len(kept)
+        assert index.first_version(stream) == base
+        assert index.last_version(stream) == len(positions) - 1
+        assert [index.position_of(stream, base + i) for i in range(len(kept))] == kept
+        assert index.stream_frames(stream, base - 1, 1 << 30, True) == []
+    index.set_stream_floor("gone", 41)
+    assert (index.first_version("gone"), index.last_version("gone")) == (42, 41)
+
+
+def tracked_objects() -> int:
+    gc.collect()
+    return len(gc.get_objects())
+
+
+def test_streams_cost_the_garbage_collector_nothing_per_stream() -> None:
+    """Full collections walk every tracked object: the index must hold none per stream."""
+    few = Index()
+    for k in range(10):
+        few.add_frame(0, k, 1, f"s-{k}", k, 0, 1)
+    before = tracked_objects()
+    many = Index()
+    for k in range(20_000):
+        many.add_frame(0, k, 1, f"s-{k}", 2 * k, 0, 2)
+    after = tracked_objects()
+    assert many.stream_count() == 20_000
+    assert after - before < 100  # the Index and a few containers, not one per stream
+    del few
+
+
+def test_an_export_on_another_thread_while_the_same_streams_grow() -> None:
+    """The sidecar export reads a sealed segment's streams on the I/O thread while the commit
+    loop appends to those streams (their buffers grow and move): neither may fail, and the
+    export must be the one a quiet index gives."""
+    index = Index()
+    streams = [f"stream-{k}" for k in range(3000)]
+    position = 0
+    for stream in streams:  # segment 0: every stream, one event or two
+        count = 1 + len(stream) % 2
+        index.add_frame(0, position, 1, stream, position, 0, count)
+        position += count
+    r0, r1 = index.segment_rows(0)
+    end = position
+    expected = index.export_rows(r0, r1, end)
+    errors: list[BaseException] = []
+    exports: list[SegmentRows] = []
+    done = threading.Event()
+
+    def exporter() -> None:
+        try:
+            while not done.is_set() or not exports:
+                exports.append(index.export_rows(r0, r1, end))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    thread = threading.Thread(target=exporter)
+    thread.start()
+    try:
+        for k in range(60_000):  # segment 1: the same streams grow, and new ones appear
+            stream = streams[k % 3000] if k % 7 else f"new-{k}"
+            index.add_frame(1, k, 1, stream, position, index.last_version(stream) + 1, 1)
+            position += 1
+    finally:
+        done.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert not errors
+    assert exports and all(rows == expected for rows in exports)
+
+
+async def test_sidecars_written_while_many_streams_take_appends_match_a_rescan(
+    tmp_path: Path,
+) -> None:
+    """Segments seal (and export their sidecars on the I/O thread) while 64 producers append
+    to 4,000 streams; the sidecars then give the same index as rescanning the log."""
+    path = tmp_path / "s"
+    opts = es.StoreOptions(segment_bytes=16384)
+    async with es.EventStore(path, opts) as store:
+
+        async def producer(p: int) -> None:
+            for i in range(p, 6000, 64):
+                await store.append(f"s-{i % 4000}", Note(text=str(i)))
+
+        await asyncio.gather(*(producer(p) for p in range(64)))
+
+    async def answers() -> list[tuple[str, int, int]]:
+        async with es.EventStore(path, opts) as store:
+            assert store.statistics().streams == 4000
+            return [(r.stream, r.version, r.position) async for r in store.read_all()]
+
+    with_sidecars = await answers()
+    for idx in path.glob("*.idx"):
+        idx.unlink()
+    assert await answers() == with_sidecars
+    assert [r[2] for r in with_sidecars] == list(range(6000))
+    versions: dict[str, list[int]] = {}
+    for stream, version, _ in with_sidecars:
+        versions.setdefault(stream, []).append(version)
+    assert all(v == list(range(1 + (int(s[2:]) < 2000))) for s, v in versions.items())
