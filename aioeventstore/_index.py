@@ -1,20 +1,24 @@
 """The in-memory index: stream → version → position, and position → frame on disk.
 
 Compact by construction: six parallel ``array`` columns with one row per frame (one frame per
-append call) and one ``bytearray`` of native 8-byte positions per stream, so an event costs 8
-bytes in its stream's buffer plus its share of its frame's 32-byte row; no Python object per
-event.
+append call) and one ``bytearray`` per stream holding its id and then its positions, native
+8-byte ints, so an event costs 8 bytes in its stream's buffer plus its share of its frame's
+32-byte row; no Python object per event.
 
-Invisible to the cyclic garbage collector, whatever the number of streams: CPython's full
-collections walk every tracked container and every object it tracks, so a million streams
-held as ``array`` objects in a list (or even their names in a list) cost tens of milliseconds
-per full collection. A stream's positions are therefore a ``bytearray`` (never tracked) kept
-in a dict whose keys and values are never tracked (so neither is the dict), and the streams'
-names are one UTF-8 blob cut by an ``array`` of end offsets; per stream there is no tracked
-object at all. Positions are read one 8-byte ``struct`` unpack at a time (``_at``, ``_bisect``):
-each read is one C call, so no buffer view outlives it, which is what lets the sidecar export
-read a stream's buffer on the I/O thread while the commit loop grows it (a ``bytearray``
-cannot be resized while a ``memoryview`` of it exists: that would raise ``BufferError``).
+Invisible to the cyclic garbage collector, whatever the number of streams. A full collection
+walks every tracked object, and every reference a tracked container holds: with a million
+streams held as ``array`` objects in a list (and their names in another list) that was about
+80 ms per full collection, over a tenth of the writer's CPU under load. So nothing per stream
+is tracked: its buffer is a ``bytearray`` (never tracked), found by name in a dict whose keys
+and values are never tracked (so neither is the dict: one lookup gives an append the stream's
+id and its positions); the names, by id, are one UTF-8 blob cut by an ``array`` of ends; and
+the buffers by id (for the sidecar export) sit in tuples of 1,024, which the collector
+untracks once it has seen them, as they hold only untracked objects.
+
+Positions are read one 8-byte ``struct`` unpack at a time (``_at``, ``_bisect``), or copied in
+one call (``array("q", buf)``): no view of a buffer outlives a C call, which is what lets the
+sidecar export read streams on the I/O thread while the commit loop grows them (a
+``bytearray`` cannot be resized while a ``memoryview`` of it exists: ``BufferError``).
 
 Gaps (retention and scavenging, see ``_scavenge.py``): once frames are removed from the log,
 positions are no longer dense and a stream's oldest versions may be gone. So each row stores
@@ -44,7 +48,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from itertools import chain, repeat
 from operator import add
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 _SHIFT: Final = 10
 _BLOCK: Final = 1 << _SHIFT  # streams per tuple in Index._blocks
@@ -223,6 +227,27 @@ class Index:
         if first_version:
             self._base[stream] = first_version
         return positions
+
+    def _new_streams(self, names: list[str], firsts: list[int]) -> list[bytearray]:
+        """``_new_stream`` for many streams at once (loading a sidecar): the per-stream work
+        in C."""
+        sid = len(self._name_end)
+        encoded = [name.encode("utf-8", "surrogatepass") for name in names]
+        start = len(self._name_blob)
+        self._name_blob += b"".join(encoded)
+        self._name_end.extend(map(start.__add__, itertools.accumulate(map(len, encoded))))
+        made = list(map(bytearray, map(_pack, range(sid, sid + len(names)))))
+        self._streams.update(zip(names, made, strict=True))
+        at = 0
+        while at < len(made):
+            room = _BLOCK - len(self._block)
+            self._block += made[at : at + room]
+            at += room
+            if len(self._block) == _BLOCK:
+                self._blocks.append(tuple(self._block))
+                self._block = []
+        self._base.update((n, f) for n, f in zip(names, firsts, strict=True) if f)
+        return made
 
     def _buffers(self, sids: list[int]) -> list[bytearray]:
         """The buffers of streams ``sids`` (any thread: what it reads only grows, and a full
@@ -524,19 +549,22 @@ class Index:
         self._frame_len += rows.length
         self._frame_cnt += rows.cnt
         self._frame_seg += array("I", [ordinal]) * n
-        glob: list[int] = []
-        at = 0
+        found = list(map(self._streams.get, rows.names))
+        new = [i for i, buf in enumerate(found) if buf is None]
+        if new:
+            made = self._new_streams([rows.names[i] for i in new], [rows.firsts[i] for i in new])
+            for i, buf in zip(new, made, strict=True):
+                found[i] = buf
+        bufs = cast("list[bytearray]", found)  # none is None now
         raw = memoryview(rows.positions).cast("B")  # one copy per stream, not two
         size = rows.positions.itemsize
-        streams = self._streams
-        for name, count, first in zip(rows.names, rows.counts, rows.firsts, strict=True):
-            positions = streams.get(name)
-            if positions is None:
-                positions = self._new_stream(name, first)
-            glob.append(_sid(positions))
-            positions += raw[at * size : (at + count) * size]
-            at += count
+        ends = itertools.accumulate(map(size.__mul__, rows.counts))
+        at = 0
+        for buf, end in zip(bufs, ends, strict=True):
+            buf += raw[at:end]
+            at = end
         if sids:
+            glob = [_unpack_from(buf)[0] for buf in bufs]  # their stream ids
             self._frame_sid += array("I", map(glob.__getitem__, rows.sids))
         else:
             self._frame_sid += array("I", [0]) * n
