@@ -1,16 +1,21 @@
 """The in-memory index on its own: its answers against a plain model, its sidecar rows, the
-garbage collector's view of it, and a sidecar export on another thread while streams grow."""
+garbage collector's view of it, and a sidecar export on another thread while streams grow;
+and the check of stream names each append makes (per stream, like the index)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import random
+import re
 import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 import aioeventstore as es
+from aioeventstore._checks import check_stream
 from aioeventstore._index import Index, SegmentRows
 from tests.helpers import Note
 
@@ -189,3 +194,25 @@ async def test_sidecars_written_while_many_streams_take_appends_match_a_rescan(
     for stream, version, _ in with_sidecars:
         versions.setdefault(stream, []).append(version)
     assert all(v == list(range(1 + (int(s[2:]) < 2000))) for s, v in versions.items())
+
+
+def test_stream_names_are_checked_on_every_call() -> None:
+    """No cache of checked names (one thrashed past 65,536 streams): every call checks."""
+    for k in range(70_000):
+        name = f"s-{k}"
+        assert check_stream(name) == name.encode()
+    assert check_stream("é") == "é".encode()
+
+    class Name(str):
+        pass
+
+    assert check_stream(Name("sub")) == b"sub"
+    for bad, error, words in [
+        ("", ValueError, "must not be empty"),
+        ("$all", ValueError, "reserved"),
+        ("\ud800", ValueError, "not valid UTF-8"),
+        ("é" * 513, ValueError, "1026 bytes of UTF-8, over the limit of 1024"),
+        (b"bytes", TypeError, "must be a str, not bytes"),
+    ]:
+        with pytest.raises(error, match=re.escape(words)):
+            check_stream(bad)
