@@ -8,12 +8,13 @@ append call) and one ``bytearray`` per stream holding its id and then its positi
 Invisible to the cyclic garbage collector, whatever the number of streams. A full collection
 walks every tracked object, and every reference a tracked container holds: with a million
 streams held as ``array`` objects in a list (and their names in another list) that was about
-80 ms per full collection, over a tenth of the writer's CPU under load. So nothing per stream
+100 ms per full collection, over a tenth of the writer's CPU under load. So nothing per stream
 is tracked: its buffer is a ``bytearray`` (never tracked), found by name in a dict whose keys
 and values are never tracked (so neither is the dict: one lookup gives an append the stream's
 id and its positions); the names, by id, are one UTF-8 blob cut by an ``array`` of ends; and
 the buffers by id (for the sidecar export) sit in tuples of 1,024, which the collector
-untracks once it has seen them, as they hold only untracked objects.
+untracks once it has seen them, as they hold only untracked objects. (CPython 3.14 tracks
+every dict: a full collection then visits the dict's values too, one pass over its table.)
 
 Positions are read one 8-byte ``struct`` unpack at a time (``_at``, ``_bisect``), or copied in
 one call (``array("q", buf)``): no view of a buffer outlives a C call, which is what lets the
