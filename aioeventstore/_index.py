@@ -204,7 +204,7 @@ class Index:
         positions = self._streams.get(stream)
         if positions is None:
             positions = self._new_stream(stream, first_version)
-        assert first_version == self._base.get(stream, 0) + _count(positions), "dense versions"
+        assert first_version == self._base.get(stream, 0) + (len(positions) >> 3) - 1, "dense"
         self._frame_pos.append(first_position)
         self._frame_seg.append(ordinal)
         self._frame_off.append(offset)
