@@ -56,6 +56,7 @@ _BLOCK: Final = 1 << _SHIFT  # streams per tuple in Index._blocks
 _POSITION: Final = struct.Struct("=q")  # native, as array("q") and the sidecars store them
 _pack = _POSITION.pack
 _unpack_from = _POSITION.unpack_from
+_new_tuple = tuple.__new__  # a FrameRef without NamedTuple's Python-level __new__
 
 
 def _count(buf: bytearray) -> int:
@@ -472,14 +473,29 @@ class Index:
         have = 0
         want = (1 << 62) if max_events is None else max_events
         v = version
+        # frame_at, frame and _at written out: a stream read of single-event frames spread
+        # through the log spends a third of its time here, once per frame
+        fpos, fseg, foff, flen, fcnt = (
+            self._frame_pos,
+            self._frame_seg,
+            self._frame_off,
+            self._frame_len,
+            self._frame_cnt,
+        )
+        unpack = _unpack_from
         while base <= v <= last and (not out or (total < max_bytes and have < want)):
-            pos = _at(positions, v - base)
-            ref = self.frame(self.frame_at(pos))
-            first_version = v - (pos - ref.first_position)
-            out.append((ref, first_version))
-            total += ref.length
-            have += (v - first_version + 1) if backwards else (first_version + ref.event_count - v)
-            v = first_version - 1 if backwards else first_version + ref.event_count
+            pos = unpack(positions, (v - base + 1) << 3)[0]
+            row = bisect_right(fpos, pos) - 1
+            first = fpos[row]
+            count = fcnt[row]
+            length = flen[row]
+            first_version = v - (pos - first)
+            out.append(
+                (_new_tuple(FrameRef, (fseg[row], foff[row], length, first, count)), first_version)
+            )
+            total += length
+            have += (v - first_version + 1) if backwards else (first_version + count - v)
+            v = first_version - 1 if backwards else first_version + count
         if backwards:
             out.reverse()
         return out
