@@ -117,8 +117,9 @@ def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int, int]:
     return b
 
 
-_PLAIN_TYPES = frozenset({"str", "int", "bool", "none"})
+_PLAIN_TYPES: dict[str, type] = {"str": str, "int": int, "bool": bool, "none": type(None)}
 _PLAIN_VALUES = (str, int, bool, type(None))
+_NO_DEFAULT = object()
 # keys of a schema node that change nothing about how a value is serialized
 _NEUTRAL_KEYS = frozenset(
     {
@@ -174,20 +175,34 @@ def plain_fields(cls: type[Event]) -> int:
             }:
                 return 0
             node = f["schema"]
+            default: Any = _NO_DEFAULT  # a default pydantic stores without validating it
             while True:
                 if not set(node) <= _NEUTRAL_KEYS:
                     return 0
                 kind = node["type"]
-                if kind in ("default", "nullable"):
-                    if kind == "default" and not isinstance(node.get("default"), _PLAIN_VALUES):
-                        return 0
+                if kind == "default":
+                    if not node.get("validate_default"):
+                        if "default_factory" in node:  # its values are stored as they come
+                            return 0
+                        default = node.get("default")
+                    node = node["schema"]
+                    continue
+                if kind == "nullable":
+                    if default is None:
+                        default = _NO_DEFAULT
                     node = node["schema"]
                     continue
                 if kind == "literal":
                     if not all(type(v) in _PLAIN_VALUES for v in node["expected"]):
                         return 0
+                    if default is not _NO_DEFAULT and not any(
+                        type(v) is type(default) and v == default for v in node["expected"]
+                    ):
+                        return 0
                 elif kind not in _PLAIN_TYPES:
                     return 0
+                elif default is not _NO_DEFAULT and type(default) is not _PLAIN_TYPES[kind]:
+                    return 0  # e.g. ``n: int = True``: stored True, dumped 1
                 break
         return len(fields)
     except (AttributeError, KeyError, TypeError):  # a schema shape we do not know

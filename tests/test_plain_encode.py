@@ -5,6 +5,8 @@ every class that could dump differently must keep using the serializer."""
 from __future__ import annotations
 
 import functools
+import uuid
+import warnings
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -98,6 +100,29 @@ class PEWithCachedProperty(es.Event):
         return self.n * 2
 
 
+def _uuid_one() -> Any:
+    return uuid.UUID(int=1)
+
+
+class PEWithUnvalidatedFactory(es.Event):
+    # a common slip: pydantic does not validate a default_factory's value, so a UUID is kept
+    id: str = Field(default_factory=_uuid_one)
+
+
+class PEWithBytesFactory(es.Event):
+    b: str = Field(default_factory=lambda: b"xy")  # stored bytes; the serializer dumps a str
+
+
+class PEWithBoolDefaultForInt(es.Event):
+    n: int = True  # stored True; the serializer dumps 1
+
+
+class PEWithValidatedFactory(es.Event):
+    id: str = Field(default_factory=lambda: "x", validate_default=True)
+    note: str | None = None
+    kind: Literal["a", 3] | None = 3
+
+
 def stored_data(event: es.Event) -> Any:
     """The event's data as the single-event append path stores it."""
     (_eid,), entry, _m, _own, _flags = encode_event("s", event, 1 << 20)
@@ -107,6 +132,21 @@ def stored_data(event: es.Event) -> Any:
 
 def test_plain_classes_are_recognised() -> None:
     assert plain_fields(PEPlain) == 6
+    assert plain_fields(PEWithValidatedFactory) == 3
+
+
+@pytest.mark.parametrize(
+    "cls", [PEWithUnvalidatedFactory, PEWithBytesFactory, PEWithBoolDefaultForInt]
+)
+def test_unvalidated_defaults_use_the_serializer(cls: type[es.Event]) -> None:
+    # pydantic keeps a default (or a default_factory's value) as it is, whatever its type:
+    # the serializer then dumps it by its actual type (with a warning), __dict__ would not
+    assert plain_fields(cls) == 0
+    event = cls()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PydanticSerializationUnexpectedValue
+        expected = cls.__pydantic_serializer__.to_python(event, mode="json")
+        assert stored_data(event) == expected
 
 
 @pytest.mark.parametrize(
