@@ -109,8 +109,12 @@ class PEWithUnvalidatedFactory(es.Event):
     id: str = Field(default_factory=_uuid_one)
 
 
+def _bytes_xy() -> Any:
+    return b"xy"
+
+
 class PEWithBytesFactory(es.Event):
-    b: str = Field(default_factory=lambda: b"xy")  # stored bytes; the serializer dumps a str
+    b: str = Field(default_factory=_bytes_xy)  # stored bytes; the serializer dumps a str
 
 
 class PEWithBoolDefaultForInt(es.Event):
