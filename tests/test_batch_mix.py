@@ -53,7 +53,7 @@ async def test_mixed_batches_in_rotating_segments(tmp_path: Path, compression: A
             if stream == "s5-1":
                 continue
             read = [
-                (r.position, r.version, r.data.text)  # type: ignore[attr-defined]
+                (r.position, r.version, r.data.text)  # type: ignore[union-attr]
                 async for r in store.read_stream(stream)
             ]
             assert read == rows, stream
