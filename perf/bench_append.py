@@ -24,8 +24,10 @@ Then ours and bare again with 100 events per append call (``--batch-producers`` 
     python perf/bench_append.py --only ours,bare --seconds 5
     python perf/bench_append.py --json               # one JSON document on stdout
 
-Prints the machine, then events/s, p50/p99 append latency and events per fsync for each
-system and P, and the ratios of ours to each peer. Asserts nothing: numbers are for reading.
+Prints the machine, then events/s, p50/p99 append latency, events per fsync and the event loop
+thread's CPU time per append (``time.thread_time``: producers, commit loop and GC; for the
+peers only what runs on the loop thread) for each system and P, and the ratios of ours to each
+peer. Asserts nothing: numbers are for reading.
 """
 
 from __future__ import annotations
@@ -115,10 +117,12 @@ async def drive(append: Append, producers: int, seconds: float, per_append: int)
     tasks = [asyncio.create_task(producer(p)) for p in range(producers)]
     await asyncio.sleep(0)
     t0 = time.perf_counter()
+    cpu0 = time.thread_time()  # the event loop thread's CPU: producers, commit loop, GC
     deadline = t0 + seconds
     started.set()
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
+    cpu = time.thread_time() - cpu0
     latencies.sort()
     appends = len(latencies)
     return {
@@ -129,6 +133,7 @@ async def drive(append: Append, producers: int, seconds: float, per_append: int)
         "events_per_s": appends * per_append / elapsed,
         "p50_ms": percentile(latencies, 0.50) * 1e3,
         "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "loop_cpu_us_per_append": cpu / appends * 1e6 if appends else None,
     }
 
 
@@ -429,6 +434,7 @@ def print_tables(rows: list[dict[str, Any]], systems: list[str], args: argparse.
             ("p50_ms", "p50 ms", ".2f"),
             ("p99_ms", "p99 ms", ".2f"),
             ("events_per_fsync", "events/fsync", ",.1f"),
+            ("loop_cpu_us_per_append", "loop CPU µs/append", ".2f"),
         ],
     )
     table = ratios(rows)

@@ -81,6 +81,7 @@ def test_bench_append_json_has_every_row_and_ratio(tmp_path: Path) -> None:
         assert row["appends"] > 0 and row["events"] == row["appends"] * row["events_per_append"]
         assert row["events_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
         assert row["events_per_fsync"] >= 1
+        assert row["loop_cpu_us_per_append"] > 0
     ratios = {(r["producers"], r["events_per_append"]): r for r in doc["ratios"]}
     assert set(ratios) == {(1, 1), (8, 1), (2, 10)}
     assert all(r["ours_over_bare"] > 0 for r in ratios.values())
