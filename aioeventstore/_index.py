@@ -389,10 +389,6 @@ class Index:
             self.marks.pop(ordinal, None)
             self.metas.pop(ordinal, None)
 
-    def frame_at(self, position: int) -> int:
-        """Row of the frame holding ``position`` (which must be < next_position)."""
-        return bisect_right(self._frame_pos, position) - 1
-
     def frame(self, row: int) -> FrameRef:
         """The frame in row ``row``."""
         return FrameRef(
@@ -473,7 +469,7 @@ class Index:
         have = 0
         want = (1 << 62) if max_events is None else max_events
         v = version
-        # frame_at, frame and _at written out: a stream read of single-event frames spread
+        # the row's bisection, frame and _at written out: a stream read of single-event frames spread
         # through the log spends a third of its time here, once per frame
         fpos, fseg, foff, flen, fcnt = (
             self._frame_pos,
