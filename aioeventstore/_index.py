@@ -469,8 +469,8 @@ class Index:
         have = 0
         want = (1 << 62) if max_events is None else max_events
         v = version
-        # the row's bisection, frame and _at written out: a stream read of single-event frames spread
-        # through the log spends a third of its time here, once per frame
+        # the row's bisection, frame and _at written out: a stream read of single-event
+        # frames spread through the log spends a third of its time here, once per frame
         fpos, fseg, foff, flen, fcnt = (
             self._frame_pos,
             self._frame_seg,
