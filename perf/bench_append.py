@@ -340,7 +340,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ours["producers"],
                 ours["events_per_append"],
             )
-            if same and r["system"] != "ours":
+            if same and r["system"] != "ours" and r["events_per_s"]:
                 ratio[f"ours_over_{r['system']}"] = ours["events_per_s"] / r["events_per_s"]
         out.append(ratio)
     return out
@@ -531,12 +531,16 @@ def parse() -> argparse.Namespace:
     )
     ap.add_argument("--batch-size", type=int, default=100, help="events per append, last rows")
     ap.add_argument(
-        "--batch-producers", default="16,64", help="comma-separated P values for those rows"
+        "--batch-producers",
+        default="16,64",
+        help="comma-separated P values for those rows (0 or empty: no such rows)",
     )
     ap.add_argument("--dir", default=None, help="where temp stores go (default: system temp)")
     args = ap.parse_args()
     args.producers = [int(p) for p in args.producers.split(",") if p.strip()]
-    args.batch_producers = [int(p) for p in args.batch_producers.split(",") if p.strip()]
+    args.batch_producers = [
+        p for p in (int(x) for x in args.batch_producers.split(",") if x.strip()) if p > 0
+    ]
     if args.seconds is None:
         args.seconds = 1.0 if args.quick else 3.0
     if args.warmup is None:
