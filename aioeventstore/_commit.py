@@ -273,7 +273,7 @@ class CommitLoop:
                     continue
                 items = self._queue.drain(self._options.max_batch_bytes)
                 try:
-                    batch = self._current = self._plan(items)
+                    batch = self._current = self._plan(items, self._queue.drained_bytes)
                 except Exception as exc:  # a bug: the index may be half-updated, so stop
                     log.exception("aioeventstore: planning a batch failed")
                     self._fail(exc, _Batch(items, None, b"", -1, -1, [], 0, []))
@@ -334,55 +334,64 @@ class CommitLoop:
             batch.relocated = [w for w, f in zip(where, batch.frames, strict=True) if f.event_count]
         return len(data), took
 
-    def _plan(self, items: list[PendingAppend]) -> _Batch:
+    def _plan(self, items: list[PendingAppend], queued: int) -> _Batch:
         """Check versions in queue order and lay out accepted appends (commit task only).
+        ``queued`` is the bytes of ``items`` (what the queue's drain counted).
 
-        Hot, so one pass: each accepted append is packed into its frame (``pack_frame``,
-        inline) and added to the index at once, so the next append to the same stream sees
-        its version there. The log space is reserved at the first accepted append, for the
-        queued bytes from there on (exact for appends of events; a metadata frame's body is
-        only made when it is planned), and settled to what the batch took at the end. What a
-        producer gets is left on its PendingAppend (``outcome``; None for the common success,
-        see ``PendingAppend.result``).
+        Hot, so one pass: each accepted append is added to the index (which gives it its
+        version, so the next append to the same stream sees it there) and packed into its
+        frame (``pack_frame``, inline) at once. The log space is reserved at the first
+        accepted append, for the queued bytes from there on (exact for appends of events; a
+        metadata frame's body is only made when it is planned), and settled to what the
+        batch took at the end. What a producer gets is left on its PendingAppend
+        (``outcome``; None for the common success, see ``PendingAppend.result``). A batch of
+        nothing but accepted appends of events (the usual one) is its own list of planned,
+        written and published appends; the lists are only filtered when something else
+        happened.
         """
         index = self._index
         window = self._window
         remember = self._options.idempotency_window > 0
         first_pos = pos = index.next_position
-        planned: list[PendingAppend] = []  # every live item, in queue order
-        accepted: list[PendingAppend] = []  # those written, in position order
         metas = self.metas
+        tombstones = metas.tombstones
         has_meta = False
-        queued = 0  # bytes of the items not yet looked at
-        for item in items:
-            queued += item.size
+        clean = True  # every item so far an accepted append of events
         plan: WritePlan | None = None
         now_us = time.time_ns() // 1000
         ordinal = woff = off = 0
         parts: list[bytes] = []
         frames: list[PlannedFrame] | None = [] if self._compressor is not None else None
         last_version = index.last_version
-        add_frame = index.add_frame
+        add_next = index.add_next
         length_head = _LENGTH_HEAD.pack
         magic_crc = _MAGIC_CRC.pack
         frame: Sequence[bytes]
         for item in items:
-            queued -= item.size
             if item.future.done():  # producer cancelled before its batch: drop it
+                clean = False
+                if plan is None:
+                    queued -= item.size
                 continue
-            planned.append(item)
             stream = item.stream
             if item.special:
+                clean = False
                 if item.checkpoint < 0:  # a metadata write
-                    if metas.tombstones and stream in metas.tombstones:
+                    if tombstones and stream in tombstones:
                         assert item.meta is not None
                         if item.meta.kind != "carry":  # a hard-deleted stream keeps its own
                             item.outcome = StreamDeleted(stream)
+                            if plan is None:
+                                queued -= item.size
                             continue
+                    size_before = item.size
                     new = self._plan_meta(item, last_version(stream))
                     if isinstance(new, BaseException):
                         item.outcome = new
+                        if plan is None:
+                            queued -= size_before
                         continue
+                    queued += item.size - size_before  # its body was made just now
                     item.first_version = new.revision
                     item.outcome = AppendResult(-1, new.revision)
                     has_meta = True
@@ -391,7 +400,7 @@ class CommitLoop:
                     item.outcome = AppendResult(item.checkpoint, -1)
                 item.position = pos
                 if plan is None:
-                    plan = self._log.reserve(queued + item.size, first_pos)
+                    plan = self._log.reserve(queued, first_pos)
                     ordinal = plan.ordinal
                     woff = off = plan.offset
                 frame = pack_frame(
@@ -410,64 +419,81 @@ class CommitLoop:
                     index.add_meta(ordinal, stream, item.first_version, item.entries)
                 count = 0
             else:
-                if metas.tombstones and stream in metas.tombstones:  # hard-deleted
+                if tombstones and stream in tombstones:  # hard-deleted
                     item.outcome = StreamDeleted(stream)
+                    clean = False
+                    if plan is None:
+                        queued -= item.size
                     continue
-                last = last_version(stream)  # this batch's earlier appends included
                 exp = item.expected
-                if exp is ANY or (exp is STREAM_EXISTS and last >= 0):
-                    if item.key is not None:
-                        hit = window.get(item.key)
-                        if hit is not None and hit[0] == item.ids:
-                            item.outcome = hit[1]
-                            continue
-                elif exp is NO_STREAM:
-                    if last != -1:
+                if exp is not ANY:
+                    last = last_version(stream)  # this batch's earlier appends included
+                    if exp is NO_STREAM:
+                        if last != -1:
+                            item.outcome = self._mismatch(item, last)
+                    elif exp is STREAM_EXISTS:
+                        if last < 0:
+                            item.outcome = self._mismatch(item, last)
+                    elif last != exp:
                         item.outcome = self._mismatch(item, last)
+                    if item.outcome is not None:
+                        clean = False
+                        if plan is None:
+                            queued -= item.size
                         continue
-                elif exp is STREAM_EXISTS or last != exp:
-                    item.outcome = self._mismatch(item, last)
-                    continue
+                if item.key is not None and (exp is ANY or exp is STREAM_EXISTS):
+                    hit = window.get(item.key)
+                    if hit is not None and hit[0] == item.ids:
+                        item.outcome = hit[1]
+                        clean = False
+                        if plan is None:
+                            queued -= item.size
+                        continue
+                if plan is None:
+                    plan = self._log.reserve(queued, first_pos)
+                    ordinal = plan.ordinal
+                    woff = off = plan.offset
                 count = item.count
-                item.first_version = version = last + 1
+                item.first_version = version = add_next(
+                    ordinal, off, item.size, stream, pos, count
+                )
                 item.position = pos
                 # item.outcome stays None: the producer makes its AppendResult from the item
                 if item.key is not None and remember:
                     result = _new_tuple(AppendResult, (pos + count - 1, version + count - 1))
                     window[item.key] = (item.ids, result)
-                if plan is None:
-                    plan = self._log.reserve(queued + item.size, first_pos)
-                    ordinal = plan.ordinal
-                    woff = off = plan.offset
-                # pack_frame, inline: the body's length and head in one struct, the CRC32C
-                # chained over them, the stream and the entries; no bytes copied until the join
+                # pack_frame, inline: the body (from its length on) is one bytes object, so
+                # that its CRC32C is one call; no other copy until the batch's join
                 sb = item.stream_b
-                entries = item.entries
-                lh = length_head(
-                    item.size - FRAME_HEADER_SIZE,
-                    FRAME_KIND_EVENTS,
-                    item.flags,
-                    len(sb),
-                    count,
-                    pos,
-                    version,
-                    now_us,
-                    woff,
+                body = (
+                    length_head(
+                        item.size - FRAME_HEADER_SIZE,
+                        FRAME_KIND_EVENTS,
+                        item.flags,
+                        len(sb),
+                        count,
+                        pos,
+                        version,
+                        now_us,
+                        woff,
+                    )
+                    + sb
+                    + item.entries
                 )
-                frame = (
-                    magic_crc(FRAME_MAGIC, crc32c(entries, crc32c(sb, crc32c(lh)))),
-                    lh,
-                    sb,
-                    entries,
-                )
-                add_frame(ordinal, off, item.size, stream, pos, version, count)
-            accepted.append(item)
+                frame = (magic_crc(FRAME_MAGIC, crc32c(body)), body)
             if frames is None:
                 parts += frame
             else:  # compressed on the I/O thread, in ``_write_compressed``
                 frames.append(PlannedFrame(b"".join(frame), pos, count))
             pos += count
             off += item.size
+        if clean:  # every item an accepted append of events (the usual batch)
+            planned = accepted = events = items
+        else:
+            # accepted items have a position; the rest of the live ones have an outcome
+            planned = [i for i in items if i.position >= 0 or i.outcome is not None]
+            accepted = [i for i in items if i.position >= 0]
+            events = [i for i in accepted if not i.special]
         if plan is None:
             return _Batch(planned, None, b"", -1, -1, [], 0, [])
         self._log.settle(plan, off - woff)
@@ -482,7 +508,6 @@ class CommitLoop:
         if excess > 0:
             for key in list(islice(window, excess)):
                 del window[key]
-        events = [i for i in accepted if i.checkpoint < 0 and i.meta is None]
         marks = [(i.stream, i.checkpoint) for i in accepted if i.checkpoint >= 0]
         meta_recs = (
             [(i.stream, i.planned_meta) for i in accepted if i.planned_meta] if has_meta else []

@@ -218,6 +218,32 @@ class Index:
             positions += array("q", range(first_position, first_position + count))
         self.next_position = first_position + count
 
+    def add_next(
+        self, ordinal: int, offset: int, length: int, stream: str, first_position: int, count: int
+    ) -> int:
+        """:meth:`add_frame` for the commit loop's every append: the frame holds ``stream``'s
+        next ``count`` versions, the first of which is returned. One lookup of the stream
+        and no checks: the loop has just planned ``first_position`` as ``next_position``,
+        and a stream's next version is dense by construction.
+        """
+        positions = self._streams.get(stream)
+        if positions is None:
+            positions = self._new_stream(stream, 0)
+        base = self._base
+        version = (base.get(stream, 0) if base else 0) + (len(positions) >> 3) - 1
+        self._frame_pos.append(first_position)
+        self._frame_seg.append(ordinal)
+        self._frame_off.append(offset)
+        self._frame_len.append(length)
+        self._frame_sid.append(_unpack_from(positions)[0])
+        self._frame_cnt.append(count)
+        if count == 1:
+            positions += _pack(first_position)
+        else:
+            positions += array("q", range(first_position, first_position + count))
+        self.next_position = first_position + count
+        return version
+
     def _new_stream(self, stream: str, first_version: int) -> bytearray:
         positions = self._streams[stream] = bytearray(_pack(len(self._name_end)))
         self._name_blob += stream.encode("utf-8", "surrogatepass")

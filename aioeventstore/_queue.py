@@ -30,6 +30,8 @@ class ByteBoundedQueue(Generic[T]):
         self._max = max_bytes
         self._putters: deque[tuple[asyncio.Future[None], T]] = deque()
         self._getter: asyncio.Future[None] | None = None
+        self.drained_bytes = 0
+        """Bytes of the items the last :meth:`drain` returned."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -98,6 +100,7 @@ class ByteBoundedQueue(Generic[T]):
         if self._bytes <= max_bytes or len(items) == 1:  # all of it: the usual case
             out = list(items)
             items.clear()
+            self.drained_bytes = self._bytes
             self._bytes = 0
             self._admit()
             return out
@@ -108,6 +111,7 @@ class ByteBoundedQueue(Generic[T]):
             taken += item.size
             out.append(item)
         self._bytes -= taken
+        self.drained_bytes = taken
         self._admit()
         return out
 
