@@ -332,7 +332,11 @@ def encode_event(
     value = event.__dict__
     if len(value) != plain:  # not a plain class (plain is 0), or something added a key
         value = cls.__pydantic_serializer__.to_python(event, mode="json")
-    data = _packer()(value)
+    try:
+        pack = _ids.pack  # _packer(), without the call once this thread has one
+    except AttributeError:
+        pack = _packer()
+    data = pack(value)
     size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(data)
     if size > max_event_bytes:
         raise EventTooLarge(

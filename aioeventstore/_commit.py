@@ -88,10 +88,10 @@ class MetaOp(NamedTuple):
 
 
 class PendingAppend:
-    """One encoded append waiting for the commit loop."""
+    """One encoded append of events waiting for the commit loop (see :class:`SpecialAppend`
+    for the other writes that go through it)."""
 
     __slots__ = (
-        "checkpoint",
         "count",
         "entries",
         "expected",
@@ -100,17 +100,20 @@ class PendingAppend:
         "future",
         "ids",
         "key",
-        "meta",
         "metas",
         "outcome",
-        "planned_meta",
         "position",
         "size",
         "source",
-        "special",
         "stream",
         "stream_b",
     )
+    # What only a SpecialAppend sets (as slots of its own): an append of events reads these
+    # class defaults, and its constructor, run for every append, does not store them.
+    special: bool = False  # a checkpoint or metadata write, not an append of events
+    checkpoint: int = -1  # >= 0: a named consumer's acknowledged position
+    meta: MetaOp | None = None  # a stream metadata write (its frame's body is made when planned)
+    planned_meta: StreamMetadata | None = None  # what that write sets, once planned
 
     def __init__(
         self,
@@ -124,8 +127,6 @@ class PendingAppend:
         metas: tuple[bytes, ...] | None = None,
         own_ids: bool = False,
         flags: int = 0,
-        checkpoint: int = -1,
-        meta: MetaOp | None = None,
     ) -> None:
         self.stream = stream
         self.stream_b = stream_b
@@ -143,11 +144,7 @@ class PendingAppend:
         # The idempotency window key, only when the caller chose every id: generated ids are
         # fresh, so a retry can never repeat them and remembering them would be wasted work.
         self.key = stream_b + ids[0] if own_ids and ids else None
-        self.checkpoint = checkpoint  # >= 0: a named consumer's acknowledged position
         self.flags = flags  # the frame flags its entries need (FRAME_FLAG_SCHEMA or 0)
-        self.meta = meta  # a stream metadata write (its frame's body is made when planned)
-        self.planned_meta: StreamMetadata | None = None  # what it writes, once planned
-        self.special = checkpoint >= 0 or meta is not None  # not an append of events
 
     def result(self) -> AppendResult:
         """What an accepted, committed append of events returns. Its future resolves to None
@@ -155,6 +152,32 @@ class PendingAppend:
         kept alive (and walked by the cyclic GC) for every append waiting on its batch."""
         n = self.count - 1
         return _new_tuple(AppendResult, (self.position + n, self.first_version + n))
+
+
+class SpecialAppend(PendingAppend):
+    """A write through the commit loop that is not an append of events: a named consumer's
+    checkpoint (``checkpoint`` >= 0) or a stream metadata write (``meta``). It is batched,
+    written and synced with the appends around it, in queue order; its future resolves to
+    an AppendResult (or the error it failed with) when its batch is durable."""
+
+    __slots__ = ("checkpoint", "meta", "planned_meta", "special")
+
+    def __init__(
+        self,
+        stream: str,
+        stream_b: bytes,
+        expected: ExpectedVersion,
+        future: asyncio.Future[AppendResult | Recheck | None],
+        *,
+        checkpoint: int = -1,
+        meta: MetaOp | None = None,
+    ) -> None:
+        assert (checkpoint >= 0) != (meta is not None), "a checkpoint or a metadata write"
+        super().__init__(stream, stream_b, expected, (), b"", future)
+        self.checkpoint = checkpoint
+        self.meta = meta
+        self.planned_meta = None
+        self.special = True
 
 
 @dataclass(slots=True)
@@ -209,6 +232,14 @@ class CommitLoop:
         self._compressor = (
             BatchCompressor(options.compression_level) if options.compression == "zstd" else None
         )
+        self.try_submit: Callable[[PendingAppend], bool] = self._queue.put_nowait
+        """Queue an append if there is room now (the fast path: no coroutine, no wait).
+
+        False when the caller must ``await submit(item)``: the queue is full, or the store
+        stopped (``submit`` then raises). The queue's own method while appends are accepted
+        (no call in between, on every append's path); once the loop stops accepting them,
+        one that always says False (see ``_stop_accepting``).
+        """
 
     def start(self) -> None:
         """Start the commit task on the running loop."""
@@ -227,16 +258,6 @@ class CommitLoop:
         """Bytes of appends in the queue."""
         return self._queue.nbytes
 
-    def try_submit(self, item: PendingAppend) -> bool:
-        """Queue an append if there is room now (the fast path: no coroutine, no wait).
-
-        False when the caller must ``await submit(item)``: the queue is full, or the store
-        stopped (``submit`` then raises).
-        """
-        if self.failure is not None or self._closing:
-            return False
-        return self._queue.put_nowait(item)
-
     async def submit(self, item: PendingAppend) -> None:
         """Queue an append (waits while the queue is full). Raises StoreFailed/StoreClosed."""
         self.check_open()
@@ -245,6 +266,10 @@ class CommitLoop:
         except asyncio.CancelledError:
             item.future.cancel()  # if it did get in, the loop will skip or still write it
             raise
+
+    def _stop_accepting(self) -> None:
+        self._closing = True
+        self.try_submit = _refuse
 
     def check_open(self) -> None:
         """Raise if appends are no longer accepted."""
@@ -255,7 +280,7 @@ class CommitLoop:
 
     async def close(self) -> None:
         """Stop accepting appends, commit everything already queued, and end the task."""
-        self._closing = True
+        self._stop_accepting()
         self._queue.wake()
         if self._task is not None:
             await asyncio.shield(self._task)
@@ -311,7 +336,7 @@ class CommitLoop:
                     except Exception:
                         log.exception("aioeventstore: a segment-sealed hook failed")
         except asyncio.CancelledError:
-            self._closing = True
+            self._stop_accepting()
             self._fail(StoreClosed("the store's commit loop was cancelled"), self._current)
             raise
 
@@ -375,6 +400,7 @@ class CommitLoop:
                 continue
             stream = item.stream
             if item.special:
+                assert isinstance(item, SpecialAppend)
                 clean = False
                 if item.checkpoint < 0:  # a metadata write
                     if tombstones and stream in tombstones:
@@ -516,7 +542,7 @@ class CommitLoop:
             planned, plan, data, first_pos, pos - 1, events, now_us, marks, frames, None, meta_recs
         )
 
-    def _plan_meta(self, item: PendingAppend, last: int) -> StreamMetadata | BaseException:
+    def _plan_meta(self, item: SpecialAppend, last: int) -> StreamMetadata | BaseException:
         """The metadata a metadata write gives its stream, with its frame body laid out in
         ``item`` (commit task only); or the error it fails with."""
         op = item.meta
@@ -632,7 +658,7 @@ class CommitLoop:
                 "is stopped for writes (reads still work; reopen to recover)"
             )
             failure.__cause__ = exc
-        self._closing = True
+        self._stop_accepting()
         self.metas.forget_planned()
         pending = list(batch.items) if batch else []
         pending += self._queue.take_all()
@@ -642,6 +668,11 @@ class CommitLoop:
         if failure is self.failure:
             with contextlib.suppress(Exception):  # a broken handler must not break fail-stop
                 log.error("%s", failure, exc_info=exc)
+
+
+def _refuse(item: PendingAppend) -> bool:
+    """``CommitLoop.try_submit`` once appends are no longer accepted."""
+    return False
 
 
 def _failed_again(failure: BaseException) -> BaseException:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck
+from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck, SpecialAppend
 from ._fs import FileSystem
 from ._index import Index
 from ._indexfile import SidecarWriter
@@ -302,18 +302,18 @@ class Maintenance:
             fut: asyncio.Future[AppendResult | Recheck | None] = loop.create_future()
             name_b = name.encode("utf-8", "surrogatepass")
             position = self._checkpoints[name]
-            items.append(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
+            items.append(SpecialAppend(name, name_b, ANY, fut, checkpoint=position))
         for stream in sorted(streams):
             fut = loop.create_future()
             op = MetaOp("carry", record=commit.metas.durable[stream])
-            items.append(PendingAppend(stream, stream.encode("utf-8"), ANY, (), b"", fut, meta=op))
+            items.append(SpecialAppend(stream, stream.encode("utf-8"), ANY, fut, meta=op))
         for stream, last in self._index.streams_ending_before(keep_from):
             rec = commit.metas.durable.get(stream)
             if rec is not None and (rec.truncate_before or 0) > last:
                 continue
             fut = loop.create_future()
             op = MetaOp("floor", changes={"truncate_before": last + 1})
-            items.append(PendingAppend(stream, stream.encode("utf-8"), ANY, (), b"", fut, meta=op))
+            items.append(SpecialAppend(stream, stream.encode("utf-8"), ANY, fut, meta=op))
         submitted: list[asyncio.Future[AppendResult | Recheck | None]] = []
         try:
             for item in items:

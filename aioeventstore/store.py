@@ -39,7 +39,7 @@ from ._checks import (
     check_stream,
 )
 from ._codec import encode_event, encode_events, frame_event_ids, unpack_stream_metadata
-from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck
+from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck, SpecialAppend
 from ._compress import expand, inner_frames, require
 from ._follow import Follower, frame_indexer
 from ._format import (
@@ -1113,7 +1113,7 @@ class EventStore:
         fut: asyncio.Future[AppendResult | Recheck | None] = (
             asyncio.get_running_loop().create_future()
         )
-        await commit.submit(PendingAppend(name, name_b, ANY, (), b"", fut, checkpoint=position))
+        await commit.submit(SpecialAppend(name, name_b, ANY, fut, checkpoint=position))
         await fut  # the commit loop records it in self._checkpoints once durable
 
     # --- snapshots --------------------------------------------------------------------------
@@ -1235,7 +1235,7 @@ class EventStore:
         fut: asyncio.Future[AppendResult | Recheck | None] = (
             asyncio.get_running_loop().create_future()
         )
-        await commit.submit(PendingAppend(stream, stream_b, expected, (), b"", fut, meta=op))
+        await commit.submit(SpecialAppend(stream, stream_b, expected, fut, meta=op))
         await fut  # durable: the commit loop applied it to self._metas
         return self._metas.public(stream, self._index)
 
