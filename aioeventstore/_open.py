@@ -5,7 +5,7 @@ method once, on the store's I/O thread, before any task can touch the state. Wha
 the facade's own objects, which the reader, the subscriptions and the commit loop share: the
 :class:`~aioeventstore._index.Index`, the stream metadata (``StreamMetas``) and the named
 consumers' checkpoints. What else opening found is left in the opener's attributes for the
-facade to take: ``lock``, ``recovery``, ``window`` and ``unsaved``.
+facade to take: ``lock``, ``recovery`` and ``unsaved``.
 
 Writer (:meth:`Opener.open_writer`): create the directory, take its lock (``StoreLocked`` when
 another writer has it), recover the log (each segment's index sidecar loaded when it checks out,
@@ -98,14 +98,14 @@ class Opener:
         """The directory's writer lock once taken (writer only); :meth:`release` gives it back."""
         self.recovery: Recovery | None = None
         """What opening found: segments, end position, any torn tail cut (None before)."""
-        self.window: Window = {}
-        """The idempotency window rebuilt from the last appends on disk (writer only)."""
         self.unsaved: list[int] = []
-        """Sealed segments that were scanned (no usable sidecar): the facade exports theirs."""
+        """Sealed segments that were scanned (no usable sidecar): the facade has their
+        sidecars written once its sidecar writer runs."""
 
-    def open_writer(self) -> None:
-        """Lock the directory and recover the log into the state (blocking, I/O thread)."""
-        window = self.window
+    def open_writer(self, window: Window) -> None:
+        """Lock the directory and recover the log into the state, and fill ``window`` (the
+        commit loop's idempotency window) from the last appends on disk (blocking, I/O
+        thread)."""
         fs = self._fs
         fs.makedirs(self._path)
         try:

@@ -1,7 +1,10 @@
 """EventStore: the facade. Open and close, append, read, statistics.
 
 Reading order for a newcomer: this module, then ``_commit.py`` (the group-commit loop), then
-``_log.py`` / ``_segment.py`` (files on disk), ``_index.py`` and ``_codec.py``.
+``_log.py`` / ``_segment.py`` (files on disk), ``_index.py`` and ``_codec.py``. What this
+module delegates: building the state from the files at open (and following them, read-only)
+to ``_open.py``, the ``statistics()`` snapshot to ``_store_stats.py``, argument checks to
+``_checks.py``.
 
 Threads: the event loop thread runs producers, the commit loop and the index. One I/O thread
 (owned by the store) does every write and sync, one batch per hop. A small pool of reader
@@ -36,7 +39,10 @@ from ._checks import (
     check_filter,
     check_index,
     check_limit,
+    check_snapshot,
+    check_state_type,
     check_stream,
+    check_subscription,
 )
 from ._codec import encode_event, encode_events
 from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck
@@ -247,12 +253,13 @@ class EventStore:
             self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
         loop = asyncio.get_running_loop()
         opener = self._opener  # the work is in _open.py
+        window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
         started = time.perf_counter()
         try:
             if self._read_only:
                 await loop.run_in_executor(self._io, opener.open_read_only)
             else:
-                await loop.run_in_executor(self._io, opener.open_writer)
+                await loop.run_in_executor(self._io, opener.open_writer, window)
         except BaseException:
             self.recovery = opener.recovery
             self._state = "closed"
@@ -276,13 +283,7 @@ class EventStore:
             self._state = "open"
             return self
         self._commit = CommitLoop(
-            self._log,
-            self._index,
-            self._options,
-            self._io,
-            opener.window,
-            self._checkpoints,
-            self._metas,
+            self._log, self._index, self._options, self._io, window, self._checkpoints, self._metas
         )
         self._commit.listeners.append(self._hub.publish)
         self._commit.on_sealed = self._sidecars.export
@@ -735,25 +736,7 @@ class EventStore:
         Use as ``async with store.subscribe(...) as sub: async for rec in sub: ...``.
         """
         self._require_open()
-        if stream is not None:
-            check_stream(stream)
-            if filter is not None:
-                raise ValueError("filter applies to whole-store subscriptions, not stream=")
-            if from_position != 0:
-                raise ValueError(
-                    "a stream subscription starts at from_version=, not from_position="
-                )
-        elif from_version != 0:
-            raise ValueError("from_version= needs stream=; a whole-store one takes from_position=")
-        if not isinstance(from_position, StartAt):
-            check_index("from_position", from_position)
-        if not isinstance(from_version, StartAt):
-            check_index("from_version", from_version)
-        check_filter(filter)
-        if name is not None:
-            check_consumer_name(name)
-        if not isinstance(buffer_events, int) or buffer_events < 1:
-            raise ValueError(f"buffer_events must be an int >= 1, not {buffer_events!r}")
+        check_subscription(stream, from_position, from_version, filter, name, buffer_events)
         sub = Subscription(
             metas=self._metas,
             index=self._index,
@@ -815,10 +798,7 @@ class EventStore:
         """
         self._require_open()
         check_stream(stream)
-        if not isinstance(state, BaseModel):
-            raise TypeError(f"snapshot state must be a pydantic model, not {type(state).__name__}")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise TypeError(f"snapshot version must be an int, not {version!r}")
+        check_snapshot(state, version)
         return await self._snapshots.save(stream, state, version)
 
     async def load_snapshot(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
@@ -838,8 +818,7 @@ class EventStore:
         """
         self._require_open()
         check_stream(stream)
-        if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
-            raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
+        check_state_type(state_type)
         return await self._snapshots.load(stream, state_type)
 
     # --- retention and deletion (the work is in _meta.py, _maintenance.py, _scavenge.py) ----
