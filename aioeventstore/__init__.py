@@ -4,7 +4,8 @@ Only re-exports live here; see ``store.py`` for where reading the code starts.
 """
 
 from ._schema import upcaster
-from ._stats import Histogram, prometheus_text
+from ._stats import Histogram
+from ._store_stats import prometheus_text
 from ._verify import SegmentProblem, SegmentReport, VerifyReport
 from .aggregate import Snapshot, load_aggregate
 from .errors import (

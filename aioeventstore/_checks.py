@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import BaseModel
+
 from ._format import MAX_STREAM_NAME_BYTES
-from .events import Event, EventFilter, NewEvent, StreamState
+from .events import Event, EventFilter, NewEvent, StartAt, StreamState
 
 
 def check_stream(stream: object) -> bytes:
@@ -98,3 +100,46 @@ def as_event_list(stream: str, events: object) -> Sequence[Event | NewEvent]:
         f"append to stream {stream!r}: expected an es.Event, an es.NewEvent or a list/tuple of "
         f"them, not {type(events).__name__}"
     )
+
+
+def check_subscription(
+    stream: str | None,
+    from_position: int | StartAt,
+    from_version: int | StartAt,
+    filt: EventFilter | None,
+    name: str | None,
+    buffer_events: int,
+) -> None:
+    """The arguments of ``EventStore.subscribe`` (its docstring says what combines)."""
+    if stream is not None:
+        check_stream(stream)
+        if filt is not None:
+            raise ValueError("filter applies to whole-store subscriptions, not stream=")
+        if from_position != 0:
+            raise ValueError("a stream subscription starts at from_version=, not from_position=")
+    elif from_version != 0:
+        raise ValueError("from_version= needs stream=; a whole-store one takes from_position=")
+    if not isinstance(from_position, StartAt):
+        check_index("from_position", from_position)
+    if not isinstance(from_version, StartAt):
+        check_index("from_version", from_version)
+    check_filter(filt)
+    if name is not None:
+        check_consumer_name(name)
+    if not isinstance(buffer_events, int) or buffer_events < 1:
+        raise ValueError(f"buffer_events must be an int >= 1, not {buffer_events!r}")
+
+
+def check_snapshot(state: object, version: object) -> None:
+    """``save_snapshot``'s state (a pydantic model) and version (an int; its range is checked
+    against the stream when saving)."""
+    if not isinstance(state, BaseModel):
+        raise TypeError(f"snapshot state must be a pydantic model, not {type(state).__name__}")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise TypeError(f"snapshot version must be an int, not {version!r}")
+
+
+def check_state_type(state_type: object) -> None:
+    """``load_snapshot``'s state type: a pydantic model class."""
+    if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
+        raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")

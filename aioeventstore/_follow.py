@@ -27,7 +27,7 @@ readable through the handles already open. Metadata frames are collected in ``me
 the store to apply; they are not events.
 
 Threads: one thread at a time calls ``scan`` (the store's I/O thread); the frames it finds are
-added to the index on the event loop thread by :func:`index_frames`.
+added to the index on the event loop thread by :func:`frame_indexer`.
 """
 
 from __future__ import annotations

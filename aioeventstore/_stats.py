@@ -1,5 +1,5 @@
-"""Observability: fixed log-scale histograms, the Prometheus text rendering of a store's
-statistics, and statistics of a log computed from its files.
+"""Observability: fixed log-scale histograms, and statistics of a log computed from its files.
+(``_store_stats.py`` has ``store.statistics()`` and its Prometheus rendering.)
 
 The commit loop pays for its counters per *batch*, never per event: one bucket index
 (``int.bit_length``), one increment and one addition per histogram. Buckets are powers of
@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._codec import recorded_at
 from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER, SEGMENT_MAGIC, FrameInfo
 from ._fs import FileSystem, OsFileSystem
 
-if TYPE_CHECKING:
-    from .store import StoreStatistics
-
-__all__ = ["Histogram", "LogStatistics", "prometheus_text", "scan_log_statistics"]
+__all__ = ["Histogram", "LogStatistics", "scan_log_statistics"]
 
 LATENCY_BUCKETS = 25
 """Sync latency buckets: ≤ 1 µs, ≤ 2 µs, …, ≤ 2**24 µs (16.8 s), then +Inf."""
@@ -112,87 +109,6 @@ class Histogram:
 def empty_histogram(finite: int, unit: str) -> Histogram:
     """A histogram with no observations."""
     return Recorder(finite).snapshot(unit)
-
-
-# --- Prometheus text exposition ---------------------------------------------------------------
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(base: Mapping[str, str], **more: str) -> str:
-    items = {**base, **more}
-    if not items:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in items.items()) + "}"
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-def prometheus_text(
-    stats: StoreStatistics,
-    *,
-    prefix: str = "aioeventstore",
-    labels: Mapping[str, str] | None = None,
-) -> str:
-    """Render ``store.statistics()`` in the Prometheus text exposition format (version 0.0.4).
-
-    No dependency: serve the returned text from any HTTP handler with content type
-    ``text/plain; version=0.0.4``. ``labels`` (e.g. ``{"store": "orders"}``) are added to
-    every sample. Counters count since the store was opened. Sync latency is in seconds.
-    """
-    base = dict(labels or {})
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_: str, value: float, **extra: str) -> None:
-        full = f"{prefix}_{name}"
-        lines.append(f"# HELP {full} {help_}")
-        lines.append(f"# TYPE {full} {kind}")
-        lines.append(f"{full}{_labels(base, **extra)} {_number(value)}")
-
-    def histogram(name: str, help_: str, h: Histogram, scale: float) -> None:
-        full = f"{prefix}_{name}"
-        lines.append(f"# HELP {full} {help_}")
-        lines.append(f"# TYPE {full} histogram")
-        for bound, running in zip(h.bounds, h.cumulative(), strict=True):
-            le = _number(bound * scale) if bound != math.inf else "+Inf"
-            lines.append(f"{full}_bucket{_labels(base, le=le)} {running}")
-        lines.append(f"{full}_sum{_labels(base)} {_number(h.sum * scale)}")
-        lines.append(f"{full}_count{_labels(base)} {h.count}")
-
-    metric("head", "gauge", "Position of the last durable event (-1: empty).", stats.head)
-    metric("streams", "gauge", "Streams in the store.", stats.streams)
-    metric("appends_total", "counter", "Append calls resolved since open.", stats.appends)
-    metric("events_total", "counter", "Events written since open.", stats.events)
-    metric("batches_total", "counter", "Commit batches written since open.", stats.batches)
-    metric("syncs_total", "counter", "Syncs of the log since open.", stats.syncs)
-    metric("written_bytes_total", "counter", "Bytes written since open.", stats.bytes_written)
-    metric("queued_appends", "gauge", "Appends waiting for the commit loop.", stats.queued)
-    metric(
-        "queued_bytes", "gauge", "Encoded bytes waiting for the commit loop.", stats.queued_bytes
-    )
-    metric("index_bytes", "gauge", "Bytes held by the in-memory index.", stats.index_bytes)
-    metric("segments", "gauge", "Segment files of the log.", stats.segments)
-    metric("disk_bytes", "gauge", "Bytes of the log's segment files.", stats.disk_bytes)
-    metric("failed", "gauge", "1 when the store has failed stop for writes.", int(stats.failed))
-    histogram("batch_events", "Events per commit batch.", stats.batch_events, 1.0)
-    histogram(
-        "sync_latency_seconds",
-        "Time of each batch's write and sync on the I/O thread.",
-        stats.sync_latency,
-        1e-6,
-    )
-    full = f"{prefix}_subscriber_lag"
-    lines.append(f"# HELP {full} Committed events a subscriber has not examined yet.")
-    lines.append(f"# TYPE {full} gauge")
-    for sub, lag in sorted(stats.subscribers.items()):
-        lines.append(f"{full}{_labels(base, subscriber=sub)} {lag}")
-    return "\n".join(lines) + "\n"
 
 
 # --- statistics of a log, from its files ------------------------------------------------------

@@ -1,7 +1,10 @@
 """EventStore: the facade. Open and close, append, read, statistics.
 
 Reading order for a newcomer: this module, then ``_commit.py`` (the group-commit loop), then
-``_log.py`` / ``_segment.py`` (files on disk), ``_index.py`` and ``_codec.py``.
+``_log.py`` / ``_segment.py`` (files on disk), ``_index.py`` and ``_codec.py``. What this
+module delegates: building the state from the files at open (and following them, read-only)
+to ``_open.py``, the ``statistics()`` snapshot to ``_store_stats.py``, argument checks to
+``_checks.py``.
 
 Threads: the event loop thread runs producers, the commit loop and the index. One I/O thread
 (owned by the store) does every write and sync, one batch per hop. A small pool of reader
@@ -20,9 +23,9 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from typing import Final, Literal, TypeVar, Unpack, overload
 from weakref import WeakSet
@@ -36,47 +39,30 @@ from ._checks import (
     check_filter,
     check_index,
     check_limit,
+    check_snapshot,
+    check_state_type,
     check_stream,
+    check_subscription,
 )
-from ._codec import encode_event, encode_events, frame_event_ids, unpack_stream_metadata
+from ._codec import encode_event, encode_events
 from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck, SpecialAppend
-from ._compress import expand, inner_frames, require
-from ._follow import Follower, frame_indexer
-from ._format import (
-    FRAME_KIND_CHECKPOINT,
-    FRAME_KIND_COMPRESSED,
-    FRAME_KIND_METADATA,
-    SEGMENT_HEADER_SIZE,
-    FrameError,
-    FrameInfo,
-    check_frame,
-)
-from ._fs import FileSystem, Lock, OsFileSystem
+from ._compress import require
+from ._fs import FileSystem, OsFileSystem
 from ._index import Index
-from ._indexfile import Sidecar, SidecarWriter, sidecar_path
-from ._indexfile import load as load_sidecar
-from ._indexfile import remove_temporaries as remove_sidecar_temporaries
-from ._log import LOCK_NAME, Log, Recovery
+from ._indexfile import SidecarWriter
+from ._log import Log, Recovery
 from ._maintenance import Maintenance
 from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
 from ._meta import StreamMetadata, StreamMetas, check_max_age, check_max_count
+from ._open import Opener
 from ._reader import Reader
 from ._scavenge import ScavengeReport
-from ._segment import FrameSink, Segment
 from ._snapshots import SnapshotFiles, Snapshots
-from ._stats import COUNT_BUCKETS, LATENCY_BUCKETS, Histogram, empty_histogram
+from ._store_stats import StoreStatistics, gather
 from ._subscriptions import LiveHub, Subscription
 from ._verify import VerifyReport, verify_store
 from .aggregate import Snapshot
-from .errors import (
-    CorruptLog,
-    EventStoreError,
-    StoreClosed,
-    StoreLocked,
-    StoreNotFound,
-    StoreReadOnly,
-    WrongExpectedVersion,
-)
+from .errors import EventStoreError, StoreClosed, StoreReadOnly, WrongExpectedVersion
 from .events import (
     ANY,
     AppendResult,
@@ -120,57 +106,6 @@ class _Unset(enum.Enum):
 _UNSET: Final = _Unset.UNSET
 
 
-@dataclass(frozen=True, slots=True)
-class StoreStatistics:
-    """A snapshot of a store's counters (since it was opened) and sizes."""
-
-    head: int
-    """Position of the last durable event, -1 when the store is empty."""
-    streams: int
-    appends: int
-    """Append calls resolved (written, idempotent repeats and version conflicts)."""
-    events: int
-    """Events written since open."""
-    batches: int
-    """Writes to the log (one per commit batch)."""
-    syncs: int
-    """fdatasync/F_FULLFSYNC calls made for batches."""
-    bytes_written: int
-    queued: int
-    """Appends waiting for the commit loop right now (queued or waiting for queue space)."""
-    queued_bytes: int
-    """Encoded bytes in the append queue right now (at most ``max_queue_bytes``, or one
-    append of any size when it is alone)."""
-    index_bytes: int
-    """Bytes held by the index arrays."""
-    batch_events: Histogram
-    """Events per commit batch written (checkpoint-only batches count 0)."""
-    sync_latency: Histogram
-    """Microseconds each batch's write and sync took on the I/O thread (the write alone with
-    ``durability="os"``)."""
-    subscribers: Mapping[str, int]
-    """Each open subscription's lag (committed events it has not examined yet), keyed by its
-    name, or ``"#<id>"`` for an unnamed one (``Subscription.id``)."""
-    segments: int
-    """Segment files of the log."""
-    disk_bytes: int
-    """Bytes in the log's segment files."""
-    failed: bool
-    """Whether the store has failed stop for writes (after a write or sync error)."""
-
-    @property
-    def events_per_sync(self) -> float:
-        """Events made durable per sync: the group commit's payoff."""
-        return self.events / self.syncs if self.syncs else 0.0
-
-
-def _collect(frames: list[tuple[int, FrameInfo]]) -> Callable[[int, FrameInfo], None]:
-    def found(ordinal: int, info: FrameInfo) -> None:
-        frames.append((ordinal, info))
-
-    return found
-
-
 class EventStore:
     """An embedded, durable event store in one directory.
 
@@ -209,8 +144,6 @@ class EventStore:
             raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
         self._read_only = bool(read_only)
         self._poll_interval = float(poll_interval)
-        self._follower: Follower | None = None
-        self._seen = [0]  # events a read-only store has indexed (see frame_indexer)
         self._follow_task: asyncio.Task[None] | None = None
         self.follow_error: EventStoreError | None = None
         """Why a read-only store stopped following the log (None while it follows)."""
@@ -223,7 +156,6 @@ class EventStore:
         self._fs: FileSystem = _fs
         self._index = Index()
         self._log = Log(self._fs, self._path, self._options)
-        self._lock: Lock | None = None
         self._io: Executor | None = None
         self._readers: Executor | None = None
         self._snapshot_io: Executor | None = None
@@ -242,7 +174,16 @@ class EventStore:
         self._snapshots = Snapshots(SnapshotFiles(self._fs, self._path), self._index, self._reader)
         self._hub = LiveHub()
         self._sidecars = SidecarWriter(self._log, self._index, self._fs)
-        self._unsaved: list[int] = []
+        self._opener = Opener(
+            self._fs,
+            self._path,
+            self._options,
+            self._log,
+            self._index,
+            self._metas,
+            self._checkpoints,
+            self._snapshots.files,
+        )
         self._subscriptions: WeakSet[Subscription] = WeakSet()
         self.recovery: Recovery | None = None
         """What opening found (None before open): segments, end position, any torn tail cut."""
@@ -311,17 +252,20 @@ class EventStore:
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
             self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
         loop = asyncio.get_running_loop()
+        opener = self._opener  # the work is in _open.py
         window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
         started = time.perf_counter()
         try:
             if self._read_only:
-                await loop.run_in_executor(self._io, self._open_read_only_blocking)
+                await loop.run_in_executor(self._io, opener.open_read_only)
             else:
-                await loop.run_in_executor(self._io, self._open_blocking, window)
+                await loop.run_in_executor(self._io, opener.open_writer, window)
         except BaseException:
+            self.recovery = opener.recovery
             self._state = "closed"
             await loop.run_in_executor(self._chores(), self._release_blocking)
             raise
+        self.recovery = opener.recovery
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "opened %s%s: %d events, %d streams, %d segments in %.3f s",
@@ -344,9 +288,9 @@ class EventStore:
         self._commit.listeners.append(self._hub.publish)
         self._commit.on_sealed = self._sidecars.export
         self._sidecars.executor = self._io
-        for ordinal in self._unsaved:  # sealed segments that were scanned: save them now
+        for ordinal in opener.unsaved:  # sealed segments that were scanned: save them now
             self._sidecars.export(ordinal)
-        self._unsaved = []
+        opener.unsaved = []
         self._maintenance = Maintenance(
             self._fs,
             self._log,
@@ -363,252 +307,23 @@ class EventStore:
         self._state = "open"
         return self
 
-    def _open_blocking(self, window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]]) -> None:
-        fs = self._fs
-        fs.makedirs(self._path)
-        try:
-            self._lock = fs.lock(os.path.join(self._path, LOCK_NAME))
-        except BlockingIOError:
-            raise StoreLocked(
-                f"store at {self._path} is already open for writing (by this or another process)"
-            ) from None
-        index = self._index
-        metas = self._metas
-        scanned: list[int] = []  # sealed segments without a usable sidecar
-        seen = [0]  # events so far: a frame's position minus this = positions missing before
-
-        def meta_frame(ordinal: int, stream: str, revision: int, packed: bytes) -> None:
-            """A metadata frame (scanned or from a sidecar): the highest revision wins."""
-            fields = unpack_stream_metadata(packed)
-            index.add_meta(ordinal, stream, revision, packed)
-            metas.commit(stream, StreamMetadata.from_fields(fields, revision))
-
-        def resume(ordinal: int, seg: Segment, position: int, last: bool) -> tuple[int, int]:
-            # (stream ids kept for every segment, not only the last: recovery may remove a
-            # half-made last segment, and the one before it is the tail again, exported on
-            # close; rows without their stream ids would file every event under one stream)
-            car = load_sidecar(fs, seg, position, self._options.verify_on_open, True)
-            if car is None:
-                if not last:
-                    scanned.append(ordinal)
-                return SEGMENT_HEADER_SIZE, position
-            self._apply_sidecar(ordinal, seg, car, seen, sids=True)
-            for name, mark in car.marks.items():
-                index.add_mark(ordinal, name, mark)
-            try:
-                for stream, (revision, packed) in car.metas.items():
-                    meta_frame(ordinal, stream, revision, packed)
-            except FrameError as exc:
-                raise CorruptLog(sidecar_path(seg.path), 0, exc.reason) from None
-            return car.covered_end, car.end_position
-
-        def sink(ordinal: int, seg: Segment) -> FrameSink:
-            def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
-                if info.kind == FRAME_KIND_METADATA:  # never inside a container
-                    packed = bytes(buf[start + info.entries_at : start + info.length])
-                    try:
-                        meta_frame(ordinal, info.stream, info.first_version, packed)
-                    except FrameError as exc:
-                        raise CorruptLog(seg.path, info.offset, exc.reason) from None
-                    return
-                if info.kind != FRAME_KIND_COMPRESSED:
-                    add(info, None)
-                    return
-                try:
-                    inner = inner_frames(expand(buf, start, start + info.length), info)
-                except FrameError as exc:
-                    raise CorruptLog(seg.path, info.offset, exc.reason) from None
-                for frame in inner:
-                    if frame.kind == FRAME_KIND_METADATA:
-                        raise CorruptLog(seg.path, info.offset, "metadata frame in a container")
-                    add(frame, info)
-
-            def add(info: FrameInfo, container: FrameInfo | None) -> None:
-                if info.kind == FRAME_KIND_CHECKPOINT:
-                    # the highest wins, as in memory (a lower one may come later on disk)
-                    old = self._checkpoints.get(info.stream, -1)
-                    self._checkpoints[info.stream] = max(old, info.first_version)
-                    index.add_mark(ordinal, info.stream, info.first_version)
-                    return
-                at = info.offset if container is None else container.offset
-                # Versions are dense per stream, except that a stream's oldest frames may have
-                # been removed (retention, scavenging): then it first shows up at a version
-                # above 0, and at least that many positions before it must be missing.
-                want = index.last_version(info.stream) + 1
-                missing = info.first_position - seen[0]
-                if info.first_version != want and not (want == 0 and info.first_version <= missing):
-                    raise CorruptLog(
-                        seg.path,
-                        at,
-                        f"stream {info.stream!r} continues at version "
-                        f"{info.first_version}, expected {want}"
-                        + (f" (at most {missing} removed before it)" if want == 0 else ""),
-                    )
-                seen[0] += info.event_count
-                index.add_frame(
-                    ordinal,
-                    at,
-                    info.length if container is None else container.length,
-                    info.stream,
-                    info.first_position,
-                    info.first_version,
-                    info.event_count,
-                )
-
-            return on_frame
-
-        self.recovery = self._log.recover(sink, resume)
-        if removed := self._snapshots.files.remove_temporaries():
-            log.info("removed %d snapshot file(s) a crash left half-written", removed)
-        if removed := remove_sidecar_temporaries(fs, self._path):
-            log.info("removed %d index sidecar file(s) a crash left half-written", removed)
-        index.next_position = max(index.next_position, self.recovery.next_position)
-        index.head = index.next_position - 1
-        for stream, rec in metas.durable.items():
-            # a stream whose events were all removed ends where its truncate_before says
-            end = (rec.truncate_before or 0) - 1
-            last = index.last_version(stream)
-            if end > last:
-                if last >= 0:
-                    raise CorruptLog(
-                        self._path,
-                        0,
-                        f"stream {stream!r} ends at version {last} in the log, but its "
-                        f"metadata truncates it before version {end + 1}",
-                    )
-                index.set_stream_floor(stream, end)
-        # The idempotency window: the last appends on disk, oldest first.
-        rows = index.row_count()
-        # the last container decompressed: (ordinal, offset), its bytes, its event frames
-        expanded: tuple[tuple[int, int], bytes, dict[int, FrameInfo]] = ((-1, -1), b"", {})
-        for row in range(max(0, rows - self._options.idempotency_window), rows):
-            ref = index.frame(row)
-            data = self._log.read(ref.ordinal, ref.offset, ref.length)
-            try:
-                info = check_frame(data, 0, len(data))
-                at = 0
-                if info.kind == FRAME_KIND_COMPRESSED:  # decompress each container once
-                    if expanded[0] != (ref.ordinal, ref.offset):
-                        raw = expand(data, 0, len(data))
-                        frames = {
-                            f.first_position: f
-                            for f in inner_frames(raw, info)
-                            if f.kind != FRAME_KIND_CHECKPOINT
-                        }
-                        expanded = ((ref.ordinal, ref.offset), raw, frames)
-                    data = expanded[1]
-                    found = expanded[2].get(ref.first_position)
-                    if found is None:
-                        raise FrameError("no frame for its position inside the container")
-                    info, at = found, found.offset
-            except FrameError as exc:  # in a range an index sidecar vouched for
-                raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
-            ids = tuple(frame_event_ids(data, at, info))
-            last = info.first_position + info.event_count - 1
-            window[info.stream.encode("utf-8") + ids[0]] = (
-                ids,
-                AppendResult(last, info.first_version + info.event_count - 1),
-            )
-        self._unsaved = scanned
-
-    def _apply_sidecar(
-        self, ordinal: int, seg: Segment, car: Sidecar, seen: list[int], sids: bool
-    ) -> None:
-        """Add a checked sidecar's rows and checkpoints (open only, in segment order).
-        ``seen`` counts the events added so far; raises CorruptLog when the rows break a
-        stream's or the log's continuity, as a scan of the segment would."""
-        index = self._index
-        rows = car.rows
-        for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
-            if rows.firsts[i] < 0:
-                rows.firsts[i] = index.last_version(name) + 1
-        problem = index.rows_problem(rows, rows.pos[0] - seen[0])
-        if problem is not None:  # what a scan would have found: the log is damaged
-            raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
-        index.load_rows(ordinal, rows, car.end_position, sids=sids)
-        seen[0] += len(rows.positions)
-        for name, mark in car.marks.items():
-            self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
-
     def _chores(self) -> Executor | None:
         """Where closing runs its blocking steps: the loop's default executor, or inline for
         a memory store (which then starts no thread at all)."""
         return self._io if isinstance(self._io, InlineExecutor) else None
 
-    def _open_read_only_blocking(self) -> None:
-        try:
-            self._fs.listdir(self._path)
-        except FileNotFoundError:
-            raise StoreNotFound(f"no store at {self._path}: the directory does not exist") from None
-        self._follower = Follower(self._log)
-        follower = self._follower
-        seen = self._seen
-
-        def resume(ordinal: int, seg: Segment, position: int) -> tuple[int, int]:
-            car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
-            if car is None:
-                return SEGMENT_HEADER_SIZE, position
-            self._apply_sidecar(ordinal, seg, car, seen, sids=False)
-            for stream, (revision, packed) in car.metas.items():
-                follower.metadata.append((stream, revision, packed))
-            return car.covered_end, car.end_position
-
-        follower.resume = resume  # the first scan only: later ones run on the I/O
-        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
-        try:  # thread; as recovery does: the index is not in use yet, fill it from here
-            follower.scan(add)
-        finally:
-            self._follower.resume = None
-            self._index.head = self._index.next_position - 1
-        self._take_metadata()
-        self.recovery = Recovery(len(self._log.segments), self._index.next_position)
-
-    def _take_metadata(self) -> None:
-        """A read-only store: apply the metadata frames its follower found."""
-        assert self._follower is not None
-        found, self._follower.metadata = self._follower.metadata, []
-        for stream, revision, packed in found:
-            try:
-                fields = unpack_stream_metadata(packed)
-            except FrameError as exc:
-                raise CorruptLog(self._path, 0, f"stream {stream!r}: {exc.reason}") from None
-            self._metas.commit(stream, StreamMetadata.from_fields(fields, revision))
-
     async def _follow(self) -> None:
-        """A read-only store's poller: add what the writer committed, wake subscriptions."""
-        assert self._follower is not None and self._io is not None
-        loop = asyncio.get_running_loop()
-        follower = self._follower
-        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            frames: list[tuple[int, FrameInfo]] = []
-            try:
-                # scan on the I/O thread; the index is only touched here, on the loop thread
-                await loop.run_in_executor(self._io, follower.scan, _collect(frames))
-                try:
-                    for ordinal, info in frames:
-                        add(ordinal, info)
-                finally:
-                    self._index.head = self._index.next_position - 1
-                self._take_metadata()
-            except (EventStoreError, OSError) as exc:
-                err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
-                if err is not exc:
-                    err.__cause__ = exc
-                self.follow_error = err
-                log.error("stopped following %s: %s", self._path, exc)
-                for sub in list(self._subscriptions):
-                    sub._end()
-                return
-            if frames:
-                self._hub.refresh()
+        """A read-only store's poller (``Opener.follow``); when it stops, subscriptions end."""
+        assert self._io is not None
+        self.follow_error = await self._opener.follow(
+            self._io, self._poll_interval, self._hub.refresh
+        )
+        for sub in list(self._subscriptions):
+            sub._end()
 
     def _release_blocking(self) -> None:
         self._log.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._opener.release()
 
     async def close(self) -> None:
         """Commit what is queued, sync, stop every task and thread, release the lock.
@@ -679,43 +394,7 @@ class EventStore:
         """A snapshot of counters (since open) and sizes. Cheap: no I/O but one ``fstat`` per
         segment; the commit loop pays a few integer operations per batch for it.
         ``es.prometheus_text(store.statistics())`` renders it for Prometheus."""
-        commit = self._commit
-        st = commit.stats if commit is not None else None
-        subscribers: dict[str, int] = {}
-        for sub in list(self._subscriptions):
-            if sub._state != "open":  # not entered yet, or closed
-                continue
-            key = sub.name if sub.name is not None else f"#{sub.id}"
-            if key in subscribers:
-                key = f"{key}#{sub.id}"
-            subscribers[key] = sub.lag
-        segments = list(self._log.segments)
-        disk = 0
-        for seg in segments:
-            with contextlib.suppress(OSError):
-                disk += seg.file.size()
-        return StoreStatistics(
-            head=self._index.head,
-            streams=self._index.stream_count(),
-            appends=st.appends if st else 0,
-            events=st.events if st else 0,
-            batches=st.batches if st else 0,
-            syncs=st.syncs if st else 0,
-            bytes_written=st.bytes_written if st else 0,
-            queued=self._commit.queued if self._commit is not None else 0,
-            queued_bytes=self._commit.queued_bytes if self._commit is not None else 0,
-            index_bytes=self._index.memory_bytes(),
-            batch_events=st.batch_events.snapshot("events")
-            if st
-            else empty_histogram(COUNT_BUCKETS, "events"),
-            sync_latency=st.sync_latency.snapshot("us")
-            if st
-            else empty_histogram(LATENCY_BUCKETS, "us"),
-            subscribers=subscribers,
-            segments=len(segments),
-            disk_bytes=disk,
-            failed=commit is not None and commit.failure is not None,
-        )
+        return gather(self._commit, self._index, self._log, self._subscriptions)
 
     def checkpoints(self) -> dict[str, int]:
         """Every named consumer's last acknowledged position (a copy)."""
@@ -1057,25 +736,7 @@ class EventStore:
         Use as ``async with store.subscribe(...) as sub: async for rec in sub: ...``.
         """
         self._require_open()
-        if stream is not None:
-            check_stream(stream)
-            if filter is not None:
-                raise ValueError("filter applies to whole-store subscriptions, not stream=")
-            if from_position != 0:
-                raise ValueError(
-                    "a stream subscription starts at from_version=, not from_position="
-                )
-        elif from_version != 0:
-            raise ValueError("from_version= needs stream=; a whole-store one takes from_position=")
-        if not isinstance(from_position, StartAt):
-            check_index("from_position", from_position)
-        if not isinstance(from_version, StartAt):
-            check_index("from_version", from_version)
-        check_filter(filter)
-        if name is not None:
-            check_consumer_name(name)
-        if not isinstance(buffer_events, int) or buffer_events < 1:
-            raise ValueError(f"buffer_events must be an int >= 1, not {buffer_events!r}")
+        check_subscription(stream, from_position, from_version, filter, name, buffer_events)
         sub = Subscription(
             metas=self._metas,
             index=self._index,
@@ -1137,10 +798,7 @@ class EventStore:
         """
         self._require_open()
         check_stream(stream)
-        if not isinstance(state, BaseModel):
-            raise TypeError(f"snapshot state must be a pydantic model, not {type(state).__name__}")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise TypeError(f"snapshot version must be an int, not {version!r}")
+        check_snapshot(state, version)
         return await self._snapshots.save(stream, state, version)
 
     async def load_snapshot(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
@@ -1160,8 +818,7 @@ class EventStore:
         """
         self._require_open()
         check_stream(stream)
-        if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
-            raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
+        check_state_type(state_type)
         return await self._snapshots.load(stream, state_type)
 
     # --- retention and deletion (the work is in _meta.py, _maintenance.py, _scavenge.py) ----

@@ -1,0 +1,351 @@
+"""Opening a store: build its in-memory state from its files (and keep a read-only one current).
+
+The facade (``store.py``) makes one :class:`Opener` per store and runs its blocking ``open_*``
+method once, on the store's I/O thread, before any task can touch the state. What it fills is
+the facade's own objects, which the reader, the subscriptions and the commit loop share: the
+:class:`~aioeventstore._index.Index`, the stream metadata (``StreamMetas``) and the named
+consumers' checkpoints. What else opening found is left in the opener's attributes for the
+facade to take: ``lock``, ``recovery`` and ``unsaved``.
+
+Writer (:meth:`Opener.open_writer`): create the directory, take its lock (``StoreLocked`` when
+another writer has it), recover the log (each segment's index sidecar loaded when it checks out,
+the rest scanned frame by frame, a torn tail cut: ``_log.py``), remove the half-written
+temporaries a crash left, check the stream metadata against the log, and rebuild the
+idempotency window from the last appends on disk. Raises ``CorruptLog`` for damage a crash
+cannot leave. After a failure the facade still calls :meth:`Opener.release` (with closing the
+log), so a lock taken is given back.
+
+Read-only (:meth:`Opener.open_read_only`, then :meth:`Opener.follow` as a task): no lock and
+nothing changed on disk; the first scan of a ``_follow.Follower`` (from the sidecars where they
+check out), then a poll every interval that adds what the writer committed. ``StoreNotFound``
+when the directory does not exist.
+
+Threads: ``open_*`` run on the I/O thread while nothing else uses the state; ``follow`` runs on
+the event loop and touches the index only there (its scans run on the I/O thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from ._codec import frame_event_ids, unpack_stream_metadata
+from ._compress import expand, inner_frames
+from ._follow import Follower, frame_indexer
+from ._format import (
+    FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_COMPRESSED,
+    FRAME_KIND_METADATA,
+    SEGMENT_HEADER_SIZE,
+    FrameError,
+    FrameInfo,
+    check_frame,
+)
+from ._fs import FileSystem, Lock
+from ._index import Index
+from ._indexfile import Sidecar, sidecar_path
+from ._indexfile import load as load_sidecar
+from ._indexfile import remove_temporaries as remove_sidecar_temporaries
+from ._log import LOCK_NAME, Log, Recovery
+from ._meta import StreamMetadata, StreamMetas
+from ._segment import FrameSink, Segment
+from ._snapshots import SnapshotFiles
+from .errors import CorruptLog, EventStoreError, StoreLocked, StoreNotFound
+from .events import AppendResult
+from .options import StoreOptions
+
+log = logging.getLogger("aioeventstore")
+
+Window = dict[bytes, tuple[tuple[bytes, ...], AppendResult]]
+"""The commit loop's idempotency window: stream + first event id → (event ids, result)."""
+
+
+def _collect(frames: list[tuple[int, FrameInfo]]) -> Callable[[int, FrameInfo], None]:
+    def found(ordinal: int, info: FrameInfo) -> None:
+        frames.append((ordinal, info))
+
+    return found
+
+
+class Opener:
+    """Builds one store's state from its files (see the module docstring for the contract)."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        path: str,
+        options: StoreOptions,
+        log: Log,
+        index: Index,
+        metas: StreamMetas,
+        checkpoints: dict[str, int],
+        snapshot_files: SnapshotFiles,
+    ) -> None:
+        self._fs = fs
+        self._path = path
+        self._options = options
+        self._log = log
+        self._index = index
+        self._metas = metas
+        self._checkpoints = checkpoints
+        self._snapshot_files = snapshot_files
+        self._follower: Follower | None = None
+        self._seen = [0]  # events a read-only store has indexed (see frame_indexer)
+        self.lock: Lock | None = None
+        """The directory's writer lock once taken (writer only); :meth:`release` gives it back."""
+        self.recovery: Recovery | None = None
+        """What opening found: segments, end position, any torn tail cut (None before)."""
+        self.unsaved: list[int] = []
+        """Sealed segments that were scanned (no usable sidecar): the facade has their
+        sidecars written once its sidecar writer runs."""
+
+    def open_writer(self, window: Window) -> None:
+        """Lock the directory and recover the log into the state, and fill ``window`` (the
+        commit loop's idempotency window) from the last appends on disk (blocking, I/O
+        thread)."""
+        fs = self._fs
+        fs.makedirs(self._path)
+        try:
+            self.lock = fs.lock(os.path.join(self._path, LOCK_NAME))
+        except BlockingIOError:
+            raise StoreLocked(
+                f"store at {self._path} is already open for writing (by this or another process)"
+            ) from None
+        index = self._index
+        metas = self._metas
+        scanned: list[int] = []  # sealed segments without a usable sidecar
+        seen = [0]  # events so far: a frame's position minus this = positions missing before
+
+        def meta_frame(ordinal: int, stream: str, revision: int, packed: bytes) -> None:
+            """A metadata frame (scanned or from a sidecar): the highest revision wins."""
+            fields = unpack_stream_metadata(packed)
+            index.add_meta(ordinal, stream, revision, packed)
+            metas.commit(stream, StreamMetadata.from_fields(fields, revision))
+
+        def resume(ordinal: int, seg: Segment, position: int, last: bool) -> tuple[int, int]:
+            # (stream ids kept for every segment, not only the last: recovery may remove a
+            # half-made last segment, and the one before it is the tail again, exported on
+            # close; rows without their stream ids would file every event under one stream)
+            car = load_sidecar(fs, seg, position, self._options.verify_on_open, True)
+            if car is None:
+                if not last:
+                    scanned.append(ordinal)
+                return SEGMENT_HEADER_SIZE, position
+            self._apply_sidecar(ordinal, seg, car, seen, sids=True)
+            for name, mark in car.marks.items():
+                index.add_mark(ordinal, name, mark)
+            try:
+                for stream, (revision, packed) in car.metas.items():
+                    meta_frame(ordinal, stream, revision, packed)
+            except FrameError as exc:
+                raise CorruptLog(sidecar_path(seg.path), 0, exc.reason) from None
+            return car.covered_end, car.end_position
+
+        def sink(ordinal: int, seg: Segment) -> FrameSink:
+            def on_frame(info: FrameInfo, buf: bytes, start: int) -> None:
+                if info.kind == FRAME_KIND_METADATA:  # never inside a container
+                    packed = bytes(buf[start + info.entries_at : start + info.length])
+                    try:
+                        meta_frame(ordinal, info.stream, info.first_version, packed)
+                    except FrameError as exc:
+                        raise CorruptLog(seg.path, info.offset, exc.reason) from None
+                    return
+                if info.kind != FRAME_KIND_COMPRESSED:
+                    add(info, None)
+                    return
+                try:
+                    inner = inner_frames(expand(buf, start, start + info.length), info)
+                except FrameError as exc:
+                    raise CorruptLog(seg.path, info.offset, exc.reason) from None
+                for frame in inner:
+                    if frame.kind == FRAME_KIND_METADATA:
+                        raise CorruptLog(seg.path, info.offset, "metadata frame in a container")
+                    add(frame, info)
+
+            def add(info: FrameInfo, container: FrameInfo | None) -> None:
+                if info.kind == FRAME_KIND_CHECKPOINT:
+                    # the highest wins, as in memory (a lower one may come later on disk)
+                    old = self._checkpoints.get(info.stream, -1)
+                    self._checkpoints[info.stream] = max(old, info.first_version)
+                    index.add_mark(ordinal, info.stream, info.first_version)
+                    return
+                at = info.offset if container is None else container.offset
+                # Versions are dense per stream, except that a stream's oldest frames may have
+                # been removed (retention, scavenging): then it first shows up at a version
+                # above 0, and at least that many positions before it must be missing.
+                want = index.last_version(info.stream) + 1
+                missing = info.first_position - seen[0]
+                if info.first_version != want and not (want == 0 and info.first_version <= missing):
+                    raise CorruptLog(
+                        seg.path,
+                        at,
+                        f"stream {info.stream!r} continues at version "
+                        f"{info.first_version}, expected {want}"
+                        + (f" (at most {missing} removed before it)" if want == 0 else ""),
+                    )
+                seen[0] += info.event_count
+                index.add_frame(
+                    ordinal,
+                    at,
+                    info.length if container is None else container.length,
+                    info.stream,
+                    info.first_position,
+                    info.first_version,
+                    info.event_count,
+                )
+
+            return on_frame
+
+        self.recovery = self._log.recover(sink, resume)
+        if removed := self._snapshot_files.remove_temporaries():
+            log.info("removed %d snapshot file(s) a crash left half-written", removed)
+        if removed := remove_sidecar_temporaries(fs, self._path):
+            log.info("removed %d index sidecar file(s) a crash left half-written", removed)
+        index.next_position = max(index.next_position, self.recovery.next_position)
+        index.head = index.next_position - 1
+        for stream, rec in metas.durable.items():
+            # a stream whose events were all removed ends where its truncate_before says
+            end = (rec.truncate_before or 0) - 1
+            last = index.last_version(stream)
+            if end > last:
+                if last >= 0:
+                    raise CorruptLog(
+                        self._path,
+                        0,
+                        f"stream {stream!r} ends at version {last} in the log, but its "
+                        f"metadata truncates it before version {end + 1}",
+                    )
+                index.set_stream_floor(stream, end)
+        # The idempotency window: the last appends on disk, oldest first.
+        rows = index.row_count()
+        # the last container decompressed: (ordinal, offset), its bytes, its event frames
+        expanded: tuple[tuple[int, int], bytes, dict[int, FrameInfo]] = ((-1, -1), b"", {})
+        for row in range(max(0, rows - self._options.idempotency_window), rows):
+            ref = index.frame(row)
+            data = self._log.read(ref.ordinal, ref.offset, ref.length)
+            try:
+                info = check_frame(data, 0, len(data))
+                at = 0
+                if info.kind == FRAME_KIND_COMPRESSED:  # decompress each container once
+                    if expanded[0] != (ref.ordinal, ref.offset):
+                        raw = expand(data, 0, len(data))
+                        frames = {
+                            f.first_position: f
+                            for f in inner_frames(raw, info)
+                            if f.kind != FRAME_KIND_CHECKPOINT
+                        }
+                        expanded = ((ref.ordinal, ref.offset), raw, frames)
+                    data = expanded[1]
+                    found = expanded[2].get(ref.first_position)
+                    if found is None:
+                        raise FrameError("no frame for its position inside the container")
+                    info, at = found, found.offset
+            except FrameError as exc:  # in a range an index sidecar vouched for
+                raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
+            ids = tuple(frame_event_ids(data, at, info))
+            last = info.first_position + info.event_count - 1
+            window[info.stream.encode("utf-8") + ids[0]] = (
+                ids,
+                AppendResult(last, info.first_version + info.event_count - 1),
+            )
+        self.unsaved = scanned
+
+    def _apply_sidecar(
+        self, ordinal: int, seg: Segment, car: Sidecar, seen: list[int], sids: bool
+    ) -> None:
+        """Add a checked sidecar's rows and checkpoints (open only, in segment order).
+        ``seen`` counts the events added so far; raises CorruptLog when the rows break a
+        stream's or the log's continuity, as a scan of the segment would."""
+        index = self._index
+        rows = car.rows
+        for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
+            if rows.firsts[i] < 0:
+                rows.firsts[i] = index.last_version(name) + 1
+        problem = index.rows_problem(rows, rows.pos[0] - seen[0])
+        if problem is not None:  # what a scan would have found: the log is damaged
+            raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
+        index.load_rows(ordinal, rows, car.end_position, sids=sids)
+        seen[0] += len(rows.positions)
+        for name, mark in car.marks.items():
+            self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
+
+    def open_read_only(self) -> None:
+        """A read-only store's first scan into the state (blocking, I/O thread)."""
+        try:
+            self._fs.listdir(self._path)
+        except FileNotFoundError:
+            raise StoreNotFound(f"no store at {self._path}: the directory does not exist") from None
+        self._follower = Follower(self._log)
+        follower = self._follower
+        seen = self._seen
+
+        def resume(ordinal: int, seg: Segment, position: int) -> tuple[int, int]:
+            car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
+            if car is None:
+                return SEGMENT_HEADER_SIZE, position
+            self._apply_sidecar(ordinal, seg, car, seen, sids=False)
+            for stream, (revision, packed) in car.metas.items():
+                follower.metadata.append((stream, revision, packed))
+            return car.covered_end, car.end_position
+
+        follower.resume = resume  # the first scan only: later ones run on the I/O
+        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
+        try:  # thread; as recovery does: the index is not in use yet, fill it from here
+            follower.scan(add)
+        finally:
+            self._follower.resume = None
+            self._index.head = self._index.next_position - 1
+        self._take_metadata()
+        self.recovery = Recovery(len(self._log.segments), self._index.next_position)
+
+    def _take_metadata(self) -> None:
+        """A read-only store: apply the metadata frames its follower found."""
+        assert self._follower is not None
+        found, self._follower.metadata = self._follower.metadata, []
+        for stream, revision, packed in found:
+            try:
+                fields = unpack_stream_metadata(packed)
+            except FrameError as exc:
+                raise CorruptLog(self._path, 0, f"stream {stream!r}: {exc.reason}") from None
+            self._metas.commit(stream, StreamMetadata.from_fields(fields, revision))
+
+    async def follow(
+        self, io: Executor, poll_interval: float, refresh: Callable[[], None]
+    ) -> EventStoreError:
+        """A read-only store's poller, after :meth:`open_read_only`: every ``poll_interval``
+        seconds, scan on ``io`` and add what the writer committed (on the loop thread), then
+        call ``refresh`` when there was any. Runs until cancelled; returns why it stopped
+        following (logged as an error) when a scan fails."""
+        assert self._follower is not None
+        loop = asyncio.get_running_loop()
+        follower = self._follower
+        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
+        while True:
+            await asyncio.sleep(poll_interval)
+            frames: list[tuple[int, FrameInfo]] = []
+            try:
+                # scan on the I/O thread; the index is only touched here, on the loop thread
+                await loop.run_in_executor(io, follower.scan, _collect(frames))
+                try:
+                    for ordinal, info in frames:
+                        add(ordinal, info)
+                finally:
+                    self._index.head = self._index.next_position - 1
+                self._take_metadata()
+            except (EventStoreError, OSError) as exc:
+                err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
+                if err is not exc:
+                    err.__cause__ = exc
+                log.error("stopped following %s: %s", self._path, exc)
+                return err
+            if frames:
+                refresh()
+
+    def release(self) -> None:
+        """Give back the directory lock if this opener holds it (blocking; idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
