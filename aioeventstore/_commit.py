@@ -120,7 +120,7 @@ class PendingAppend:
         stream: str,
         stream_b: bytes,
         expected: ExpectedVersion,
-        ids: tuple[bytes, ...],
+        ids: bytes,
         entries: bytes,
         future: asyncio.Future[AppendResult | Recheck | None],
         source: Event | Sequence[Event | NewEvent] = (),
@@ -131,8 +131,8 @@ class PendingAppend:
         self.stream = stream
         self.stream_b = stream_b
         self.expected = expected
-        self.ids = ids
-        self.count = len(ids)
+        self.ids = ids  # the events' 16-byte ids, back to back
+        self.count = len(ids) >> 4
         self.entries = entries
         self.size = FRAME_OVERHEAD + len(stream_b) + len(entries)
         self.future = future
@@ -143,7 +143,7 @@ class PendingAppend:
         self.outcome: Outcome | None = None  # what its producer gets, set when planned
         # The idempotency window key, only when the caller chose every id: generated ids are
         # fresh, so a retry can never repeat them and remembering them would be wasted work.
-        self.key = stream_b + ids[0] if own_ids and ids else None
+        self.key = stream_b + ids[:16] if own_ids and ids else None
         self.flags = flags  # the frame flags its entries need (FRAME_FLAG_SCHEMA or 0)
 
     def result(self) -> AppendResult:
@@ -173,7 +173,7 @@ class SpecialAppend(PendingAppend):
         meta: MetaOp | None = None,
     ) -> None:
         assert (checkpoint >= 0) != (meta is not None), "a checkpoint or a metadata write"
-        super().__init__(stream, stream_b, expected, (), b"", future)
+        super().__init__(stream, stream_b, expected, b"", b"", future)
         self.checkpoint = checkpoint
         self.meta = meta
         self.planned_meta = None
@@ -208,7 +208,7 @@ class CommitLoop:
         index: Index,
         options: StoreOptions,
         io: Executor,
-        window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]],
+        window: dict[bytes, tuple[bytes, AppendResult]],
         checkpoints: dict[str, int],
         metas: StreamMetas | None = None,
     ) -> None:

@@ -59,7 +59,7 @@ from .options import StoreOptions
 
 log = logging.getLogger("aioeventstore")
 
-Window = dict[bytes, tuple[tuple[bytes, ...], AppendResult]]
+Window = dict[bytes, tuple[bytes, AppendResult]]
 """The commit loop's idempotency window: stream + first event id → (event ids, result)."""
 
 
@@ -245,9 +245,9 @@ class Opener:
                     info, at = found, found.offset
             except FrameError as exc:  # in a range an index sidecar vouched for
                 raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
-            ids = tuple(frame_event_ids(data, at, info))
+            ids = b"".join(frame_event_ids(data, at, info))
             last = info.first_position + info.event_count - 1
-            window[info.stream.encode("utf-8") + ids[0]] = (
+            window[info.stream.encode("utf-8") + ids[:16]] = (
                 ids,
                 AppendResult(last, info.first_version + info.event_count - 1),
             )

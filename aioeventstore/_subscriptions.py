@@ -56,7 +56,7 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
                     item.stream,
                     version + k,
                     first_position + k,
-                    item.ids[k],
+                    item.ids[k << 4 : (k + 1) << 4],
                     event.__event_type__,
                     event,
                     meta,

@@ -23,11 +23,11 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
-from typing import Final, Literal, TypeVar, Unpack, overload
+from typing import Any, Final, Literal, TypeVar, Unpack, overload
 from weakref import WeakSet
 
 from pydantic import BaseModel
@@ -91,6 +91,10 @@ MEMORY_PATH = ":memory:"
 S = TypeVar("S", bound=BaseModel)
 log = logging.getLogger("aioeventstore")
 _new_tuple = tuple.__new__  # AppendResult without NamedTuple's Python-level __new__
+
+
+def _not_open() -> asyncio.Future[Any]:
+    raise AssertionError("appends are prepared only on an open, writable store")
 
 
 def _forget(fut: asyncio.Future[AppendResult | Recheck | None]) -> None:
@@ -160,6 +164,11 @@ class EventStore:
         self._readers: Executor | None = None
         self._snapshot_io: Executor | None = None
         self._commit: CommitLoop | None = None
+        # The loop's create_future, from open on: every append's future is made on the loop
+        # the store was opened on (one attribute, where asyncio.get_running_loop() costs
+        # about as much again as the future; an append from another loop then fails loudly
+        # when it awaits that future, instead of being answered from the wrong thread).
+        self._new_future: Callable[[], asyncio.Future[Any]] = _not_open
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
         self._metas = StreamMetas()  # stream retention metadata (see _meta.py)
@@ -253,7 +262,7 @@ class EventStore:
             self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
         loop = asyncio.get_running_loop()
         opener = self._opener  # the work is in _open.py
-        window: dict[bytes, tuple[tuple[bytes, ...], AppendResult]] = {}
+        window: dict[bytes, tuple[bytes, AppendResult]] = {}
         started = time.perf_counter()
         try:
             if self._read_only:
@@ -303,6 +312,7 @@ class EventStore:
         )
         if self._options.retention_bytes is not None or self._options.retention_age is not None:
             self._commit.listeners.append(self._maintenance.on_commit)
+        self._new_future = loop.create_future
         self._commit.start()
         self._state = "open"
         return self
@@ -580,7 +590,7 @@ class EventStore:
             expected_version,
             ids,
             entries,
-            asyncio.get_running_loop().create_future(),
+            self._new_future(),
             source,
             metas,
             own_ids,
@@ -588,13 +598,15 @@ class EventStore:
         )
 
     async def _recheck(
-        self, stream: str, expected: ExpectedVersion, ids: tuple[bytes, ...], outcome: Recheck
+        self, stream: str, expected: ExpectedVersion, ids: bytes, outcome: Recheck
     ) -> AppendResult:
         """An explicit expected version the stream has moved past: a retry of the same ids
-        returns the original result; anything else is a conflict."""
-        first, last = outcome.first_version, outcome.first_version + len(ids) - 1
-        stored = await self._reader.stream_ids(stream, first, len(ids))
-        if stored == list(ids):
+        (16 bytes each, back to back) returns the original result; anything else is a
+        conflict."""
+        count = len(ids) >> 4
+        first, last = outcome.first_version, outcome.first_version + count - 1
+        stored = await self._reader.stream_ids(stream, first, count)
+        if b"".join(stored) == ids:
             return AppendResult(self._index.position_of(stream, last), last)
         raise WrongExpectedVersion(stream, expected, outcome.actual)
 
