@@ -275,3 +275,39 @@ def _ids_in_child() -> list[bytes]:
     from aioeventstore._codec import new_event_id
 
     return [new_event_id() for _ in range(600)]
+
+
+async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> None:
+    """From another thread, appends go through run_coroutine_threadsafe; awaited on that
+    thread's own loop they fail loudly (asyncio's RuntimeError), and a retry with the same
+    id through the store's loop writes the event once."""
+    import asyncio
+    import threading
+
+    eid = uuid.uuid4()
+    async with es.EventStore(store_path) as store:
+        loop = asyncio.get_running_loop()
+        outcome: dict[str, Any] = {}
+
+        def other_thread() -> None:
+            async def direct() -> None:
+                await store.append("t", es.NewEvent(Note(text="x"), id=eid))
+
+            try:
+                asyncio.run(direct())
+            except RuntimeError as exc:
+                outcome["direct"] = exc
+            handed = asyncio.run_coroutine_threadsafe(
+                store.append("t", es.NewEvent(Note(text="x"), id=eid)), loop
+            )
+            outcome["handed"] = handed.result(timeout=30)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.01)
+        thread.join()
+        assert "different loop" in str(outcome["direct"])
+        assert outcome["handed"].version == 0
+        recs = await stream_of(store, "t")
+        assert [r.id for r in recs] == [eid]
