@@ -256,6 +256,42 @@ async def test_one_batch_of_every_kind_reserves_as_planned(
     assert again == written
 
 
+async def test_batches_cut_by_max_batch_bytes_reserve_as_planned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue drained in several batches (``max_batch_bytes``): each batch's queued bytes
+    are its own items' (not the queue's), and its reservation follows the same rule, also
+    when its first items are rejected or cancelled."""
+    fs = FaultyFileSystem()
+    async with es.EventStore(tmp_path, _fs=fs, max_batch_bytes=600) as store:
+        await store.append("s", Note(text="0"))
+        probe = Probe(store, monkeypatch)
+        s = store
+
+        def op(k: int) -> Op:
+            if k % 5 == 0:
+                return (
+                    lambda: s.append("s", Note(text="x" * k), expected_version=10**6),
+                    es.WrongExpectedVersion,
+                )
+            if k % 7 == 3:
+                return (lambda: s.append("c", Note(text="x" * k)), CANCEL)
+            if k % 11 == 4:
+                return (lambda: s.set_stream_metadata("s", max_count=k), OK)
+            return (lambda: s.append(f"t{k % 4}", Note(text="x" * k)), OK)
+
+        ops = [op(k) for k in range(60)]
+        check_outcomes(await one_batch(store, fs, ops), ops)
+        assert len(probe.batches) > 4
+        for batch in probe.batches[1:]:
+            assert batch.queued == sum(size for _, size in batch.pre)
+            expected = batch.old_rule()
+            assert batch.reserved == ([] if expected is None else [expected])
+        firsts = [batch.pre[0][0] for batch in probe.batches[1:]]
+        assert any(item.position < 0 for item in firsts)  # a batch led by a rejected item
+    assert verify_store(str(tmp_path)).ok
+
+
 async def test_a_metadata_write_first_in_a_batch_counts_its_body_when_rotating(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
