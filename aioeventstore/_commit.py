@@ -30,8 +30,9 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import islice
 from typing import NamedTuple
 
@@ -229,6 +230,13 @@ class CommitLoop:
         self.on_sealed: Callable[[int], None] | None = None
         """Called on the loop thread with a segment's ordinal once it is sealed: every frame
         in it is durable and the log has moved on to a new segment."""
+        self.background: Callable[[bool], Future[None] | None] | None = None
+        """Queues background file work on the I/O thread (loop thread; the index sidecars'
+        exports, ``SidecarWriter.pump``): with False one bounded piece, with True all of it;
+        returns the future of the last piece queued, or None when there is none. Called
+        right after each batch's write is handed over (a piece behind it: batches and
+        pieces take turns), while the queue is empty (a piece, and the loop wakes when it is
+        done to queue the next), and before the loop ends (all)."""
         self._compressor = (
             BatchCompressor(options.compression_level) if options.compression == "zstd" else None
         )
@@ -293,7 +301,11 @@ class CommitLoop:
             while True:
                 if not len(self._queue):
                     if self._closing and not self._queue.waiting:
+                        self._pump(True)
                         return
+                    piece = self._pump(False)
+                    if piece is not None:  # wake up to queue the next one (see background)
+                        piece.add_done_callback(partial(_wake_from_thread, loop, self._queue))
                     await self._queue.wait()
                     continue
                 items = self._queue.drain(self._options.max_batch_bytes)
@@ -306,14 +318,18 @@ class CommitLoop:
                 if batch.plan is not None:
                     try:
                         if batch.frames is None:
-                            took_ns = await loop.run_in_executor(
+                            plain = loop.run_in_executor(
                                 self._io, self._write, batch.plan, batch.data, sync
                             )
+                            self._pump(False)
+                            took_ns = await plain
                             written = len(batch.data)
                         else:
-                            written, took_ns = await loop.run_in_executor(
+                            packed = loop.run_in_executor(
                                 self._io, self._write_compressed, batch, sync
                             )
+                            self._pump(False)
+                            written, took_ns = await packed
                             self._log.settle(batch.plan, written)
                             if batch.relocated is not None:
                                 self._index.relocate_last(batch.relocated)
@@ -339,6 +355,15 @@ class CommitLoop:
             self._stop_accepting()
             self._fail(StoreClosed("the store's commit loop was cancelled"), self._current)
             raise
+
+    def _pump(self, everything: bool) -> Future[None] | None:
+        if self.background is None:
+            return None
+        try:
+            return self.background(everything)
+        except Exception:  # background work is never worth a batch
+            log.exception("aioeventstore: queueing background file work failed")
+            return None
 
     def _write(self, plan: WritePlan, data: bytes, sync: bool) -> int:
         """One batch's write and sync (I/O thread); returns the nanoseconds they took."""
@@ -673,6 +698,14 @@ class CommitLoop:
 def _refuse(item: PendingAppend) -> bool:
     """``CommitLoop.try_submit`` once appends are no longer accepted."""
     return False
+
+
+def _wake_from_thread(
+    loop: asyncio.AbstractEventLoop, queue: ByteBoundedQueue[PendingAppend], _: object
+) -> None:
+    """Wake the commit loop if it waits for an empty queue (from any thread)."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(queue.wake)
 
 
 def _failed_again(failure: BaseException) -> BaseException:

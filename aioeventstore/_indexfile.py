@@ -34,7 +34,8 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Generator, Iterator
 from concurrent.futures import Executor, Future
 from typing import Final, NamedTuple
 
@@ -62,6 +63,16 @@ HEAD: Final = struct.Struct("<8sHBBqqqqqIIIIIII")
 # packed metadata bytes I
 META_HEAD: Final = struct.Struct("<III")
 CHUNK: Final = 8 << 20
+CRC_STEP: Final = 4 << 20
+"""Bytes of a segment a background export checksums per step, for a segment whose running
+checksum does not cover them (one this process did not create)."""
+ROWS_STEP: Final = 16384
+STREAMS_STEP: Final = 512
+"""A background export groups at most this many rows, or this many streams, per step."""
+WRITE_STEP: Final = 1 << 20
+"""Bytes of a sidecar file a background export writes and syncs per step."""
+MAX_QUEUED: Final = 2
+"""Exports waiting for steps beyond this many: the oldest is handed over whole."""
 
 
 class Sidecar(NamedTuple):
@@ -287,19 +298,26 @@ def load(
     return car
 
 
-def write(fs: FileSystem, directory: str, segment_path: str, car: Sidecar) -> None:
-    """Write a sidecar atomically: temporary file, sync, rename, sync the directory."""
+def write_steps(
+    fs: FileSystem, directory: str, segment_path: str, data: bytes, piece: int
+) -> Generator[None, None, None]:
+    """Write a sidecar atomically: temporary file, written and synced ``piece`` bytes at a
+    time, rename, sync of the directory; yielding once the file is created and after each
+    piece. The caller runs it to its end; a failure removes the temporary file."""
     path = sidecar_path(segment_path)
     tmp = path + TMP_SUFFIX
-    data = pack(car)
     with contextlib.suppress(FileNotFoundError):  # a crash's leftover must not block it
         fs.remove(tmp)
     handle = fs.open(tmp, write=True, create=True)
     try:
         try:
             handle.truncate(0)
-            handle.pwrite(data, 0)
-            handle.sync()
+            yield
+            view = memoryview(data)
+            for at in range(0, len(data), piece):
+                handle.pwrite(view[at : at + piece], at)
+                handle.sync()
+                yield
         finally:
             handle.close()
         fs.rename(tmp, path)
@@ -321,14 +339,35 @@ def remove_temporaries(fs: FileSystem, directory: str) -> int:
     return removed
 
 
+class _Job:
+    """One sidecar export: its steps, and how many of them the loop thread has yet to hand
+    to the I/O thread (an estimate: the last one it hands over runs the rest)."""
+
+    __slots__ = ("left", "ordinal", "steps")
+
+    def __init__(self, ordinal: int, steps: Iterator[None], left: int) -> None:
+        self.ordinal = ordinal
+        self.steps = steps
+        self.left = left
+
+
 class SidecarWriter:
     """Writes sidecars in the background for the store that owns it.
 
     ``export`` snapshots which rows to save on the commit loop's thread (cheap: two
-    bisections); the rows are copied, grouped and written on the store's I/O thread, queued
-    behind the write that sealed the segment. One thread for all file writes keeps the order
-    of file operations deterministic, which the crash sweeps rely on; the cost is a pause of
-    the commit loop's next write while a segment's sidecar is written (once per segment).
+    bisections) and makes a job of bounded steps: catch up the segment's running checksum
+    (only for a segment this process did not create: ``Segment.checksum``; for one it did,
+    the checksum of what it covers is already known), group the rows (a few thousand rows or
+    a few hundred streams per step), pack them, write and sync the file a piece at a time,
+    rename it. The commit loop hands the I/O thread one step right after each batch's write
+    (``pump``), so steps and batch writes take turns on the one thread for all file writes:
+    the order of file operations stays deterministic (the crash sweeps rely on it), and a
+    batch waits for at most one step, a few milliseconds, instead of a whole export (reading
+    a 64 MB segment back to checksum it, grouping its rows, writing and syncing the file:
+    tens of milliseconds, once per segment). When the commit loop has nothing queued, and
+    before anything changes the rows (``wait_idle``) or the store closes (``drain``), every
+    remaining step is handed over at once; so is the oldest export's whenever more than
+    ``MAX_QUEUED`` wait (segments sealing faster than batches go by).
     """
 
     def __init__(self, log_: Log, index: Index, fs: FileSystem) -> None:
@@ -337,11 +376,12 @@ class SidecarWriter:
         self._fs = fs
         self.executor: Executor | None = None
         """The store's I/O thread, set while the store is open."""
+        self._jobs: deque[_Job] = deque()  # exports with steps not handed over (loop thread)
         self._pending: list[Future[None]] = []
         self.written = 0
         """Sidecars written since open."""
 
-    def _task(self, ordinal: int) -> Callable[[], None] | None:
+    def _job(self, ordinal: int) -> _Job | None:
         index = self._index
         r0, r1 = index.segment_rows(ordinal)
         if r1 <= r0:
@@ -351,62 +391,111 @@ class SidecarWriter:
         seg = self._log.segments[ordinal]
         marks = dict(index.marks.get(ordinal, {}))
         metas = dict(index.metas.get(ordinal, {}))
+        covered = last.offset + last.length
+        # How many steps it takes, estimated from what the loop thread knows (so the same on
+        # every run: the order of file operations must not depend on thread timing).
+        rows = r1 - r0
+        events = end_position - index.frame(r0).first_position
+        streams = min(rows, index.stream_count())
+        size = HEAD.size + 28 * rows + 8 * events + 48 * streams
+        steps = 0 if seg.created else -(-covered // CRC_STEP)
+        # (yields: rows; file created; each piece written; then the last step renames it)
+        steps += -(-rows // ROWS_STEP) + streams // STREAMS_STEP + 1 + -(-size // WRITE_STEP) + 1
 
-        def run() -> None:
+        def run() -> Iterator[None]:
+            while seg.crc_end < covered:  # not created here: checksummed a step at a time
+                seg.catch_up(covered, CRC_STEP)
+                yield
+            crc = seg.checksum(covered, CHUNK)
             raw = seg.read(FRAME_HEADER_SIZE, last.offset)
-            _magic, crc, _len = FRAME_HEADER.unpack_from(raw)
-            rows = index.export_rows(r0, r1, end_position)
-            covered = last.offset + last.length
+            _magic, last_crc, _len = FRAME_HEADER.unpack_from(raw)
+            rows = yield from index.export_steps(r0, r1, end_position, ROWS_STEP, STREAMS_STEP)
+            yield
             car = Sidecar(
                 seg.first_position,
                 covered,
                 end_position,
                 last.offset,
                 last.length,
+                last_crc,
                 crc,
-                range_crc(seg, covered),
                 rows,
                 marks,
                 metas,
             )
-            write(self._fs, self._log.directory, seg.path, car)
+            data = pack(car)
+            yield from write_steps(self._fs, self._log.directory, seg.path, data, WRITE_STEP)
             self.written += 1
 
-        return run
+        return _Job(ordinal, run(), steps)
 
     def export(self, ordinal: int) -> None:
         """Save segment ``ordinal``'s committed rows in the background (loop thread only)."""
-        run = self._task(ordinal)
-        if run is None or self.executor is None:
+        job = self._job(ordinal)
+        if job is None or self.executor is None:
             return
+        self._jobs.append(job)
+        while len(self._jobs) > MAX_QUEUED:
+            self._submit(self._jobs.popleft(), True)
+
+    def pump(self, everything: bool) -> Future[None] | None:
+        """Hand the I/O thread the next step of the oldest export, or with ``everything``
+        every remaining step of every export (loop thread; see ``CommitLoop.background``).
+        Returns the future of the last step handed over, or None."""
+        if self.executor is None or not self._jobs:
+            return None
+        if everything:
+            while self._jobs:
+                self._submit(self._jobs.popleft(), True)
+        else:
+            job = self._jobs[0]
+            job.left -= 1
+            if job.left <= 0:
+                self._jobs.popleft()
+            self._submit(job, job.left <= 0)
+        return self._pending[-1]
+
+    def _submit(self, job: _Job, to_end: bool) -> None:
+        assert self.executor is not None
         self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self.executor.submit(self._guard, run, ordinal))
+        self._pending.append(self.executor.submit(self._step, job, to_end))
 
     def export_now(self, ordinal: int) -> None:
         """Save segment ``ordinal``'s rows on this thread (close, after the loop stopped)."""
-        run = self._task(ordinal)
-        if run is not None:
-            self._guard(run, ordinal)
+        job = self._job(ordinal)
+        if job is not None:
+            self._step(job, True)
 
-    def _guard(self, run: Callable[[], None], ordinal: int) -> None:
+    def _step(self, job: _Job, to_end: bool) -> None:
+        """Run one step of ``job``, or with ``to_end`` all that remain (I/O thread)."""
         try:
-            run()
+            if to_end:
+                for _ in job.steps:
+                    pass
+            else:
+                next(job.steps, None)
         except Exception as exc:  # a cache: the store stays correct without it
-            log.warning("could not write the index sidecar of %s: %s", self._log.path(ordinal), exc)
+            log.warning(
+                "could not write the index sidecar of %s: %s", self._log.path(job.ordinal), exc
+            )
 
     def idle(self) -> bool:
-        """Whether no export is queued or running (the index may then lose rows)."""
+        """Whether no export is waiting, queued or running (the index may then lose rows)."""
         self._pending = [f for f in self._pending if not f.done()]
-        return not self._pending
+        return not self._jobs and not self._pending
 
     async def wait_idle(self) -> None:
-        """Wait until ``idle()`` (loop thread); the caller must not await again before it
-        changes rows, so that no export can start in between."""
+        """Hand over every export's remaining steps and wait until ``idle()`` (loop thread);
+        the caller must not await again before it changes rows, so that no export can start
+        in between."""
+        self.pump(True)
         while not self.idle():
             await asyncio.wrap_future(self._pending[0])
 
     def drain(self) -> None:
-        """Wait for background writes (blocking; on close, before the I/O thread stops)."""
+        """Hand over what remains and wait for it (blocking; on close, once the commit loop
+        has stopped and before the I/O thread does: nothing else touches the jobs then)."""
+        self.pump(True)
         for fut in self._pending:
             fut.result()
         self._pending.clear()
