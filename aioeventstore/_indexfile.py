@@ -10,9 +10,12 @@ and after a crash only what was written since its segment's sidecar.
 
 Sidecars are a cache of the log, never a source of truth:
 
-* Written only for committed, durable frames: when a segment is sealed (in the background)
-  and for the tail segment on a clean close; atomically (temporary file, sync, rename, sync
-  of the directory), all through the file-layer seam.
+* Written only for committed, durable frames: when a segment is sealed (in the background,
+  a bounded step at a time between batch writes: see ``SidecarWriter``) and for the tail
+  segment on a clean close; atomically (temporary file, sync, rename, sync of the directory),
+  all through the file-layer seam. The segment checksum it records comes from the running
+  checksum the segment keeps of what this process wrote to it (``Segment.checksum``), or
+  from reading the segment when that does not cover it.
 * Checked on open against the segment they describe: the checksum of the whole file, the
   segment's first position, its size (at least ``covered_end``), and the last covered frame
   (read and checked in full: damage at a log's end is the likely kind). Anything wrong and
@@ -355,19 +358,31 @@ class SidecarWriter:
     """Writes sidecars in the background for the store that owns it.
 
     ``export`` snapshots which rows to save on the commit loop's thread (cheap: two
-    bisections) and makes a job of bounded steps: catch up the segment's running checksum
-    (only for a segment this process did not create: ``Segment.checksum``; for one it did,
-    the checksum of what it covers is already known), group the rows (a few thousand rows or
-    a few hundred streams per step), pack them, write and sync the file a piece at a time,
-    rename it. The commit loop hands the I/O thread one step right after each batch's write
-    (``pump``), so steps and batch writes take turns on the one thread for all file writes:
-    the order of file operations stays deterministic (the crash sweeps rely on it), and a
-    batch waits for at most one step, a few milliseconds, instead of a whole export (reading
-    a 64 MB segment back to checksum it, grouping its rows, writing and syncing the file:
-    tens of milliseconds, once per segment). When the commit loop has nothing queued, and
-    before anything changes the rows (``wait_idle``) or the store closes (``drain``), every
-    remaining step is handed over at once; so is the oldest export's whenever more than
-    ``MAX_QUEUED`` wait (segments sealing faster than batches go by).
+    bisections) and makes a job of bounded steps, each a few milliseconds at most: catch up
+    the segment's running checksum (``Segment.checksum``: only for a segment this process did
+    not create, 4 MB a step; for one it did, the checksum of what the sidecar covers is
+    known without reading), group the rows (``ROWS_STEP`` rows or ``STREAMS_STEP`` streams a
+    step), pack them and create the temporary file, write and sync it ``WRITE_STEP`` bytes a
+    step, rename it.
+
+    The trade-off: the steps run on the store's I/O thread, the one thread for all file
+    writes, so the order of file operations stays deterministic (the crash sweeps rely on it,
+    and cut the power with an export's file half written between batch writes); and they
+    take turns with the commit loop's batch writes (``pump``): one step is queued behind each
+    batch's write, and while the append queue is empty one step at a time, the commit loop
+    waking as each is done. A batch waits for at most one step instead of a whole export
+    (reading a 64 MB segment back to checksum it, grouping its rows, writing and syncing the
+    sidecar: tens of milliseconds once per segment, which every append in flight then
+    waited for). The cost: a sidecar is on disk some batches after its segment is sealed
+    (a crash before then only means a scan of that segment on open); and an export's steps
+    still take CPU time and the GIL from the event loop, spread over those batches.
+
+    Every remaining step is handed over at once before anything changes the rows
+    (``wait_idle``), when the store closes (``drain``), and for the oldest export whenever
+    more than ``MAX_QUEUED`` wait (segments sealing faster than batches go by). How many
+    steps an export gets is estimated on the loop thread when it is made, from what that
+    thread knows, so the interleaving is the same on every run; the last step it is given
+    runs whatever the estimate left.
     """
 
     def __init__(self, log_: Log, index: Index, fs: FileSystem) -> None:
