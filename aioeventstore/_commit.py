@@ -30,11 +30,10 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from functools import partial
 from itertools import islice
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from ._codec import pack_stream_metadata
 from ._compress import BatchCompressor, PlannedFrame
@@ -194,6 +193,21 @@ class CommitStats:
     sync_latency: Recorder = field(default_factory=lambda: Recorder(LATENCY_BUCKETS))
 
 
+class Background(Protocol):
+    """File work done on the I/O thread a bounded piece at a time, between batch writes."""
+
+    def pump(self, everything: bool) -> None:
+        """Queue the next piece on the I/O thread, or with ``everything`` all that waits."""
+        ...
+
+    def waiting(self) -> bool:
+        """Whether any piece waits to be queued."""
+        ...
+
+
+IDLE_TURNS = 3
+"""Loop turns the commit loop waits, with nothing queued, before it takes the store for idle."""
+
 CommitListener = Callable[[int, int, "list[PendingAppend]", int], None]
 """Called on the loop thread for each durable batch with events: (first position, last
 position, the event appends in position order, recorded_at in microseconds)."""
@@ -230,13 +244,11 @@ class CommitLoop:
         self.on_sealed: Callable[[int], None] | None = None
         """Called on the loop thread with a segment's ordinal once it is sealed: every frame
         in it is durable and the log has moved on to a new segment."""
-        self.background: Callable[[bool], Future[None] | None] | None = None
-        """Queues background file work on the I/O thread (loop thread; the index sidecars'
-        exports, ``SidecarWriter.pump``): with False one bounded piece, with True all of it;
-        returns the future of the last piece queued, or None when there is none. Called
-        right after each batch's write is handed over (a piece behind it: batches and
-        pieces take turns), while the queue is empty (a piece, and the loop wakes when it is
-        done to queue the next), and before the loop ends (all)."""
+        self.background: Background | None = None
+        """Background file work that takes turns with the batch writes on the I/O thread
+        (the index sidecars' exports): one bounded piece is queued right after each batch's
+        write is handed over; all of it once the queue stays empty (see ``_run``) and before
+        the loop ends."""
         self._compressor = (
             BatchCompressor(options.compression_level) if options.compression == "zstd" else None
         )
@@ -303,9 +315,15 @@ class CommitLoop:
                     if self._closing and not self._queue.waiting:
                         self._pump(True)
                         return
-                    piece = self._pump(False)
-                    if piece is not None:  # wake up to queue the next one (see background)
-                        piece.add_done_callback(partial(_wake_from_thread, loop, self._queue))
+                    if self.background is not None and self.background.waiting():
+                        # Give the producers just answered a few loop turns (no clock: the
+                        # I/O thread's order of work must not depend on timing) to queue their
+                        # next appends; if none does, the store is idle: hand it all over.
+                        for _ in range(IDLE_TURNS):
+                            await asyncio.sleep(0)
+                        if not len(self._queue):
+                            self._pump(True)
+                        continue
                     await self._queue.wait()
                     continue
                 items = self._queue.drain(self._options.max_batch_bytes)
@@ -356,14 +374,12 @@ class CommitLoop:
             self._fail(StoreClosed("the store's commit loop was cancelled"), self._current)
             raise
 
-    def _pump(self, everything: bool) -> Future[None] | None:
-        if self.background is None:
-            return None
-        try:
-            return self.background(everything)
-        except Exception:  # background work is never worth a batch
-            log.exception("aioeventstore: queueing background file work failed")
-            return None
+    def _pump(self, everything: bool) -> None:
+        if self.background is not None:
+            try:
+                self.background.pump(everything)
+            except Exception:  # background work is never worth a batch
+                log.exception("aioeventstore: queueing background file work failed")
 
     def _write(self, plan: WritePlan, data: bytes, sync: bool) -> int:
         """One batch's write and sync (I/O thread); returns the nanoseconds they took."""
@@ -698,14 +714,6 @@ class CommitLoop:
 def _refuse(item: PendingAppend) -> bool:
     """``CommitLoop.try_submit`` once appends are no longer accepted."""
     return False
-
-
-def _wake_from_thread(
-    loop: asyncio.AbstractEventLoop, queue: ByteBoundedQueue[PendingAppend], _: object
-) -> None:
-    """Wake the commit loop if it waits for an empty queue (from any thread)."""
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(queue.wake)
 
 
 def _failed_again(failure: BaseException) -> BaseException:

@@ -369,20 +369,24 @@ class SidecarWriter:
     writes, so the order of file operations stays deterministic (the crash sweeps rely on it,
     and cut the power with an export's file half written between batch writes); and they
     take turns with the commit loop's batch writes (``pump``): one step is queued behind each
-    batch's write, and while the append queue is empty one step at a time, the commit loop
-    waking as each is done. A batch waits for at most one step instead of a whole export
+    batch's write. Under load a batch waits for at most one step instead of a whole export
     (reading a 64 MB segment back to checksum it, grouping its rows, writing and syncing the
     sidecar: tens of milliseconds once per segment, which every append in flight then
     waited for). The cost: a sidecar is on disk some batches after its segment is sealed
     (a crash before then only means a scan of that segment on open); and an export's steps
     still take CPU time and the GIL from the event loop, spread over those batches.
 
-    Every remaining step is handed over at once before anything changes the rows
-    (``wait_idle``), when the store closes (``drain``), and for the oldest export whenever
-    more than ``MAX_QUEUED`` wait (segments sealing faster than batches go by). How many
-    steps an export gets is estimated on the loop thread when it is made, from what that
-    thread knows, so the interleaving is the same on every run; the last step it is given
-    runs whatever the estimate left.
+    Every remaining step is handed over at once when the store is idle (the commit loop's
+    queue stayed empty for a few loop turns after a batch: an append that comes just then
+    waits for the rest of the export, as every append did before), before anything changes
+    the rows (``wait_idle``), when the store closes (``drain``), and for the oldest export
+    whenever more than ``MAX_QUEUED`` wait (segments sealing faster than batches go by).
+
+    Nothing here depends on timing, so the order of work on the I/O thread is the same on
+    every run: steps are handed over only at those points of the commit loop (not when the
+    I/O thread finishes one), and how many steps an export gets is estimated on the loop
+    thread when it is made, from what that thread knows; the last step it is given runs
+    whatever the estimate left.
     """
 
     def __init__(self, log_: Log, index: Index, fs: FileSystem) -> None:
@@ -453,22 +457,27 @@ class SidecarWriter:
         while len(self._jobs) > MAX_QUEUED:
             self._submit(self._jobs.popleft(), True)
 
-    def pump(self, everything: bool) -> Future[None] | None:
+    def pump(self, everything: bool) -> None:
         """Hand the I/O thread the next step of the oldest export, or with ``everything``
-        every remaining step of every export (loop thread; see ``CommitLoop.background``).
-        Returns the future of the last step handed over, or None."""
-        if self.executor is None or not self._jobs:
-            return None
+        every remaining step of every export (loop thread: the commit loop's
+        ``Background``)."""
+        if self.executor is None:
+            return
         if everything:
             while self._jobs:
                 self._submit(self._jobs.popleft(), True)
-        else:
+        elif self._jobs:
             job = self._jobs[0]
             job.left -= 1
             if job.left <= 0:
                 self._jobs.popleft()
             self._submit(job, job.left <= 0)
-        return self._pending[-1]
+
+    def waiting(self) -> bool:
+        """Whether an export has steps not handed over yet (loop thread). ``pump(True)``
+        takes each export off the list before it hands it over, so even a failing hand-over
+        ends this."""
+        return self.executor is not None and bool(self._jobs)
 
     def _submit(self, job: _Job, to_end: bool) -> None:
         assert self.executor is not None

@@ -239,8 +239,8 @@ async def test_sidecars_written_in_many_small_steps_load_and_answer_as_a_scan(
 async def test_an_idle_store_finishes_its_exports_without_more_appends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With nothing queued the commit loop hands the I/O thread one step at a time and wakes
-    when it is done: the exports finish while the store is idle, before any close."""
+    """Once nothing is queued for a few loop turns the commit loop hands the I/O thread what
+    remains of the exports: they finish while the store is idle, before any close."""
     monkeypatch.setattr(_indexfile, "WRITE_STEP", 100)  # many steps
     async with es.EventStore(tmp_path / "s", SMALL) as store:
         await fill(store, 3)
