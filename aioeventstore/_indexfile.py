@@ -512,8 +512,10 @@ class SidecarWriter:
         """Hand over every export's remaining steps and wait until ``idle()`` (loop thread);
         the caller must not await again before it changes rows, so that no export can start
         in between."""
-        self.pump(True)
-        while not self.idle():
+        while True:
+            self.pump(True)  # (again after each wait: a segment may have been sealed meanwhile)
+            if self.idle() or not self._pending:
+                return
             await asyncio.wrap_future(self._pending[0])
 
     def drain(self) -> None:
