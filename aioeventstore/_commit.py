@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from ._codec import pack_stream_metadata
 from ._compress import BatchCompressor, PlannedFrame
@@ -193,6 +193,21 @@ class CommitStats:
     sync_latency: Recorder = field(default_factory=lambda: Recorder(LATENCY_BUCKETS))
 
 
+class Background(Protocol):
+    """File work done on the I/O thread a bounded piece at a time, between batch writes."""
+
+    def pump(self, everything: bool) -> None:
+        """Queue the next piece on the I/O thread, or with ``everything`` all that waits."""
+        ...
+
+    def waiting(self) -> bool:
+        """Whether any piece waits to be queued."""
+        ...
+
+
+IDLE_TURNS = 3
+"""Loop turns the commit loop waits, with nothing queued, before it takes the store for idle."""
+
 CommitListener = Callable[[int, int, "list[PendingAppend]", int], None]
 """Called on the loop thread for each durable batch with events: (first position, last
 position, the event appends in position order, recorded_at in microseconds)."""
@@ -229,6 +244,11 @@ class CommitLoop:
         self.on_sealed: Callable[[int], None] | None = None
         """Called on the loop thread with a segment's ordinal once it is sealed: every frame
         in it is durable and the log has moved on to a new segment."""
+        self.background: Background | None = None
+        """Background file work that takes turns with the batch writes on the I/O thread
+        (the index sidecars' exports): one bounded piece is queued right after each batch's
+        write is handed over; all of it once the queue stays empty (see ``_run``) and before
+        the loop ends."""
         self._compressor = (
             BatchCompressor(options.compression_level) if options.compression == "zstd" else None
         )
@@ -293,7 +313,17 @@ class CommitLoop:
             while True:
                 if not len(self._queue):
                     if self._closing and not self._queue.waiting:
+                        self._pump(True)
                         return
+                    if self.background is not None and self.background.waiting():
+                        # Give the producers just answered a few loop turns (no clock: the
+                        # I/O thread's order of work must not depend on timing) to queue their
+                        # next appends; if none does, the store is idle: hand it all over.
+                        for _ in range(IDLE_TURNS):
+                            await asyncio.sleep(0)
+                        if not len(self._queue):
+                            self._pump(True)
+                        continue
                     await self._queue.wait()
                     continue
                 items = self._queue.drain(self._options.max_batch_bytes)
@@ -306,14 +336,18 @@ class CommitLoop:
                 if batch.plan is not None:
                     try:
                         if batch.frames is None:
-                            took_ns = await loop.run_in_executor(
+                            plain = loop.run_in_executor(
                                 self._io, self._write, batch.plan, batch.data, sync
                             )
+                            self._pump(False)
+                            took_ns = await plain
                             written = len(batch.data)
                         else:
-                            written, took_ns = await loop.run_in_executor(
+                            packed = loop.run_in_executor(
                                 self._io, self._write_compressed, batch, sync
                             )
+                            self._pump(False)
+                            written, took_ns = await packed
                             self._log.settle(batch.plan, written)
                             if batch.relocated is not None:
                                 self._index.relocate_last(batch.relocated)
@@ -339,6 +373,13 @@ class CommitLoop:
             self._stop_accepting()
             self._fail(StoreClosed("the store's commit loop was cancelled"), self._current)
             raise
+
+    def _pump(self, everything: bool) -> None:
+        if self.background is not None:
+            try:
+                self.background.pump(everything)
+            except Exception:  # background work is never worth a batch
+                log.exception("aioeventstore: queueing background file work failed")
 
     def _write(self, plan: WritePlan, data: bytes, sync: bool) -> int:
         """One batch's write and sync (I/O thread); returns the nanoseconds they took."""

@@ -46,9 +46,7 @@ import itertools
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter
-from itertools import chain, repeat
-from operator import add
+from collections.abc import Generator
 from typing import Final, NamedTuple, cast
 
 _SHIFT: Final = 10
@@ -57,6 +55,7 @@ _POSITION: Final = struct.Struct("=q")  # native, as array("q") and the sidecars
 _pack = _POSITION.pack
 _unpack_from = _POSITION.unpack_from
 _new_tuple = tuple.__new__  # a FrameRef without NamedTuple's Python-level __new__
+_TAIL: Final = 64  # positions a sidecar export first copies from the end of a stream's buffer
 
 
 def _count(buf: bytearray) -> int:
@@ -72,6 +71,24 @@ def _sid(buf: bytearray) -> int:
 def _at(buf: bytearray, i: int) -> int:
     """The ``i``-th position in a stream's buffer."""
     return int(_unpack_from(buf, (i + 1) << 3)[0])
+
+
+def _run(buf: bytearray, lo: int, hi: int) -> tuple[int, array[int]]:
+    """How many positions in ``buf`` are below ``lo``, and those in ``[lo, hi)``.
+
+    For a sidecar export, where the run is near the end of the buffer: copies a tail of it
+    (in one C call, so safe on any thread while the loop thread appends), eight times longer
+    each time until it starts below ``lo``, and bisects the copy in C.
+    """
+    n = len(buf) >> 3  # slots: the stream id, then its positions
+    s = max(1, n - _TAIL)
+    while True:
+        tail = array("q", buf[s << 3 :])
+        if s == 1 or tail[0] < lo:
+            break
+        s = max(1, n - ((n - s) << 3))
+    k = bisect_left(tail, lo)
+    return s - 1 + k, tail[k : bisect_left(tail, hi, k)]
 
 
 def _bisect(buf: bytearray, x: int, right: bool = False) -> int:
@@ -94,25 +111,6 @@ def _bisect(buf: bytearray, x: int, right: bool = False) -> int:
         else:
             hi = mid
     return lo
-
-
-def _group(events: array[int], owners: array[int], k: int) -> tuple[array[int], array[int]]:
-    """``events`` grouped by owner ``0 .. k-1`` (each group in its order), and each group's
-    size: one pass appending to ``k`` arrays when owners are few, else a stable sort (its
-    runs make it nearly linear when most owners have one or two events)."""
-    if k == len(events):  # one event per owner: already in order
-        return events, array("q", [1]) * k
-    if k < len(events) // 4:
-        groups = [array("q") for _ in range(k)]
-        for p, g in zip(events, owners, strict=True):
-            groups[g].append(p)
-        flat = array("q")
-        for group in groups:
-            flat += group
-        return flat, array("q", map(len, groups))
-    order = sorted(range(len(events)), key=owners.__getitem__)
-    tally = Counter(owners)
-    return array("q", map(events.__getitem__, order)), array("q", map(tally.__getitem__, range(k)))
 
 
 class FrameRef(NamedTuple):
@@ -529,37 +527,63 @@ class Index:
 
     def export_rows(self, r0: int, r1: int, end_position: int) -> SegmentRows:
         """The rows ``[r0, r1)`` grouped for a sidecar file; ``end_position`` is the position
-        after the last event of row ``r1 - 1``.
+        after the last event of row ``r1 - 1``. See ``export_steps``."""
+        steps = self.export_steps(r0, r1, end_position, max(1, r1 - r0), max(1, r1 - r0))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                rows: SegmentRows = done.value
+                return rows
+
+    def export_steps(
+        self, r0: int, r1: int, end_position: int, rows_per_step: int, streams_per_step: int
+    ) -> Generator[None, None, SegmentRows]:
+        """``export_rows`` a bounded step at a time: yields once it has looked at
+        ``rows_per_step`` more rows or ``streams_per_step`` more streams, and returns the rows.
 
         Safe on a thread other than the commit loop's for committed rows: rows, streams and
         positions are only appended while it runs (the store never removes rows while an
-        export is pending), each slice is taken in one step under the GIL, and a stream's
-        positions are read without holding a view of its buffer (``_bisect``).
+        export is pending), each slice is taken in one step under the GIL, and no view of a
+        stream's buffer outlives a C call.
+
+        The work per row is in C, per stream in Python, and never per event: a stream's
+        events in the segment are a contiguous run of its positions (from the segment's first
+        position to ``end_position``), near the end of its buffer, copied in one slice.
         """
-        pos = self._frame_pos[r0:r1]
-        sids = self._frame_sid[r0:r1]
-        cnt = self._frame_cnt[r0:r1]
-        # Per stream, not per row, in Python; the per-row and per-event work is in C.
-        order = list(dict.fromkeys(sids))  # the segment's streams, by first row
-        local = dict(zip(order, range(len(order)), strict=False))
-        lsids = array("I", map(local.__getitem__, sids))
-        first_pos = dict(zip(reversed(sids), reversed(pos), strict=False))  # the first row's wins
+        start = self._frame_pos[r0] if r1 > r0 else end_position
+        local: dict[int, int] = {}
+        lsids = array("I")
         names: list[str] = []
         firsts = array("q")
+        counts = array("q")
+        flat = array("q")
         base, blob, ends = self._base, self._name_blob, self._name_end
-        for g, buf in zip(order, self._buffers(order), strict=True):
-            name = blob[ends[g - 1] if g else 0 : ends[g]].decode("utf-8", "surrogatepass")
-            names.append(name)
-            p = first_pos[g]
-            # a small buffer is copied in one C call (no view of it survives) and bisected in C
-            k = bisect_left(array("q", buf), p, 1) - 1 if len(buf) <= 4096 else _bisect(buf, p)
-            firsts.append(base.get(name, 0) + k)
-        if max(cnt, default=1) == 1:  # one event per row: the rows' positions, regrouped
-            events, owners = pos, lsids
-        else:
-            events = array("q", chain.from_iterable(map(range, pos, map(add, pos, cnt))))
-            owners = array("I", chain.from_iterable(map(repeat, lsids, cnt)))
-        flat, counts = _group(events, owners, len(order))
+        for a in range(r0, r1, rows_per_step):
+            if a > r0:
+                yield
+            sids = self._frame_sid[a : min(a + rows_per_step, r1)]
+            new = [g for g in dict.fromkeys(sids) if g not in local]  # by first row
+            local.update(zip(new, range(len(local), len(local) + len(new)), strict=True))
+            lsids += array("I", map(local.__getitem__, sids))
+            for i in range(0, len(new), streams_per_step):
+                if i:
+                    yield
+                group = new[i : i + streams_per_step]
+                for g, buf in zip(group, self._buffers(group), strict=True):
+                    name = blob[ends[g - 1] if g else 0 : ends[g]].decode("utf-8", "surrogatepass")
+                    names.append(name)
+                    k, run = _run(buf, start, end_position)
+                    firsts.append(base.get(name, 0) + k)
+                    counts.append(len(run))
+                    flat += run
+        pos = self._frame_pos[r0:r1]
+        cnt = self._frame_cnt[r0:r1]
+        if len(flat) != sum(cnt):  # rows and streams disagree: never write such a sidecar
+            raise ValueError(
+                f"the index's streams hold {len(flat)} events in rows {r0}..{r1 - 1}, "
+                f"its rows {sum(cnt)}"
+            )
         assert not cnt or pos[-1] + cnt[-1] == end_position
         return SegmentRows(
             pos,

@@ -10,9 +10,12 @@ and after a crash only what was written since its segment's sidecar.
 
 Sidecars are a cache of the log, never a source of truth:
 
-* Written only for committed, durable frames: when a segment is sealed (in the background)
-  and for the tail segment on a clean close; atomically (temporary file, sync, rename, sync
-  of the directory), all through the file-layer seam.
+* Written only for committed, durable frames: when a segment is sealed (in the background,
+  a bounded step at a time between batch writes: see ``SidecarWriter``) and for the tail
+  segment on a clean close; atomically (temporary file, sync, rename, sync of the directory),
+  all through the file-layer seam. The segment checksum it records comes from the running
+  checksum the segment keeps of what this process wrote to it (``Segment.checksum``), or
+  from reading the segment when that does not cover it.
 * Checked on open against the segment they describe: the checksum of the whole file, the
   segment's first position, its size (at least ``covered_end``), and the last covered frame
   (read and checked in full: damage at a log's end is the likely kind). Anything wrong and
@@ -34,7 +37,8 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Generator, Iterator
 from concurrent.futures import Executor, Future
 from typing import Final, NamedTuple
 
@@ -62,6 +66,16 @@ HEAD: Final = struct.Struct("<8sHBBqqqqqIIIIIII")
 # packed metadata bytes I
 META_HEAD: Final = struct.Struct("<III")
 CHUNK: Final = 8 << 20
+CRC_STEP: Final = 4 << 20
+"""Bytes of a segment a background export checksums per step, for a segment whose running
+checksum does not cover them (one this process did not create)."""
+ROWS_STEP: Final = 16384
+STREAMS_STEP: Final = 512
+"""A background export groups at most this many rows, or this many streams, per step."""
+WRITE_STEP: Final = 1 << 20
+"""Bytes of a sidecar file a background export writes and syncs per step."""
+MAX_QUEUED: Final = 2
+"""Exports waiting for steps beyond this many: the oldest is handed over whole."""
 
 
 class Sidecar(NamedTuple):
@@ -287,19 +301,26 @@ def load(
     return car
 
 
-def write(fs: FileSystem, directory: str, segment_path: str, car: Sidecar) -> None:
-    """Write a sidecar atomically: temporary file, sync, rename, sync the directory."""
+def write_steps(
+    fs: FileSystem, directory: str, segment_path: str, data: bytes, piece: int
+) -> Generator[None, None, None]:
+    """Write a sidecar atomically: temporary file, written and synced ``piece`` bytes at a
+    time, rename, sync of the directory; yielding once the file is created and after each
+    piece. The caller runs it to its end; a failure removes the temporary file."""
     path = sidecar_path(segment_path)
     tmp = path + TMP_SUFFIX
-    data = pack(car)
     with contextlib.suppress(FileNotFoundError):  # a crash's leftover must not block it
         fs.remove(tmp)
     handle = fs.open(tmp, write=True, create=True)
     try:
         try:
             handle.truncate(0)
-            handle.pwrite(data, 0)
-            handle.sync()
+            yield
+            view = memoryview(data)
+            for at in range(0, len(data), piece):
+                handle.pwrite(view[at : at + piece], at)
+                handle.sync()
+                yield
         finally:
             handle.close()
         fs.rename(tmp, path)
@@ -321,14 +342,51 @@ def remove_temporaries(fs: FileSystem, directory: str) -> int:
     return removed
 
 
+class _Job:
+    """One sidecar export: its steps, and how many of them the loop thread has yet to hand
+    to the I/O thread (an estimate: the last one it hands over runs the rest)."""
+
+    __slots__ = ("left", "ordinal", "steps")
+
+    def __init__(self, ordinal: int, steps: Iterator[None], left: int) -> None:
+        self.ordinal = ordinal
+        self.steps = steps
+        self.left = left
+
+
 class SidecarWriter:
     """Writes sidecars in the background for the store that owns it.
 
     ``export`` snapshots which rows to save on the commit loop's thread (cheap: two
-    bisections); the rows are copied, grouped and written on the store's I/O thread, queued
-    behind the write that sealed the segment. One thread for all file writes keeps the order
-    of file operations deterministic, which the crash sweeps rely on; the cost is a pause of
-    the commit loop's next write while a segment's sidecar is written (once per segment).
+    bisections) and makes a job of bounded steps, each a few milliseconds at most: catch up
+    the segment's running checksum (``Segment.checksum``: only for a segment this process did
+    not create, 4 MB a step; for one it did, the checksum of what the sidecar covers is
+    known without reading), group the rows (``ROWS_STEP`` rows or ``STREAMS_STEP`` streams a
+    step), pack them and create the temporary file, write and sync it ``WRITE_STEP`` bytes a
+    step, rename it.
+
+    The trade-off: the steps run on the store's I/O thread, the one thread for all file
+    writes, so the order of file operations stays deterministic (the crash sweeps rely on it,
+    and cut the power with an export's file half written between batch writes); and they
+    take turns with the commit loop's batch writes (``pump``): one step is queued behind each
+    batch's write. Under load a batch waits for at most one step instead of a whole export
+    (reading a 64 MB segment back to checksum it, grouping its rows, writing and syncing the
+    sidecar: tens of milliseconds once per segment, which every append in flight then
+    waited for). The cost: a sidecar is on disk some batches after its segment is sealed
+    (a crash before then only means a scan of that segment on open); and an export's steps
+    still take CPU time and the GIL from the event loop, spread over those batches.
+
+    Every remaining step is handed over at once when the store is idle (the commit loop's
+    queue stayed empty for a few loop turns after a batch: an append that comes just then
+    waits for the rest of the export, as every append did before), before anything changes
+    the rows (``wait_idle``), when the store closes (``drain``), and for the oldest export
+    whenever more than ``MAX_QUEUED`` wait (segments sealing faster than batches go by).
+
+    Nothing here depends on timing, so the order of work on the I/O thread is the same on
+    every run: steps are handed over only at those points of the commit loop (not when the
+    I/O thread finishes one), and how many steps an export gets is estimated on the loop
+    thread when it is made, from what that thread knows; the last step it is given runs
+    whatever the estimate left.
     """
 
     def __init__(self, log_: Log, index: Index, fs: FileSystem) -> None:
@@ -337,11 +395,12 @@ class SidecarWriter:
         self._fs = fs
         self.executor: Executor | None = None
         """The store's I/O thread, set while the store is open."""
+        self._jobs: deque[_Job] = deque()  # exports with steps not handed over (loop thread)
         self._pending: list[Future[None]] = []
         self.written = 0
         """Sidecars written since open."""
 
-    def _task(self, ordinal: int) -> Callable[[], None] | None:
+    def _job(self, ordinal: int) -> _Job | None:
         index = self._index
         r0, r1 = index.segment_rows(ordinal)
         if r1 <= r0:
@@ -351,62 +410,118 @@ class SidecarWriter:
         seg = self._log.segments[ordinal]
         marks = dict(index.marks.get(ordinal, {}))
         metas = dict(index.metas.get(ordinal, {}))
+        covered = last.offset + last.length
+        # How many steps it takes, estimated from what the loop thread knows (so the same on
+        # every run: the order of file operations must not depend on thread timing).
+        rows = r1 - r0
+        events = end_position - index.frame(r0).first_position
+        streams = min(rows, index.stream_count())
+        size = HEAD.size + 28 * rows + 8 * events + 48 * streams
+        steps = 0 if seg.created else -(-covered // CRC_STEP)
+        # (yields: rows; file created; each piece written; then the last step renames it)
+        steps += -(-rows // ROWS_STEP) + streams // STREAMS_STEP + 1 + -(-size // WRITE_STEP) + 1
 
-        def run() -> None:
+        def run() -> Iterator[None]:
+            while seg.crc_end < covered:  # not created here: checksummed a step at a time
+                seg.catch_up(covered, CRC_STEP)
+                yield
+            crc = seg.checksum(covered, CHUNK)
             raw = seg.read(FRAME_HEADER_SIZE, last.offset)
-            _magic, crc, _len = FRAME_HEADER.unpack_from(raw)
-            rows = index.export_rows(r0, r1, end_position)
-            covered = last.offset + last.length
+            _magic, last_crc, _len = FRAME_HEADER.unpack_from(raw)
+            rows = yield from index.export_steps(r0, r1, end_position, ROWS_STEP, STREAMS_STEP)
+            yield
             car = Sidecar(
                 seg.first_position,
                 covered,
                 end_position,
                 last.offset,
                 last.length,
+                last_crc,
                 crc,
-                range_crc(seg, covered),
                 rows,
                 marks,
                 metas,
             )
-            write(self._fs, self._log.directory, seg.path, car)
+            data = pack(car)
+            yield from write_steps(self._fs, self._log.directory, seg.path, data, WRITE_STEP)
             self.written += 1
 
-        return run
+        return _Job(ordinal, run(), steps)
 
     def export(self, ordinal: int) -> None:
         """Save segment ``ordinal``'s committed rows in the background (loop thread only)."""
-        run = self._task(ordinal)
-        if run is None or self.executor is None:
+        job = self._job(ordinal)
+        if job is None or self.executor is None:
             return
+        self._jobs.append(job)
+        while len(self._jobs) > MAX_QUEUED:
+            self._submit(self._jobs.popleft(), True)
+
+    def pump(self, everything: bool) -> None:
+        """Hand the I/O thread the next step of the oldest export, or with ``everything``
+        every remaining step of every export (loop thread: the commit loop's
+        ``Background``)."""
+        if self.executor is None:
+            return
+        if everything:
+            while self._jobs:
+                self._submit(self._jobs.popleft(), True)
+        elif self._jobs:
+            job = self._jobs[0]
+            job.left -= 1
+            if job.left <= 0:
+                self._jobs.popleft()
+            self._submit(job, job.left <= 0)
+
+    def waiting(self) -> bool:
+        """Whether an export has steps not handed over yet (loop thread). ``pump(True)``
+        takes each export off the list before it hands it over, so even a failing hand-over
+        ends this."""
+        return self.executor is not None and bool(self._jobs)
+
+    def _submit(self, job: _Job, to_end: bool) -> None:
+        assert self.executor is not None
         self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self.executor.submit(self._guard, run, ordinal))
+        self._pending.append(self.executor.submit(self._step, job, to_end))
 
     def export_now(self, ordinal: int) -> None:
         """Save segment ``ordinal``'s rows on this thread (close, after the loop stopped)."""
-        run = self._task(ordinal)
-        if run is not None:
-            self._guard(run, ordinal)
+        job = self._job(ordinal)
+        if job is not None:
+            self._step(job, True)
 
-    def _guard(self, run: Callable[[], None], ordinal: int) -> None:
+    def _step(self, job: _Job, to_end: bool) -> None:
+        """Run one step of ``job``, or with ``to_end`` all that remain (I/O thread)."""
         try:
-            run()
+            if to_end:
+                for _ in job.steps:
+                    pass
+            else:
+                next(job.steps, None)
         except Exception as exc:  # a cache: the store stays correct without it
-            log.warning("could not write the index sidecar of %s: %s", self._log.path(ordinal), exc)
+            log.warning(
+                "could not write the index sidecar of %s: %s", self._log.path(job.ordinal), exc
+            )
 
     def idle(self) -> bool:
-        """Whether no export is queued or running (the index may then lose rows)."""
+        """Whether no export is waiting, queued or running (the index may then lose rows)."""
         self._pending = [f for f in self._pending if not f.done()]
-        return not self._pending
+        return not self._jobs and not self._pending
 
     async def wait_idle(self) -> None:
-        """Wait until ``idle()`` (loop thread); the caller must not await again before it
-        changes rows, so that no export can start in between."""
-        while not self.idle():
+        """Hand over every export's remaining steps and wait until ``idle()`` (loop thread);
+        the caller must not await again before it changes rows, so that no export can start
+        in between."""
+        while True:
+            self.pump(True)  # (again after each wait: a segment may have been sealed meanwhile)
+            if self.idle() or not self._pending:
+                return
             await asyncio.wrap_future(self._pending[0])
 
     def drain(self) -> None:
-        """Wait for background writes (blocking; on close, before the I/O thread stops)."""
+        """Hand over what remains and wait for it (blocking; on close, once the commit loop
+        has stopped and before the I/O thread does: nothing else touches the jobs then)."""
+        self.pump(True)
         for fut in self._pending:
             fut.result()
         self._pending.clear()

@@ -332,6 +332,7 @@ class Log:
             with contextlib.suppress(OSError):
                 seg.file.truncate(plan.offset)
             raise
+        seg.wrote(plan.offset, data)  # the running checksum, for the segment's index sidecar
 
     def sync(self) -> None:
         """Sync the tail segment (used on close in ``durability="os"`` mode)."""

@@ -3,11 +3,23 @@
 A segment is named after the position of its first event and starts with a 32-byte header
 (see FORMAT.md); frames follow back to back. Only the log's I/O thread appends to a segment;
 any thread may ``read`` from it (``pread`` needs no shared file offset).
+
+Each segment keeps a running crc32c of a prefix of its file, for its index sidecar (which
+records the checksum of the bytes it covers): started when this process creates the file and
+extended by each write that continues it, so that sealing a 64 MB segment does not mean
+reading it back. A segment opened from disk (a store reopened mid-segment, a tail recovery
+cut, a scavenged copy) starts with an empty prefix and catches up by reading, when asked.
+The invariant: ``(crc, crc_end)`` is the crc32c of the file's bytes ``[0, crc_end)``, and those
+bytes never change while the object lives (a log only appends; a failed write is cut back
+to where it began, never below a checksummed prefix, since only writes that succeeded extend
+it). Owned by the I/O thread, like writes.
 """
 
 from __future__ import annotations
 
 import os
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 
 from ._format import (
@@ -18,6 +30,7 @@ from ._format import (
     FrameError,
     FrameInfo,
     check_frame,
+    crc32c,
     pack_segment_header,
     segment_flags,
     segment_format_version,
@@ -25,6 +38,11 @@ from ._format import (
     unpack_segment_header,
 )
 from ._fs import FileHandle, FileSystem
+
+CRC_MARK_BYTES = 1 << 20
+"""A segment remembers its running checksum at the start of a write at least this far past the
+last one remembered: the checksum of a shorter prefix then reads at most this much plus one
+write."""
 
 FrameSink = Callable[[FrameInfo, bytes, int], None]
 """Called for each good frame during a scan with (info, buffer, frame start in buffer);
@@ -34,7 +52,20 @@ FrameSink = Callable[[FrameInfo, bytes, int], None]
 class Segment:
     """An open segment file and the position of its first event."""
 
-    __slots__ = ("file", "first_position", "flags", "format_version", "path", "pins", "retired")
+    __slots__ = (
+        "_crc",
+        "_crc_end",
+        "_mark_crc",
+        "_mark_off",
+        "created",
+        "file",
+        "first_position",
+        "flags",
+        "format_version",
+        "path",
+        "pins",
+        "retired",
+    )
 
     def __init__(self, path: str, first_position: int, file: FileHandle) -> None:
         self.path = path
@@ -47,6 +78,14 @@ class Segment:
         # and a retired segment's file is closed when its last pin goes.
         self.pins = 0
         self.retired = False
+        # the running checksum (see the module docstring; I/O thread): crc32c of [0, _crc_end),
+        # and the checksums of earlier prefixes, at write starts (_mark_off[0] = 0)
+        self._crc = 0
+        self._crc_end = 0
+        self._mark_off = array("q", [0])
+        self._mark_crc = array("q", [0])
+        self.created = False
+        """Created by this process (``create``): its running checksum covers every write."""
 
     def pin(self) -> None:
         """A read planned against this segment is about to run (event loop thread)."""
@@ -69,13 +108,17 @@ class Segment:
         """Create the file with its header and sync it; the caller syncs the directory."""
         path = os.path.join(directory, segment_name(first_position))
         file = fs.open(path, write=True, create=True)
+        header = pack_segment_header(first_position)
         try:
-            file.pwrite(pack_segment_header(first_position), 0)
+            file.pwrite(header, 0)
             file.sync()
         except BaseException:
             file.close()
             raise
-        return cls(path, first_position, file)
+        seg = cls(path, first_position, file)
+        seg.created = True
+        seg.wrote(0, header)
+        return seg
 
     def read_header(self) -> int:
         """First position stored in the header (and sets ``format_version``); ValueError when
@@ -90,6 +133,61 @@ class Segment:
         """``read_header()`` and the header's flags."""
         first = self.read_header()
         return first, self.flags
+
+    # --- the running checksum (I/O thread) -----------------------------------------------------
+    @property
+    def crc_end(self) -> int:
+        """Where the running checksum's prefix ends (0: nothing checksummed yet)."""
+        return self._crc_end
+
+    def wrote(self, offset: int, data: bytes | memoryview) -> None:
+        """``data`` was written at ``offset`` and the write succeeded: extend the running
+        checksum when the write continues its prefix (I/O thread)."""
+        assert offset >= self._crc_end, "a checksummed prefix is never written again"
+        if offset != self._crc_end or not data:
+            return
+        if offset - self._mark_off[-1] >= CRC_MARK_BYTES:
+            self._mark_off.append(offset)
+            self._mark_crc.append(self._crc)
+        self._crc = crc32c(data, self._crc)
+        self._crc_end = offset + len(data)
+
+    def catch_up(self, end: int, max_bytes: int) -> bool:
+        """Extend the running checksum towards ``end`` by reading at most ``max_bytes`` of the
+        file (I/O thread; for bytes already written). Whether it reaches ``end``. Raises
+        OSError when the file ends first."""
+        at = self._crc_end
+        if at >= end:
+            return True
+        size = min(max_bytes, end - at)
+        chunk = self.read(size, at)
+        if len(chunk) != size:
+            raise OSError(f"segment {self.path} ends at byte {at + len(chunk)}, before {end}")
+        if at - self._mark_off[-1] >= CRC_MARK_BYTES:
+            self._mark_off.append(at)
+            self._mark_crc.append(self._crc)
+        self._crc = crc32c(chunk, self._crc)
+        self._crc_end = at + size
+        return self._crc_end >= end
+
+    def checksum(self, end: int, chunk: int) -> int:
+        """crc32c of the file's bytes ``[0, end)`` (I/O thread): the running checksum when its
+        prefix ends there; else from the last remembered prefix at or before ``end``, reading
+        only what follows it (in ``chunk``-byte reads). Raises OSError when the file is shorter
+        than ``end``."""
+        if end >= self._crc_end:
+            while not self.catch_up(end, chunk):
+                pass
+            return self._crc
+        i = bisect_right(self._mark_off, end) - 1
+        at, crc = self._mark_off[i], self._mark_crc[i]
+        while at < end:
+            data = self.read(min(chunk, end - at), at)
+            if not data:
+                raise OSError(f"segment {self.path} ends at byte {at}, before {end}")
+            crc = crc32c(data, crc)
+            at += len(data)
+        return crc
 
     def read(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file)."""

@@ -296,6 +296,7 @@ class EventStore:
         )
         self._commit.listeners.append(self._hub.publish)
         self._commit.on_sealed = self._sidecars.export
+        self._commit.background = self._sidecars
         self._sidecars.executor = self._io
         for ordinal in opener.unsaved:  # sealed segments that were scanned: save them now
             self._sidecars.export(ordinal)

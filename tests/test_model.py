@@ -202,6 +202,11 @@ class StoreMachine(RuleBasedStateMachine):
     ) -> None:
         """Concurrent ANY appends; the power fails ``after`` operations from now (or, when
         they need fewer, once they are all acknowledged)."""
+        # "From now" needs no file operation in flight: index sidecar exports run in the
+        # background (after the batch that sealed a segment, after an open that scanned some)
+        # and may still be running as this rule starts, which made the cut, the outcomes,
+        # and so Hypothesis's later draws depend on thread timing (FlakyStrategyDefinition).
+        self.run(self.store._sidecars.wait_idle())
         self.fs.cut_after(after)
         made = [(stream, *self.new_events(n)) for stream, n in batch]
 
