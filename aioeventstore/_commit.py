@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import struct
 import time
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ._codec import pack_stream_metadata
 from ._compress import BatchCompressor, PlannedFrame
@@ -49,6 +50,7 @@ from ._format import (
     pack_frame,
 )
 from ._index import Index
+from ._iothread import IoThread
 from ._log import Log, WritePlan
 from ._meta import StreamMetadata, StreamMetas
 from ._queue import ByteBoundedQueue
@@ -252,6 +254,8 @@ class CommitLoop:
         self._compressor = (
             BatchCompressor(options.compression_level) if options.compression == "zstd" else None
         )
+        self._hop: Callable[..., asyncio.Future[Any]] = _not_started
+        """Run a function on the I/O thread, for an awaitable result (set by ``start``)."""
         self.try_submit: Callable[[PendingAppend], bool] = self._queue.put_nowait
         """Queue an append if there is room now (the fast path: no coroutine, no wait).
 
@@ -264,9 +268,13 @@ class CommitLoop:
     def start(self) -> None:
         """Start the commit task on the running loop."""
         assert self._task is None
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="aioeventstore-commit"
-        )
+        loop = asyncio.get_running_loop()
+        io = self._io
+        if isinstance(io, IoThread):  # the short way there and back, for every batch
+            self._hop = functools.partial(io.call, loop)
+        else:
+            self._hop = functools.partial(loop.run_in_executor, io)
+        self._task = loop.create_task(self._run(), name="aioeventstore-commit")
 
     @property
     def queued(self) -> int:
@@ -307,7 +315,6 @@ class CommitLoop:
 
     # --- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         sync = self._options.durability == "fsync"
         try:
             while True:
@@ -336,16 +343,12 @@ class CommitLoop:
                 if batch.plan is not None:
                     try:
                         if batch.frames is None:
-                            plain = loop.run_in_executor(
-                                self._io, self._write, batch.plan, batch.data, sync
-                            )
+                            plain = self._hop(self._write, batch.plan, batch.data, sync)
                             self._pump(False)
                             took_ns = await plain
                             written = len(batch.data)
                         else:
-                            packed = loop.run_in_executor(
-                                self._io, self._write_compressed, batch, sync
-                            )
+                            packed = self._hop(self._write_compressed, batch, sync)
                             self._pump(False)
                             written, took_ns = await packed
                             self._log.settle(batch.plan, written)
@@ -521,9 +524,7 @@ class CommitLoop:
                     ordinal = plan.ordinal
                     woff = off = plan.offset
                 count = item.count
-                item.first_version = version = add_next(
-                    ordinal, off, item.size, stream, pos, count
-                )
+                item.first_version = version = add_next(ordinal, off, item.size, stream, pos, count)
                 item.position = pos
                 # item.outcome stays None: the producer makes its AppendResult from the item
                 if item.key is not None and remember:
@@ -709,6 +710,10 @@ class CommitLoop:
         if failure is self.failure:
             with contextlib.suppress(Exception):  # a broken handler must not break fail-stop
                 log.error("%s", failure, exc_info=exc)
+
+
+def _not_started(*args: object) -> asyncio.Future[Any]:
+    raise AssertionError("the commit loop is not started")
 
 
 def _refuse(item: PendingAppend) -> bool:

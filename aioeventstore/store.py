@@ -50,6 +50,7 @@ from ._compress import require
 from ._fs import FileSystem, OsFileSystem
 from ._index import Index
 from ._indexfile import SidecarWriter
+from ._iothread import IoThread
 from ._log import Log, Recovery
 from ._maintenance import Maintenance
 from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
@@ -257,7 +258,7 @@ class EventStore:
         if isinstance(self._fs, MemoryFileSystem):  # nothing blocks: no thread to hop to
             self._io = self._readers = self._snapshot_io = InlineExecutor()
         else:
-            self._io = ThreadPoolExecutor(1, thread_name_prefix="aioeventstore-io")
+            self._io = IoThread("aioeventstore-io")
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
             self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
         loop = asyncio.get_running_loop()
