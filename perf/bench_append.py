@@ -15,7 +15,9 @@ other at each P, on the same disk and the same event loop (``--loop``):
 * postgres: a throwaway local PostgreSQL server (initdb + postgres from PATH, 127.0.0.1,
             ``fsync=on``, ``synchronous_commit=on``, other settings at their defaults),
             asyncpg, a pool of min(P, 64) connections, one INSERT transaction per append.
-            Skipped, with a note, when the binaries or asyncpg are missing.
+            Skipped, with a note, when the binaries or asyncpg are missing. Its rows run
+            last, and its server runs only then: its background writers would otherwise
+            share the disk with every other system's rows.
 
 Then ours and bare again with 100 events per append call (``--batch-producers`` producers).
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -368,29 +371,56 @@ def versions(systems: list[str]) -> dict[str, str]:
 async def bench(
     args: argparse.Namespace,
     systems: list[str],
-    dsn: str | None,
+    server: Callable[[], contextlib.AbstractContextManager[str]] | None,
     show: Callable[[dict[str, Any]], None],
+    notes: list[str],
 ) -> list[dict[str, Any]]:
-    """Every row, one system after the other at each P, then the many-events rows."""
-    plan = [(p, 1, system) for p in args.producers for system in systems]
+    """Every row, one system after the other at each P, then the many-events rows, then the
+    PostgreSQL rows: its throwaway server (``server``) runs only while they are measured, so
+    that its background writers (WAL writer, checkpointer) share the disk with no one else's
+    row. Rows are returned in table order (P, then system)."""
+    plan = [(p, 1, system) for p in args.producers for system in systems if system != "postgres"]
     if args.batch_size > 1:
         plan += [
             (p, args.batch_size, s) for p in args.batch_producers for s in systems if s in MANY
         ]
+    if "postgres" in systems:
+        plan += [(p, 1, "postgres") for p in args.producers]
     rows = []
-    for producers, per_append, system in plan:
-        with tempfile.TemporaryDirectory(prefix=f"bench-{system}-", dir=args.dir) as d:
-            settings = Settings(d, args.seconds, args.warmup, per_append, dsn)
-            measured = await SYSTEMS[system](settings, producers)
-        row = {
-            "system": system,
-            "producers": producers,
-            "events_per_append": per_append,
-            **measured,
-        }
-        rows.append(row)
-        show(row)
+    with contextlib.ExitStack() as stack:
+        dsn: str | None = None
+        for producers, per_append, system in plan:
+            if system == "postgres" and dsn is None:
+                import _postgres
+
+                assert server is not None
+                try:
+                    dsn = stack.enter_context(server())
+                except _postgres.Unavailable as exc:
+                    notes.append(f"postgres skipped: {exc}")
+                    systems.remove("postgres")
+                    break
+            rows.append(await measure_row(args, system, producers, per_append, dsn, show))
+    order = {system: k for k, system in enumerate(systems)}
+    rows.sort(key=lambda r: (r["events_per_append"], r["producers"], order[r["system"]]))
     return rows
+
+
+async def measure_row(
+    args: argparse.Namespace,
+    system: str,
+    producers: int,
+    per_append: int,
+    dsn: str | None,
+    show: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """One row in a fresh directory."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{system}-", dir=args.dir) as d:
+        settings = Settings(d, args.seconds, args.warmup, per_append, dsn)
+        measured = await SYSTEMS[system](settings, producers)
+    row = {"system": system, "producers": producers, "events_per_append": per_append, **measured}
+    show(row)
+    return row
 
 
 def show_row(out: Any) -> Callable[[dict[str, Any]], None]:
@@ -484,21 +514,20 @@ def main() -> int:
     info = machine_info(args.loop, args.dir or tempfile.gettempdir())
     info["versions"] = versions(systems)
     info["notes"] = notes
-    with contextlib.ExitStack() as stack:
-        dsn = None
-        if "postgres" in systems:
-            import _postgres
+    server: Callable[[], contextlib.AbstractContextManager[str]] | None = None
+    if "postgres" in systems:
+        import _postgres
 
-            try:
-                dsn = stack.enter_context(_postgres.throwaway_server(args.dir))
-                binary = _postgres.find_binaries()["postgres"]
-                info["versions"]["postgres"] = _postgres.server_version(binary)
-            except _postgres.Unavailable as exc:
-                notes.append(f"postgres skipped: {exc}")
-                systems.remove("postgres")
-        print_header(info, args, systems)
-        show = show_row(sys.stderr if args.json else sys.stdout)
-        rows = run(bench(args, systems, dsn, show), args.loop)
+        try:
+            binary = _postgres.find_binaries()["postgres"]
+            info["versions"]["postgres"] = _postgres.server_version(binary)
+            server = functools.partial(_postgres.throwaway_server, args.dir)
+        except _postgres.Unavailable as exc:
+            notes.append(f"postgres skipped: {exc}")
+            systems.remove("postgres")
+    print_header(info, args, systems)
+    show = show_row(sys.stderr if args.json else sys.stdout)
+    rows = run(bench(args, systems, server, show, notes), args.loop)
     if args.json:
         document = {
             "machine": {k: v for k, v in info.items() if k != "notes"},
