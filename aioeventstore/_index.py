@@ -200,29 +200,20 @@ class Index:
         above 0 (its older versions were removed). After that, its versions are dense.
         """
         assert first_position >= self.next_position, "frames are added in position order"
-        positions = self._streams.get(stream)
-        if positions is None:
-            positions = self._new_stream(stream, first_version)
-        assert first_version == self._base.get(stream, 0) + (len(positions) >> 3) - 1, "dense"
-        self._frame_pos.append(first_position)
-        self._frame_seg.append(ordinal)
-        self._frame_off.append(offset)
-        self._frame_len.append(length)
-        self._frame_sid.append(_unpack_from(positions)[0])
-        self._frame_cnt.append(count)
-        if count == 1:
-            positions += _pack(first_position)
-        else:
-            positions += array("q", range(first_position, first_position + count))
-        self.next_position = first_position + count
+        if stream not in self._streams:
+            self._new_stream(stream, first_version)
+        version = self.add_next(ordinal, offset, length, stream, first_position, count)
+        assert version == first_version, "dense"
 
     def add_next(
         self, ordinal: int, offset: int, length: int, stream: str, first_position: int, count: int
     ) -> int:
-        """:meth:`add_frame` for the commit loop's every append: the frame holds ``stream``'s
-        next ``count`` versions, the first of which is returned. One lookup of the stream
-        and no checks: the loop has just planned ``first_position`` as ``next_position``,
-        and a stream's next version is dense by construction.
+        """Record a frame holding ``stream``'s next ``count`` versions; returns the first.
+
+        The commit loop's call for every append (one lookup of the stream, no checks: it has
+        just planned ``first_position`` as ``next_position``, and a stream's next version is
+        dense by construction); :meth:`add_frame` checks what recovery hands it, then calls
+        this.
         """
         positions = self._streams.get(stream)
         if positions is None:
