@@ -2,8 +2,8 @@
 
 ``bench_scale.py`` measures each size inside the process that grew the store (its heap, page
 cache and allocator state included). This script grows one store of ``--events`` events
-(default 10,000,000; single-event appends over 1,000 streams with ``durability="os"``, as
-bench_scale does), then, alternating, starts a fresh Python process that opens it and
+(default 10,000,000; ``bench_scale.grow``: single-event appends over 1,000 streams with
+``durability="os"``), then, alternating, starts a fresh Python process that opens it and
 measures durable single-event appends at P=1024 (``bench_append.py``'s workload: 0.5 s
 warm-up, ``--seconds`` measured), and one that does the same on an empty store. It prints
 the open time, each rate, and the ratio of the big store's rate to the empty store's.
@@ -26,21 +26,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_append as b
+from bench_scale import grow
 
 import aioeventstore as es
 
-
-async def grow(directory: str, events: int) -> None:
-    """``events`` single-event appends over the benchmark's 1,000 streams."""
-    async with es.EventStore(directory, durability="os") as store:
-        singles = [b.make_event(k) for k in range(b.STREAMS)]
-        step = 100_000
-        for start in range(0, events, step):
-            end = min(events, start + step)
-            await store.append_many(
-                [(b.NAMES[i % b.STREAMS], singles[i % b.STREAMS]) for i in range(start, end)]
-            )
-            print(f"  grown to {end:,} events", file=sys.stderr, flush=True)
+STREAMS = 1_000
+NAMES = [f"s-{k}" for k in range(STREAMS)]  # the streams bench_scale.grow appends to
 
 
 async def measure(directory: str, seconds: float) -> dict[str, float]:
@@ -48,11 +39,11 @@ async def measure(directory: str, seconds: float) -> dict[str, float]:
     started = time.perf_counter()
     async with es.EventStore(directory) as store:
         opened = time.perf_counter() - started
-        singles = [b.make_event(k) for k in range(b.STREAMS)]
+        singles = [b.make_event(k) for k in range(STREAMS)]
 
         async def append(p: int, i: int) -> None:
-            k = i % b.STREAMS
-            await store.append(b.NAMES[k], singles[k])
+            k = i % STREAMS
+            await store.append(NAMES[k], singles[k])
 
         await b.drive(append, 1024, 0.5, 1)
         row = await b.drive(append, 1024, seconds, 1)
@@ -86,7 +77,10 @@ def main() -> int:
     try:
         big = os.path.join(top, "big")
         started = time.perf_counter()
-        asyncio.run(grow(big, args.events))
+        asyncio.run(grow(big, 0, args.events, STREAMS, 1))
+        # grown with durability="os": gigabytes the kernel has yet to write back, whose
+        # writeback would otherwise compete with the measured fsyncs and reads
+        os.sync()
         print(f"grew {args.events:,} events in {time.perf_counter() - started:.1f} s")
         for r in range(args.rounds):
             empty = os.path.join(top, f"empty-{r}")
