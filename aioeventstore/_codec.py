@@ -1,4 +1,4 @@
-"""Events ↔ bytes. The only module that imports msgpack.
+"""Events ↔ bytes. The only module that imports msgpack (and ormsgpack, which reads).
 
 Producers call :func:`encode_events` in their own task, before anything is queued, so bad input
 fails there and the commit loop only ever sees bytes. Readers call :func:`decode_frame_events`
@@ -17,6 +17,7 @@ from itertools import repeat
 from typing import Any, TypeVar
 
 import msgpack
+import ormsgpack
 from pydantic import BaseModel, ValidationError
 
 from ._format import (
@@ -356,9 +357,27 @@ def _no_dump(obj: Any, **kw: Any) -> Any:  # pragma: no cover - replaced before 
     raise AssertionError
 
 
+_unpack_fast: Callable[[bytes | memoryview], Any] = ormsgpack.unpackb
+
+
+def unpack_stored(packed: bytes | memoryview) -> Any:
+    """A stored payload (event data or metadata), as reads return it.
+
+    ormsgpack reads the small maps events are made of in half msgpack's time (replay's
+    largest single cost after validation); what it refuses and msgpack reads (bytes map keys,
+    extension types) msgpack reads, and damage raises msgpack's error. One difference is
+    left: bytes after the payload's one object are ignored (msgpack raises ``ExtraData``).
+    The writer never leaves any, and the frame's checksum covers the payload.
+    """
+    try:
+        return _unpack_fast(packed)
+    except Exception:
+        return msgpack.unpackb(packed)
+
+
 def unpack_metadata(packed: bytes) -> Mapping[str, Any]:
     """Metadata as reads return it, from the bytes ``encode_events`` packed."""
-    return msgpack.unpackb(packed) if packed else NO_METADATA
+    return unpack_stored(packed) if packed else NO_METADATA
 
 
 def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> bytes:
@@ -467,7 +486,7 @@ def decode_frame_events(
     at = frame_start + info.entries_at
     end = frame_start + info.length
     when = _when(info.recorded_at_us)
-    unpackb = msgpack.unpackb
+    unpackb = unpack_stored
     unpack_head = ENTRY_HEAD.unpack_from
     stream = info.stream
     first_pos = info.first_position
@@ -644,7 +663,81 @@ def _span_batch(
     one_size = size + 1
     unpack_one: Callable[[Any, int], tuple[Any, ...]] = unpack_frame
     view = memoryview(buf)  # the CRC is taken over a view: no copy of the frame
+    # A whole-log read (no ``only``, no ``firsts``) takes runs of such frames in a tighter
+    # loop: consecutive positions inside [lo, hi], the flags and type field of the run the
+    # previous frame started, no metadata, a stream without retention. Anything else leaves
+    # the frame (unread: nothing is changed before the checks pass) to the paths below.
+    tight = only is None and firsts is None
+    header_size, events_kind, frame_magic = FRAME_HEADER_SIZE, FRAME_KIND_EVENTS, FRAME_MAGIC
+    run_fl = -1  # the flags of the events frame that chose ``cache`` (and so ``field``)
+    skip = 0  # one_size less the entry head and type field: where the entry size counts from
     while at < size:
+        if tight and lo <= pos <= hi and at + one_size <= size:
+            run0 = pos  # positions (consecutive) and times (few) are added when the run ends
+            left = min(_FLUSH_EVENTS - len(eids), hi + 1 - pos)  # to the flush, or to ``hi``
+            while True:
+                (
+                    magic,
+                    crc,
+                    blen,
+                    kind,
+                    fl,
+                    slen,
+                    count,
+                    fpos,
+                    fver,
+                    us,
+                    raw_name,
+                    esize,
+                    eid,
+                    tlen,
+                    mlen,
+                    tfield,
+                ) = unpack_one(buf, at)
+                end = at + header_size + blen
+                if (
+                    tfield != field
+                    or fpos != pos
+                    or slen != one_slen
+                    or tlen != one_tlen
+                    or count != 1
+                    or kind != events_kind
+                    or fl != run_fl
+                    or mlen
+                    or magic != frame_magic
+                    or end > size
+                ):
+                    break
+                stream = names.get(raw_name) or _stream_name(raw_name)
+                if hidden and stream in hidden:  # retention applies: the path below checks
+                    break
+                if crc32c(view[at + FRAME_LENGTH_AT : end]) != crc:
+                    raise _Bail
+                nxt = at + skip + esize
+                if nxt > end:
+                    raise _Bail
+                pos = fpos + 1
+                if us != last_us:
+                    whens += repeat(when, len(eids) - len(whens))
+                    when = _when(us)
+                    last_us = us
+                add_eid(eid)
+                add_payload(buf[at + one_size : nxt])
+                add_stream(stream)
+                add_ver(fver)
+                at = end
+                left -= 1
+                if not left or at + one_size > size:
+                    break
+            if pos != run0:
+                last_first = pos - 1
+                poss += range(run0, pos)
+                whens += repeat(when, len(eids) - len(whens))
+                if len(eids) >= _FLUSH_EVENTS:
+                    _flush(res, columns)
+                    field = _NO_FIELD
+            if at >= size:
+                break
         if at + one_size <= size:
             (
                 magic,
@@ -695,6 +788,7 @@ def _span_batch(
                 if (versioned if fl & FRAME_FLAG_SCHEMA else plain) is not cache:
                     cache = versioned if fl & FRAME_FLAG_SCHEMA else plain
                     field = _NO_FIELD
+                run_fl = fl
                 m0 = at + one_size  # (the type field was unpacked with the head)
                 nxt = m0 - tlen - ENTRY_HEAD_SIZE + 4 + esize
                 if nxt > end:
@@ -773,12 +867,14 @@ def _span_batch(
         if (versioned if fl & FRAME_FLAG_SCHEMA else plain) is not cache:
             cache = versioned if fl & FRAME_FLAG_SCHEMA else plain
             field = _NO_FIELD
+        run_fl = fl
         e = s0 + slen
         if count == 1:  # in range and visible, as the checks above show
             esize, eid, tlen, mlen = unpack_entry(buf, e)
             one_slen, one_tlen = slen, tlen  # the next single-event frames take the path above
             unpack_one = _one_frame(slen, tlen)
             one_size = _HEAD_SIZE + slen + ENTRY_HEAD_SIZE + tlen
+            skip = _HEAD_SIZE + slen + 4
             nxt = e + 4 + esize
             if nxt > end:
                 raise _Bail
@@ -924,7 +1020,7 @@ def _flush(res: list[RecordedEvent], columns: tuple[list[Any], ...]) -> None:
     n = len(eids)
     if not n:
         return
-    unpackb = msgpack.unpackb
+    unpackb = _unpack_fast  # what it refuses (rare) the caller's reference loop reads
     if len(runs) == 1:
         _a, name, decode = runs[0]
         datas = map(unpackb, payloads)  # each dict is validated (and freed) as soon as made
@@ -972,7 +1068,7 @@ def _span_loop(
     """
     unpack_frame = _SPAN_HEAD.unpack_from
     unpack_entry = ENTRY_HEAD.unpack_from
-    unpackb = msgpack.unpackb
+    unpackb = unpack_stored
     names = _stream_names
     plain, versioned = caches if caches is not None else new_type_caches()
     new_tuple = _new_tuple

@@ -161,6 +161,9 @@ class Index:
         # rows can be grouped by stream for its sidecar file without touching every stream.
         self._frame_sid = array("I")
         self._frame_cnt = array("I")  # events in the frame (see "Gaps" above)
+        self._sidless: set[int] = set()
+        """Ordinals of segments whose rows were loaded without their stream ids (zeros):
+        never exported as they are (``load_rows``)."""
         # Nothing below holds a GC-tracked object per stream (see the module docstring).
         self._streams: dict[str, bytearray] = {}
         """Stream → its buffer of native 8-byte ints: its stream id, then its positions in
@@ -373,6 +376,7 @@ class Index:
         lo, hi = self.segment_rows(ordinal)
         assert hi - lo == len(streams)
         self._frame_sid[lo:hi] = array("I", [_sid(self._streams[s]) for s in streams])
+        self._sidless.discard(ordinal)
 
     def streams_ending_before(self, position: int) -> list[tuple[str, int]]:
         """(stream, last version) of every stream with events, all before ``position``."""
@@ -542,6 +546,8 @@ class Index:
         events in the segment are a contiguous run of its positions (from the segment's first
         position to ``end_position``), near the end of its buffer, copied in one slice.
         """
+        if r1 > r0 and self._frame_seg[r0] in self._sidless:  # would file all under one
+            raise AssertionError(f"rows of segment {self._frame_seg[r0]} have no stream ids")
         start = self._frame_pos[r0] if r1 > r0 else end_position
         local: dict[int, int] = {}
         lsids = array("I")
@@ -592,9 +598,9 @@ class Index:
         """Append a sidecar file's rows for segment ``ordinal`` (open only, in segment order).
 
         With ``sids`` False the rows' stream ids are not kept (zeros): enough for every
-        segment that will never be exported again, i.e. all but the last (a scavenge that
-        rewrites one sets them first, ``set_segment_sids``). The caller checked the rows with
-        ``rows_problem``.
+        segment that will never be exported again, i.e. all but the last two segment files
+        (a scavenge that rewrites one sets them first, ``set_segment_sids``); exporting such
+        rows raises AssertionError. The caller checked the rows with ``rows_problem``.
         """
         n = len(rows.pos)
         assert n and rows.pos[0] >= self.next_position, "segments are loaded in order"
@@ -622,6 +628,7 @@ class Index:
             self._frame_sid += array("I", map(glob.__getitem__, rows.sids))
         else:
             self._frame_sid += array("I", [0]) * n
+            self._sidless.add(ordinal)
         self.next_position = end_position
 
     def rows_problem(self, rows: SegmentRows, missing: int) -> str | None:

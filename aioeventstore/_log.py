@@ -129,12 +129,13 @@ class Log:
     def recover(
         self,
         sink: Callable[[int, Segment], FrameSink],
-        resume: Callable[[int, Segment, int, bool], tuple[int, int]] | None = None,
+        resume: Callable[[int, Segment, int, int], tuple[int, int]] | None = None,
     ) -> Recovery:
         """Open every segment, check every frame, cut a torn tail; blocking.
 
         ``sink(ordinal, segment)`` returns the callback that receives that segment's frames.
-        ``resume(ordinal, segment, first position, is last)``, when given, may account for a
+        ``resume(ordinal, segment, first position, segment files after it)``, when given,
+        may account for a
         prefix of the segment itself (from an index sidecar) and returns where the scan
         starts: (byte offset, position there). Raises CorruptLog for damage that is not a
         torn tail.
@@ -189,7 +190,8 @@ class Log:
             position = first  # past a gap (removed segments), if there is one
             start = SEGMENT_HEADER_SIZE
             if resume is not None:
-                start, position = resume(len(self.segments) - 1, seg, position, last)
+                later = len(names) - 1 - i
+                start, position = resume(len(self.segments) - 1, seg, position, later)
                 indexed += start > SEGMENT_HEADER_SIZE
             end, position, reason = seg.scan(
                 start,

@@ -125,16 +125,19 @@ class Opener:
             index.add_meta(ordinal, stream, revision, packed)
             metas.commit(stream, StreamMetadata.from_fields(fields, revision))
 
-        def resume(ordinal: int, seg: Segment, position: int, last: bool) -> tuple[int, int]:
-            # (stream ids kept for every segment, not only the last: recovery may remove a
-            # half-made last segment, and the one before it is the tail again, exported on
-            # close; rows without their stream ids would file every event under one stream)
-            car = load_sidecar(fs, seg, position, self._options.verify_on_open, True)
+        def resume(ordinal: int, seg: Segment, position: int, later: int) -> tuple[int, int]:
+            # Stream ids are kept for the last two segment files only: the tail is exported
+            # again on close or rotation, and recovery may remove a half-made last segment,
+            # making the one before it the tail. Older rows are never exported again (a
+            # scavenge that rewrites one sets them first); translating their ids was a third
+            # of the open time of a 10-million-event store.
+            keep_sids = later <= 1
+            car = load_sidecar(fs, seg, position, self._options.verify_on_open, keep_sids)
             if car is None:
-                if not last:
+                if later:
                     scanned.append(ordinal)
                 return SEGMENT_HEADER_SIZE, position
-            self._apply_sidecar(ordinal, seg, car, seen, sids=True)
+            self._apply_sidecar(ordinal, seg, car, seen, sids=keep_sids)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)
             try:

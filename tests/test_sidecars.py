@@ -248,3 +248,34 @@ async def test_repair_removes_the_sidecars_of_what_it_cuts(tmp_path: Path) -> No
         idx.unlink()
     async with es.EventStore(path, OPTS) as store:
         assert store.checkpoint("proj") == with_sidecars == 1
+
+
+async def test_old_segments_load_without_stream_ids_and_scavenge_still_rewrites_them(
+    tmp_path: Path,
+) -> None:
+    """Opening keeps the rows' stream ids for the last two segment files only (only a tail is
+    ever exported again). Rows loaded without them refuse to be exported, and a scavenge that
+    rewrites such a segment gives it its ids first: its new sidecar answers as a scan does."""
+    path = tmp_path / "s"
+    await fill(path)
+    async with es.EventStore(path, OPTS) as store:
+        index = store._index
+        segs = len(store._log.segments)
+        assert segs >= 4
+        assert index._sidless == set(range(segs - 2))
+        r0, r1 = index.segment_rows(0)
+        last = index.frame(r1 - 1)
+        try:
+            index.export_rows(r0, r1, last.first_position + last.event_count)
+        except AssertionError as exc:
+            assert "no stream ids" in str(exc)
+        else:
+            raise AssertionError("rows without stream ids were exported")
+        await store.delete_stream("s3")
+        report = await store.scavenge()
+        assert report.segments_rewritten >= segs - 2
+        assert not index._sidless & set(range(segs - 1))  # every rewritten one has its ids
+    with_sidecars = await snapshot(path)
+    for p in sidecars(path):
+        p.unlink()
+    assert await snapshot(path) == with_sidecars
