@@ -138,6 +138,8 @@ class Opener:
                     scanned.append(ordinal)
                 return SEGMENT_HEADER_SIZE, position
             self._apply_sidecar(ordinal, seg, car, seen, sids=keep_sids)
+            if not later:  # the tail: sealing it later need not read it back
+                seg.seed(car.range_crc, car.covered_end)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)
             try:

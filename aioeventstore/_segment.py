@@ -8,7 +8,8 @@ Each segment keeps a running crc32c of a prefix of its file, for its index sidec
 records the checksum of the bytes it covers): started when this process creates the file and
 extended by each write that continues it, so that sealing a 64 MB segment does not mean
 reading it back. A segment opened from disk (a store reopened mid-segment, a tail recovery
-cut, a scavenged copy) starts with an empty prefix and catches up by reading, when asked.
+cut, a scavenged copy) starts with an empty prefix and catches up by reading, when asked,
+unless its sidecar's checksum seeds it (``seed``: a reopened tail).
 The invariant: ``(crc, crc_end)`` is the crc32c of the file's bytes ``[0, crc_end)``, and those
 bytes never change while the object lives (a log only appends; a failed write is cut back
 to where it began, never below a checksummed prefix, since only writes that succeeded extend
@@ -151,6 +152,20 @@ class Segment:
             self._mark_crc.append(self._crc)
         self._crc = crc32c(data, self._crc)
         self._crc_end = offset + len(data)
+
+    def seed(self, crc: int, end: int) -> None:
+        """Start the running checksum at ``end`` with ``crc``, the checksum an index sidecar
+        recorded for the bytes ``[0, end)`` when they were written (a reopened tail: sealing
+        it then reads none of it back). Only before anything is checksummed; the checksum it
+        carries on is of what was written, so damage since is still what a verifying open
+        finds."""
+        assert self._crc_end == 0, "seeded once, before any write"
+        if end <= 0:
+            return
+        self._mark_off.append(end)
+        self._mark_crc.append(crc)
+        self._crc = crc
+        self._crc_end = end
 
     def catch_up(self, end: int, max_bytes: int) -> bool:
         """Extend the running checksum towards ``end`` by reading at most ``max_bytes`` of the

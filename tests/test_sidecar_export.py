@@ -113,22 +113,33 @@ def test_checksums_of_prefixes_from_remembered_ones(
         seg.close()
 
 
-async def test_a_store_reopened_mid_segment_checksums_that_segment_by_reading(
-    tmp_path: Path,
+@pytest.mark.parametrize("tail_sidecar", [True, False], ids=["seeded", "read-back"])
+async def test_a_store_reopened_mid_segment_checksums_that_segment(
+    tmp_path: Path, tail_sidecar: bool
 ) -> None:
-    """The tail segment of a reopened store was not written by this process from its start:
-    its running checksum is unknown (nothing checksummed), so its export reads it, a step at
-    a time; the sidecar it writes is right."""
+    """The tail segment of a reopened store was not written by this process from its start.
+    When its sidecar (written on close) covers it, the checksum that sidecar recorded seeds
+    the running one; without it (a crash) the checksum is unknown (nothing checksummed) and
+    its export reads it, a step at a time. Either way the sidecar it writes is right."""
     path = tmp_path / "s"
     async with es.EventStore(path, SMALL) as store:
         await fill(store, 2)
         await store.append("more", Note(text="x"))
+    if not tail_sidecar:
+        sorted(path.glob("*.idx"))[-1].unlink()
     async with es.EventStore(path, SMALL) as store:
         segments, _ = internals(store)
         tail = segments[-1]
-        assert not tail.created and tail.crc_end == 0
-        await store.append("more", Note(text="y"))  # does not continue a checksummed prefix
-        assert tail.crc_end == 0
+        assert not tail.created
+        if tail_sidecar:
+            assert tail.crc_end == tail.file.size()
+            assert tail.checksum(tail.crc_end, 4096) == range_crc(tail, tail.crc_end)
+            await store.append("more", Note(text="y"))  # continues the seeded prefix
+            assert tail.crc_end == tail.file.size()
+        else:
+            assert tail.crc_end == 0
+            await store.append("more", Note(text="y"))  # does not continue a prefix
+            assert tail.crc_end == 0
         await fill(store, len(segments) + 2, stream="again")
         await store.append("end", Note(text="z"))  # (no checkpoint frame after it to scan)
         await store._sidecars.wait_idle()
