@@ -5,8 +5,9 @@ cache and allocator state included). This script grows one store of ``--events``
 (default 10,000,000; ``bench_scale.grow``: single-event appends over 1,000 streams with
 ``durability="os"``), then, alternating, starts a fresh Python process that opens it and
 measures durable single-event appends at P=1024 (``bench_append.py``'s workload: 0.5 s
-warm-up, ``--seconds`` measured), and one that does the same on an empty store. It prints
-the open time, each rate, and the ratio of the big store's rate to the empty store's.
+warm-up, ``--seconds`` measured), and one that does the same on an empty store, in turns
+(empty first in odd rounds, big first in even ones). It prints the open time, each rate, the
+ratio of the big store's rate to the empty store's, and the mean ratio.
 
     python perf/bench_reopen.py [--events 10000000] [--rounds 2] [--seconds 3]
 """
@@ -82,17 +83,30 @@ def main() -> int:
         # writeback would otherwise compete with the measured fsyncs and reads
         os.sync()
         print(f"grew {args.events:,} events in {time.perf_counter() - started:.1f} s")
+        ratios: list[float] = []
         for r in range(args.rounds):
             empty = os.path.join(top, f"empty-{r}")
-            e = child(empty, args.seconds)
-            g = child(big, args.seconds)
+            # the order alternates (empty first, then big first): whatever drifts on the
+            # machine over a round (caches, writeback, clock) favours neither store
+            if r % 2 == 0:
+                e = child(empty, args.seconds)
+                g = child(big, args.seconds)
+            else:
+                g = child(big, args.seconds)
+                e = child(empty, args.seconds)
             ratio = g["events_per_s"] / e["events_per_s"]
+            ratios.append(ratio)
+            first = "empty" if r % 2 == 0 else "big"
             print(
-                f"round {r + 1}: empty store {e['events_per_s']:,.0f} appends/s; "
+                f"round {r + 1} ({first} first): empty store {e['events_per_s']:,.0f} appends/s; "
                 f"{args.events:,}-event store opened in {g['open_s']:.2f} s, "
                 f"{g['events_per_s']:,.0f} appends/s ({ratio:.2f} of the empty store's)",
                 flush=True,
             )
+        print(
+            f"mean ratio over {len(ratios)} rounds: {sum(ratios) / len(ratios):.2f} "
+            f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
+        )
     finally:
         shutil.rmtree(top, ignore_errors=True)
     return 0
