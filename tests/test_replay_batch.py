@@ -9,12 +9,15 @@ path; and they check that the batch really is the path clean data takes.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from pydantic import field_validator
 
@@ -442,3 +445,60 @@ async def test_payloads_the_fast_unpacker_refuses_read_as_msgpack_reads_them(
     assert batched == reference
     assert batched["all"][11].metadata == {"raw": {b"k": 11}}
     assert [r.data.n for r in batched["all"]] == list(range(20))
+
+
+# Payloads ormsgpack must refuse (msgpack then reads them, or names the damage), because a
+# version that reads them returns something else than msgpack: ormsgpack 1.5 and 1.6 read a
+# bytes map key as a str and a str that is not UTF-8 as bytes.
+_READ_OTHERWISE = [
+    msgpack.packb({b"k": 1}),
+    msgpack.packb({"raw": {b"k": 1}}),  # (metadata of that shape is stored as it is)
+    b"\xa2\xff\xfe",  # a str that is not UTF-8
+    b"\xa3\xed\xa0\x80",  # a UTF-8-encoded surrogate
+]
+# Damaged lengths: an array, a map, a str, a bin that claim up to 4 GiB in a few bytes.
+# ormsgpack before 1.13.1 kills the process on some of them (SIGSEGV or a Rust panic).
+_HUGE_LENGTHS = [
+    "ddffffffff00",
+    "ddcfffffff00",
+    "dfcf000000a16b00",
+    "dbffffffff00",
+    "c6ffffffff00",
+    "81a16b81a26b3293c0ffddcf0000a70000000000",
+]
+
+
+def test_the_fast_unpacker_refuses_what_msgpack_reads_otherwise() -> None:
+    """``unpack_stored`` is exact only if ormsgpack raises wherever it would read a payload
+    otherwise than msgpack (pyproject.toml's lower bound for it says which versions do), and
+    a damaged length must raise, not end the process (checked in a child process)."""
+    for packed in _READ_OTHERWISE:
+        with pytest.raises(ValueError):
+            _codec._unpack_fast(packed)
+        try:
+            expected: Any = msgpack.unpackb(packed)
+        except ValueError as exc:  # (UnicodeDecodeError)
+            expected = type(exc)
+        try:
+            got: Any = _codec.unpack_stored(packed)
+        except ValueError as exc:
+            got = type(exc)
+        assert got == expected
+    code = (
+        "import sys\n"
+        "from aioeventstore._codec import _unpack_fast\n"
+        "for h in sys.argv[1:]:\n"
+        "    try:\n"
+        "        _unpack_fast(bytes.fromhex(h))\n"
+        "    except ValueError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'{h} was read')\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, *_HUGE_LENGTHS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
