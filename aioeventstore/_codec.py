@@ -365,8 +365,10 @@ def unpack_stored(packed: bytes | memoryview) -> Any:
 
     ormsgpack reads the small maps events are made of in half msgpack's time (replay's
     largest single cost after validation); what it refuses and msgpack reads (bytes map keys,
-    extension types) msgpack reads, and damage raises msgpack's error. One difference is
-    left: bytes after the payload's one object are ignored (msgpack raises ``ExtraData``).
+    extension types) msgpack reads, and damage raises msgpack's error (with ormsgpack 1.13.1
+    or later, as pyproject.toml requires: older versions read some payloads otherwise, or
+    crash on a damaged length). One difference is left: bytes after the payload's one object
+    are ignored (msgpack raises ``ExtraData``).
     The writer never leaves any, and the frame's checksum covers the payload.
     """
     try:

@@ -9,18 +9,30 @@ path; and they check that the batch really is the path clean data takes.
 
 from __future__ import annotations
 
+import random
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from pydantic import field_validator
 
 import aioeventstore as es
 from aioeventstore import _codec
-from aioeventstore._format import FRAME_KIND_COMPRESSED
+from aioeventstore._format import (
+    ENTRY_HEAD,
+    FRAME_FLAG_SCHEMA,
+    FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_COMPRESSED,
+    FRAME_KIND_METADATA,
+    SCHEMA_VERSION,
+    pack_frame,
+)
 from aioeventstore.errors import CorruptLog
 from tests.test_compression import kinds
 from tests.test_schema import forget, registry  # noqa: F401 - the autouse registry fixture
@@ -442,3 +454,143 @@ async def test_payloads_the_fast_unpacker_refuses_read_as_msgpack_reads_them(
     assert batched == reference
     assert batched["all"][11].metadata == {"raw": {b"k": 11}}
     assert [r.data.n for r in batched["all"]] == list(range(20))
+
+
+# Payloads ormsgpack must refuse (msgpack then reads them, or names the damage), because a
+# version that reads them returns something else than msgpack: ormsgpack 1.5 and 1.6 read a
+# bytes map key as a str and a str that is not UTF-8 as bytes.
+_READ_OTHERWISE = [
+    msgpack.packb({b"k": 1}),
+    msgpack.packb({"raw": {b"k": 1}}),  # (metadata of that shape is stored as it is)
+    b"\xa2\xff\xfe",  # a str that is not UTF-8
+    b"\xa3\xed\xa0\x80",  # a UTF-8-encoded surrogate
+]
+# Damaged lengths: an array, a map, a str, a bin that claim up to 4 GiB in a few bytes.
+# ormsgpack before 1.13.1 kills the process on some of them (SIGSEGV or a Rust panic).
+_HUGE_LENGTHS = [
+    "ddffffffff00",
+    "ddcfffffff00",
+    "dfcf000000a16b00",
+    "dbffffffff00",
+    "c6ffffffff00",
+    "81a16b81a26b3293c0ffddcf0000a70000000000",
+]
+
+
+def test_the_fast_unpacker_refuses_what_msgpack_reads_otherwise() -> None:
+    """``unpack_stored`` is exact only if ormsgpack raises wherever it would read a payload
+    otherwise than msgpack (pyproject.toml's lower bound for it says which versions do), and
+    a damaged length must raise, not end the process (checked in a child process)."""
+    for packed in _READ_OTHERWISE:
+        with pytest.raises(ValueError):
+            _codec._unpack_fast(packed)
+        try:
+            expected: Any = msgpack.unpackb(packed)
+        except ValueError as exc:  # (UnicodeDecodeError)
+            expected = type(exc)
+        try:
+            got: Any = _codec.unpack_stored(packed)
+        except ValueError as exc:
+            got = type(exc)
+        assert got == expected
+    code = (
+        "import sys\n"
+        "from aioeventstore._codec import _unpack_fast\n"
+        "for h in sys.argv[1:]:\n"
+        "    try:\n"
+        "        _unpack_fast(bytes.fromhex(h))\n"
+        "    except ValueError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'{h} was read')\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, *_HUGE_LENGTHS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+
+
+def _random_span(rng: random.Random) -> tuple[bytes, int, int]:
+    """Back-to-back frames, mostly single-event ones alike in layout, interrupted by all that
+    ends a run: another stream or type field of the same length, the same type field bytes
+    in a frame with schema versions (they name another type there), metadata, many-event
+    frames, checkpoint and metadata frames, positions that skip, a new commit time."""
+    streams = [b"s-1", b"s-2", b"abcd", b"q"]
+    plain = [b"AB\x01\x00", b"AB\x02\x00", b"Omega"]
+    versioned = [b"AB" + SCHEMA_VERSION.pack(1), b"AB" + SCHEMA_VERSION.pack(2)]
+    frames: list[bytes] = []
+    first = pos = rng.randrange(3)
+    versions: dict[bytes, int] = {}
+    us = 1_700_000_000_000_000
+    for _ in range(rng.randrange(1, 400)):
+        r = rng.random()
+        if r < 0.04:
+            kind, body = FRAME_KIND_CHECKPOINT, b""
+            frames.append(b"".join(pack_frame(b"proj", 0, 0, pos, us, 0, body, kind=kind)))
+            continue
+        if r < 0.06:
+            kind, body = FRAME_KIND_METADATA, msgpack.packb({"max_count": 3})
+            frames.append(b"".join(pack_frame(b"s-2", 0, 0, 1, us, 0, body, kind=kind)))
+            continue
+        pos += rng.random() < 0.04  # a frame removed by a scavenge
+        us += rng.random() < 0.2
+        stream = streams[0] if rng.random() < 0.6 else rng.choice(streams)
+        flags = FRAME_FLAG_SCHEMA if rng.random() < 0.2 else 0
+        count = 1 if rng.random() < 0.85 else rng.randrange(1, 4)
+        entries = b""
+        for _k in range(count):
+            field = rng.choice(versioned) if flags else plain[0 if rng.random() < 0.7 else 1]
+            meta = msgpack.packb({"m": 1}) if rng.random() < 0.04 else b""
+            data = msgpack.packb({"n": rng.randrange(1 << 40)})
+            size = ENTRY_HEAD.size - 4 + len(field) + len(meta) + len(data)
+            head = ENTRY_HEAD.pack(size, rng.randbytes(16), len(field), len(meta))
+            entries += head + field + meta + data
+        version = versions.get(stream, 0)
+        versions[stream] = version + count
+        frames.append(
+            b"".join(pack_frame(stream, count, pos, version, us, 0, entries, flags=flags))
+        )
+        pos += count
+    return b"".join(frames), first, pos
+
+
+def test_the_batch_path_returns_what_the_reference_loop_does_on_random_spans() -> None:
+    """Random spans (see ``_random_span``), read whole or from and to random positions, with
+    or without retention hiding some events, now and then with a flipped bit: whenever the
+    batch path (and its tight loop for runs of single-event frames) returns, it returns the
+    reference loop's records, last frame and end."""
+    rng = random.Random(20261127)
+    cut = 1_700_000_000_000_010  # events recorded before this hidden (retention by age)
+    records = 0
+    for _ in range(150):
+        buf, first, end = _random_span(rng)
+        if rng.random() < 0.1:
+            damaged = bytearray(buf)
+            damaged[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+            buf = bytes(damaged)
+        lo = rng.choice([0, rng.randrange(end + 2)])
+        hi = rng.choice([1 << 62, rng.randrange(lo, end + 3)])
+        hidden = None
+        if rng.random() < 0.3:
+            hidden = {rng.choice(["s-1", "s-2"]): (rng.randrange(20), rng.choice([0, cut]))}
+        out: list[es.RecordedEvent] = []
+        try:
+            last, stop = _codec._span_loop(
+                buf, first, lo, hi, None, None, out, True, None, None, hidden
+            )
+            reference: Any = (out, last, stop)
+        except Exception as exc:
+            reference = exc
+        try:
+            got = _codec._span_batch(
+                buf, first, lo, hi, True, None, _codec.new_type_caches(), hidden
+            )
+        except Exception:
+            continue  # the reference loop decides
+        assert not isinstance(reference, Exception), reference
+        assert got == reference
+        records += len(got[0])
+    assert records > 10_000  # (most spans are read whole)

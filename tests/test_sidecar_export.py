@@ -278,3 +278,41 @@ async def test_the_crash_sweeps_cut_the_power_inside_exports_between_batch_write
             end = trace.index(f"rename {name}", i)
             interleaved += any(o.endswith(".seg") for o in trace[i:end])
     assert interleaved >= 3
+
+
+async def test_a_seeded_tail_whose_torn_end_past_its_sidecar_was_cut(tmp_path: Path) -> None:
+    """A crash after more appends to a reopened tail leaves the sidecar of the close before
+    (covering a prefix) and a torn last frame. The next open seeds the running checksum from
+    that sidecar, cuts the torn frame past what it covers, and the checksum then read from
+    there on (the frames the sidecar does not cover), continued by the appends that follow,
+    is the file's: its export loads with its checksum checked."""
+    path = tmp_path / "s"
+    async with es.EventStore(path, SMALL) as store:
+        await fill(store, 2)
+        for i in range(3):
+            await store.append("tail", Note(text=str(i) * 50))
+    last = sorted(path.glob("*.seg"))[-1]
+    car = Path(sidecar_path(str(last)))
+    older = car.read_bytes()
+    covered = last.stat().st_size
+    async with es.EventStore(path, SMALL) as store:
+        for i in range(3, 6):
+            await store.append("tail", Note(text=str(i) * 50))
+    car.write_bytes(older)  # (as if the process had died before its close)
+    with open(last, "r+b") as f:
+        f.truncate(last.stat().st_size - 30)  # tear the last frame
+    async with es.EventStore(path, SMALL) as store:
+        assert store.recovery is not None and store.recovery.cut_path == str(last)
+        segments, _ = internals(store)
+        tail = segments[-1]
+        assert tail.crc_end == covered < tail.file.size()  # seeded: the rest is read back
+        n = len(segments)
+        await fill(store, n + 2, stream="after")
+        await store.append("end", Note(text="z"))
+        await store._sidecars.wait_idle()
+        assert check_sealed(store) == n + 1
+    async with es.EventStore(path, SMALL, verify_on_open=True) as store:
+        assert store.recovery is not None and store.recovery.scanned_bytes == 0
+        assert [r.data.text async for r in store.read_stream("tail")] == [  # type: ignore[union-attr]
+            str(i) * 50 for i in range(5)
+        ]

@@ -3,6 +3,7 @@ missing, damaged or stale sidecar only costs a scan, never a wrong answer."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+
+import pytest
 
 import aioeventstore as es
 from aioeventstore._format import segment_name
@@ -275,6 +278,43 @@ async def test_old_segments_load_without_stream_ids_and_scavenge_still_rewrites_
         report = await store.scavenge()
         assert report.segments_rewritten >= segs - 2
         assert not index._sidless & set(range(segs - 1))  # every rewritten one has its ids
+    with_sidecars = await snapshot(path)
+    for p in sidecars(path):
+        p.unlink()
+    assert await snapshot(path) == with_sidecars
+
+
+async def test_the_tail_a_removed_half_made_segment_leaves_is_sealed_with_its_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The segment before a half-made last one is one of the last two segment files: its
+    rows keep their stream ids, so when it becomes the tail again, takes appends, is sealed
+    by a rotation and then rewritten by a scavenge, every export is written (none refused)
+    and the sidecars answer as a scan does."""
+    path = tmp_path / "s"
+    await fill(path)
+    async with es.EventStore(path, OPTS) as store:
+        head = store.head
+        segs = len(store._log.segments)
+    assert segs >= 4
+    (path / segment_name(head + 1)).write_bytes(b"")  # a rotation killed before its header
+    with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+        async with es.EventStore(path, OPTS) as store:
+            index = store._index
+            assert store.head == head and len(store._log.segments) == segs
+            tail = segs - 1  # the old tail: one of the last two files when they were listed
+            assert index._sidless == set(range(tail))
+            for i in range(40):  # into the old tail, then past it
+                await store.append(f"s{i % 7}", [Note(text=f"more {i}") for _ in range(3)])
+            assert len(store._log.segments) > segs
+            await store.delete_stream("s2")
+            report = await store.scavenge()
+            assert report.segments_rewritten >= tail
+            assert not index._sidless
+            await store.append("end", Note(text="z"))  # (no metadata frame after it to scan)
+        async with es.EventStore(path, OPTS) as store:
+            assert store.recovery is not None and store.recovery.scanned_bytes == 0
+    assert not [r for r in caplog.records if "sidecar" in r.getMessage()]
     with_sidecars = await snapshot(path)
     for p in sidecars(path):
         p.unlink()
