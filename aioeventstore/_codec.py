@@ -671,12 +671,14 @@ def _span_batch(
     # the frame (unread: nothing is changed before the checks pass) to the paths below.
     tight = only is None and firsts is None
     header_size, events_kind, frame_magic = FRAME_HEADER_SIZE, FRAME_KIND_EVENTS, FRAME_MAGIC
+    crc_from, name_of = FRAME_LENGTH_AT, names.get
     run_fl = -1  # the flags of the events frame that chose ``cache`` (and so ``field``)
     skip = 0  # one_size less the entry head and type field: where the entry size counts from
     while at < size:
         if tight and lo <= pos <= hi and at + one_size <= size:
             run0 = pos  # positions (consecutive) and times (few) are added when the run ends
             left = min(_FLUSH_EVENTS - len(eids), hi + 1 - pos)  # to the flush, or to ``hi``
+            stop = size - one_size  # the last offset a frame of this layout can start at
             while True:
                 (
                     magic,
@@ -710,10 +712,10 @@ def _span_batch(
                     or end > size
                 ):
                     break
-                stream = names.get(raw_name) or _stream_name(raw_name)
+                stream = name_of(raw_name) or _stream_name(raw_name)
                 if hidden and stream in hidden:  # retention applies: the path below checks
                     break
-                if crc32c(view[at + FRAME_LENGTH_AT : end]) != crc:
+                if crc32c(view[at + crc_from : end]) != crc:
                     raise _Bail
                 nxt = at + skip + esize
                 if nxt > end:
@@ -729,7 +731,7 @@ def _span_batch(
                 add_ver(fver)
                 at = end
                 left -= 1
-                if not left or at + one_size > size:
+                if not left or at > stop:
                     break
             if pos != run0:
                 last_first = pos - 1
