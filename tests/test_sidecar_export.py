@@ -113,6 +113,24 @@ def test_checksums_of_prefixes_from_remembered_ones(
         seg.close()
 
 
+async def seal_more_and_reopen_verified(
+    path: Path, store: es.EventStore, tail_texts: list[str]
+) -> None:
+    """Append until two more segments are sealed, check every sealed segment's checksum and
+    sidecar; then a verifying open scans nothing and the ``tail`` stream reads ``tail_texts``."""
+    segments, _ = internals(store)
+    n = len(segments)
+    await fill(store, n + 2, stream="after")
+    await store.append("end", Note(text="z"))
+    await store._sidecars.wait_idle()
+    assert check_sealed(store) == n + 1
+    await store.close()
+    async with es.EventStore(path, SMALL, verify_on_open=True) as again:
+        assert again.recovery is not None and again.recovery.scanned_bytes == 0
+        texts = [r.data.text async for r in again.read_stream("tail")]  # type: ignore[union-attr]
+        assert texts == tail_texts
+
+
 @pytest.mark.parametrize("tail_sidecar", [True, False], ids=["seeded", "read-back"])
 async def test_a_store_reopened_mid_segment_checksums_that_segment(
     tmp_path: Path, tail_sidecar: bool
@@ -162,17 +180,7 @@ async def test_after_a_torn_tail_was_cut(tmp_path: Path) -> None:
         f.truncate(last.stat().st_size - 30)  # tear the last frame
     async with es.EventStore(path, SMALL) as store:
         assert store.recovery is not None and store.recovery.cut_path == str(last)
-        segments, _ = internals(store)
-        n = len(segments)
-        await fill(store, n + 2, stream="after")
-        await store.append("end", Note(text="z"))
-        await store._sidecars.wait_idle()
-        assert check_sealed(store) == n + 1
-    async with es.EventStore(path, SMALL, verify_on_open=True) as store:
-        assert store.recovery is not None and store.recovery.scanned_bytes == 0
-        assert [r.data.text async for r in store.read_stream("tail")] == [  # type: ignore[union-attr]
-            str(i) * 50 for i in range(4)
-        ]
+        await seal_more_and_reopen_verified(path, store, [str(i) * 50 for i in range(4)])
 
 
 async def test_with_compression_the_checksum_is_of_the_compressed_bytes(tmp_path: Path) -> None:
@@ -306,13 +314,4 @@ async def test_a_seeded_tail_whose_torn_end_past_its_sidecar_was_cut(tmp_path: P
         segments, _ = internals(store)
         tail = segments[-1]
         assert tail.crc_end == covered < tail.file.size()  # seeded: the rest is read back
-        n = len(segments)
-        await fill(store, n + 2, stream="after")
-        await store.append("end", Note(text="z"))
-        await store._sidecars.wait_idle()
-        assert check_sealed(store) == n + 1
-    async with es.EventStore(path, SMALL, verify_on_open=True) as store:
-        assert store.recovery is not None and store.recovery.scanned_bytes == 0
-        assert [r.data.text async for r in store.read_stream("tail")] == [  # type: ignore[union-attr]
-            str(i) * 50 for i in range(5)
-        ]
+        await seal_more_and_reopen_verified(path, store, [str(i) * 50 for i in range(5)])
