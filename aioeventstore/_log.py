@@ -135,10 +135,9 @@ class Log:
 
         ``sink(ordinal, segment)`` returns the callback that receives that segment's frames.
         ``resume(ordinal, segment, first position, segment files after it)``, when given,
-        may account for a
-        prefix of the segment itself (from an index sidecar) and returns where the scan
-        starts: (byte offset, position there). Raises CorruptLog for damage that is not a
-        torn tail.
+        may account for a prefix of the segment itself (from an index sidecar) and returns
+        where the scan starts: (byte offset, position there). Raises CorruptLog for damage
+        that is not a torn tail.
         """
         listing = self.fs.listdir(self.directory)
         leftovers = [n for n in listing if n.endswith(SEGMENT_SUFFIX_TMP)]
