@@ -99,8 +99,9 @@ class Opener:
         self.recovery: Recovery | None = None
         """What opening found: segments, end position, any torn tail cut (None before)."""
         self.unsaved: list[int] = []
-        """Sealed segments that were scanned (no usable sidecar): the facade has their
-        sidecars written once its sidecar writer runs."""
+        """Sealed segments that were scanned (no usable sidecar, or one that covers only a
+        prefix of a segment among the last two files): the facade has their sidecars written
+        once its sidecar writer runs."""
 
     def open_writer(self, window: Window) -> None:
         """Lock the directory and recover the log into the state, and fill ``window`` (the
@@ -117,6 +118,11 @@ class Opener:
         index = self._index
         metas = self._metas
         scanned: list[int] = []  # sealed segments without a usable sidecar
+        # Sealed segments whose sidecar covers only a prefix (their export after the seal
+        # was lost to a crash): where the scan past it finds events, and their rows kept
+        # their stream ids, the sidecar is written again; else every open would rescan them.
+        prefix_only: set[int] = set()
+        rows_scanned: set[int] = set()  # segments where the scan added events rows
         seen = [0]  # events so far: a frame's position minus this = positions missing before
 
         def meta_frame(ordinal: int, stream: str, revision: int, packed: bytes) -> None:
@@ -140,6 +146,8 @@ class Opener:
             self._apply_sidecar(ordinal, seg, car, seen, sids=keep_sids)
             if not later:  # the tail: sealing it later need not read it back
                 seg.seed(car.range_crc, car.covered_end)
+            elif keep_sids:
+                prefix_only.add(ordinal)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)
             try:
@@ -192,6 +200,7 @@ class Opener:
                         + (f" (at most {missing} removed before it)" if want == 0 else ""),
                     )
                 seen[0] += info.event_count
+                rows_scanned.add(ordinal)
                 index.add_frame(
                     ordinal,
                     at,
@@ -256,7 +265,8 @@ class Opener:
                 ids,
                 AppendResult(last, info.first_version + info.event_count - 1),
             )
-        self.unsaved = scanned
+        tail = len(self._log.segments) - 1  # (exported on close or rotation anyway)
+        self.unsaved = scanned + sorted(o for o in prefix_only & rows_scanned if o < tail)
 
     def _apply_sidecar(
         self, ordinal: int, seg: Segment, car: Sidecar, seen: list[int], sids: bool

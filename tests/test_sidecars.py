@@ -319,3 +319,37 @@ async def test_the_tail_a_removed_half_made_segment_leaves_is_sealed_with_its_id
     for p in sidecars(path):
         p.unlink()
     assert await snapshot(path) == with_sidecars
+
+
+async def test_a_sealed_segment_whose_sidecar_covers_a_prefix_gets_a_whole_one(
+    tmp_path: Path,
+) -> None:
+    """A crash after a reopened tail was sealed, before its new sidecar was written, leaves
+    the sidecar of the close before: it covers a prefix of a segment that is no longer the
+    tail. Opening scans the rest, and writes that segment's sidecar again, so the open after
+    scans nothing (it used to rescan that part on every open)."""
+    path = tmp_path / "s"
+    await fill(path)
+    tail = sorted(path.glob("*.seg"))[-1]
+    prefix_car = (path / f"{tail.stem}.idx").read_bytes()  # the tail's, from the clean close
+    async with es.EventStore(path, OPTS) as store:
+        segs = len(store._log.segments)
+        i = 0
+        while len(store._log.segments) == segs:  # until that tail is sealed
+            await store.append("more", Note(text=f"{i}" * 40))
+            i += 1
+    (path / f"{tail.stem}.idx").write_bytes(prefix_car)  # its export after the seal was lost
+    truth = None
+    async with es.EventStore(path, OPTS) as store:
+        rec = store.recovery
+        assert rec is not None and rec.scanned_bytes > 0  # the part the old sidecar missed
+        truth = [(r.stream, r.version, r.position) async for r in store.read_all()]
+    async with es.EventStore(path, OPTS, verify_on_open=True) as store:
+        rec = store.recovery
+        assert rec is not None and rec.scanned_bytes == 0
+        assert [(r.stream, r.version, r.position) async for r in store.read_all()] == truth
+        assert len(truth) == store.head + 1
+    with_sidecars = await snapshot(path)
+    for p in sidecars(path):
+        p.unlink()
+    assert await snapshot(path) == with_sidecars
