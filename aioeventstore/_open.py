@@ -100,8 +100,7 @@ class Opener:
         """What opening found: segments, end position, any torn tail cut (None before)."""
         self.unsaved: list[int] = []
         """Sealed segments that were scanned (no usable sidecar, or one that covers only a
-        prefix of a segment among the last two files): the facade has their sidecars written
-        once its sidecar writer runs."""
+        prefix): the facade has their sidecars written once its sidecar writer runs."""
 
     def open_writer(self, window: Window) -> None:
         """Lock the directory and recover the log into the state, and fill ``window`` (the
@@ -119,8 +118,8 @@ class Opener:
         metas = self._metas
         scanned: list[int] = []  # sealed segments without a usable sidecar
         # Sealed segments whose sidecar covers only a prefix (their export after the seal
-        # was lost to a crash): where the scan past it finds events, and their rows kept
-        # their stream ids, the sidecar is written again; else every open would rescan them.
+        # was lost to a crash): where the scan past it finds events, the sidecar is written
+        # again; else every open would rescan them.
         prefix_only: set[int] = set()
         rows_scanned: set[int] = set()  # segments where the scan added events rows
         seen = [0]  # events so far: a frame's position minus this = positions missing before
@@ -132,11 +131,11 @@ class Opener:
             metas.commit(stream, StreamMetadata.from_fields(fields, revision))
 
         def resume(ordinal: int, seg: Segment, position: int, later: int) -> tuple[int, int]:
-            # Stream ids are kept for the last two segment files only: the tail is exported
-            # again on close or rotation, and recovery may remove a half-made last segment,
-            # making the one before it the tail. Older rows are never exported again (a
-            # scavenge that rewrites one sets them first); translating their ids was a third
-            # of the open time of a 10-million-event store.
+            # Stream ids are translated now for the last two segment files only: the tail is
+            # exported again on close or rotation, and recovery may remove a half-made last
+            # segment, making the one before it the tail. Older rows keep their sidecar's
+            # ids, translated only if an export reads them (Index.load_rows): translating
+            # every row was a third of the open time of a 10-million-event store.
             keep_sids = later <= 1
             car = load_sidecar(fs, seg, position, self._options.verify_on_open, keep_sids)
             if car is None:
@@ -146,7 +145,7 @@ class Opener:
             self._apply_sidecar(ordinal, seg, car, seen, sids=keep_sids)
             if not later:  # the tail: sealing it later need not read it back
                 seg.seed(car.range_crc, car.covered_end)
-            elif keep_sids:
+            else:
                 prefix_only.add(ordinal)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)

@@ -16,6 +16,8 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore._format import segment_name
+from aioeventstore._fs import OsFileSystem
+from aioeventstore._indexfile import load
 from tests.helpers import Note
 
 OPTS = es.StoreOptions(segment_bytes=8192)
@@ -253,31 +255,40 @@ async def test_repair_removes_the_sidecars_of_what_it_cuts(tmp_path: Path) -> No
         assert store.checkpoint("proj") == with_sidecars == 1
 
 
-async def test_old_segments_load_without_stream_ids_and_scavenge_still_rewrites_them(
+async def test_old_segments_load_without_translating_stream_ids_and_export_the_same(
     tmp_path: Path,
 ) -> None:
-    """Opening keeps the rows' stream ids for the last two segment files only (only a tail is
-    ever exported again). Rows loaded without them refuse to be exported, and a scavenge that
-    rewrites such a segment gives it its ids first: its new sidecar answers as a scan does."""
+    """Opening translates the rows' stream ids for the last two segment files only (only a
+    tail is exported again as a rule). Older rows keep their sidecar's ids; an export reads
+    them translated, so it gives the very rows of the sidecar they came from, at any step
+    size; a scavenge that rewrites such a segment gives it its ids: its new sidecar answers
+    as a scan does."""
     path = tmp_path / "s"
     await fill(path)
     async with es.EventStore(path, OPTS) as store:
         index = store._index
         segs = len(store._log.segments)
         assert segs >= 4
-        assert index._sidless == set(range(segs - 2))
-        r0, r1 = index.segment_rows(0)
-        last = index.frame(r1 - 1)
-        try:
-            index.export_rows(r0, r1, last.first_position + last.event_count)
-        except AssertionError as exc:
-            assert "no stream ids" in str(exc)
-        else:
-            raise AssertionError("rows without stream ids were exported")
+        assert set(index._sidless) == set(range(segs - 2))
+        fs = OsFileSystem()
+        for ordinal in range(segs - 1):
+            seg = store._log.segments[ordinal]
+            car = load(fs, seg, seg.first_position, checksum=True)
+            assert car is not None
+            r0, r1 = index.segment_rows(ordinal)
+            for step in (1, 3, r1 - r0):
+                steps = index.export_steps(r0, r1, car.end_position, step, step)
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        rows = done.value
+                        break
+                assert rows == car.rows, (ordinal, step)
         await store.delete_stream("s3")
         report = await store.scavenge()
         assert report.segments_rewritten >= segs - 2
-        assert not index._sidless & set(range(segs - 1))  # every rewritten one has its ids
+        assert not set(index._sidless) & set(range(segs - 1))  # each rewritten one: its ids
     with_sidecars = await snapshot(path)
     for p in sidecars(path):
         p.unlink()
@@ -303,7 +314,7 @@ async def test_the_tail_a_removed_half_made_segment_leaves_is_sealed_with_its_id
             index = store._index
             assert store.head == head and len(store._log.segments) == segs
             tail = segs - 1  # the old tail: one of the last two files when they were listed
-            assert index._sidless == set(range(tail))
+            assert set(index._sidless) == set(range(tail))
             for i in range(40):  # into the old tail, then past it
                 await store.append(f"s{i % 7}", [Note(text=f"more {i}") for _ in range(3)])
             assert len(store._log.segments) > segs
@@ -321,13 +332,15 @@ async def test_the_tail_a_removed_half_made_segment_leaves_is_sealed_with_its_id
     assert await snapshot(path) == with_sidecars
 
 
+@pytest.mark.parametrize("rotations", [1, 2], ids=["second-to-last", "older"])
 async def test_a_sealed_segment_whose_sidecar_covers_a_prefix_gets_a_whole_one(
-    tmp_path: Path,
+    tmp_path: Path, rotations: int
 ) -> None:
     """A crash after a reopened tail was sealed, before its new sidecar was written, leaves
     the sidecar of the close before: it covers a prefix of a segment that is no longer the
-    tail. Opening scans the rest, and writes that segment's sidecar again, so the open after
-    scans nothing (it used to rescan that part on every open)."""
+    tail. Opening scans the rest, and writes that segment's sidecar again (its rows from the
+    old sidecar translated as the export reads them, when it is older than the last two
+    files), so the open after scans nothing (it used to rescan that part on every open)."""
     path = tmp_path / "s"
     await fill(path)
     tail = sorted(path.glob("*.seg"))[-1]
@@ -335,14 +348,15 @@ async def test_a_sealed_segment_whose_sidecar_covers_a_prefix_gets_a_whole_one(
     async with es.EventStore(path, OPTS) as store:
         segs = len(store._log.segments)
         i = 0
-        while len(store._log.segments) == segs:  # until that tail is sealed
-            await store.append("more", Note(text=f"{i}" * 40))
+        while len(store._log.segments) < segs + rotations:  # that tail is sealed, and more
+            await store.append(f"more-{i % 3}", Note(text=f"{i}" * 40))
             i += 1
     (path / f"{tail.stem}.idx").write_bytes(prefix_car)  # its export after the seal was lost
     truth = None
     async with es.EventStore(path, OPTS) as store:
         rec = store.recovery
         assert rec is not None and rec.scanned_bytes > 0  # the part the old sidecar missed
+        assert (segs - 1 in store._index._sidless) == (rotations == 2)  # ids not translated
         truth = [(r.stream, r.version, r.position) async for r in store.read_all()]
     async with es.EventStore(path, OPTS, verify_on_open=True) as store:
         rec = store.recovery
