@@ -3,8 +3,10 @@ missing, damaged or stale sidecar only costs a scan, never a wrong answer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -363,6 +365,62 @@ async def test_a_sealed_segment_whose_sidecar_covers_a_prefix_gets_a_whole_one(
         assert rec is not None and rec.scanned_bytes == 0
         assert [(r.stream, r.version, r.position) async for r in store.read_all()] == truth
         assert len(truth) == store.head + 1
+    with_sidecars = await snapshot(path)
+    for p in sidecars(path):
+        p.unlink()
+    assert await snapshot(path) == with_sidecars
+
+
+@pytest.mark.parametrize("half_made", [False, True], ids=["whole", "half-made-last"])
+async def test_an_older_prefix_sidecar_over_containers_is_written_again_as_a_scan_would(
+    tmp_path: Path, half_made: bool
+) -> None:
+    """The prefix-sidecar case with compressed containers (several rows share one location),
+    the old sidecar's streams going on past it, and, with ``half_made``, a half-made last
+    file that recovery removes (it still counts among the files listed: the prefix segment's
+    rows keep their sidecar's ids). The open writes that segment's sidecar again byte for
+    byte as it writes it after a full scan of the segment: a wrong translation of the ids
+    would show only there, as reads never use a row's stream id."""
+    opts = es.StoreOptions(segment_bytes=8192, compression="zstd")
+    path = tmp_path / "s"
+
+    async def wave(store: es.EventStore, i: int) -> None:  # a batch over 1 KiB: a container
+        await asyncio.gather(
+            *(store.append(f"s{(i + j) % 7}", Note(text=f"{i}/{j}" * 20)) for j in range(12))
+        )
+
+    async with es.EventStore(path, opts) as store:
+        for i in range(20):
+            await wave(store, i)
+    tail = sorted(path.glob("*.seg"))[-1]
+    prefix_car = (path / f"{tail.stem}.idx").read_bytes()
+    async with es.EventStore(path, opts) as store:
+        segs = len(store._log.segments)
+        i = 0
+        while len(store._log.segments) < segs + 2 - half_made:  # the same streams go on
+            await wave(store, i)
+            i += 1
+        head = store.head
+    (path / f"{tail.stem}.idx").write_bytes(prefix_car)  # its export after the seal was lost
+    if half_made:
+        (path / segment_name(head + 1)).write_bytes(b"")  # a rotation killed before its header
+    ref = tmp_path / "ref"
+    shutil.copytree(path, ref)
+    (ref / f"{tail.stem}.idx").unlink()
+    async with es.EventStore(path, opts) as store:
+        rec = store.recovery
+        assert rec is not None and rec.scanned_bytes > 0
+        assert len(store._log.segments) == segs + 2 - half_made  # (the half-made one removed)
+        assert segs - 1 in store._index._sidless  # two files or more after it when listed
+        truth = [(r.stream, r.version, r.position) async for r in store.read_all()]
+        r0, r1 = store._index.segment_rows(segs - 1)
+        assert len(set(store._index._frame_off[r0:r1])) < r1 - r0  # containers
+    async with es.EventStore(ref, opts):  # that segment scanned whole, its sidecar written
+        pass
+    assert (path / f"{tail.stem}.idx").read_bytes() == (ref / f"{tail.stem}.idx").read_bytes()
+    async with es.EventStore(path, opts) as store:
+        assert store.recovery is not None and store.recovery.scanned_bytes == 0
+        assert [(r.stream, r.version, r.position) async for r in store.read_all()] == truth
     with_sidecars = await snapshot(path)
     for p in sidecars(path):
         p.unlink()
