@@ -212,16 +212,20 @@ class Reader:
         max_events: int | None,
         filt: EventFilter | None,
         raw: bool = False,
+        until: int | None = None,
     ) -> tuple[list[RecordedEvent], int] | None:
         """Committed events from ``pos`` on (or back), and the position to continue from.
 
-        None when there is nothing at ``pos`` (past the head, or before 0). With a filter the
-        list may be empty while the returned position still moves on.
+        None when there is nothing at ``pos`` (past the head or ``until``, or before 0).
+        With a filter the list may be empty while the returned position still moves on.
         """
+        if until is not None and pos > until:
+            return None
         span = self._index.span_from(pos, self._chunk, backwards, max_events)
         if span is None:
             return None
-        lo, hi = (0, pos) if backwards else (pos, self._index.head)
+        head = self._index.head if until is None else min(until, self._index.head)
+        lo, hi = (0, pos) if backwards else (pos, head)
         seg = self._log.segments[span.ordinal]
         hidden = self._metas.hidden(self._index)
         records = await self._pinned(

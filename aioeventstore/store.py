@@ -626,8 +626,10 @@ class EventStore:
 
         ``from_version`` is inclusive; it defaults to 0 (forwards) or the last version
         (backwards). A stream with no events yields nothing. Reads stream from disk in chunks
-        of ``read_chunk_bytes`` off the event loop, and may run while appends go on: events
-        committed while iterating may be included; uncommitted ones never are.
+        of ``read_chunk_bytes`` off the event loop, and may run while appends go on: it reads
+        up to the stream's last version as it is when the read starts (events committed
+        while iterating are left to the next read or to a subscription; uncommitted ones are
+        never read).
         With ``raw=True`` ``rec.data`` is the stored dict and no model is built (faster, and
         readable whatever the registered classes say).
         """
@@ -643,6 +645,7 @@ class EventStore:
         remaining = limit
         version = from_version
         metas, index = self._metas, self._index
+        last = None if backwards else index.committed_last_version(stream)
         while remaining is None or remaining > 0:
             self._require_open()
             if stream in metas.durable:  # skip what is hidden by version, unread
@@ -650,7 +653,12 @@ class EventStore:
                 if backwards and version < visible:
                     return
                 version = max(version, visible)
-            chunk = await self._reader.stream_chunk(stream, version, backwards, remaining, raw)
+            cap = remaining
+            if last is not None:  # forwards: no further than the last version at the start
+                if version > last:
+                    return
+                cap = last - version + 1 if cap is None else min(cap, last - version + 1)
+            chunk = await self._reader.stream_chunk(stream, version, backwards, cap, raw)
             if chunk is None:
                 return
             records, version = chunk
@@ -673,6 +681,9 @@ class EventStore:
     ) -> AsyncGenerator[RecordedEvent, None]:
         """Every durable event of the store in position order (or reverse with ``backwards``).
 
+        Reads up to the head as it is when the read starts: events committed while it runs
+        are left to the next read or to a subscription (a read that took in every new event
+        might never end on a busy store).
         ``from_position`` is inclusive; it defaults to 0 (forwards) or the head (backwards).
         ``filter`` keeps only matching streams/types (``limit`` counts what passes); events
         filtered out are never decoded. Streams from disk in bounded chunks off the event loop;
@@ -686,6 +697,7 @@ class EventStore:
         else:
             check_index("from_position", from_position)
         pos = min(from_position, self._index.head) if backwards else from_position
+        until = None if backwards else self._index.head
         remaining = limit
         if remaining == 0:
             return
@@ -694,7 +706,9 @@ class EventStore:
             at: int, left: int | None
         ) -> asyncio.Future[tuple[list[RecordedEvent], int] | None]:
             return asyncio.ensure_future(
-                self._reader.all_chunk(at, backwards, left if filter is None else None, filter, raw)
+                self._reader.all_chunk(
+                    at, backwards, left if filter is None else None, filter, raw, until
+                )
             )
 
         # The next chunk is read and decoded on a reader thread while the caller consumes

@@ -107,6 +107,42 @@ async def test_reads_during_appends_see_dense_committed_prefixes(store_path: Pat
         await asyncio.gather(*writers)
 
 
+async def test_a_read_ends_at_the_head_it_started_from_while_writers_go_on(
+    store_path: Path,
+) -> None:
+    """``read_all`` and forward ``read_stream`` read up to the head (the stream's last
+    version) as it is when they start: with writers committing all the while, a read still
+    ends, and what was committed after it started is left to the next read."""
+    async with es.EventStore(store_path, read_chunk_bytes=4096) as store:
+        for i in range(300):
+            await store.append(f"s{i % 2}", Note(text=f"{i}"))
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            while not stop.is_set():
+                await store.append(f"s{w % 2}", Note(text="more"))
+
+        writers = [asyncio.create_task(writer(w)) for w in range(8)]
+        try:
+            for read in ("all", "stream"):
+                got: list[int] = []
+                last_position = first_head = -1
+                it = store.read_all() if read == "all" else store.read_stream("s0")
+                async for rec in it:
+                    if not got:
+                        first_head = store.head  # the bound was taken at or before this
+                    got.append(rec.position if read == "all" else rec.version)
+                    last_position = rec.position
+                    if len(got) % 25 == 0:
+                        await asyncio.sleep(0.001)  # the writers commit meanwhile
+                assert got == list(range(len(got)))
+                assert len(got) >= (300 if read == "all" else 150)
+                assert last_position <= first_head < store.head  # later events were not read
+        finally:
+            stop.set()
+            await asyncio.gather(*writers)
+
+
 async def test_incompatible_schema_raises_decode_error(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
