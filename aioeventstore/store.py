@@ -273,7 +273,12 @@ class EventStore:
         except BaseException:
             self.recovery = opener.recovery
             self._state = "closed"
-            await loop.run_in_executor(self._chores(), self._release_blocking)
+            chores = self._chores()
+            # a failed open owns no more threads than a closed store (the I/O thread is
+            # running; the pools start theirs on first use, which never came)
+            for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):
+                await loop.run_in_executor(chores, pool.shutdown)
+            await loop.run_in_executor(chores, self._release_blocking)
             raise
         self.recovery = opener.recovery
         if log.isEnabledFor(logging.INFO):

@@ -146,3 +146,21 @@ async def test_durability_os_round_trip(store_path: Path) -> None:
         assert store.statistics().syncs == 0
     async with es.EventStore(store_path) as store:
         assert store.head == 99
+
+
+async def test_a_failed_open_leaves_no_thread_behind(store_path: Path) -> None:
+    """An open that fails (here: the directory is locked by another store; the same holds for
+    a damaged log) releases what it started, as close does: no I/O thread stays behind."""
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("aioeventstore")]
+
+    initial = sorted(ours())  # (stores other tests left open keep theirs)
+    async with es.EventStore(store_path) as first:
+        await first.append("s", Note(text="x"))
+        before = sorted(ours())
+        for _ in range(3):
+            with pytest.raises(es.StoreLocked):
+                await es.EventStore(store_path).open()
+        assert sorted(ours()) == before
+    assert sorted(ours()) == initial
