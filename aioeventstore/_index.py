@@ -47,7 +47,7 @@ import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Generator
-from typing import Final, NamedTuple, cast
+from typing import Final, Literal, NamedTuple, cast
 
 _SHIFT: Final = 10
 _BLOCK: Final = 1 << _SHIFT  # streams per tuple in Index._blocks
@@ -134,6 +134,10 @@ class Span(NamedTuple):
     end_position: int
 
 
+StreamIds = Literal["now", "on export", "never"]
+"""What ``Index.load_rows`` does with a sidecar's stream ids (see there)."""
+
+
 class SegmentRows(NamedTuple):
     """One segment's index rows, as a sidecar file stores them: frame columns, each frame's
     stream as a local id, and every stream's positions in this segment, grouped."""
@@ -161,10 +165,11 @@ class Index:
         # rows can be grouped by stream for its sidecar file without touching every stream.
         self._frame_sid = array("I")
         self._frame_cnt = array("I")  # events in the frame (see "Gaps" above)
-        self._sidless: dict[int, tuple[int, array[int]]] = {}
+        self._sidless: dict[int, tuple[int, array[int] | None]] = {}
         """Segment ordinal → (how many of its first rows hold their sidecar's own stream ids,
-        the index's stream id for each of those): rows loaded at open without translating
-        their ids (``load_rows``), translated when an export reads them."""
+        the index's stream id for each of those, or None when no export is expected): rows
+        loaded at open without translating their ids (``load_rows``), translated when an
+        export reads them."""
         # Nothing below holds a GC-tracked object per stream (see the module docstring).
         self._streams: dict[str, bytearray] = {}
         """Stream → its buffer of native 8-byte ints: its stream id, then its positions in
@@ -555,8 +560,14 @@ class Index:
         # (an id the sidecar does not list raises IndexError: that export fails, is logged)
         own = self._sidless.get(self._frame_seg[r0]) if r1 > r0 else None
         cut = -1  # the rows before it hold their sidecar's ids
+        glob = array("I")
         if own is not None:
             cut = bisect_left(self._frame_seg, self._frame_seg[r0]) + own[0]
+            if own[1] is None:
+                if own[0]:  # would file the rows under whatever streams the ids name here
+                    raise AssertionError(f"rows of segment {self._frame_seg[r0]} have no ids")
+            else:
+                glob = own[1]
         start = self._frame_pos[r0] if r1 > r0 else end_position
         local: dict[int, int] = {}
         lsids = array("I")
@@ -569,9 +580,9 @@ class Index:
             if a > r0:
                 yield
             sids = self._frame_sid[a : min(a + rows_per_step, r1)]
-            if own is not None and a < cut:
+            if a < cut:
                 k = min(len(sids), cut - a)
-                sids = array("I", map(own[1].__getitem__, sids[:k])) + sids[k:]
+                sids = array("I", map(glob.__getitem__, sids[:k])) + sids[k:]
             new = [g for g in dict.fromkeys(sids) if g not in local]  # by first row
             local.update(zip(new, range(len(local), len(local) + len(new)), strict=True))
             lsids += array("I", map(local.__getitem__, sids))
@@ -606,15 +617,18 @@ class Index:
             firsts,
         )
 
-    def load_rows(self, ordinal: int, rows: SegmentRows, end_position: int, sids: bool) -> None:
+    def load_rows(self, ordinal: int, rows: SegmentRows, end_position: int, ids: StreamIds) -> None:
         """Append a sidecar file's rows for segment ``ordinal`` (open only, in segment order).
 
-        With ``sids`` False the rows keep their sidecar's own stream ids, and the index's id
-        for each is remembered for the segment (``_sidless``): a per-row translation at open
-        is a third of the open time of a 10-million-event store, and only an export needs
-        them (a tail, or a segment whose sidecar must be written again), which translates
-        them as it reads them; a scavenge that rewrites the segment sets them anew
-        (``set_segment_sids``). The caller checked the rows with ``rows_problem``.
+        ``ids`` says what becomes of the rows' stream ids, which only an export of the
+        segment's sidecar needs (a per-row translation at open is a third of the open time
+        of a 10-million-event store): ``"now"`` translates them to the index's ids;
+        ``"on export"`` keeps the sidecar's own and remembers the index's id for each
+        (``_sidless``), and an export translates them as it reads them (a segment that may
+        need its sidecar written again); ``"never"`` keeps the sidecar's own only, and an
+        export of them raises AssertionError (a segment no export can reach). A scavenge
+        that rewrites the segment sets them anew (``set_segment_sids``). The caller checked
+        the rows with ``rows_problem``.
         """
         n = len(rows.pos)
         assert n and rows.pos[0] >= self.next_position, "segments are loaded in order"
@@ -637,12 +651,15 @@ class Index:
         for buf, end in zip(bufs, ends, strict=True):
             buf += raw[at:end]
             at = end
-        glob = [_unpack_from(buf)[0] for buf in bufs]  # their stream ids in the index
-        if sids:
+        if ids == "now":
+            glob = [_unpack_from(buf)[0] for buf in bufs]  # their stream ids in the index
             self._frame_sid += array("I", map(glob.__getitem__, rows.sids))
         else:
             self._frame_sid += rows.sids
-            self._sidless[ordinal] = (n, array("I", glob))
+            self._sidless[ordinal] = (
+                n,
+                array("I", [_unpack_from(buf)[0] for buf in bufs]) if ids == "on export" else None,
+            )
         self.next_position = end_position
 
     def rows_problem(self, rows: SegmentRows, missing: int) -> str | None:

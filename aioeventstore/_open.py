@@ -45,7 +45,7 @@ from ._format import (
     check_frame,
 )
 from ._fs import FileSystem, Lock
-from ._index import Index
+from ._index import Index, StreamIds
 from ._indexfile import Sidecar, sidecar_path
 from ._indexfile import load as load_sidecar
 from ._indexfile import remove_temporaries as remove_sidecar_temporaries
@@ -134,18 +134,22 @@ class Opener:
             # Stream ids are translated now for the last two segment files only: the tail is
             # exported again on close or rotation, and recovery may remove a half-made last
             # segment, making the one before it the tail. Older rows keep their sidecar's
-            # ids, translated only if an export reads them (Index.load_rows): translating
-            # every row was a third of the open time of a 10-million-event store.
+            # ids (Index.load_rows): translating every row was a third of the open time of a
+            # 10-million-event store. Only a segment the sidecar may not cover whole can
+            # need its sidecar written again: its ids are translated if an export reads them.
             keep_sids = later <= 1
             car = load_sidecar(fs, seg, position, self._options.verify_on_open, keep_sids)
             if car is None:
                 if later:
                     scanned.append(ordinal)
                 return SEGMENT_HEADER_SIZE, position
-            self._apply_sidecar(ordinal, seg, car, seen, sids=keep_sids)
+            ids: StreamIds = "now"
+            if not keep_sids:
+                ids = "on export" if car.covered_end < seg.file.size() else "never"
+            self._apply_sidecar(ordinal, seg, car, seen, ids)
             if not later:  # the tail: sealing it later need not read it back
                 seg.seed(car.range_crc, car.covered_end)
-            else:
+            elif ids != "never":
                 prefix_only.add(ordinal)
             for name, mark in car.marks.items():
                 index.add_mark(ordinal, name, mark)
@@ -268,7 +272,7 @@ class Opener:
         self.unsaved = scanned + sorted(o for o in prefix_only & rows_scanned if o < tail)
 
     def _apply_sidecar(
-        self, ordinal: int, seg: Segment, car: Sidecar, seen: list[int], sids: bool
+        self, ordinal: int, seg: Segment, car: Sidecar, seen: list[int], ids: StreamIds
     ) -> None:
         """Add a checked sidecar's rows and checkpoints (open only, in segment order).
         ``seen`` counts the events added so far; raises CorruptLog when the rows break a
@@ -281,7 +285,7 @@ class Opener:
         problem = index.rows_problem(rows, rows.pos[0] - seen[0])
         if problem is not None:  # what a scan would have found: the log is damaged
             raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
-        index.load_rows(ordinal, rows, car.end_position, sids=sids)
+        index.load_rows(ordinal, rows, car.end_position, ids)
         seen[0] += len(rows.positions)
         for name, mark in car.marks.items():
             self._checkpoints[name] = max(self._checkpoints.get(name, -1), mark)
@@ -300,7 +304,7 @@ class Opener:
             car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
             if car is None:
                 return SEGMENT_HEADER_SIZE, position
-            self._apply_sidecar(ordinal, seg, car, seen, sids=False)
+            self._apply_sidecar(ordinal, seg, car, seen, "never")  # never exported
             for stream, (revision, packed) in car.metas.items():
                 follower.metadata.append((stream, revision, packed))
             return car.covered_end, car.end_position

@@ -78,7 +78,7 @@ def test_sidecar_rows_load_back_into_the_same_index() -> None:
         assert sum(rows.counts) == sum(rows.cnt)
         missing = rows.pos[0] - copy.next_position
         assert copy.rows_problem(rows, missing) is None
-        copy.load_rows(ordinal, rows, end, sids=True)
+        copy.load_rows(ordinal, rows, end, "now")
         assert copy.export_rows(*copy.segment_rows(ordinal), end) == rows
     copy.head = copy.next_position - 1
     check(copy, model)

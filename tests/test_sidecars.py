@@ -262,9 +262,10 @@ async def test_old_segments_load_without_translating_stream_ids_and_export_the_s
 ) -> None:
     """Opening translates the rows' stream ids for the last two segment files only (only a
     tail is exported again as a rule). Older rows keep their sidecar's ids; an export reads
-    them translated, so it gives the very rows of the sidecar they came from, at any step
-    size; a scavenge that rewrites such a segment gives it its ids: its new sidecar answers
-    as a scan does."""
+    them translated (it gives the very rows of the sidecar they came from, at any step
+    size), or refuses when the sidecar covers its segment whole and no export was expected;
+    a scavenge that rewrites such a segment gives it its ids: its new sidecar answers as a
+    scan does."""
     path = tmp_path / "s"
     await fill(path)
     async with es.EventStore(path, OPTS) as store:
@@ -273,20 +274,28 @@ async def test_old_segments_load_without_translating_stream_ids_and_export_the_s
         assert segs >= 4
         assert set(index._sidless) == set(range(segs - 2))
         fs = OsFileSystem()
+        kinds = set()
         for ordinal in range(segs - 1):
             seg = store._log.segments[ordinal]
             car = load(fs, seg, seg.first_position, checksum=True)
             assert car is not None
             r0, r1 = index.segment_rows(ordinal)
+            own = index._sidless.get(ordinal)
+            # a segment its sidecar covers whole keeps no map: no export can reach it
+            kind = "now" if own is None else "never" if own[1] is None else "on export"
+            assert (kind == "never") == (ordinal < segs - 2 and car.covered_end == seg.file.size())
+            kinds.add(kind)
             for step in (1, 3, r1 - r0):
                 steps = index.export_steps(r0, r1, car.end_position, step, step)
-                while True:
-                    try:
+                try:
+                    while True:
                         next(steps)
-                    except StopIteration as done:
-                        rows = done.value
-                        break
-                assert rows == car.rows, (ordinal, step)
+                except StopIteration as done:
+                    assert kind != "never"
+                    assert done.value == car.rows, (ordinal, step)
+                except AssertionError as exc:
+                    assert kind == "never" and "have no ids" in str(exc)
+        assert {"now", "never"} <= kinds
         await store.delete_stream("s3")
         report = await store.scavenge()
         assert report.segments_rewritten >= segs - 2
