@@ -651,15 +651,16 @@ class Index:
         for buf, end in zip(bufs, ends, strict=True):
             buf += raw[at:end]
             at = end
-        if ids == "now":
-            glob = [_unpack_from(buf)[0] for buf in bufs]  # their stream ids in the index
-            self._frame_sid += array("I", map(glob.__getitem__, rows.sids))
-        else:
+        if ids == "never":
             self._frame_sid += rows.sids
-            self._sidless[ordinal] = (
-                n,
-                array("I", [_unpack_from(buf)[0] for buf in bufs]) if ids == "on export" else None,
-            )
+            self._sidless[ordinal] = (n, None)
+        else:
+            glob = array("I", [_unpack_from(buf)[0] for buf in bufs])  # their ids in the index
+            if ids == "now":
+                self._frame_sid += array("I", map(glob.__getitem__, rows.sids))
+            else:
+                self._frame_sid += rows.sids
+                self._sidless[ordinal] = (n, glob)
         self.next_position = end_position
 
     def rows_problem(self, rows: SegmentRows, missing: int) -> str | None:
