@@ -64,6 +64,7 @@ _POOL_IDS = 512
 
 
 _pool: list[bytes] = []
+_SPLIT_IDS = struct.Struct("16s" * _POOL_IDS)  # the pool's draw, cut into ids in one call
 
 
 def new_event_id() -> bytes:
@@ -81,8 +82,7 @@ def new_event_id() -> bytes:
         raw = bytearray(os.urandom(16 * _POOL_IDS))
         raw[6::16] = raw[6::16].translate(_VERSION_4)
         raw[8::16] = raw[8::16].translate(_VARIANT_1)
-        whole = bytes(raw)
-        _pool.extend(whole[i : i + 16] for i in range(0, len(whole), 16))
+        _pool.extend(_SPLIT_IDS.unpack(raw))
         return _pool.pop()
 
 

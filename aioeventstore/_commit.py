@@ -367,6 +367,12 @@ class CommitLoop:
                 self._complete(batch)
                 self._current = None
                 plan = batch.plan
+                # Let go of the batch now, not when the next one is drained: each append's
+                # PendingAppend and future then die with its producer's call, one by one, as
+                # the producers make their next ones. Held to the next drain, they were two
+                # objects per append that the cyclic GC counted as new without any freed in
+                # between: twice as many gen-0 collections under load.
+                del batch, items
                 if plan is not None and plan.new_segment_at is not None and self.on_sealed:
                     try:
                         self.on_sealed(plan.ordinal - 1)
@@ -432,7 +438,7 @@ class CommitLoop:
         parts: list[bytes] = []
         frames: list[PlannedFrame] | None = [] if self._compressor is not None else None
         last_version = index.last_version
-        add_next = index.add_next
+        stage = index.stage_next
         length_head = _LENGTH_HEAD.pack
         magic_crc = _MAGIC_CRC.pack
         frame: Sequence[bytes]
@@ -524,7 +530,7 @@ class CommitLoop:
                     ordinal = plan.ordinal
                     woff = off = plan.offset
                 count = item.count
-                item.first_version = version = add_next(ordinal, off, item.size, stream, pos, count)
+                item.first_version = version = stage(off, item.size, stream, pos, count)
                 item.position = pos
                 # item.outcome stays None: the producer makes its AppendResult from the item
                 if item.key is not None and remember:
@@ -564,6 +570,7 @@ class CommitLoop:
             events = [i for i in accepted if not i.special]
         if plan is None:
             return _Batch(planned, None, b"", -1, -1, [], 0, [])
+        index.flush_staged(ordinal)
         self._log.settle(plan, off - woff)
         if frames is not None and has_meta:
             # metadata frames are never put in containers (recovery, index sidecars and

@@ -191,6 +191,7 @@ class Index:
         """Position of the last durable event, or -1 for an empty store."""
         self.next_position = 0
         """Position the next planned event gets (past the batch in flight)."""
+        self._staged: list[int] = []  # rows of the batch being planned (see stage_next)
 
     def add_frame(
         self,
@@ -219,10 +220,8 @@ class Index:
     ) -> int:
         """Record a frame holding ``stream``'s next ``count`` versions; returns the first.
 
-        The commit loop's call for every append (one lookup of the stream, no checks: it has
-        just planned ``first_position`` as ``next_position``, and a stream's next version is
-        dense by construction); :meth:`add_frame` checks what recovery hands it, then calls
-        this.
+        No checks: :meth:`add_frame` checks what recovery hands it, then calls this. (The
+        commit loop's appends go through :meth:`stage_next` instead.)
         """
         positions = self._streams.get(stream)
         if positions is None:
@@ -241,6 +240,39 @@ class Index:
             positions += array("q", range(first_position, first_position + count))
         self.next_position = first_position + count
         return version
+
+    def stage_next(
+        self, offset: int, length: int, stream: str, first_position: int, count: int
+    ) -> int:
+        """:meth:`add_next` for the commit loop's plan, with the frame's row staged: the
+        stream's versions are taken at once (the next append to it in the same batch sees
+        them), and the row reaches the frame table at :meth:`flush_staged`, in one step for
+        the whole batch (a sixth of the calls per append). The plan flushes before it returns,
+        without yielding in between, and reads stop at ``head``, behind the batch: nothing
+        looks at the table while rows are staged."""
+        positions = self._streams.get(stream)
+        if positions is None:
+            positions = self._new_stream(stream, 0)
+        self._staged += (first_position, offset, length, _unpack_from(positions)[0], count)
+        if count == 1:
+            positions += _pack(first_position)
+        else:
+            positions += array("q", range(first_position, first_position + count))
+        base = self._base
+        return (base.get(stream, 0) if base else 0) + (len(positions) >> 3) - 1 - count
+
+    def flush_staged(self, ordinal: int) -> None:
+        """Add the rows :meth:`stage_next` staged, as frames of segment ``ordinal``."""
+        staged = self._staged
+        if staged:
+            self._frame_pos.fromlist(staged[0::5])
+            self._frame_seg.fromlist([ordinal] * (len(staged) // 5))
+            self._frame_off.fromlist(staged[1::5])
+            self._frame_len.fromlist(staged[2::5])
+            self._frame_sid.fromlist(staged[3::5])
+            self._frame_cnt.fromlist(staged[4::5])
+            self.next_position = staged[-5] + staged[-1]
+            staged.clear()
 
     def _new_stream(self, stream: str, first_version: int) -> bytearray:
         positions = self._streams[stream] = bytearray(_pack(len(self._name_end)))

@@ -53,8 +53,10 @@ class ByteBoundedQueue(Generic[T]):
         self._items.append(item)
         self._bytes += item.size
         getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
+        if getter is not None:  # the consumer waits: wake it, once
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
 
     def put_nowait(self, item: T) -> bool:
         """Enqueue ``item`` if it fits now and nobody is waiting ahead of it."""
@@ -65,8 +67,10 @@ class ByteBoundedQueue(Generic[T]):
         items.append(item)
         self._bytes += item.size
         getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
+        if getter is not None:  # the consumer waits: wake it, once
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
         return True
 
     async def put(self, item: T) -> None:
