@@ -45,7 +45,9 @@ from .events import NO_METADATA, Event, NewEvent, RecordedEvent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 S = TypeVar("S", bound=BaseModel)
-_type_names: dict[type[Event], tuple[bytes, bytes, bytes, int, int]] = {}
+TYPE_FIELDS: dict[type[Event], tuple[bytes, bytes, bytes, int, int]] = {}
+"""Event class → its :func:`_type_fields`, once the class has passed their checks: a class
+found here can be encoded without any (``_prepare.py``'s fast path reads it)."""
 
 
 def _default(obj: object) -> object:
@@ -63,7 +65,8 @@ _VARIANT_1 = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: RFC 4122 va
 _POOL_IDS = 512
 
 
-_pool: list[bytes] = []
+ID_POOL: list[bytes] = []
+"""Event ids drawn but not handed out yet (see :func:`new_event_id`)."""
 _SPLIT_IDS = struct.Struct("16s" * _POOL_IDS)  # the pool's draw, cut into ids in one call
 
 
@@ -77,19 +80,19 @@ def new_event_id() -> bytes:
     handed out twice) and emptied in a forked child, which must not repeat its parent's ids.
     """
     try:
-        return _pool.pop()
+        return ID_POOL.pop()
     except IndexError:
         raw = bytearray(os.urandom(16 * _POOL_IDS))
         raw[6::16] = raw[6::16].translate(_VERSION_4)
         raw[8::16] = raw[8::16].translate(_VARIANT_1)
-        _pool.extend(_SPLIT_IDS.unpack(raw))
-        return _pool.pop()
+        ID_POOL.extend(_SPLIT_IDS.unpack(raw))
+        return ID_POOL.pop()
 
 
 def _forget_ids_in_child() -> None:
     global _ids
     _ids = threading.local()
-    _pool.clear()
+    ID_POOL.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -100,7 +103,7 @@ def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int, int]:
     """The entry's type field for ``cls``: plain (the name), with its schema version, and
     for a frame of this class's events alone, the field and the frame flags it needs; last,
     :func:`plain_fields` of the class."""
-    b = _type_names.get(cls)
+    b = TYPE_FIELDS.get(cls)
     if b is None:
         name = cls.__event_type__.encode("utf-8")
         if len(name) > MAX_TYPE_NAME_BYTES - SCHEMA_VERSION_SIZE:
@@ -114,7 +117,7 @@ def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int, int]:
             b = (name, versioned, name, 0, plain)
         else:
             b = (name, versioned, versioned, FRAME_FLAG_SCHEMA, plain)
-        _type_names[cls] = b
+        TYPE_FIELDS[cls] = b
     return b
 
 
@@ -210,7 +213,7 @@ def plain_fields(cls: type[Event]) -> int:
         return 0
 
 
-def _packer() -> Callable[[Any], bytes]:
+def thread_packer() -> Callable[[Any], bytes]:
     """This thread's msgpack packer: ``msgpack.packb`` builds a new Packer per call, which
     costs as much as the packing itself for a small event."""
     try:
@@ -255,7 +258,7 @@ def encode_events(
     any_meta = False
     own_ids = True
     total = 0
-    pack = _packer()
+    pack = thread_packer()
     pack_head = ENTRY_HEAD.pack
     last_cls: type | None = None
     plain = 0
@@ -328,7 +331,7 @@ def encode_event(
     """:func:`encode_events` for the most common append: one event, no metadata, a
     generated id (same result, a third of the Python steps)."""
     cls = type(event)
-    fields = _type_names.get(cls)
+    fields = TYPE_FIELDS.get(cls)
     if fields is None:
         fields = _type_fields(cls)
     _plain, _versioned, type_b, flags, plain = fields
@@ -336,9 +339,9 @@ def encode_event(
     if len(value) != plain:  # not a plain class (plain is 0), or something added a key
         value = cls.__pydantic_serializer__.to_python(event, mode="json")
     try:
-        pack = _ids.pack  # _packer(), without the call once this thread has one
+        pack = _ids.pack  # thread_packer(), without the call once this thread has one
     except AttributeError:
-        pack = _packer()
+        pack = thread_packer()
     data = pack(value)
     size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(data)
     if size > max_event_bytes:
@@ -346,7 +349,7 @@ def encode_event(
             stream, f"event 0 ({event.__event_type__})", size, max_event_bytes, "max_event_bytes"
         )
     try:
-        eid = _pool.pop()  # new_event_id(), without the call while the pool lasts
+        eid = ID_POOL.pop()  # new_event_id(), without the call while the pool lasts
     except IndexError:
         eid = new_event_id()
     entry = ENTRY_HEAD.pack(size, eid, len(type_b), 0) + type_b + data

@@ -27,13 +27,12 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, Final, Literal, TypeVar, Unpack, overload
+from typing import Final, Literal, TypeVar, Unpack, overload
 from weakref import WeakSet
 
 from pydantic import BaseModel
 
 from ._checks import (
-    as_event_list,
     check_consumer_name,
     check_expected,
     check_filter,
@@ -44,7 +43,6 @@ from ._checks import (
     check_stream,
     check_subscription,
 )
-from ._codec import encode_event, encode_events
 from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck, SpecialAppend
 from ._compress import require
 from ._fs import FileSystem, OsFileSystem
@@ -56,6 +54,7 @@ from ._maintenance import Maintenance
 from ._memfs import InlineExecutor, MemoryFileSystem, MemoryStorage
 from ._meta import StreamMetadata, StreamMetas, check_max_age, check_max_count
 from ._open import Opener
+from ._prepare import Preparer
 from ._reader import Reader
 from ._scavenge import ScavengeReport
 from ._snapshots import SnapshotFiles, Snapshots
@@ -94,7 +93,7 @@ log = logging.getLogger("aioeventstore")
 _new_tuple = tuple.__new__  # AppendResult without NamedTuple's Python-level __new__
 
 
-def _not_open() -> asyncio.Future[Any]:
+def _not_open(*args: object) -> PendingAppend:
     raise AssertionError("appends are prepared only on an open, writable store")
 
 
@@ -169,7 +168,9 @@ class EventStore:
         # the store was opened on (one attribute, where asyncio.get_running_loop() costs
         # about as much again as the future; an append from another loop then fails loudly
         # when it awaits that future, instead of being answered from the wrong thread).
-        self._new_future: Callable[[], asyncio.Future[Any]] = _not_open
+        self._writer: CommitLoop | None = None  # the commit loop while appends are accepted
+        self._prepare: Callable[..., PendingAppend] = _not_open
+        """Check and encode one append (``Preparer.prepare``, once open for writes)."""
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
         self._metas = StreamMetas()  # stream retention metadata (see _meta.py)
@@ -319,9 +320,10 @@ class EventStore:
         )
         if self._options.retention_bytes is not None or self._options.retention_age is not None:
             self._commit.listeners.append(self._maintenance.on_commit)
-        self._new_future = loop.create_future
+        self._prepare = Preparer(self._options, loop.create_future).prepare
         self._commit.start()
         self._state = "open"
+        self._writer = self._commit
         return self
 
     def _chores(self) -> Executor | None:
@@ -353,6 +355,7 @@ class EventStore:
             self._state = "closed"
             return
         self._state = "closed"
+        self._writer = None
         loop = asyncio.get_running_loop()
         try:
             if self._follow_task is not None:
@@ -474,8 +477,8 @@ class EventStore:
         If the calling task is cancelled while waiting, its events may still be committed
         (when their batch was already being written); retrying with the same ids is safe.
         """
-        commit = self._commit
-        if commit is None or self._state != "open" or self._read_only:
+        commit = self._writer
+        if commit is None:
             commit = self._require_writer()  # raises
         pending = self._prepare(stream, events, expected_version)
         if not commit.try_submit(pending):  # the queue is full (or the store stopped): wait
@@ -569,40 +572,6 @@ class EventStore:
             else:
                 results.append(outcome)
         return results
-
-    def _prepare(
-        self,
-        stream: str,
-        events: Event | NewEvent | Sequence[Event | NewEvent],
-        expected_version: ExpectedVersion,
-    ) -> PendingAppend:
-        """Check and encode one append in the caller's task: its PendingAppend, with the
-        future its caller waits on. Raises for bad input; nothing is queued here."""
-        stream_b = check_stream(stream)
-        if expected_version is not ANY:
-            check_expected(expected_version)
-        opts = self._options
-        source: Event | Sequence[Event | NewEvent]
-        if isinstance(events, Event):  # the common case, with a shorter path
-            source = events
-            ids, entries, metas, own_ids, flags = encode_event(stream, events, opts.max_event_bytes)
-        else:
-            source = as_event_list(stream, events)
-            ids, entries, metas, own_ids, flags = encode_events(
-                stream, source, opts.max_event_bytes, opts.max_append_bytes
-            )
-        return PendingAppend(
-            stream,
-            stream_b,
-            expected_version,
-            ids,
-            entries,
-            self._new_future(),
-            source,
-            metas,
-            own_ids,
-            flags,
-        )
 
     async def _recheck(
         self, stream: str, expected: ExpectedVersion, ids: bytes, outcome: Recheck
