@@ -19,21 +19,35 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import ormsgpack
+
 from ._checks import as_event_list, check_expected, check_stream
-from ._codec import ID_POOL, TYPE_FIELDS, encode_event, encode_events, new_event_id, thread_packer
+from ._codec import ID_POOL, TYPE_FIELDS, encode_event, encode_events, new_event_id
 from ._commit import FRAME_OVERHEAD, PendingAppend
 from ._format import ENTRY_HEAD, ENTRY_HEAD_SIZE, MAX_STREAM_NAME_BYTES
 from .events import ANY, AppendResult, Event, ExpectedVersion, NewEvent
 from .options import StoreOptions
 
 _new = object.__new__
+_packb = ormsgpack.packb
+_NATIVE_ONLY = (
+    ormsgpack.OPT_PASSTHROUGH_BIG_INT
+    | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+    | ormsgpack.OPT_PASSTHROUGH_DATETIME
+    | ormsgpack.OPT_PASSTHROUGH_ENUM
+    | ormsgpack.OPT_PASSTHROUGH_SUBCLASS
+    | ormsgpack.OPT_PASSTHROUGH_TUPLE
+    | ormsgpack.OPT_PASSTHROUGH_UUID
+)
+"""ormsgpack packs only str, int, float, bool, None, and lists and str-keyed dicts of them
+(it refuses everything else with a TypeError): exactly the bytes msgpack makes for those, in
+two thirds of its time."""
 _ENTRY_FIXED = ENTRY_HEAD_SIZE - 4  # an entry's size field counts what follows it
 _DOLLAR = ord("$")
 
 
 class Preparer:
-    """Prepares appends for one store, on its event loop's thread (its msgpack packer is
-    that thread's)."""
+    """Prepares the appends of one store (its limits and its loop's futures)."""
 
     def __init__(
         self,
@@ -43,7 +57,6 @@ class Preparer:
         self._max_event_bytes = options.max_event_bytes
         self._max_append_bytes = options.max_append_bytes
         self._new_future = new_future
-        self._pack = thread_packer()
 
     def prepare(
         self,
@@ -66,7 +79,10 @@ class Preparer:
                 if len(value) != plain:  # not a plain class (plain is 0), or a key was added
                     serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
                     value = serializer.to_python(events, mode="json")
-                data = self._pack(value)
+                try:
+                    data = _packb(value, option=_NATIVE_ONLY)
+                except TypeError:  # not a plain value: msgpack packs it, as it always did
+                    return self._prepare(stream, events, expected_version)
                 size = _ENTRY_FIXED + len(type_b) + len(data)
                 if size <= self._max_event_bytes:
                     eid = ID_POOL.pop() if ID_POOL else new_event_id()

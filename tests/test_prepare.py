@@ -5,6 +5,8 @@ handles wrongly if it tried) must reach the general path and its errors."""
 from __future__ import annotations
 
 import asyncio
+import enum
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -126,6 +128,41 @@ def test_other_appends_take_the_general_path() -> None:
     assert len(calls) == 3
     prep.prepare("s", event, es.ANY)
     assert len(calls) == 3
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Name(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value",
+    [_Level.HIGH, _Name("sub"), 2**64 + 1, (1, 2), {"k": [1, "x", None, 1.5]}, [True, 2**63]],
+)
+def test_values_ormsgpack_refuses_are_packed_by_msgpack_as_before(value: Any) -> None:
+    # model_construct skips validation: __dict__ may hold anything. The fast path's packer
+    # refuses whatever is not a plain value and the general path (msgpack) packs it, or
+    # raises as it always did.
+    prep, _ = _preparer()
+    prep.prepare("s", PPPlain(name="a", n=1), es.ANY)
+    event = PPPlain.model_construct(name="a", n=value)
+    try:
+        expected = _slots(prep._prepare("s", event, es.ANY))
+    except (TypeError, OverflowError) as exc:
+        with pytest.raises(type(exc)):
+            prep.prepare("s", event, es.ANY)
+    else:
+        assert _slots(prep.prepare("s", event, es.ANY)) == expected
+
+
+def test_a_value_nothing_can_pack_raises_type_error() -> None:
+    prep, _ = _preparer()
+    prep.prepare("s", PPPlain(name="a", n=1), es.ANY)
+    with pytest.raises(TypeError):
+        prep.prepare("s", PPPlain.model_construct(name="a", n=datetime.now(UTC)), es.ANY)
 
 
 def test_an_event_over_the_limit_raises_event_too_large() -> None:
