@@ -517,8 +517,9 @@ class CommitLoop:
                         if plan is None:
                             queued -= item.size
                         continue
-                if item.key is not None and (exp is ANY or exp is STREAM_EXISTS):
-                    hit = window.get(item.key)
+                key = item.key
+                if key is not None and (exp is ANY or exp is STREAM_EXISTS):
+                    hit = window.get(key)
                     if hit is not None and hit[0] == item.ids:
                         item.outcome = hit[1]
                         clean = False
@@ -530,18 +531,19 @@ class CommitLoop:
                     ordinal = plan.ordinal
                     woff = off = plan.offset
                 count = item.count
-                item.first_version = version = stage(off, item.size, stream, pos, count)
+                size = item.size
+                item.first_version = version = stage(off, size, stream, pos, count)
                 item.position = pos
                 # item.outcome stays None: the producer makes its AppendResult from the item
-                if item.key is not None and remember:
+                if key is not None and remember:
                     result = _new_tuple(AppendResult, (pos + count - 1, version + count - 1))
-                    window[item.key] = (item.ids, result)
+                    window[key] = (item.ids, result)
                 # pack_frame, inline: the body (from its length on) is one bytes object, so
                 # that its CRC32C is one call; no other copy until the batch's join
                 sb = item.stream_b
                 body = (
                     length_head(
-                        item.size - FRAME_HEADER_SIZE,
+                        size - FRAME_HEADER_SIZE,
                         FRAME_KIND_EVENTS,
                         item.flags,
                         len(sb),
@@ -554,6 +556,11 @@ class CommitLoop:
                     + sb
                     + item.entries
                 )
+                if frames is None:  # the usual case, written out
+                    parts += (magic_crc(FRAME_MAGIC, crc32c(body)), body)
+                    pos += count
+                    off += size
+                    continue
                 frame = (magic_crc(FRAME_MAGIC, crc32c(body)), body)
             if frames is None:
                 parts += frame
@@ -588,7 +595,18 @@ class CommitLoop:
             [(i.stream, i.planned_meta) for i in accepted if i.planned_meta] if has_meta else []
         )
         return _Batch(
-            planned, plan, data, first_pos, pos - 1, events, now_us, marks, frames, None, meta_recs
+            planned,
+            plan,
+            data,
+            first_pos,
+            pos - 1,
+            events,
+            now_us,
+            marks,
+            frames,
+            None,
+            meta_recs,
+            clean,
         )
 
     def _plan_meta(self, item: SpecialAppend, last: int) -> StreamMetadata | BaseException:
@@ -673,6 +691,12 @@ class CommitLoop:
         for stream, rec in batch.metas:  # reads honour it from now on
             self.metas.commit(stream, rec)
         self.stats.appends += len(batch.items)
+        if batch.clean:  # every outcome None (see PendingAppend.result)
+            for item in batch.items:
+                fut = item.future
+                if not fut.done():
+                    fut.set_result(None)
+            return
         for item in batch.items:
             fut = item.future
             if fut.done():
@@ -750,3 +774,4 @@ class _Batch:
     frames: list[PlannedFrame] | None = None  # set when the I/O thread compresses the batch
     relocated: list[tuple[int, int]] | None = None  # where its event frames went, if moved
     metas: list[tuple[str, StreamMetadata]] = field(default_factory=list)  # metadata written
+    clean: bool = False  # every item an accepted append of events (the usual batch)
