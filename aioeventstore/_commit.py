@@ -693,9 +693,10 @@ class CommitLoop:
         self.stats.appends += len(batch.items)
         if batch.clean:  # every outcome None (see PendingAppend.result)
             for item in batch.items:
-                fut = item.future
-                if not fut.done():
-                    fut.set_result(None)
+                try:
+                    item.future.set_result(None)
+                except asyncio.InvalidStateError:  # its producer was cancelled meanwhile
+                    continue
             return
         for item in batch.items:
             fut = item.future

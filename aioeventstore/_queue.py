@@ -62,7 +62,8 @@ class ByteBoundedQueue(Generic[T]):
         """Enqueue ``item`` if it fits now and nobody is waiting ahead of it."""
         # _fits and _push written out: this is every append's path
         items = self._items
-        if self._putters or (items and self._bytes + item.size > self._max):
+        # (an empty queue has no waiting producer: a drain admits them until one is queued)
+        if items and (self._bytes + item.size > self._max or self._putters):
             return False
         items.append(item)
         self._bytes += item.size

@@ -484,8 +484,10 @@ class EventStore:
         if not commit.try_submit(pending):  # the queue is full (or the store stopped): wait
             await commit.submit(pending)
         outcome = await pending.future
-        if outcome is None:
-            n = pending.count - 1  # PendingAppend.result(), inline
+        if outcome is None:  # PendingAppend.result(), inline
+            n = pending.count - 1
+            if not n:
+                return _new_tuple(AppendResult, (pending.position, pending.first_version))
             return _new_tuple(AppendResult, (pending.position + n, pending.first_version + n))
         if type(outcome) is AppendResult:
             return outcome
