@@ -45,7 +45,8 @@ from .events import NO_METADATA, Event, NewEvent, RecordedEvent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 S = TypeVar("S", bound=BaseModel)
-TYPE_FIELDS: dict[type[Event], tuple[bytes, bytes, bytes, int, int]] = {}
+TypeFields = tuple[bytes, bytes, bytes, int, int, Callable[..., bytes]]
+TYPE_FIELDS: dict[type[Event], TypeFields] = {}
 """Event class → its :func:`_type_fields`, once the class has passed their checks: a class
 found here can be encoded without any (``_prepare.py``'s fast path reads it)."""
 
@@ -99,10 +100,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_ids_in_child)
 
 
-def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int, int]:
+def _type_fields(cls: type[Event]) -> TypeFields:
     """The entry's type field for ``cls``: plain (the name), with its schema version, and
-    for a frame of this class's events alone, the field and the frame flags it needs; last,
-    :func:`plain_fields` of the class."""
+    for a frame of this class's events alone, the field and the frame flags it needs; then
+    :func:`plain_fields` of the class; last, a ``pack(size, id, len(field), 0, field)`` of
+    an entry's head followed by that field, in one call."""
     b = TYPE_FIELDS.get(cls)
     if b is None:
         name = cls.__event_type__.encode("utf-8")
@@ -113,10 +115,9 @@ def _type_fields(cls: type[Event]) -> tuple[bytes, bytes, bytes, int, int]:
             )
         versioned = name + SCHEMA_VERSION.pack(cls.__schema_version__)
         plain = plain_fields(cls)
-        if cls.__schema_version__ == 1:
-            b = (name, versioned, name, 0, plain)
-        else:
-            b = (name, versioned, versioned, FRAME_FLAG_SCHEMA, plain)
+        own, flags = (name, 0) if cls.__schema_version__ == 1 else (versioned, FRAME_FLAG_SCHEMA)
+        head = struct.Struct(f"{ENTRY_HEAD.format}{len(own)}s").pack
+        b = (name, versioned, own, flags, plain, head)
         TYPE_FIELDS[cls] = b
     return b
 
@@ -291,7 +292,7 @@ def encode_events(
             )
         if cls is not last_cls:
             last_cls = cls
-            name_b, versioned, _own, _flags, plain = _type_fields(cls)
+            name_b, versioned, _own, _flags, plain, _head = _type_fields(cls)
             type_b = versioned if field else name_b
             dump = cls.__pydantic_serializer__.to_python
         value = event.__dict__
@@ -334,7 +335,7 @@ def encode_event(
     fields = TYPE_FIELDS.get(cls)
     if fields is None:
         fields = _type_fields(cls)
-    _plain, _versioned, type_b, flags, plain = fields
+    _plain, _versioned, type_b, flags, plain, _head = fields
     value = event.__dict__
     if len(value) != plain:  # not a plain class (plain is 0), or something added a key
         value = cls.__pydantic_serializer__.to_python(event, mode="json")

@@ -95,7 +95,6 @@ class PendingAppend:
 
     __slots__ = (
         "count",
-        "entries",
         "expected",
         "first_version",
         "flags",
@@ -109,6 +108,7 @@ class PendingAppend:
         "source",
         "stream",
         "stream_b",
+        "tail",
     )
     # What only a SpecialAppend sets (as slots of its own): an append of events reads these
     # class defaults, and its constructor, run for every append, does not store them.
@@ -135,8 +135,10 @@ class PendingAppend:
         self.expected = expected
         self.ids = ids  # the events' 16-byte ids, back to back
         self.count = len(ids) >> 4
-        self.entries = entries
-        self.size = FRAME_OVERHEAD + len(stream_b) + len(entries)
+        # the frame's body after its fixed head, as the plan writes it: one concatenation
+        # here, none there (for a SpecialAppend: its stream's name; see its ``entries``)
+        self.tail = stream_b + entries
+        self.size = FRAME_OVERHEAD + len(self.tail)
         self.future = future
         self.source = source  # the caller's events (or its one event), for the live fan-out
         self.metas = metas  # their packed metadata, or None when none has any
@@ -162,7 +164,7 @@ class SpecialAppend(PendingAppend):
     written and synced with the appends around it, in queue order; its future resolves to
     an AppendResult (or the error it failed with) when its batch is durable."""
 
-    __slots__ = ("checkpoint", "meta", "planned_meta", "special")
+    __slots__ = ("checkpoint", "entries", "meta", "planned_meta", "special")
 
     def __init__(
         self,
@@ -176,6 +178,8 @@ class SpecialAppend(PendingAppend):
     ) -> None:
         assert (checkpoint >= 0) != (meta is not None), "a checkpoint or a metadata write"
         super().__init__(stream, stream_b, expected, b"", b"", future)
+        self.entries = b""  # its frame's body after the stream name (a metadata write's is
+        # made when it is planned)
         self.checkpoint = checkpoint
         self.meta = meta
         self.planned_meta = None
@@ -540,21 +544,19 @@ class CommitLoop:
                     window[key] = (item.ids, result)
                 # pack_frame, inline: the body (from its length on) is one bytes object, so
                 # that its CRC32C is one call; no other copy until the batch's join
-                sb = item.stream_b
                 body = (
                     length_head(
                         size - FRAME_HEADER_SIZE,
                         FRAME_KIND_EVENTS,
                         item.flags,
-                        len(sb),
+                        len(item.stream_b),
                         count,
                         pos,
                         version,
                         now_us,
                         woff,
                     )
-                    + sb
-                    + item.entries
+                    + item.tail
                 )
                 if frames is None:  # the usual case, written out
                     parts += (magic_crc(FRAME_MAGIC, crc32c(body)), body)

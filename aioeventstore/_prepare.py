@@ -2,7 +2,7 @@
 
 Everything that can reject an append happens here, before anything is queued: bad input
 raises (TypeError, ValueError, :class:`EventTooLarge`) in the caller's task with nothing
-written. What comes out is a :class:`PendingAppend` holding the frame's entries, ready for
+written. What comes out is a :class:`PendingAppend` holding the frame's body, ready for
 the commit loop to give versions and positions to.
 
 The most common append (one event of a class already encoded once, to a stream with a
@@ -24,7 +24,7 @@ import ormsgpack
 from ._checks import as_event_list, check_expected, check_stream
 from ._codec import ID_POOL, TYPE_FIELDS, encode_event, encode_events, new_event_id
 from ._commit import FRAME_OVERHEAD, PendingAppend
-from ._format import ENTRY_HEAD, ENTRY_HEAD_SIZE, MAX_STREAM_NAME_BYTES
+from ._format import ENTRY_HEAD_SIZE, MAX_STREAM_NAME_BYTES
 from .events import ANY, AppendResult, Event, ExpectedVersion, NewEvent
 from .options import StoreOptions
 
@@ -74,7 +74,7 @@ class Preparer:
                 stream_b = b""
             if 0 < len(stream_b) <= MAX_STREAM_NAME_BYTES and stream_b[0] != _DOLLAR:
                 # encode_event, written out
-                _plain, _versioned, type_b, flags, plain = fields
+                _plain, _versioned, type_b, flags, plain, head = fields
                 value = events.__dict__
                 if len(value) != plain:  # not a plain class (plain is 0), or a key was added
                     serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
@@ -86,7 +86,7 @@ class Preparer:
                 size = _ENTRY_FIXED + len(type_b) + len(data)
                 if size <= self._max_event_bytes:
                     eid = ID_POOL.pop() if ID_POOL else new_event_id()
-                    entries = ENTRY_HEAD.pack(size, eid, len(type_b), 0) + type_b + data
+                    tail = stream_b + head(size, eid, len(type_b), 0, type_b) + data
                     # PendingAppend.__init__, written out (a class call is not cheap)
                     pending: PendingAppend = _new(PendingAppend)
                     pending.stream = stream
@@ -94,8 +94,8 @@ class Preparer:
                     pending.expected = ANY
                     pending.ids = eid
                     pending.count = 1
-                    pending.entries = entries
-                    pending.size = FRAME_OVERHEAD + len(stream_b) + len(entries)
+                    pending.tail = tail
+                    pending.size = FRAME_OVERHEAD + len(tail)
                     pending.future = self._new_future()
                     pending.source = events  # type: ignore[assignment]
                     pending.metas = None

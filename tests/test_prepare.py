@@ -41,8 +41,9 @@ def _slots(p: PendingAppend) -> dict[str, Any]:
         if name in ("future", "ids"):
             continue
         value = getattr(p, name)
-        if name == "entries":
-            value = value[: ID_AT.start] + bytes(16) + value[ID_AT.stop :]
+        if name == "tail":  # the stream's name, then the entry
+            at = len(p.stream_b) + ID_AT.start
+            value = value[:at] + bytes(16) + value[at + 16 :]
         out[name] = value
     return out
 
@@ -82,7 +83,8 @@ def test_the_fast_path_makes_what_the_general_path_makes(event: es.Event, stream
     general = prep.prepare(stream, event, es.ANY)  # the first of a class: the general path
     fast = _general_only(prep).prepare(stream, event, es.ANY)
     assert _slots(fast) == _slots(general)
-    assert fast.ids == fast.entries[ID_AT] and len(fast.ids) == 16
+    entry = fast.tail[len(fast.stream_b) :]
+    assert fast.ids == entry[ID_AT] and len(fast.ids) == 16
     assert fast.ids != general.ids  # a fresh id each time
     assert fast.future is futures[-1] and general.future is futures[-2]
     assert fast.source is event and fast.flags == (0 if type(event) is not PPVersioned else 1)
