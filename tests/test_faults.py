@@ -294,3 +294,35 @@ async def test_limit_fsync_error_and_a_failed_cleanup() -> None:
     assert report.actions[-1].offset == info.value.offset
     async with es.EventStore(STORE, _fs=fs) as store:
         check_recovered(await committed(store), run.attempts, exact=True)
+
+
+async def test_producers_answered_after_the_next_write_is_taken_keep_their_success() -> None:
+    """A large batch's producers are answered in two halves, the second once the I/O thread
+    takes the next batch's write (``CommitLoop._run``). Their batch is durable: when that
+    next write fails, they still get success (never StoreFailed), and a reopen has them."""
+    fs = SimFS(4)
+    injected = False
+
+    async def producer(store: es.EventStore, i: int) -> tuple[object, object]:
+        nonlocal injected
+        first = await store.append(f"s{i}", Note(text=f"first {i}"))
+        if not injected:  # the first producer answered: the next sync fails
+            fs.inject(Fault(op="sync", errno=errno.EIO))
+            injected = True
+        try:
+            second: object = await store.append(f"s{i}", Note(text=f"second {i}"))
+        except es.StoreFailed as exc:
+            second = exc
+        return first, second
+
+    n = 128  # one batch (every producer queues before the commit loop runs), split in two
+    async with es.EventStore(STORE, _fs=fs) as store:
+        results = await asyncio.gather(*(producer(store, i) for i in range(n)))
+        assert store.statistics().batches == 1
+    firsts = [f for f, _ in results]
+    assert all(isinstance(f, es.AppendResult) for f in firsts)
+    assert sorted(f.position for f in firsts if isinstance(f, es.AppendResult)) == list(range(n))
+    assert all(isinstance(s, es.StoreFailed) for _, s in results)
+    async with es.EventStore(STORE, _fs=fs) as store:
+        texts = [r.data.text async for r in store.read_all() if isinstance(r.data, Note)]
+    assert sorted(texts) == sorted(f"first {i}" for i in range(n))
