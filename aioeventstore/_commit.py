@@ -215,6 +215,10 @@ SPLIT_ANSWER = 64
 """A clean batch of at least this many appends has its producers answered in two halves,
 the second once the next write is handed over (see ``CommitLoop._run``)."""
 
+HOLD_AT_MOST = 0.002
+"""Seconds a durable append's producer is held, at most, once the next write is handed over
+(the I/O thread usually takes it in a fraction of that)."""
+
 IDLE_TURNS = 3
 """Loop turns the commit loop waits, with nothing queued, before it takes the store for idle."""
 
@@ -360,6 +364,9 @@ class CommitLoop:
                         # (self._durable, see below: answered once the I/O thread takes this
                         # write, so that they run while it is written and synced)
                         held = bool(self._durable)
+                        if held:  # whatever the I/O thread has to do before it takes this
+                            assert self._loop is not None
+                            self._loop.call_later(HOLD_AT_MOST, self._answer_durable)
                         if batch.frames is None:
                             plain = self._hop(self._write, batch.plan, batch.data, sync, held)
                             self._pump(False)
@@ -392,8 +399,10 @@ class CommitLoop:
                     # wait, and the rest make theirs while it is written and synced. Answered
                     # all at once, every producer would be waiting on the same write and the
                     # event loop idle for the whole of it (with many producers that was a
-                    # seventh of the time). Nobody waits longer than it takes the first half
-                    # to queue its next appends and that batch to be planned.
+                    # seventh of the time). The rest wait for the first half to queue its
+                    # next appends, that batch to be planned, and the I/O thread to take its
+                    # write, or HOLD_AT_MOST after it is handed over (other file work, a
+                    # verify say, may be queued on the I/O thread before it).
                     self._answer_clean(batch.items[: n >> 1])
                     self._durable = batch.items[n >> 1 :]
                     split = True

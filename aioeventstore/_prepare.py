@@ -85,7 +85,10 @@ class Preparer:
                     return self._prepare(stream, events, expected_version)
                 size = _ENTRY_FIXED + len(type_b) + len(data)
                 if size <= self._max_event_bytes:
-                    eid = ID_POOL.pop() if ID_POOL else new_event_id()
+                    try:
+                        eid = ID_POOL.pop()  # new_event_id(), without the call while it lasts
+                    except IndexError:  # (the pool is shared by threads: no check-then-pop)
+                        eid = new_event_id()
                     tail = stream_b + head(size, eid, len(type_b), 0, type_b) + data
                     # PendingAppend.__init__, written out (a class call is not cheap)
                     pending: PendingAppend = _new(PendingAppend)

@@ -137,3 +137,37 @@ async def test_cancelled_producers_never_corrupt_a_batch(store_path: Path) -> No
             assert res.version == 1
         for i in range(0, 60, 2):
             assert [x.version async for x in store.read_stream(f"c-{i}")] == [0, 1]
+
+
+async def test_held_producers_are_answered_while_the_io_thread_is_busy(store_path: Path) -> None:
+    """A large batch's second half is answered once the I/O thread takes the next write, or
+    at most ``HOLD_AT_MOST`` after that write is handed over: other file work queued on the
+    I/O thread first (a verify, a sidecar export) must not keep durable appends waiting."""
+    gate = threading.Event()
+    n = 128  # one batch: every producer queues before the commit loop runs
+    answered = asyncio.Event()
+    count = 0
+    blocked = False
+
+    async with es.EventStore(store_path) as store:
+
+        async def producer(i: int) -> None:
+            nonlocal blocked, count
+            await store.append(f"s{i}", Note(text="first"))
+            if not blocked:  # the first half is answered: the I/O thread takes no write
+                blocked = True
+                assert store._io is not None
+                store._io.submit(gate.wait)
+            count += 1
+            if count == n:
+                answered.set()
+            await store.append(f"s{i}", Note(text="second"))
+
+        tasks = [asyncio.create_task(producer(i)) for i in range(n)]
+        try:
+            await asyncio.wait_for(answered.wait(), 60)  # liveness, not speed
+            assert store.statistics().batches == 1  # the next batch's write still waits
+        finally:
+            gate.set()
+        await asyncio.gather(*tasks)
+        assert store.head == 2 * n - 1
