@@ -404,7 +404,7 @@ class CommitLoop:
                     # write, or HOLD_AT_MOST after it is handed over (other file work, a
                     # verify say, may be queued on the I/O thread before it).
                     self._answer_clean(batch.items[: n >> 1])
-                    self._durable = batch.items[n >> 1 :]
+                    self._hold(batch.items[n >> 1 :])
                     split = True
                 else:
                     self._answer(batch)
@@ -446,6 +446,18 @@ class CommitLoop:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             self._loop.call_soon_threadsafe(self._answer_durable)
+
+    def _hold(self, items: list[PendingAppend]) -> None:
+        """Hold durable appends until the next write is taken (see ``_run``).
+
+        Nothing but ``_durable`` may refer to them meanwhile (no local of ``_run``): each
+        answered producer then frees its append and future as it makes its next ones, and
+        the cyclic GC's young generation barely grows under load. One list kept a batch
+        longer brought back a young collection every ~900 appends (0.5 µs per append).
+        """
+        for item in items:  # durable: its frame's bytes are not needed any more
+            item.tail = b""
+        self._durable = items
 
     def _answer_durable(self) -> None:
         """Answer the producers of ``_durable`` (loop thread; a no-op once done)."""

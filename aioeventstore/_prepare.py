@@ -22,7 +22,7 @@ from typing import Any
 import ormsgpack
 
 from ._checks import as_event_list, check_expected, check_stream
-from ._codec import ID_POOL, TYPE_FIELDS, encode_event, encode_events, new_event_id
+from ._codec import ID_POOL, TYPE_FIELDS, TypeFields, encode_event, encode_events, new_event_id
 from ._commit import FRAME_OVERHEAD, PendingAppend
 from ._format import ENTRY_HEAD_SIZE, MAX_STREAM_NAME_BYTES
 from .events import ANY, AppendResult, Event, ExpectedVersion, NewEvent
@@ -43,6 +43,8 @@ _NATIVE_ONLY = (
 (it refuses everything else with a TypeError): exactly the bytes msgpack makes for those, in
 two thirds of its time."""
 _ENTRY_FIXED = ENTRY_HEAD_SIZE - 4  # an entry's size field counts what follows it
+FAST_MAX_BYTES = 64 * 1024
+"""Events of a class the fast path takes are at most this large (see ``Preparer._fast``)."""
 _DOLLAR = ord("$")
 
 
@@ -57,6 +59,12 @@ class Preparer:
         self._max_event_bytes = options.max_event_bytes
         self._max_append_bytes = options.max_append_bytes
         self._new_future = new_future
+        self._fast_max = min(options.max_event_bytes, FAST_MAX_BYTES)
+        self._fast: dict[type, TypeFields] = {}
+        """The event classes the fast path takes (its own ``TYPE_FIELDS``): those appended
+        once through the general path, unless one of their events was ever over
+        ``FAST_MAX_BYTES``."""
+        self._big: set[type] = set()  # classes taken off the fast path for good
 
     def prepare(
         self,
@@ -66,7 +74,7 @@ class Preparer:
     ) -> PendingAppend:
         """The PendingAppend of one append, with the future its caller waits on. Raises for
         bad input; nothing is queued here."""
-        fields = TYPE_FIELDS.get(type(events))  # type: ignore[arg-type]
+        fields = self._fast.get(type(events))
         if fields is not None and expected_version is ANY and type(stream) is str:
             try:
                 stream_b = stream.encode()
@@ -84,7 +92,7 @@ class Preparer:
                 except TypeError:  # not a plain value: msgpack packs it, as it always did
                     return self._prepare(stream, events, expected_version)
                 size = _ENTRY_FIXED + len(type_b) + len(data)
-                if size <= self._max_event_bytes:
+                if size <= self._fast_max:
                     try:
                         eid = ID_POOL.pop()  # new_event_id(), without the call while it lasts
                     except IndexError:  # (the pool is shared by threads: no check-then-pop)
@@ -108,6 +116,11 @@ class Preparer:
                     pending.key = None
                     pending.flags = flags
                     return pending
+                # A large event: ormsgpack grows its buffer for it, which raised the peak
+                # memory of tests/test_load.py by up to 25 MB; msgpack packs its class's
+                # events from now on (what ormsgpack saves is on small events).
+                del self._fast[type(events)]
+                self._big.add(type(events))
         return self._prepare(stream, events, expected_version)
 
     def _prepare(
@@ -126,6 +139,9 @@ class Preparer:
             ids, entries, metas, own_ids, flags = encode_event(
                 stream, events, self._max_event_bytes
             )
+            cls = type(events)
+            if expected_version is ANY and cls not in self._big and cls in TYPE_FIELDS:
+                self._fast[cls] = TYPE_FIELDS[cls]  # the next one may take the fast path
         else:
             source = as_event_list(stream, events)
             ids, entries, metas, own_ids, flags = encode_events(

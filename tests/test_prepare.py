@@ -13,7 +13,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore._commit import PendingAppend
-from aioeventstore._prepare import Preparer
+from aioeventstore._prepare import FAST_MAX_BYTES, Preparer
 from aioeventstore.options import StoreOptions
 
 ID_AT = slice(4, 20)  # an entry's event id: after its 4-byte size
@@ -165,6 +165,27 @@ def test_a_value_nothing_can_pack_raises_type_error() -> None:
     prep.prepare("s", PPPlain(name="a", n=1), es.ANY)
     with pytest.raises(TypeError):
         prep.prepare("s", PPPlain.model_construct(name="a", n=datetime.now(UTC)), es.ANY)
+
+
+def test_a_class_with_a_large_event_leaves_the_fast_path() -> None:
+    # ormsgpack's buffer growth raised peak memory under large events: past FAST_MAX_BYTES a
+    # class's events are packed by msgpack (the general path), the same bytes either way
+    prep, _ = _preparer(max_event_bytes=1 << 20)
+    general = prep._prepare
+    calls: list[str] = []
+
+    def spy(*args: Any) -> PendingAppend:
+        calls.append(args[0])
+        return general(*args)
+
+    prep._prepare = spy  # type: ignore[method-assign,assignment]
+    small, large = PPPlain(name="a", n=1), PPPlain(name="x" * FAST_MAX_BYTES, n=2)
+    prep.prepare("first", small, es.ANY)  # the general path, then the fast path knows it
+    prep.prepare("fast", small, es.ANY)
+    big = prep.prepare("big", large, es.ANY)
+    prep.prepare("after", small, es.ANY)
+    assert calls == ["first", "big", "after"]
+    assert _slots(big) == _slots(general("big", large, es.ANY))
 
 
 def test_an_event_over_the_limit_raises_event_too_large() -> None:
