@@ -5,8 +5,10 @@ One task, the only writer. Producers encode their events in their own task and e
 expected versions in queue order, lays the accepted appends out as one contiguous buffer, and
 hands it to the store's single I/O thread for one write and one sync (one thread hop per
 batch). While that runs, the event loop is free: producers encode and queue the next batch.
-When the sync returns, the index head advances, every producer's future is resolved, and
-commit listeners (subscriptions) are told.
+When the sync returns, the index head advances, commit listeners (subscriptions) are told,
+and the producers' futures are resolved: all at once for a small batch; for a large one,
+half at once and the rest once the I/O thread takes the next batch's write, so that their
+work overlaps that write (see ``_run``).
 
 With ``compression="zstd"`` the I/O thread also compresses the batch (``_compress.py``), in the
 same hop and off the event loop: the batch is planned at its uncompressed size, and once it is
@@ -749,11 +751,6 @@ class CommitLoop:
         if isinstance(base, int) and last >= base + item.count:
             return Recheck(last, base + 1)
         return WrongExpectedVersion(item.stream, exp, last)
-
-    def _complete(self, batch: _Batch) -> None:
-        """The batch is durable: publish it and resolve its producers (commit task only)."""
-        self._publish(batch)
-        self._answer(batch)
 
     def _publish(self, batch: _Batch) -> None:
         """The batch is durable: make it visible (head, listeners, checkpoints, metadata)."""
