@@ -214,7 +214,7 @@ def plain_fields(cls: type[Event]) -> int:
         return 0
 
 
-def thread_packer() -> Callable[[Any], bytes]:
+def _packer() -> Callable[[Any], bytes]:
     """This thread's msgpack packer: ``msgpack.packb`` builds a new Packer per call, which
     costs as much as the packing itself for a small event."""
     try:
@@ -259,7 +259,7 @@ def encode_events(
     any_meta = False
     own_ids = True
     total = 0
-    pack = thread_packer()
+    pack = _packer()
     pack_head = ENTRY_HEAD.pack
     last_cls: type | None = None
     plain = 0
@@ -340,9 +340,9 @@ def encode_event(
     if len(value) != plain:  # not a plain class (plain is 0), or something added a key
         value = cls.__pydantic_serializer__.to_python(event, mode="json")
     try:
-        pack = _ids.pack  # thread_packer(), without the call once this thread has one
+        pack = _ids.pack  # _packer(), without the call once this thread has one
     except AttributeError:
-        pack = thread_packer()
+        pack = _packer()
     data = pack(value)
     size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(data)
     if size > max_event_bytes:

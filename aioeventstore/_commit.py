@@ -253,8 +253,8 @@ class CommitLoop:
         self.metas = metas if metas is not None else StreamMetas()  # stream retention metadata
         self._task: asyncio.Task[None] | None = None
         self._current: _Batch | None = None  # the batch being written, for _fail on cancel
-        self._durable: list[PendingAppend] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start
+        self._durable: list[PendingAppend] = []
         """Appends of a durable, published batch whose producers are answered once the next
         batch's write is handed over (see ``_run``); whatever happens, they get success."""
         self._closing = False

@@ -164,13 +164,13 @@ class EventStore:
         self._readers: Executor | None = None
         self._snapshot_io: Executor | None = None
         self._commit: CommitLoop | None = None
-        # The loop's create_future, from open on: every append's future is made on the loop
-        # the store was opened on (one attribute, where asyncio.get_running_loop() costs
-        # about as much again as the future; an append from another loop then fails loudly
-        # when it awaits that future, instead of being answered from the wrong thread).
         self._writer: CommitLoop | None = None  # the commit loop while appends are accepted
         self._prepare: Callable[..., PendingAppend] = _not_open
-        """Check and encode one append (``Preparer.prepare``, once open for writes)."""
+        """Check and encode one append (``Preparer.prepare``, once open for writes). Its
+        futures come from the loop's create_future, bound at open: every append's future is
+        made on the loop the store was opened on (an append from another loop then fails
+        loudly when it awaits that future, instead of being answered from the wrong
+        thread)."""
         self._state = "new"  # new → open → closed
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
         self._metas = StreamMetas()  # stream retention metadata (see _meta.py)
