@@ -9,7 +9,7 @@ The most common append (one event of a class already encoded once, to a stream w
 plain name, with ``ANY``) is written out in :meth:`Preparer.prepare` without a call: at
 P=1024 this path is a quarter of the event loop's work per append, and each call, tuple
 and class instantiation on it showed (callgrind over a whole run: 51.3k instructions per
-append through the general path, 46.6k with this one). It makes exactly the entry
+append through the general path, 47.5k with this one). It makes exactly the entry
 :func:`encode_event` makes (tests compare the two); anything else takes the general path.
 """
 
