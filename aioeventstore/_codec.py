@@ -556,7 +556,20 @@ def decode_frame_events(
 
 _SPAN_HEAD = struct.Struct("<4sIIBBHIQQqQ")  # frame header + body head, FORMAT.md
 assert _SPAN_HEAD.size == FRAME_HEADER_SIZE + BODY_HEAD_SIZE
-_stream_names: dict[bytes, str] = {}
+
+
+class _Names(dict[bytes, str]):
+    """Stream names by their stored bytes, decoded once (on a miss) and kept for the next
+    frames; forgotten all at once past 65,536 of them. ``UnicodeDecodeError`` on bad bytes."""
+
+    def __missing__(self, raw: bytes) -> str:
+        if len(self) > 65536:
+            self.clear()
+        name = self[raw] = raw.decode("utf-8")
+        return name
+
+
+_stream_names = _Names()
 
 
 def decode_span(
@@ -675,49 +688,37 @@ def _span_batch(
     # the frame (unread: nothing is changed before the checks pass) to the paths below.
     tight = only is None and firsts is None
     header_size, events_kind, frame_magic = FRAME_HEADER_SIZE, FRAME_KIND_EVENTS, FRAME_MAGIC
-    crc_from, name_of = FRAME_LENGTH_AT, names.get
+    crc_from, name_of = FRAME_LENGTH_AT, names.__getitem__
+    raws: list[bytes] = []  # the run's stream names, as stored
+    add_raw = raws.append
+    kept_raw = {name.encode("utf-8") for name in hidden} if hidden else None
     run_fl = -1  # the flags of the events frame that chose ``cache`` (and so ``field``)
     skip = 0  # one_size less the entry head and type field: where the entry size counts from
     while at < size:
-        if tight and lo <= pos <= hi and at + one_size <= size:
+        if tight and lo <= pos <= hi and at + one_size <= size and len(field) == one_tlen:
             run0 = pos  # positions (consecutive) and times (few) are added when the run ends
             left = min(_FLUSH_EVENTS - len(eids), hi + 1 - pos)  # to the flush, or to ``hi``
             stop = size - one_size  # the last offset a frame of this layout can start at
+            # What every frame of the run repeats, compared as two byte strings: the body
+            # head's kind, flags, name length and event count; the entry's type and metadata
+            # lengths and its type field.
+            same_head = _SAME_HEAD.pack(events_kind, run_fl, one_slen, 1)
+            same_type = _SAME_TYPE.pack(one_tlen, 0) + field
+            unpack_run = _run_frame(one_slen, one_tlen)
             while True:
-                (
-                    magic,
-                    crc,
-                    blen,
-                    kind,
-                    fl,
-                    slen,
-                    count,
-                    fpos,
-                    fver,
-                    us,
-                    raw_name,
-                    esize,
-                    eid,
-                    tlen,
-                    mlen,
-                    tfield,
-                ) = unpack_one(buf, at)
+                magic, crc, blen, head, fpos, fver, us, raw_name, esize, eid, typ = unpack_run(
+                    buf, at
+                )
                 end = at + header_size + blen
                 if (
-                    tfield != field
-                    or fpos != pos
-                    or slen != one_slen
-                    or tlen != one_tlen
-                    or count != 1
-                    or kind != events_kind
-                    or fl != run_fl
-                    or mlen
+                    fpos != pos
+                    or typ != same_type
+                    or head != same_head
                     or magic != frame_magic
                     or end > size
                 ):
                     break
-                stream = name_of(raw_name) or _stream_name(raw_name)
-                if hidden and stream in hidden:  # retention applies: the path below checks
+                if kept_raw and raw_name in kept_raw:  # retention applies: the path below checks
                     break
                 if crc32c(view[at + crc_from : end]) != crc:
                     raise _Bail
@@ -731,13 +732,15 @@ def _span_batch(
                     last_us = us
                 add_eid(eid)
                 add_payload(buf[at + one_size : nxt])
-                add_stream(stream)
+                add_raw(raw_name)
                 add_ver(fver)
                 at = end
                 left -= 1
                 if not left or at > stop:
                     break
             if pos != run0:
+                streams += map(name_of, raws)  # (a name met for the first time is decoded)
+                raws.clear()
                 last_first = pos - 1
                 poss += range(run0, pos)
                 whens += repeat(when, len(eids) - len(whens))
@@ -779,7 +782,7 @@ def _span_batch(
                 pos = fpos + 1
                 if firsts is not None:
                     firsts.append(fpos)
-                stream = names.get(raw_name) or _stream_name(raw_name)
+                stream = names[raw_name]
                 if only is not None and stream != only:
                     raise _Bail
                 if fpos < lo or fpos > hi:
@@ -855,7 +858,7 @@ def _span_batch(
             firsts.append(fpos)
         s0 = at + _HEAD_SIZE
         raw_name = buf[s0 : s0 + slen]
-        stream = names.get(raw_name) or _stream_name(raw_name)
+        stream = names[raw_name]
         if only is not None and stream != only:
             raise _Bail
         if pos <= lo or fpos > hi:
@@ -955,15 +958,9 @@ _HEAD_SIZE = FRAME_HEADER_SIZE + BODY_HEAD_SIZE
 _FLUSH_EVENTS = 256  # decoded a few at a time: their bytes and dicts stay in the CPU cache
 _NO_FIELD = bytes(1 << 16)  # longer than any type field (its length is 16 bits)
 _one_frames: dict[tuple[int, int], Callable[[Any, int], tuple[Any, ...]]] = {}
-
-
-def _stream_name(raw: bytes) -> str:
-    """The str of a stream name met for the first time (kept for the next frames)."""
-    names = _stream_names
-    if len(names) > 65536:
-        names.clear()
-    name = names[raw] = raw.decode("utf-8")
-    return name
+_run_frames: dict[tuple[int, int], Callable[[Any, int], tuple[Any, ...]]] = {}
+_SAME_HEAD = struct.Struct("<BBHI")  # a body head's kind, flags, name length, event count
+_SAME_TYPE = struct.Struct("<HI")  # an entry's type field and metadata lengths
 
 
 def _one_frame(slen: int, tlen: int) -> Callable[[Any, int], tuple[Any, ...]]:
@@ -974,6 +971,17 @@ def _one_frame(slen: int, tlen: int) -> Callable[[Any, int], tuple[Any, ...]]:
     if got is None:
         fmt = _SPAN_HEAD.format[:-1] + f"8x{slen}s" + ENTRY_HEAD.format[1:] + f"{tlen}s"
         got = _one_frames[slen, tlen] = struct.Struct(fmt).unpack_from
+    return got
+
+
+def _run_frame(slen: int, tlen: int) -> Callable[[Any, int], tuple[Any, ...]]:
+    """The unpacker of a single-event frame's head for the run loop of :func:`_span_batch`:
+    :func:`_one_frame`'s fields, with the body head's kind, flags, name length and count as
+    one 8-byte string, and the entry's type and metadata lengths and type field as another."""
+    got = _run_frames.get((slen, tlen))
+    if got is None:
+        fmt = f"<4sII8sQQq8x{slen}sI16s{_SAME_TYPE.size + tlen}s"
+        got = _run_frames[slen, tlen] = struct.Struct(fmt).unpack_from
     return got
 
 
@@ -1145,12 +1153,7 @@ def _span_loop(
                 at = end
                 continue
             s0 = at + head_size
-            raw_name = buf[s0 : s0 + slen]
-            stream = names.get(raw_name)
-            if stream is None:
-                if len(names) > 65536:
-                    names.clear()
-                stream = names[raw_name] = raw_name.decode("utf-8")
+            stream = names[buf[s0 : s0 + slen]]
             if prefixes is not None and not stream.startswith(prefixes):
                 at = end
                 continue
