@@ -39,7 +39,7 @@ from ._format import (
     FrameInfo,
     crc32c,
 )
-from ._schema import Decoder, UpcastFailed, build_decoder
+from ._schema import Decoder, UpcastFailed, build_decoder, many_validator
 from .errors import EventDecodeError, EventTooLarge
 from .events import NO_METADATA, Event, NewEvent, RecordedEvent
 
@@ -1039,16 +1039,14 @@ def _flush(res: list[RecordedEvent], columns: tuple[list[Any], ...]) -> None:
     unpackb = _unpack_fast  # what it refuses (rare) the caller's reference loop reads
     if len(runs) == 1:
         _a, name, decode = runs[0]
-        datas = map(unpackb, payloads)  # each dict is validated (and freed) as soon as made
-        models = list(datas if decode is None else map(decode, datas))
+        models = _decode_run(unpackb, payloads, decode)
         type_names = [name] * n
     else:
         models = []
         type_names = []
         for i, (a, name, decode) in enumerate(runs):
             b = runs[i + 1][0] if i + 1 < len(runs) else n
-            datas = map(unpackb, payloads[a:b])
-            models += datas if decode is None else map(decode, datas)
+            models += _decode_run(unpackb, payloads[a:b], decode)
             type_names += [name] * (b - a)
     meta_col: list[Mapping[str, Any]] = [NO_METADATA] * n
     for i, m in metas:
@@ -1060,6 +1058,24 @@ def _flush(res: list[RecordedEvent], columns: tuple[list[Any], ...]) -> None:
     )
     for col in columns:
         col.clear()
+
+
+def _decode_run(
+    unpackb: Callable[[bytes], Any],
+    payloads: list[bytes],
+    decode: Callable[[Any], Any] | None,
+) -> list[Any]:
+    """The data of a run of events of one type: unpacked, then validated as one list when
+    the decoder has a list form (:func:`many_validator`), else one by one."""
+    if decode is None:
+        return list(map(unpackb, payloads))
+    many = many_validator(decode) if len(payloads) >= _MANY_EVENTS else None
+    if many is None:
+        return list(map(decode, map(unpackb, payloads)))
+    return many(list(map(unpackb, payloads)))
+
+
+_MANY_EVENTS = 8  # a run this long is validated as a list
 
 
 def _span_loop(

@@ -11,7 +11,10 @@ current name, gets the model's compiled validator itself: nothing is added per e
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, TypeVar
+
+from pydantic import TypeAdapter
 
 from .errors import EventDecodeError, MissingUpcaster
 from .events import Event, _generation, lookup_event_type
@@ -26,6 +29,7 @@ U = TypeVar("U", bound=Upcaster)
 
 _upcasters: dict[tuple[str, int], Upcaster] = {}
 _validators: dict[type[Event], Any] = {}
+_many: dict[Any, Callable[[list[Any]], list[Any]]] = {}  # by validator: its list form
 
 
 class UpcastFailed(Exception):
@@ -87,7 +91,22 @@ def validator(cls: type[Event]) -> Any:
     v = _validators.get(cls)
     if v is None:
         v = _validators[cls] = cls.__pydantic_validator__.validate_python
+        # a class pydantic cannot put in a list schema is validated one event at a time
+        with suppress(Exception):
+            _many[v] = TypeAdapter(list[cls]).validator.validate_python  # type: ignore[valid-type]
     return v
+
+
+def many_validator(decode: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]] | None:
+    """For a class's validator (from :func:`validator`), the compiled validator of a list
+    of its payloads: the same model validation of each item, with one call into
+    pydantic-core for the whole list (replay validates a run of events of one type in one
+    call: about a tenth less time per event than one call each). None for anything else
+    (an upcasting decoder), and for a class pydantic cannot build a list schema of.
+    A ``ValidationError`` names the item's index, not the event: callers that must name
+    the event validate again one by one.
+    """
+    return _many.get(decode)
 
 
 def build_decoder(

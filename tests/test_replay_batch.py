@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 import aioeventstore as es
 from aioeventstore import _codec
@@ -33,6 +33,7 @@ from aioeventstore._format import (
     SCHEMA_VERSION,
     pack_frame,
 )
+from aioeventstore._schema import many_validator
 from aioeventstore.errors import CorruptLog
 from tests.test_compression import kinds
 from tests.test_schema import forget, registry  # noqa: F401 - the autouse registry fixture
@@ -225,6 +226,68 @@ async def test_an_event_its_class_rejects_fails_the_same_way(
     assert [r.position for r in batched["all"][:-1]] == list(range(len(batched["all"]) - 1))
     assert batched["all-raw"][-1].position == 139  # raw reads never validate
     assert batched["s-1"][-1][0] == "EventDecodeError"
+
+
+async def test_runs_validated_as_one_list_give_the_models_one_by_one_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of events of one class is validated with one call of its list validator: the
+    models are those of one call each, whatever the class's validators do with the data, and
+    a rejected event is still named by its own position."""
+
+    class Inner(es.Event):
+        tag: str
+
+    class Shaped(es.Event):
+        n: int
+        label: str = "none"
+        inner: Inner | None = None
+
+        @model_validator(mode="before")
+        @classmethod
+        def upper(cls, data: Any) -> Any:
+            return {**data, "label": str(data.get("label", "none")).upper()}
+
+        @field_validator("n")
+        @classmethod
+        def odd_only_below_50(cls, v: int) -> int:
+            if v >= 50 and v % 2 == 0:
+                raise ValueError("even from 50 on")
+            return v
+
+    validate = many_validator
+    used = [0]
+
+    def counted(decode: Any) -> Any:
+        many = validate(decode)
+        if many is None:
+            return None
+
+        def call(items: list[Any]) -> list[Any]:
+            used[0] += len(items)
+            return many(items)
+
+        return call
+
+    monkeypatch.setattr(_codec, "many_validator", counted)
+    async with es.EventStore(tmp_path) as store:
+        for i in range(40):
+            await store.append("s", Shaped(n=i, label=f"l{i}", inner=Inner(tag=str(i))))
+        for i in range(40, 60):
+            await store.append("s", Shaped(n=2 * i + 1))
+    batched, reference = await both_ways(tmp_path, es.StoreOptions(), ["s"], monkeypatch)
+    assert batched == reference
+    assert used[0] >= 60
+    models = [r.data for r in batched["all"]]
+    assert [m.label for m in models[:3]] == ["L0", "L1", "L2"]
+    assert models[5].inner == Inner(tag="5") and models[45].inner is None
+
+    async with es.EventStore(tmp_path) as store:  # n=100 from here on is rejected
+        await store.append("s", [Shaped(n=99), Shaped.model_construct(n=100)])
+    batched, reference = await both_ways(tmp_path, es.StoreOptions(), ["s"], monkeypatch)
+    assert batched == reference
+    assert batched["all"][-1][0] == "EventDecodeError"
+    assert "position 61 of stream 's'" in batched["all"][-1][1]
 
 
 async def test_an_upcaster_that_raises_fails_the_same_way(
