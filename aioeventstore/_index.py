@@ -47,6 +47,8 @@ import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Generator
+from itertools import accumulate, repeat
+from operator import sub
 from typing import Final, Literal, NamedTuple, cast
 
 _SHIFT: Final = 10
@@ -55,6 +57,7 @@ _POSITION: Final = struct.Struct("=q")  # native, as array("q") and the sidecars
 _pack = _POSITION.pack
 _unpack_from = _POSITION.unpack_from
 _new_tuple = tuple.__new__  # a FrameRef without NamedTuple's Python-level __new__
+_RUN: Final = 4096  # at most this many frames of a stream looked up in one go (stream_frames)
 _TAIL: Final = 64  # positions a sidecar export first copies from the end of a stream's buffer
 
 
@@ -530,8 +533,8 @@ class Index:
         have = 0
         want = (1 << 62) if max_events is None else max_events
         v = version
-        # the row's bisection, frame and _at written out: a stream read of single-event
-        # frames spread through the log spends a third of its time here, once per frame
+        # the row's lookup, frame and _at written out: a stream read of single-event frames
+        # spread through the log spends a good part of its time here, once per frame
         fpos, fseg, foff, flen, fcnt = (
             self._frame_pos,
             self._frame_seg,
@@ -540,9 +543,46 @@ class Index:
             self._frame_cnt,
         )
         unpack = _unpack_from
+        rows = len(fpos)
+        # A frame's row is found by a guess, checked, before a bisection of every row: rows'
+        # first positions less their row numbers never decrease (each row holds an event at
+        # least), so the next frame of the stream is usually at its position less the
+        # previous frame's difference (always, where every frame between holds one event).
+        shift = -1
         while base <= v <= last and (not out or (total < max_bytes and have < want)):
             pos = unpack(positions, (v - base + 1) << 3)[0]
-            row = bisect_right(fpos, pos) - 1
+            row = pos - shift
+            if shift < 0 or row >= rows or fpos[row] != pos:
+                row = bisect_right(fpos, pos) - 1
+                shift = fpos[row] - row
+            if not backwards and v < last and fpos[row] == pos:
+                # The next versions in one go, when each is the first event of the frame its
+                # position less ``shift`` names (checked in C: a stream of single events,
+                # with none but single events between them): every frame but the last of
+                # the block then holds one event of the stream.
+                k = min(last - v + 1, want - have, (max_bytes - total) // flen[row] + 2, _RUN)
+                at = (v - base + 1) << 3
+                ps = array("q", positions[at : at + (k << 3)]).tolist() if k > 1 else []
+                got = list(map(sub, ps, repeat(shift, len(ps))))
+                if ps and got[-1] < rows and list(map(fpos.__getitem__, got)) == ps:
+                    lens = list(map(flen.__getitem__, got))
+                    n = max(1, bisect_left(list(accumulate(lens, initial=total)), max_bytes, 0, k))
+                    del got[n:], lens[n:], ps[n:]
+                    cnts = list(map(fcnt.__getitem__, got))
+                    refs = zip(
+                        map(fseg.__getitem__, got),
+                        map(foff.__getitem__, got),
+                        lens,
+                        ps,
+                        cnts,
+                        strict=True,
+                    )
+                    frames = map(_new_tuple, repeat(FrameRef), refs)
+                    out += zip(frames, range(v, v + n), strict=True)
+                    total += sum(lens)
+                    have += n - 1 + cnts[-1]
+                    v += n - 1 + cnts[-1]
+                    continue
             first = fpos[row]
             count = fcnt[row]
             length = flen[row]

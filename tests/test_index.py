@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,58 @@ def test_the_index_answers_as_the_model_does() -> None:
     for stream, positions in model.items():
         durable = sum(1 for p in positions if p <= head - 40)
         assert index.committed_last_version(stream) == durable - 1
+
+
+def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does() -> None:
+    """``stream_frames`` (a guessed row per frame, and blocks of single-event frames looked up
+    in C) against a walk of the model's frames: any start, either way, any byte and event
+    bound, over streams of single events with now and then a frame of several or a gap."""
+    rng = random.Random(7)
+    index = Index()
+    frames: dict[str, list[tuple[int, int, int, int, int, int]]] = {}  # stream → frames
+    position = 0
+    for ordinal in range(3):
+        offset = 0
+        for _ in range(3000):
+            stream = f"s-{rng.randrange(40)}"
+            count = 1 if rng.random() < 0.9 else rng.randrange(2, 5)
+            length = rng.randrange(60, 400)
+            version = index.last_version(stream) + 1
+            index.add_frame(ordinal, offset, length, stream, position, version, count)
+            frames.setdefault(stream, []).append(
+                (ordinal, offset, length, position, count, version)
+            )
+            offset += length
+            position += count + (rng.randrange(1, 4) if rng.random() < 0.02 else 0)
+    index.head = index.next_position - 1
+
+    def walk(stream: str, version: int, max_bytes: int, back: bool, most: int | None) -> Any:
+        rows = frames[stream]
+        last = rows[-1][5] + rows[-1][4] - 1
+        if version < 0 or version > last:
+            return []
+        i = next(k for k, r in enumerate(rows) if r[5] <= version < r[5] + r[4])
+        out: list[Any] = []
+        total = have = 0
+        want = (1 << 62) if most is None else most
+        while 0 <= i < len(rows) and (not out or (total < max_bytes and have < want)):
+            ordinal, offset, length, first, count, first_version = rows[i]
+            out.append(((ordinal, offset, length, first, count), first_version))
+            total += length
+            have += (version - first_version + 1) if back else (first_version + count - version)
+            version = first_version - 1 if back else first_version + count
+            i += -1 if back else 1
+        return out[::-1] if back else out
+
+    for _ in range(3000):
+        stream = f"s-{rng.randrange(40)}"
+        version = rng.randrange(-2, frames[stream][-1][5] + 6)
+        max_bytes = rng.choice((1, 100, 500, 4096, 1 << 20))
+        back = rng.random() < 0.3
+        most = rng.choice((None, 1, 2, 7, 100))
+        got = index.stream_frames(stream, version, max_bytes, back, most)
+        want = walk(stream, max(version, 0) if not back else version, max_bytes, back, most)
+        assert [(tuple(f), v) for f, v in got] == want, (stream, version, max_bytes, back, most)
 
 
 def test_sidecar_rows_load_back_into_the_same_index() -> None:
