@@ -425,16 +425,20 @@ def recorded_at(us: int) -> datetime:
 
 
 _new_tuple = tuple.__new__
-_when_cache: dict[int, datetime] = {}
 
 
-def _when(us: int) -> datetime:
-    when = _when_cache.get(us)
-    if when is None:
-        if len(_when_cache) > 4096:
-            _when_cache.clear()
-        when = _when_cache[us] = recorded_at(us)
-    return when
+class _Whens(dict[int, datetime]):
+    """recorded_at datetimes by their µs, made once (on a miss) for the frames of a batch and
+    the reads after; forgotten all at once past 4,096 of them."""
+
+    def __missing__(self, us: int) -> datetime:
+        if len(self) > 4096:
+            self.clear()
+        when = self[us] = recorded_at(us)
+        return when
+
+
+_when: Callable[[int], datetime] = _Whens().__getitem__
 
 
 def _decoder(
@@ -692,6 +696,11 @@ def _span_batch(
     raws: list[bytes] = []  # the run's stream names, as stored
     add_raw = raws.append
     kept_raw = {name.encode("utf-8") for name in hidden} if hidden else None
+    only_raw = only.encode("utf-8") if only is not None and firsts is not None else None
+    seen = firsts if firsts is not None else []  # (only_raw: ``firsts`` itself)
+    only_str = only or ""
+    uss: list[int] = []  # a stream read's run: its frames' recorded_at µs
+    add_us = uss.append
     run_fl = -1  # the flags of the events frame that chose ``cache`` (and so ``field``)
     skip = 0  # one_size less the entry head and type field: where the entry size counts from
     while at < size:
@@ -744,6 +753,64 @@ def _span_batch(
                 last_first = pos - 1
                 poss += range(run0, pos)
                 whens += repeat(when, len(eids) - len(whens))
+                if len(eids) >= _FLUSH_EVENTS:
+                    _flush(res, columns)
+                    field = _NO_FIELD
+            if at >= size:
+                break
+        if (
+            only_raw
+            and started
+            and at + one_size <= size
+            and len(field) == one_tlen
+            and (not hidden or only not in hidden)
+        ):
+            # A stream read's run of single-event frames, as the loop above for a whole-log
+            # read, but for positions, which skip the other streams' events: each must only be
+            # in [lo, hi] (the caller compares them with the index's), and the stream name
+            # must be the stream's.
+            left = _FLUSH_EVENTS - len(eids)
+            stop = size - one_size
+            same_head = _SAME_HEAD.pack(events_kind, run_fl, one_slen, 1)
+            same_type = _SAME_TYPE.pack(one_tlen, 0) + field
+            unpack_run = _run_frame(one_slen, one_tlen)
+            n0 = len(eids)
+            while True:
+                magic, crc, blen, head, fpos, fver, us, raw_name, esize, eid, typ = unpack_run(
+                    buf, at
+                )
+                end = at + header_size + blen
+                if (
+                    raw_name != only_raw
+                    or typ != same_type
+                    or head != same_head
+                    or magic != frame_magic
+                    or end > size
+                    or not lo <= fpos <= hi
+                ):
+                    break
+                if crc32c(view[at + crc_from : end]) != crc:
+                    raise _Bail
+                nxt = at + skip + esize
+                if nxt > end:
+                    raise _Bail
+                add_eid(eid)
+                add_payload(buf[at + one_size : nxt])
+                add_ver(fver)
+                add_pos(fpos)
+                add_us(us)
+                at = end
+                left -= 1
+                if not left or at > stop:
+                    break
+            taken = len(eids) - n0
+            if taken:
+                last_first = poss[-1]
+                pos = last_first + 1
+                seen += poss[-taken:]
+                streams += repeat(only_str, taken)
+                whens += map(_when, uss)
+                uss.clear()
                 if len(eids) >= _FLUSH_EVENTS:
                     _flush(res, columns)
                     field = _NO_FIELD

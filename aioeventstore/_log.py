@@ -399,6 +399,9 @@ class _ClosedFile:
     def pread(self, size: int, offset: int) -> bytes:
         raise self._gone()
 
+    def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
+        raise self._gone()
+
     def sync(self) -> None:
         raise self._gone()
 

@@ -209,6 +209,9 @@ class MemoryFile:
             with memoryview(self._buf) as view:  # released before anyone may resize it
                 return view[offset : offset + size].tobytes()
 
+    def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
+        return list(map(self.pread, sizes, offsets))
+
     def sync(self) -> None:
         with self._mu:
             self._check(False)

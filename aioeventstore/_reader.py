@@ -26,9 +26,11 @@ import gc
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from itertools import compress, groupby, repeat
+from operator import add, and_, eq, itemgetter, not_, or_, sub
 from typing import Any, TypeVar
 
 from ._codec import (
@@ -108,6 +110,7 @@ def gc_paused(promote: bool = False) -> Iterator[None]:
 # What a stream read decodes as a batch: frames back to back, or a frame of many events (the
 # batch's set-up costs more than it saves on a lone frame of a few events).
 _MIN_RUN = 2
+_LENGTH = itemgetter(2)  # a FrameRef's length
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
@@ -149,6 +152,50 @@ class _Expanded:
         if at is None:
             raise FrameError(f"no frame at position {first_position} in the compressed frame")
         return at
+
+
+def _read_runs(
+    segs: dict[int, Segment], frames: list[FrameRef]
+) -> list[tuple[int, int, Segment, int, int, bytes]]:
+    """The frames' bytes, run by run: ``(i, j, segment, start, end, bytes)`` for frames
+    ``i:j``, which lie back to back in one segment (or share a container) and are read with
+    one ``pread``. Runs are found in C, column by column (a stream read of frames that lie
+    apart has as many runs as frames), and a segment's runs are read with one call."""
+    n = len(frames)
+    ords, offs, lens, _firsts, _counts = zip(*frames, strict=True)
+    ends = list(map(add, offs, lens))
+    after = offs[1:]
+    if not any(map(eq, after, ends)) and not any(map(eq, after, offs)):
+        starts: Sequence[int] = range(n)  # every frame apart from the last (as is usual)
+        run_ords: Sequence[int] = ords
+        run_starts: Sequence[int] = offs
+        run_ends: Sequence[int] = ends
+    else:
+        goes_on = map(
+            and_, map(eq, ords[1:], ords), map(or_, map(eq, after, ends), map(eq, after, offs))
+        )
+        starts = [0, *compress(range(1, n), map(not_, goes_on))]
+        run_ords = list(map(ords.__getitem__, starts))
+        run_starts = list(map(offs.__getitem__, starts))
+        run_ends = list(map(ends.__getitem__, map(sub, starts[1:], repeat(1))))
+        run_ends.append(ends[-1])
+    sizes = list(map(sub, run_ends, run_starts))
+    if run_ords[0] == run_ords[-1]:  # one segment (ordinals never decrease)
+        seg = segs[run_ords[0]]
+        datas = seg.read_many(sizes, list(run_starts))
+        run_segs: Iterable[Segment] = repeat(seg, len(sizes))
+    else:
+        datas = []
+        run_segs = []
+        at = 0
+        for ordinal, group in groupby(run_ords):
+            k = at + len(list(group))
+            seg = segs[ordinal]
+            datas += seg.read_many(sizes[at:k], list(run_starts[at:k]))
+            run_segs += repeat(seg, k - at)
+            at = k
+    stops = [*starts[1:], n]
+    return list(zip(starts, stops, run_segs, run_starts, run_ends, datas, strict=True))
 
 
 class Reader:
@@ -411,7 +458,7 @@ class Reader:
     ) -> list[RecordedEvent]:
         """Read and decode frames (reader thread). Adjacent frames are read in one pread.
         With ``stream``, every frame must belong to it."""
-        with self._gc_guard(sum(f.length for f in frames) >= _PROMOTE_BYTES):
+        with self._gc_guard(sum(map(_LENGTH, frames)) >= _PROMOTE_BYTES):
             out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden, stream)
         if backwards:
             out.reverse()
@@ -434,22 +481,7 @@ class Reader:
         # A stream's frames that lie back to back are decoded as one batch (see _codec); with
         # a filter, for a lone frame of a few events, or if the batch refuses, frame by frame.
         batch = stream is not None and filt is None
-        runs: list[tuple[int, int, Segment, int, int, bytes]] = []  # frames i:j, bytes read
-        i = 0
-        while i < len(frames):
-            j = i + 1
-            while (
-                j < len(frames)
-                and frames[j].ordinal == frames[i].ordinal
-                and frames[j].offset
-                in (frames[j - 1].offset, frames[j - 1].offset + frames[j - 1].length)
-            ):
-                j += 1
-            start = frames[i].offset
-            end = frames[j - 1].offset + frames[j - 1].length
-            seg = segs[frames[i].ordinal]
-            runs.append((i, j, seg, start, end, seg.read(end - start, start)))
-            i = j
+        runs = _read_runs(segs, frames)
         # A stream whose frames lie apart in the log (other streams were appended in between):
         # its frames, read one by one above, are decoded as one batch too, as if they were
         # back to back (each is self-contained and checked as ever). Anything the batch
@@ -461,7 +493,7 @@ class Reader:
             and all(len(data) == end - start for _i, _j, _s, start, end, data in runs)
         ):
             got = decode_stream_run(
-                b"".join(run[5] for run in runs),
+                b"".join([run[5] for run in runs]),
                 [f.first_position for f in frames],
                 lo,
                 hi,

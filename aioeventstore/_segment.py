@@ -208,6 +208,10 @@ class Segment:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file)."""
         return self.file.pread(size, offset)
 
+    def read_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
+        """:meth:`read` of each ``(size, offset)`` pair, in order, in one call."""
+        return self.file.pread_many(sizes, offsets)
+
     def scan(
         self, start: int, first_position: int, chunk: int, sink: FrameSink, gaps: bool = False
     ) -> tuple[int, int, str | None]:

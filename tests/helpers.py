@@ -59,6 +59,9 @@ class FaultyFile:
     def pread(self, size: int, offset: int) -> bytes:
         return self._inner.pread(size, offset)
 
+    def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
+        return list(map(self.pread, sizes, offsets))
+
     def sync(self) -> None:
         f = self._faults
         f.syncs += 1

@@ -557,6 +557,9 @@ class SimFile:
             self._fs._enter("pread", self.path, self._boot)
             return bytes(self._node.visible[offset : offset + size])
 
+    def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
+        return list(map(self.pread, sizes, offsets))  # each read faults as on its own
+
     def sync(self) -> None:
         fs = self._fs
         fs._hook("sync", self.path)

@@ -10,6 +10,7 @@ path; and they check that the batch really is the path clean data takes.
 from __future__ import annotations
 
 import random
+import struct
 import subprocess
 import sys
 import uuid
@@ -657,3 +658,64 @@ def test_the_batch_path_returns_what_the_reference_loop_does_on_random_spans() -
         assert got == reference
         records += len(got[0])
     assert records > 10_000  # (most spans are read whole)
+
+
+def test_a_stream_run_returns_what_the_reference_loop_does_on_random_frames() -> None:
+    """A stream read's batch (``decode_stream_run``, and its loop for runs of single-event
+    frames) over one stream's frames cut out of random spans (see ``_random_span``: other
+    streams with names of the same length, types, metadata, many-event frames...), joined as
+    a stream read joins frames that lie apart: it returns what the reference loop returns
+    frame by frame, or None (the caller then reads frame by frame). Now and then a bit is
+    flipped, or the index's positions are wrong: never a record that was not asked for."""
+    head = struct.Struct("<4sIIBBHIQ")  # up to the first position
+    rng = random.Random(1127)
+    records = 0
+    for _ in range(200):
+        buf, _first, end = _random_span(rng)
+        stream = rng.choice(["s-1", "s-2", "abcd"])
+        lied = False
+        mine: list[tuple[bytes, int]] = []
+        foreign = rng.random() < 0.3  # the index wrongly lists another stream's frame
+        at = 0
+        while at < len(buf):
+            _m, _c, blen, kind, _f, slen, _n, fpos = head.unpack_from(buf, at)
+            frame = buf[at : at + 12 + blen]
+            if kind == 1 and frame[52 : 52 + slen] == stream.encode():
+                mine.append((frame, fpos))
+            elif kind == 1 and foreign and mine and slen == len(stream):
+                mine.append((frame, fpos))
+                foreign = False
+                lied = True
+            at += 12 + blen
+        if not mine:
+            continue
+        lo = rng.choice([0, rng.randrange(end + 2)])
+        hi = rng.choice([1 << 62, rng.randrange(lo, end + 3)])
+        hidden = None
+        if rng.random() < 0.2:
+            hidden = {stream: (rng.randrange(20), 0)}
+        firsts = [fpos for _, fpos in mine]
+        joined = b"".join(frame for frame, _ in mine)
+        lie = lied or rng.random() < 0.1
+        if lie and not lied:
+            firsts[rng.randrange(len(firsts))] += 1
+        if rng.random() < 0.1:
+            damaged = bytearray(joined)
+            damaged[rng.randrange(len(joined))] ^= 1 << rng.randrange(8)
+            joined = bytes(damaged)
+        caches = _codec.new_type_caches()
+        got = _codec.decode_stream_run(joined, firsts, lo, hi, stream, True, caches, hidden)
+        if got is None:
+            continue
+        assert not lie
+        reference: list[es.RecordedEvent] = []
+        at = 0
+        for frame, fpos in mine:  # the frame-by-frame path: each frame checked on its own
+            n = len(frame)
+            _codec._span_loop(
+                joined[at : at + n], fpos, lo, hi, None, None, reference, True, None, None, hidden
+            )
+            at += n
+        assert got == reference
+        records += len(got)
+    assert records > 3_000
