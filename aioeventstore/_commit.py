@@ -7,8 +7,8 @@ hands it to the store's single I/O thread for one write and one sync (one thread
 batch). While that runs, the event loop is free: producers encode and queue the next batch.
 When the sync returns, the index head advances, commit listeners (subscriptions) are told,
 and the producers' futures are resolved: all at once for a small batch; for a large one,
-half at once and the rest once the I/O thread takes the next batch's write, so that their
-work overlaps that write (see ``_run``).
+three quarters at once and the rest once the I/O thread takes the next batch's write, so
+that their work overlaps that write (see ``_run``).
 
 With ``compression="zstd"`` the I/O thread also compresses the batch (``_compress.py``), in the
 same hop and off the event loop: the batch is planned at its uncompressed size, and once it is
@@ -396,17 +396,20 @@ class CommitLoop:
                 self._current = None
                 n = len(batch.items)
                 if batch.clean and n >= SPLIT_ANSWER:
-                    # Answer half the producers now and the rest once the next batch's write is
-                    # handed over: the first half's next appends make that batch while the rest
-                    # wait, and the rest make theirs while it is written and synced. Answered
-                    # all at once, every producer would be waiting on the same write and the
-                    # event loop idle for the whole of it (with many producers that was a
-                    # seventh of the time). The rest wait for the first half to queue its
-                    # next appends, that batch to be planned, and the I/O thread to take its
-                    # write, or HOLD_AT_MOST after it is handed over (other file work, a
-                    # verify say, may be queued on the I/O thread before it).
-                    self._answer_clean(batch.items[: n >> 1])
-                    self._hold(batch.items[n >> 1 :])
+                    # Answer three quarters of the producers now and the rest once the next
+                    # batch's write is handed over: the first ones' next appends make that
+                    # batch while the rest wait, and the rest make theirs while it is written
+                    # and synced. Answered all at once, every producer would be waiting on the
+                    # same write and the event loop idle for the whole of it (with many
+                    # producers that was a seventh of the time). The rest wait for the others
+                    # to queue their next appends, that batch to be planned, and the I/O
+                    # thread to take its write, or HOLD_AT_MOST after it is handed over (other
+                    # file work, a verify say, may be queued on the I/O thread before it).
+                    # (Three quarters, not half: at P=1024, 0.83-0.84 of the bare loop's
+                    # throughput against 0.81 on both loops, in alternating runs.)
+                    held_from = n - (n >> 2)
+                    self._answer_clean(batch.items[:held_from])
+                    self._hold(batch.items[held_from:])
                     split = True
                 else:
                     self._answer(batch)
