@@ -214,8 +214,9 @@ class Background(Protocol):
 
 
 SPLIT_ANSWER = 64
-"""A clean batch of at least this many appends has its producers answered in two halves,
-the second once the next write is handed over (see ``CommitLoop._run``)."""
+"""A clean batch of at least this many appends has its producers answered in two parts,
+three quarters at once and the rest once the next write is handed over (see
+``CommitLoop._run``)."""
 
 HOLD_AT_MOST = 0.002
 """Seconds a durable append's producer is held, at most, once the next write is handed over

@@ -548,11 +548,12 @@ class Index:
         # first positions less their row numbers never decrease (each row holds an event at
         # least), so the next frame of the stream is usually at its position less the
         # previous frame's difference (always, where every frame between holds one event).
+        # Going back, the difference is a later row's: the guess may then be below row 0.
         shift = -1
         while base <= v <= last and (not out or (total < max_bytes and have < want)):
             pos = unpack(positions, (v - base + 1) << 3)[0]
             row = pos - shift
-            if shift < 0 or row >= rows or fpos[row] != pos:
+            if shift < 0 or not 0 <= row < rows or fpos[row] != pos:  # (back: row < 0)
                 row = bisect_right(fpos, pos) - 1
                 shift = fpos[row] - row
             if not backwards and v < last and fpos[row] == pos:

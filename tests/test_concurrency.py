@@ -140,7 +140,7 @@ async def test_cancelled_producers_never_corrupt_a_batch(store_path: Path) -> No
 
 
 async def test_held_producers_are_answered_while_the_io_thread_is_busy(store_path: Path) -> None:
-    """A large batch's second half is answered once the I/O thread takes the next write, or
+    """A large batch's last quarter is answered once the I/O thread takes the next write, or
     at most ``HOLD_AT_MOST`` after that write is handed over: other file work queued on the
     I/O thread first (a verify, a sidecar export) must not keep durable appends waiting."""
     gate = threading.Event()

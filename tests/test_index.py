@@ -69,10 +69,19 @@ def test_the_index_answers_as_the_model_does() -> None:
         assert index.committed_last_version(stream) == durable - 1
 
 
-def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does() -> None:
+@pytest.mark.parametrize(
+    ("single", "largest", "drop"),
+    [(0.9, 4, False), (0.5, 120, False), (0.9, 4, True), (0.6, 120, True)],
+    ids=["single-events", "big-frames", "single-events-base", "big-frames-base"],
+)
+def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does(
+    single: float, largest: int, drop: bool
+) -> None:
     """``stream_frames`` (a guessed row per frame, and blocks of single-event frames looked up
     in C) against a walk of the model's frames: any start, either way, any byte and event
-    bound, over streams of single events with now and then a frame of several or a gap."""
+    bound, over streams of single events with frames of several or a gap now and then (or
+    often, and large: a guess back then falls far below the first row), and with the oldest
+    segment dropped (every stream then has a base)."""
     rng = random.Random(7)
     index = Index()
     frames: dict[str, list[tuple[int, int, int, int, int, int]]] = {}  # stream → frames
@@ -81,7 +90,7 @@ def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does() -> None:
         offset = 0
         for _ in range(3000):
             stream = f"s-{rng.randrange(40)}"
-            count = 1 if rng.random() < 0.9 else rng.randrange(2, 5)
+            count = 1 if rng.random() < single else rng.randrange(2, largest + 1)
             length = rng.randrange(60, 400)
             version = index.last_version(stream) + 1
             index.add_frame(ordinal, offset, length, stream, position, version, count)
@@ -91,11 +100,19 @@ def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does() -> None:
             offset += length
             position += count + (rng.randrange(1, 4) if rng.random() < 0.02 else 0)
     index.head = index.next_position - 1
+    if drop:
+        _, r1 = index.segment_rows(0)
+        index.drop_oldest(0, index.frame(r1).first_position)
+        frames = {s: [f for f in rows if f[0] > 0] for s, rows in frames.items()}
 
     def walk(stream: str, version: int, max_bytes: int, back: bool, most: int | None) -> Any:
         rows = frames[stream]
+        if not rows:
+            return []
         last = rows[-1][5] + rows[-1][4] - 1
-        if version < 0 or version > last:
+        if not back:
+            version = max(version, rows[0][5])
+        if version < rows[0][5] or version > last:
             return []
         i = next(k for k, r in enumerate(rows) if r[5] <= version < r[5] + r[4])
         out: list[Any] = []
@@ -110,15 +127,33 @@ def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does() -> None:
             i += -1 if back else 1
         return out[::-1] if back else out
 
+    pages = 0
     for _ in range(3000):
         stream = f"s-{rng.randrange(40)}"
-        version = rng.randrange(-2, frames[stream][-1][5] + 6)
+        version = rng.randrange(-2, index.last_version(stream) + 6)
         max_bytes = rng.choice((1, 100, 500, 4096, 1 << 20))
-        back = rng.random() < 0.3
+        back = rng.random() < 0.4
         most = rng.choice((None, 1, 2, 7, 100))
         got = index.stream_frames(stream, version, max_bytes, back, most)
-        want = walk(stream, max(version, 0) if not back else version, max_bytes, back, most)
+        want = walk(stream, version, max_bytes, back, most)
         assert [(tuple(f), v) for f, v in got] == want, (stream, version, max_bytes, back, most)
+        pages += len(got) > 1
+    assert pages > 300  # (many calls return several frames)
+
+
+def test_a_stream_read_back_past_a_large_frame_of_another_stream() -> None:
+    """Going back, the row of a stream's earlier frame is guessed from a later row: with a
+    large frame in between, that guess is below row 0 (it once raised IndexError)."""
+    index = Index()
+    index.add_frame(0, 0, 100, "a", 0, 0, 1)
+    index.add_frame(0, 100, 5000, "b", 1, 0, 100)
+    index.add_frame(0, 5100, 100, "a", 101, 1, 1)
+    index.head = index.next_position - 1
+    got = index.stream_frames("a", 1, 1 << 20, True)
+    assert [(f.first_position, v) for f, v in got] == [(0, 0), (101, 1)]
+    got = index.stream_frames("a", 1, 1, True)  # one frame a call, as a paged read goes
+    assert [(f.first_position, v) for f, v in got] == [(101, 1)]
+    assert [(f.first_position, v) for f, v in index.stream_frames("a", 0, 1, True)] == [(0, 0)]
 
 
 def test_sidecar_rows_load_back_into_the_same_index() -> None:
