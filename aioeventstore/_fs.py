@@ -28,6 +28,13 @@ class FileHandle(Protocol):
         lie apart: one call for all of them, and no Python frame per read on real files)."""
         ...
 
+    def pread_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
+        """:meth:`pread_many`, but only if it cannot block: the bytes when every range is
+        whole and already in memory (the page cache), else None, and None wherever that
+        cannot be known. Never raises for I/O: the caller then reads with :meth:`pread_many`
+        on a thread, which reports errors as ever. Called on the event loop's thread."""
+        ...
+
     def sync(self) -> None: ...
     def truncate(self, size: int) -> None: ...
     def size(self) -> int: ...
@@ -57,6 +64,9 @@ class FileSystem(Protocol):
     def rename(self, src: str, dst: str) -> None: ...
     def sync_dir(self, path: str) -> None: ...
     def lock(self, path: str) -> Lock: ...
+
+
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14 and later
 
 
 def _data_sync(fd: int) -> None:
@@ -106,6 +116,18 @@ class OsFile:
         if list(map(len, out)) != sizes:  # a short read: as pread goes on with it
             out = list(map(self.pread, sizes, offsets))
         return out
+
+    def pread_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
+        if _NOWAIT is None:
+            return None
+        bufs = list(map(bytearray, sizes))
+        try:  # preadv2 with RWF_NOWAIT: EAGAIN, or a short read, unless it is all in memory
+            got = list(map(os.preadv, repeat(self.fd), zip(bufs), offsets, repeat(_NOWAIT)))
+        except OSError:
+            return None
+        if got != sizes:
+            return None
+        return list(map(bytes, bufs))
 
     def sync(self) -> None:
         _data_sync(self.fd)

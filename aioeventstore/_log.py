@@ -402,6 +402,9 @@ class _ClosedFile:
     def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
         raise self._gone()
 
+    def pread_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
+        return None  # (the read on a thread reports it)
+
     def sync(self) -> None:
         raise self._gone()
 

@@ -212,6 +212,12 @@ class MemoryFile:
     def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
         return list(map(self.pread, sizes, offsets))
 
+    def pread_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
+        try:  # in memory: it never blocks (the lock is only held for a copy)
+            return self.pread_many(sizes, offsets)
+        except OSError:  # a closed file: the read on a thread reports it
+            return None
+
     def sync(self) -> None:
         with self._mu:
             self._check(False)

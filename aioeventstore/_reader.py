@@ -1,9 +1,13 @@
-"""Reading committed events: index lookups on the loop thread, pread + decode off it.
+"""Reading committed events: index lookups on the loop thread, pread + decode off it (or, for
+a small read already in memory, on it).
 
 The index is only touched on the event loop thread (see ``_index.py``); the frame list it yields
 is handed to a reader thread, which reads adjacent frames with one ``pread``, checks each frame's
 CRC again (so damage that happens after open is reported, never returned), and decodes only the
-events in range and through the filter.
+events in range and through the filter. A read of at most ``_INLINE_BYTES`` whose bytes are all
+in the page cache (``FileHandle.pread_many_cached``: Linux's RWF_NOWAIT) is read and decoded
+the same way on the loop's own thread instead: it cannot block on the disk, and the round trip
+to a thread cost more than such a read (see ``_INLINE_BYTES``).
 
 Compressed frames (containers, see ``_compress.py``): the index points every frame a container
 holds at the container. A reader decompresses a container once and keeps the result in a small
@@ -28,7 +32,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from itertools import compress, groupby, repeat
 from operator import add, and_, eq, itemgetter, not_, or_, sub
 from typing import Any, TypeVar
@@ -110,7 +114,15 @@ def gc_paused(promote: bool = False) -> Iterator[None]:
 # What a stream read decodes as a batch: frames back to back, or a frame of many events (the
 # batch's set-up costs more than it saves on a lone frame of a few events).
 _MIN_RUN = 2
+_REF = _ORDINAL = itemgetter(0)  # a (FrameRef, first version) pair's ref; a FrameRef's ordinal
 _LENGTH = itemgetter(2)  # a FrameRef's length
+# A read of at most this many bytes whose bytes are all in memory (the page cache) is read and
+# decoded on the event loop's own thread: handing it to a reader thread and back cost more
+# than the read (about 130 µs a round trip on the development VM; a one-event read_stream took
+# 150 µs, 27 µs without the trip). Its decoding holds the loop for at most a few ms, less than
+# a reader thread decoding may hold it (the GIL's switch interval, 5 ms).
+_INLINE_BYTES = 256 * 1024
+_FIRST_POSITION = itemgetter(3)  # a FrameRef's first position
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
@@ -154,13 +166,27 @@ class _Expanded:
         return at
 
 
+class _NotCached(Exception):
+    """Internal: a read on the event loop's thread found bytes that are not in memory."""
+
+
+def _read(seg: Segment, sizes: list[int], offsets: list[int], cached: bool) -> list[bytes]:
+    if not cached:
+        return seg.read_many(sizes, offsets)
+    got = seg.read_many_cached(sizes, offsets)
+    if got is None:
+        raise _NotCached
+    return got
+
+
 def _read_runs(
-    segs: dict[int, Segment], frames: list[FrameRef]
+    segs: dict[int, Segment], frames: list[FrameRef], cached: bool = False
 ) -> list[tuple[int, int, Segment, int, int, bytes]]:
     """The frames' bytes, run by run: ``(i, j, segment, start, end, bytes)`` for frames
     ``i:j``, which lie back to back in one segment (or share a container) and are read with
     one ``pread``. Runs are found in C, column by column (a stream read of frames that lie
-    apart has as many runs as frames), and a segment's runs are read with one call."""
+    apart has as many runs as frames), and a segment's runs are read with one call.
+    ``cached``: only from memory (raises :class:`_NotCached` when a read could block)."""
     n = len(frames)
     ords, offs, lens, _firsts, _counts = zip(*frames, strict=True)
     ends = list(map(add, offs, lens))
@@ -182,7 +208,7 @@ def _read_runs(
     sizes = list(map(sub, run_ends, run_starts))
     if run_ords[0] == run_ords[-1]:  # one segment (ordinals never decrease)
         seg = segs[run_ords[0]]
-        datas = seg.read_many(sizes, list(run_starts))
+        datas = _read(seg, sizes, list(run_starts), cached)
         run_segs: Iterable[Segment] = repeat(seg, len(sizes))
     else:
         datas = []
@@ -191,7 +217,7 @@ def _read_runs(
         for ordinal, group in groupby(run_ords):
             k = at + len(list(group))
             seg = segs[ordinal]
-            datas += seg.read_many(sizes[at:k], list(run_starts[at:k]))
+            datas += _read(seg, sizes[at:k], list(run_starts[at:k]), cached)
             run_segs += repeat(seg, k - at)
             at = k
     stops = [*starts[1:], n]
@@ -275,9 +301,18 @@ class Reader:
         lo, hi = (0, pos) if backwards else (pos, head)
         seg = self._log.segments[span.ordinal]
         hidden = self._metas.hidden(self._index)
-        records = await self._pinned(
-            [seg], self._decode_span, seg, span, lo, hi, backwards, filt, raw, hidden
-        )
+        size = span.end - span.start
+        cached = None
+        if size <= _INLINE_BYTES:
+            if self.executor is None:
+                raise StoreClosed("the store is closed")
+            cached = seg.read_many_cached([size], [span.start])
+        if cached is not None:
+            records = self._decode_span(seg, span, lo, hi, backwards, filt, raw, hidden, cached[0])
+        else:
+            records = await self._pinned(
+                [seg], self._decode_span, seg, span, lo, hi, backwards, filt, raw, hidden
+            )
         return records, (span.first_position - 1 if backwards else span.end_position)
 
     def _decode_span(
@@ -290,9 +325,12 @@ class Reader:
         filt: EventFilter | None,
         raw: bool = False,
         hidden: dict[str, tuple[int, int]] | None = None,
+        data: bytes | None = None,
     ) -> list[RecordedEvent]:
-        """One pread of a span of frames, checked and decoded (reader thread)."""
-        data = seg.read(span.end - span.start, span.start)
+        """One pread of a span of frames, checked and decoded (reader thread; or the loop's,
+        with ``data`` the span's bytes, read from memory)."""
+        if data is None:
+            data = seg.read(span.end - span.start, span.start)
         out: list[RecordedEvent] = []
         types = prefixes = None
         if filt is not None:
@@ -349,22 +387,32 @@ class Reader:
             version = max(version, index.first_version(stream))
         bound = index.position_of(stream, version)
         lo, hi = (0, bound) if backwards else (bound, index.head)
-        refs = [f for f, _ in frames]
-        segs = {ref.ordinal: self._log.segments[ref.ordinal] for ref in refs}
+        refs = list(map(_REF, frames))  # (in C: a stream of single-event frames has many)
+        segments = self._log.segments
+        segs = {ordinal: segments[ordinal] for ordinal in set(map(_ORDINAL, refs))}
         hidden = self._metas.hidden(index)
-        records = await self._pinned(
-            list(segs.values()),
-            self._decode,
-            segs,
-            refs,
-            lo,
-            hi,
-            backwards,
-            None,
-            raw,
-            hidden,
-            stream,
-        )
+        records = None
+        if sum(map(_LENGTH, refs)) <= _INLINE_BYTES:
+            if self.executor is None:
+                raise StoreClosed("the store is closed")
+            with suppress(_NotCached):  # then on a reader thread, below
+                records = self._decode(
+                    segs, refs, lo, hi, backwards, None, raw, hidden, stream, True
+                )
+        if records is None:
+            records = await self._pinned(
+                list(segs.values()),
+                self._decode,
+                segs,
+                refs,
+                lo,
+                hi,
+                backwards,
+                None,
+                raw,
+                hidden,
+                stream,
+            )
         ref, first = frames[0] if backwards else frames[-1]
         return records, (first - 1 if backwards else first + ref.event_count)
 
@@ -455,11 +503,13 @@ class Reader:
         raw: bool = False,
         hidden: dict[str, tuple[int, int]] | None = None,
         stream: str | None = None,
+        cached: bool = False,
     ) -> list[RecordedEvent]:
-        """Read and decode frames (reader thread). Adjacent frames are read in one pread.
-        With ``stream``, every frame must belong to it."""
+        """Read and decode frames (reader thread; or the loop's, reading only from memory
+        with ``cached``). Adjacent frames are read in one pread. With ``stream``, every
+        frame must belong to it."""
         with self._gc_guard(sum(map(_LENGTH, frames)) >= _PROMOTE_BYTES):
-            out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden, stream)
+            out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden, stream, cached)
         if backwards:
             out.reverse()
         return out
@@ -474,6 +524,7 @@ class Reader:
         raw: bool,
         hidden: dict[str, tuple[int, int]] | None,
         stream: str | None = None,
+        cached: bool = False,
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
         types = filt.stored_type_names() if filt is not None and filt.event_types else None
@@ -481,7 +532,7 @@ class Reader:
         # A stream's frames that lie back to back are decoded as one batch (see _codec); with
         # a filter, for a lone frame of a few events, or if the batch refuses, frame by frame.
         batch = stream is not None and filt is None
-        runs = _read_runs(segs, frames)
+        runs = _read_runs(segs, frames, cached)
         # A stream whose frames lie apart in the log (other streams were appended in between):
         # its frames, read one by one above, are decoded as one batch too, as if they were
         # back to back (each is self-contained and checked as ever). Anything the batch
@@ -494,7 +545,7 @@ class Reader:
         ):
             got = decode_stream_run(
                 b"".join([run[5] for run in runs]),
-                [f.first_position for f in frames],
+                list(map(_FIRST_POSITION, frames)),
                 lo,
                 hi,
                 stream,
@@ -507,7 +558,7 @@ class Reader:
         for i, j, seg, start, end, data in runs:
             many = j - i >= _MIN_RUN or frames[i].event_count >= _MIN_EVENTS
             if batch and many and stream is not None and len(data) == end - start:
-                firsts = [f.first_position for f in frames[i:j]]
+                firsts = list(map(_FIRST_POSITION, frames[i:j]))
                 got = decode_stream_run(data, firsts, lo, hi, stream, raw, caches, hidden)
                 if got is not None:
                     out += got

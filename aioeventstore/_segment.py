@@ -212,6 +212,10 @@ class Segment:
         """:meth:`read` of each ``(size, offset)`` pair, in order, in one call."""
         return self.file.pread_many(sizes, offsets)
 
+    def read_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
+        """:meth:`read_many` if it cannot block (the bytes are in memory), else None."""
+        return self.file.pread_many_cached(sizes, offsets)
+
     def scan(
         self, start: int, first_position: int, chunk: int, sink: FrameSink, gaps: bool = False
     ) -> tuple[int, int, str | None]:

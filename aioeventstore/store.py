@@ -602,7 +602,9 @@ class EventStore:
 
         ``from_version`` is inclusive; it defaults to 0 (forwards) or the last version
         (backwards). A stream with no events yields nothing. Reads stream from disk in chunks
-        of ``read_chunk_bytes`` off the event loop, and may run while appends go on: it reads
+        of ``read_chunk_bytes`` off the event loop (a chunk of at most 256 KiB already in
+        the page cache is read and decoded on it: that takes less than the trip to a
+        thread), and may run while appends go on: it reads
         up to the stream's last version as it is when the read starts (events committed
         while iterating are left to the next read or to a subscription; uncommitted ones are
         never read).
@@ -662,7 +664,8 @@ class EventStore:
         might never end on a busy store).
         ``from_position`` is inclusive; it defaults to 0 (forwards) or the head (backwards).
         ``filter`` keeps only matching streams/types (``limit`` counts what passes); events
-        filtered out are never decoded. Streams from disk in bounded chunks off the event loop;
+        filtered out are never decoded. Streams from disk in bounded chunks off the event loop
+        (a small chunk already in the page cache on it, as for ``read_stream``);
         sees only committed events. ``raw=True``: ``rec.data`` is the stored dict, no model.
         """
         self._require_open()
@@ -688,7 +691,8 @@ class EventStore:
             )
 
         # The next chunk is read and decoded on a reader thread while the caller consumes
-        # this one: at most two chunks are held at a time.
+        # this one (a small one in memory: on this thread, when the caller next waits): at
+        # most two chunks are held at a time.
         self._require_open()
         nxt: asyncio.Future[tuple[list[RecordedEvent], int] | None] | None = fetch(pos, remaining)
         try:

@@ -62,6 +62,9 @@ class FaultyFile:
     def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
         return list(map(self.pread, sizes, offsets))
 
+    def pread_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
+        return self._inner.pread_many_cached(sizes, offsets)
+
     def sync(self) -> None:
         f = self._faults
         f.syncs += 1

@@ -560,6 +560,9 @@ class SimFile:
     def pread_many(self, sizes: list[int], offsets: list[int]) -> list[bytes]:
         return list(map(self.pread, sizes, offsets))  # each read faults as on its own
 
+    def pread_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
+        return None  # reads go to a thread, where their faults are modelled
+
     def sync(self) -> None:
         fs = self._fs
         fs._hook("sync", self.path)

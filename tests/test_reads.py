@@ -286,3 +286,67 @@ async def test_read_all_reads_ahead_one_chunk_and_drops_it_when_the_caller_stops
         assert seen[-1] < 300 and seen == list(range(len(seen)))
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+async def test_reads_from_memory_on_the_loop_match_reads_on_a_reader_thread(
+    store_path: Path, chunk: int, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of at most ``_INLINE_BYTES`` whose bytes are in the page cache is read and
+    decoded on the event loop's thread, without a reader thread: every read path gives the
+    same records as when every read goes to a thread."""
+    from aioeventstore import _reader
+    from tests.test_replay_batch import every_read
+
+    opts = es.StoreOptions(
+        read_chunk_bytes=chunk,
+        segment_bytes=64 * 1024,
+        compression="zstd" if compression == "zstd" else "none",
+    )
+    async with es.EventStore(store_path, options=opts) as store:
+        await fill(store, 600)
+        streams = ["s0", "s1", "s2"]
+        calls = [0]
+        submit = store._reader._run_blocking
+
+        async def counted(fn: object, *args: object) -> object:
+            calls[0] += 1
+            return await submit(fn, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store._reader, "_run_blocking", counted)
+        inline = await every_read(store, streams)
+        inline_calls = calls[0]
+        with monkeypatch.context() as m:
+            m.setattr(_reader, "_INLINE_BYTES", -1)
+            threaded = await every_read(store, streams)
+    assert inline == threaded
+    assert sum(len(v) for v in inline.values()) > 5000
+    assert calls[0] > inline_calls  # the threaded reads did go to a thread
+    if chunk == 4096:
+        assert inline_calls == 0  # every chunk is small, and the file was just written
+
+
+async def test_a_small_read_whose_bytes_are_not_in_memory_goes_to_a_reader_thread(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a read could block (``pread_many_cached`` says None: pages not cached, or a
+    platform without RWF_NOWAIT), it is read on a reader thread as ever."""
+    from aioeventstore._fs import OsFile
+
+    async with es.EventStore(store_path) as store:
+        await fill(store, 30)
+        calls = [0]
+        submit = store._reader._run_blocking
+
+        async def counted(fn: object, *args: object) -> object:
+            calls[0] += 1
+            return await submit(fn, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store._reader, "_run_blocking", counted)
+        cached = [r async for r in store.read_stream("s1")] + [r async for r in store.read_all()]
+        assert calls[0] == 0
+        monkeypatch.setattr(OsFile, "pread_many_cached", lambda self, sizes, offsets: None)
+        threaded = [r async for r in store.read_stream("s1")] + [r async for r in store.read_all()]
+        assert calls[0] == 2
+        assert cached == threaded and len(cached) == 10 + 40
