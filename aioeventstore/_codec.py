@@ -620,6 +620,8 @@ def decode_span(
             got, last_first, pos = _span_batch(
                 buf, first_position, lo, hi, as_dicts, expand, caches, hidden
             )
+        except DecodeElsewhere:
+            raise
         except Exception:  # anything unusual: the reference loop decides (and names the error)
             pass
         else:
@@ -628,6 +630,11 @@ def decode_span(
     return _span_loop(
         buf, first_position, lo, hi, types, prefixes, out, as_dicts, expand, caches, hidden
     )
+
+
+class DecodeElsewhere(Exception):
+    """Raised by a caller's ``expand`` (:func:`decode_span`): the caller decodes this span
+    some other way (on another thread); it passes through the batch path untouched."""
 
 
 class _Bail(Exception):

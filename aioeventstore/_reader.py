@@ -38,6 +38,7 @@ from operator import add, and_, eq, itemgetter, not_, or_, sub
 from typing import Any, TypeVar
 
 from ._codec import (
+    DecodeElsewhere,
     decode_frame_events,
     decode_span,
     decode_stream_run,
@@ -166,8 +167,9 @@ class _Expanded:
         return at
 
 
-class _NotCached(Exception):
-    """Internal: a read on the event loop's thread found bytes that are not in memory."""
+class _NotCached(DecodeElsewhere):
+    """Internal: a read on the event loop's thread found bytes that are not in memory, or a
+    compressed container (see ``Reader._expanded``): it is done on a reader thread."""
 
 
 def _read(seg: Segment, sizes: list[int], offsets: list[int], cached: bool) -> list[bytes]:
@@ -245,6 +247,7 @@ class Reader:
         self._cache_lock = threading.Lock()
         self._cache_size = 0
         self._cache_max = 4 * chunk_bytes  # bytes of decompressed containers kept
+        self._loop_thread: int | None = None  # while a read runs on the loop's thread
         self.decompressions = 0  # containers decompressed (cache misses)
 
     async def _pinned(self, segs: list[Segment], fn: Callable[..., T], *args: Any) -> T:
@@ -258,9 +261,22 @@ class Reader:
             for seg in segs:
                 seg.unpin()
 
+    @contextmanager
+    def _on_loop(self) -> Iterator[None]:
+        """Marks a read and decode on the event loop's thread (``_INLINE_BYTES``)."""
+        self._loop_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._loop_thread = None
+
     def _expanded(self, seg: Segment, offset: int, buf: bytes, start: int, end: int) -> _Expanded:
         """The container at ``offset`` of segment ``seg`` (``buf[start:end]``, checked),
-        decompressed, from the cache when it is there (any reader thread)."""
+        decompressed, from the cache when it is there (any reader thread). On the event
+        loop's thread (``_on_loop``) it raises :class:`_NotCached` instead: a container may
+        expand to many times its stored size, which is decoded on a reader thread."""
+        if self._loop_thread == threading.get_ident():
+            raise _NotCached
         key = (seg, offset)
         with self._cache_lock:
             hit = self._cache.get(key)
@@ -302,17 +318,22 @@ class Reader:
         seg = self._log.segments[span.ordinal]
         hidden = self._metas.hidden(self._index)
         size = span.end - span.start
-        cached = None
+        records = None
         if size <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
             cached = seg.read_many_cached([size], [span.start])
-        if cached is not None:
-            records = self._decode_span(seg, span, lo, hi, backwards, filt, raw, hidden, cached[0])
-        else:
+            if cached is not None:
+                with suppress(_NotCached), self._on_loop():  # (a container: on a thread)
+                    records = self._decode_span(
+                        seg, span, lo, hi, backwards, filt, raw, hidden, cached[0]
+                    )
+        if records is None:
             records = await self._pinned(
                 [seg], self._decode_span, seg, span, lo, hi, backwards, filt, raw, hidden
             )
+        else:
+            await asyncio.sleep(0)  # a turn for the loop's other tasks, as a thread's trip gave
         return records, (span.first_position - 1 if backwards else span.end_position)
 
     def _decode_span(
@@ -395,10 +416,12 @@ class Reader:
         if sum(map(_LENGTH, refs)) <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
-            with suppress(_NotCached):  # then on a reader thread, below
+            with suppress(_NotCached), self._on_loop():  # (else on a reader thread, below)
                 records = self._decode(
                     segs, refs, lo, hi, backwards, None, raw, hidden, stream, True
                 )
+            if records is not None:
+                await asyncio.sleep(0)  # a turn for the loop's other tasks
         if records is None:
             records = await self._pinned(
                 list(segs.values()),
