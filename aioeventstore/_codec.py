@@ -698,7 +698,7 @@ def _span_batch(
     # previous frame started, no metadata, a stream without retention. Anything else leaves
     # the frame (unread: nothing is changed before the checks pass) to the paths below.
     tight = only is None and firsts is None
-    header_size, events_kind, frame_magic = FRAME_HEADER_SIZE, FRAME_KIND_EVENTS, FRAME_MAGIC
+    header_size, frame_magic = FRAME_HEADER_SIZE, FRAME_MAGIC
     crc_from, name_of = FRAME_LENGTH_AT, names.__getitem__
     raws: list[bytes] = []  # the run's stream names, as stored
     add_raw = raws.append
@@ -715,12 +715,7 @@ def _span_batch(
             run0 = pos  # positions (consecutive) and times (few) are added when the run ends
             left = min(_FLUSH_EVENTS - len(eids), hi + 1 - pos)  # to the flush, or to ``hi``
             stop = size - one_size  # the last offset a frame of this layout can start at
-            # What every frame of the run repeats, compared as two byte strings: the body
-            # head's kind, flags, name length and event count; the entry's type and metadata
-            # lengths and its type field.
-            same_head = _SAME_HEAD.pack(events_kind, run_fl, one_slen, 1)
-            same_type = _SAME_TYPE.pack(one_tlen, 0) + field
-            unpack_run = _run_frame(one_slen, one_tlen)
+            unpack_run, same_head, same_type = _run_layout(run_fl, one_slen, one_tlen, field)
             while True:
                 magic, crc, blen, head, fpos, fver, us, raw_name, esize, eid, typ = unpack_run(
                     buf, at
@@ -776,11 +771,11 @@ def _span_batch(
             # read, but for positions, which skip the other streams' events: each must only be
             # in [lo, hi] (the caller compares them with the index's), and the stream name
             # must be the stream's.
+            # (Written out apart from the loop above, whose checks and columns differ: one
+            # loop for both would test which it is for every frame.)
             left = _FLUSH_EVENTS - len(eids)
             stop = size - one_size
-            same_head = _SAME_HEAD.pack(events_kind, run_fl, one_slen, 1)
-            same_type = _SAME_TYPE.pack(one_tlen, 0) + field
-            unpack_run = _run_frame(one_slen, one_tlen)
+            unpack_run, same_head, same_type = _run_layout(run_fl, one_slen, one_tlen, field)
             n0 = len(eids)
             while True:
                 magic, crc, blen, head, fpos, fver, us, raw_name, esize, eid, typ = unpack_run(
@@ -1057,6 +1052,17 @@ def _run_frame(slen: int, tlen: int) -> Callable[[Any, int], tuple[Any, ...]]:
         fmt = f"<4sII8sQQq8x{slen}sI16s{_SAME_TYPE.size + tlen}s"
         got = _run_frames[slen, tlen] = struct.Struct(fmt).unpack_from
     return got
+
+
+def _run_layout(
+    flags: int, slen: int, tlen: int, field: bytes
+) -> tuple[Callable[[Any, int], tuple[Any, ...]], bytes, bytes]:
+    """For a run of single-event frames (:func:`_span_batch`'s run loops): the unpacker of
+    their heads (:func:`_run_frame`), and what every frame of the run repeats, compared as two
+    byte strings: the body head's kind, flags, name length and event count; the entry's type
+    and metadata lengths (no metadata) and its type field ``field``."""
+    same_head = _SAME_HEAD.pack(FRAME_KIND_EVENTS, flags, slen, 1)
+    return _run_frame(slen, tlen), same_head, _SAME_TYPE.pack(tlen, 0) + field
 
 
 def _run(

@@ -289,6 +289,19 @@ async def test_read_all_reads_ahead_one_chunk_and_drops_it_when_the_caller_stops
         await store.close()
 
 
+def count_thread_reads(store: es.EventStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A counter of the store's reads that go to a reader thread, from now on."""
+    calls = [0]
+    submit = store._reader._run_blocking
+
+    async def counted(fn: object, *args: object) -> object:
+        calls[0] += 1
+        return await submit(fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store._reader, "_run_blocking", counted)
+    return calls
+
+
 @pytest.mark.parametrize("chunk", [4096, 1 << 20])
 @pytest.mark.parametrize("compression", ["none", "zstd"])
 async def test_reads_from_memory_on_the_loop_match_reads_on_a_reader_thread(
@@ -310,14 +323,7 @@ async def test_reads_from_memory_on_the_loop_match_reads_on_a_reader_thread(
         burst = (store.append(f"s{i % 3}", Note(text=f"burst {i}")) for i in range(300))
         await asyncio.gather(*burst)  # batches of many frames (compressed: containers)
         streams = ["s0", "s1", "s2"]
-        calls = [0]
-        submit = store._reader._run_blocking
-
-        async def counted(fn: object, *args: object) -> object:
-            calls[0] += 1
-            return await submit(fn, *args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(store._reader, "_run_blocking", counted)
+        calls = count_thread_reads(store, monkeypatch)
         inline = await every_read(store, streams)
         inline_calls = calls[0]
         with monkeypatch.context() as m:
@@ -388,14 +394,7 @@ async def test_a_small_read_whose_bytes_are_not_in_memory_goes_to_a_reader_threa
         pytest.skip("no RWF_NOWAIT here: every read goes to a reader thread")
     async with es.EventStore(store_path) as store:
         await fill(store, 30)
-        calls = [0]
-        submit = store._reader._run_blocking
-
-        async def counted(fn: object, *args: object) -> object:
-            calls[0] += 1
-            return await submit(fn, *args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(store._reader, "_run_blocking", counted)
+        calls = count_thread_reads(store, monkeypatch)
         cached = [r async for r in store.read_stream("s1")] + [r async for r in store.read_all()]
         assert calls[0] == 0
         monkeypatch.setattr(OsFile, "pread_many_cached", lambda self, sizes, offsets: None)
