@@ -67,6 +67,9 @@ class FileSystem(Protocol):
 
 
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14 and later
+_NO_NOWAIT = frozenset(  # what a kernel or file system without it answers
+    {errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.ENOSYS, errno.EINVAL}
+)
 
 
 def _data_sync(fd: int) -> None:
@@ -82,11 +85,12 @@ def _data_sync(fd: int) -> None:
 class OsFile:
     """A real file, by file descriptor."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "nowait", "path")
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
+        self.nowait = _NOWAIT is not None  # until the file system says it cannot
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
@@ -118,12 +122,14 @@ class OsFile:
         return out
 
     def pread_many_cached(self, sizes: list[int], offsets: list[int]) -> list[bytes] | None:
-        if _NOWAIT is None:
+        if not self.nowait or _NOWAIT is None:
             return None
         bufs = list(map(bytearray, sizes))
         try:  # preadv2 with RWF_NOWAIT: EAGAIN, or a short read, unless it is all in memory
             got = list(map(os.preadv, repeat(self.fd), zip(bufs), offsets, repeat(_NOWAIT)))
-        except OSError:
+        except OSError as exc:
+            if exc.errno in _NO_NOWAIT:  # never on this file: not asked again
+                self.nowait = False
             return None
         if got != sizes:
             return None

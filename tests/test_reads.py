@@ -401,3 +401,40 @@ async def test_a_small_read_whose_bytes_are_not_in_memory_goes_to_a_reader_threa
         threaded = [r async for r in store.read_stream("s1")] + [r async for r in store.read_all()]
         assert calls[0] == 2
         assert cached == threaded and len(cached) == 10 + 40
+
+
+def test_a_file_system_without_rwf_nowait_is_asked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where preadv2 answers that RWF_NOWAIT is not supported, that file's small reads go to
+    a thread from then on without asking again; a read that would block (EAGAIN) asks again
+    next time."""
+    import errno
+
+    from aioeventstore import _fs
+
+    if _fs._NOWAIT is None:
+        pytest.skip("no RWF_NOWAIT on this platform")
+    path = tmp_path / "f"
+    path.write_bytes(b"abcdefgh")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        f = _fs.OsFile(str(path), fd)
+        asked = [0]
+        answer = [errno.EAGAIN]
+
+        def preadv(*args: object) -> int:
+            asked[0] += 1
+            raise OSError(answer[0], os.strerror(answer[0]))
+
+        monkeypatch.setattr(os, "preadv", preadv)
+        assert f.pread_many_cached([4], [0]) is None
+        assert f.pread_many_cached([4], [0]) is None
+        assert asked[0] == 2  # would block: asked again
+        answer[0] = errno.EOPNOTSUPP
+        assert f.pread_many_cached([4], [0]) is None
+        assert f.pread_many_cached([4], [0]) is None
+        assert asked[0] == 3  # not supported: not asked again
+        assert f.pread_many([4, 2], [0, 6]) == [b"abcd", b"gh"]  # the thread's way still reads
+    finally:
+        os.close(fd)
