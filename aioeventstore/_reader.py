@@ -59,7 +59,7 @@ from ._index import FrameRef, Index, Span
 from ._log import Log
 from ._meta import StreamMetas
 from ._segment import Segment
-from .errors import CorruptLog, StoreClosed
+from .errors import CorruptLog, ReadFailed, StoreClosed
 from .events import EventFilter, RecordedEvent
 
 T = TypeVar("T")
@@ -257,6 +257,11 @@ class Reader:
             seg.pin()
         try:
             return await self._run_blocking(fn, *args)
+        except ReadFailed:
+            raise
+        except OSError as exc:  # an I/O error reading a segment: the read stops, with context
+            reason = f"reading the log failed: {exc.strerror or exc}"
+            raise ReadFailed(exc.errno, reason, exc.filename) from exc
         finally:
             for seg in segs:
                 seg.unpin()

@@ -168,6 +168,12 @@ class StoreFailed(EventStoreError):
     """
 
 
+class ReadFailed(EventStoreError, OSError):
+    """Raised when reading the log failed in the operating system (an I/O error on a segment
+    file): the read stops; the store and its other reads go on. Also an ``OSError`` with the
+    same ``errno`` and ``filename``; ``__cause__`` is the OS error."""
+
+
 class CompressionUnavailable(EventStoreError):
     """Raised when a store must compress (``compression="zstd"``) or read compressed frames
     and the ``zstandard`` package is not installed (``pip install 'aioeventstore[zstd]'``)."""

@@ -438,3 +438,43 @@ def test_a_file_system_without_rwf_nowait_is_asked_once(
         assert f.pread_many([4, 2], [0, 6]) == [b"abcd", b"gh"]  # the thread's way still reads
     finally:
         os.close(fd)
+
+
+async def test_an_io_error_while_reading_raises_read_failed_and_the_next_read_works() -> None:
+    """An OS error reading a segment (EIO) stops that read with ``ReadFailed``: an
+    ``EventStoreError`` that is also the ``OSError`` (errno, file name), never a bare one;
+    appends and the next reads go on. Read, subscribe and stream paths alike."""
+    import errno
+
+    from tests.simfs import Fault, SimFS
+
+    fs = SimFS(4)
+    async with es.EventStore("/store", _fs=fs) as store:
+        await fill(store, 12)
+
+        async def read_all() -> list[es.RecordedEvent]:
+            return [r async for r in store.read_all()]
+
+        async def read_stream() -> list[es.RecordedEvent]:
+            return [r async for r in store.read_stream("s1")]
+
+        async def subscribe() -> list[es.RecordedEvent]:
+            out = []
+            async with store.subscribe(from_position=0) as sub:
+                async for rec in sub:
+                    out.append(rec)
+                    if rec.position == store.head:
+                        return out
+            return out
+
+        for read in (read_all, read_stream, subscribe):
+            fs.inject(Fault(op="pread", path=".seg"))
+            with pytest.raises(es.ReadFailed) as info:
+                await read()
+            assert isinstance(info.value, OSError) and isinstance(info.value, es.EventStoreError)
+            assert info.value.errno == errno.EIO
+            assert info.value.filename is not None and info.value.filename.endswith(".seg")
+            assert isinstance(info.value.__cause__, OSError)
+            assert len(await read()) in (16, 4)  # the next one reads
+        await store.append("s1", Note(text="after"))
+        assert len([r async for r in store.read_stream("s1")]) == 5
