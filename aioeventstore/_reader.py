@@ -120,8 +120,9 @@ _LENGTH = itemgetter(2)  # a FrameRef's length
 # A read of at most this many bytes whose bytes are all in memory (the page cache) is read and
 # decoded on the event loop's own thread: handing it to a reader thread and back cost more
 # than the read (about 130 µs a round trip on the development VM; a one-event read_stream took
-# 150 µs, 27 µs without the trip). Its decoding holds the loop for at most a few ms, less than
-# a reader thread decoding may hold it (the GIL's switch interval, 5 ms).
+# about 160 µs, 30 µs without the trip). Its decoding holds the loop for at most a few ms, less
+# than a reader thread decoding may hold it (the GIL's switch interval, 5 ms); a compressed
+# container, which may expand to many times its size, is left to a thread (``_expanded``).
 _INLINE_BYTES = 256 * 1024
 _FIRST_POSITION = itemgetter(3)  # a FrameRef's first position
 _MIN_EVENTS = 8
@@ -194,7 +195,7 @@ def _read_runs(
     ends = list(map(add, offs, lens))
     after = offs[1:]
     if not any(map(eq, after, ends)) and not any(map(eq, after, offs)):
-        starts: Sequence[int] = range(n)  # every frame apart from the last (as is usual)
+        starts: Sequence[int] = range(n)  # no frame next to the one before it (the usual)
         run_ords: Sequence[int] = ords
         run_starts: Sequence[int] = offs
         run_ends: Sequence[int] = ends
