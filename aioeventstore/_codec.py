@@ -702,7 +702,6 @@ def _span_batch(
     crc_from, name_of = FRAME_LENGTH_AT, names.__getitem__
     raws: list[bytes] = []  # the run's stream names, as stored
     add_raw = raws.append
-    kept_raw = {name.encode("utf-8") for name in hidden} if hidden else None
     only_raw = only.encode("utf-8") if only is not None and firsts is not None else None
     seen = firsts if firsts is not None else []  # (only_raw: ``firsts`` itself)
     only_str = only or ""
@@ -729,7 +728,7 @@ def _span_batch(
                     or end > size
                 ):
                     break
-                if kept_raw and raw_name in kept_raw:  # retention applies: the path below checks
+                if hidden and name_of(raw_name) in hidden:  # retention: the path below checks
                     break
                 if crc32c(view[at + crc_from : end]) != crc:
                     raise _Bail
