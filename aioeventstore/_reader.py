@@ -267,6 +267,26 @@ class Reader:
             for seg in segs:
                 seg.unpin()
 
+    async def _read_and_decode(
+        self, size: int, segs: list[Segment], fn: Callable[..., T], *args: Any
+    ) -> T:
+        """``fn(*args, cached)``, a read and decode of ``size`` bytes: on the event loop's
+        thread when that is at most ``_INLINE_BYTES``, all in memory and without a compressed
+        container (``cached=True``; ``fn`` raises :class:`_NotCached` otherwise), followed by a
+        turn for the loop's other tasks as a thread's trip gave them; else on a reader thread,
+        with ``segs`` pinned (``cached=False``)."""
+        if size <= _INLINE_BYTES:
+            if self.executor is None:
+                raise StoreClosed("the store is closed")
+            done = False
+            with suppress(_NotCached), self._on_loop():
+                got = fn(*args, True)
+                done = True
+            if done:
+                await asyncio.sleep(0)
+                return got
+        return await self._pinned(segs, fn, *args, False)
+
     @contextmanager
     def _on_loop(self) -> Iterator[None]:
         """Marks a read and decode on the event loop's thread (``_INLINE_BYTES``)."""
@@ -323,23 +343,19 @@ class Reader:
         lo, hi = (0, pos) if backwards else (pos, head)
         seg = self._log.segments[span.ordinal]
         hidden = self._metas.hidden(self._index)
-        size = span.end - span.start
-        records = None
-        if size <= _INLINE_BYTES:
-            if self.executor is None:
-                raise StoreClosed("the store is closed")
-            cached = seg.read_many_cached([size], [span.start])
-            if cached is not None:
-                with suppress(_NotCached), self._on_loop():  # (a container: on a thread)
-                    records = self._decode_span(
-                        seg, span, lo, hi, backwards, filt, raw, hidden, cached[0]
-                    )
-        if records is None:
-            records = await self._pinned(
-                [seg], self._decode_span, seg, span, lo, hi, backwards, filt, raw, hidden
-            )
-        else:
-            await asyncio.sleep(0)  # a turn for the loop's other tasks, as a thread's trip gave
+        records = await self._read_and_decode(
+            span.end - span.start,
+            [seg],
+            self._decode_span,
+            seg,
+            span,
+            lo,
+            hi,
+            backwards,
+            filt,
+            raw,
+            hidden,
+        )
         return records, (span.first_position - 1 if backwards else span.end_position)
 
     def _decode_span(
@@ -352,12 +368,11 @@ class Reader:
         filt: EventFilter | None,
         raw: bool = False,
         hidden: dict[str, tuple[int, int]] | None = None,
-        data: bytes | None = None,
+        cached: bool = False,
     ) -> list[RecordedEvent]:
         """One pread of a span of frames, checked and decoded (reader thread; or the loop's,
-        with ``data`` the span's bytes, read from memory)."""
-        if data is None:
-            data = seg.read(span.end - span.start, span.start)
+        reading only from memory with ``cached``)."""
+        data = _read(seg, [span.end - span.start], [span.start], cached)[0]
         out: list[RecordedEvent] = []
         types = prefixes = None
         if filt is not None:
@@ -418,30 +433,20 @@ class Reader:
         segments = self._log.segments
         segs = {ordinal: segments[ordinal] for ordinal in set(map(_ORDINAL, refs))}
         hidden = self._metas.hidden(index)
-        records = None
-        if sum(map(_LENGTH, refs)) <= _INLINE_BYTES:
-            if self.executor is None:
-                raise StoreClosed("the store is closed")
-            with suppress(_NotCached), self._on_loop():  # (else on a reader thread, below)
-                records = self._decode(
-                    segs, refs, lo, hi, backwards, None, raw, hidden, stream, True
-                )
-            if records is not None:
-                await asyncio.sleep(0)  # a turn for the loop's other tasks
-        if records is None:
-            records = await self._pinned(
-                list(segs.values()),
-                self._decode,
-                segs,
-                refs,
-                lo,
-                hi,
-                backwards,
-                None,
-                raw,
-                hidden,
-                stream,
-            )
+        records = await self._read_and_decode(
+            sum(map(_LENGTH, refs)),
+            list(segs.values()),
+            self._decode,
+            segs,
+            refs,
+            lo,
+            hi,
+            backwards,
+            None,
+            raw,
+            hidden,
+            stream,
+        )
         ref, first = frames[0] if backwards else frames[-1]
         return records, (first - 1 if backwards else first + ref.event_count)
 
