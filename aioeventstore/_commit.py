@@ -672,7 +672,8 @@ class CommitLoop:
         if excess > 0:
             for key in list(islice(window, excess)):
                 del window[key]
-        marks = [(i.stream, i.checkpoint) for i in accepted if i.checkpoint >= 0]
+        # (only special appends are checkpoints, and those make a batch not clean)
+        marks = [] if clean else [(i.stream, i.checkpoint) for i in accepted if i.checkpoint >= 0]
         meta_recs = (
             [(i.stream, i.planned_meta) for i in accepted if i.planned_meta] if has_meta else []
         )
