@@ -175,6 +175,8 @@ def unpack(raw: bytes) -> Sidecar:
         nonlocal at
         out = array(code)
         size = out.itemsize * n
+        if n < 0 or at + size > len(raw) - 4:  # (a negative count would move ``at`` back)
+            raise ValueError("sections do not add up")
         out.frombytes(view[at : at + size])
         at += size
         return out
@@ -188,7 +190,10 @@ def unpack(raw: bytes) -> Sidecar:
     pos, off, length, sids = take("q", nrows), take("q", nrows), take("I", nrows), take("I", nrows)
     name_lens, counts = take("I", nstreams), take("q", nstreams)
     names_blob = take_bytes(names_len)
-    positions = take("q", sum(counts))
+    if counts and min(counts) < 0:
+        raise ValueError("a stream with a negative number of events")
+    total = sum(counts)  # (one per stream)
+    positions = take("q", total)
     mark_lens, mark_pos = take("I", nmarks), take("q", nmarks)
     mark_blob = take_bytes(mark_names_len)
     metas: dict[str, tuple[int, bytes]] = {}
@@ -226,7 +231,7 @@ def unpack(raw: bytes) -> Sidecar:
         marks[mark_blob[i : i + n].decode("utf-8")] = p
         i += n
     # (each row's stream id is checked only where it is used: the last segment's, on load)
-    if nrows and (len(positions) != _total(cnt) or pos[-1] + cnt[-1] != end_pos):
+    if nrows and (total != _total(cnt) or pos[-1] + cnt[-1] != end_pos):
         raise ValueError("rows and streams disagree")
     rows = SegmentRows(pos, off, length, sids, names, counts, positions, cnt, firsts)
     return Sidecar(
@@ -309,7 +314,7 @@ def load(
         handle.close()
     try:
         car = unpack(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, OverflowError) as exc:  # (OverflowError: rows that go backwards)
         log.warning("ignoring damaged index sidecar %s (%s); scanning the segment", path, exc)
         return None
     why = describes(car, seg, position, checksum, last)

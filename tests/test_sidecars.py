@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import aioeventstore as es
-from aioeventstore._format import segment_name
+from aioeventstore._format import crc32c, segment_name
 from aioeventstore._fs import OsFileSystem
-from aioeventstore._indexfile import load, pack, unpack
+from aioeventstore._indexfile import HEAD, META_HEAD, load, pack, unpack
 from tests.helpers import Note
 
 OPTS = es.StoreOptions(segment_bytes=8192)
@@ -129,6 +129,39 @@ async def test_a_sidecar_whose_rows_and_streams_disagree_is_not_loaded(
     else:
         cnt[0] += 1
     cars[0].write_bytes(pack(car))
+    async with es.EventStore(path, OPTS) as store:
+        rec = store.recovery
+        assert rec is not None
+        assert rec.indexed_segments == len(cars) - 1 and rec.scanned_bytes > 0
+    assert await snapshot(path) == truth
+
+
+@pytest.mark.parametrize("damage", ["a negative stream count", "version 1, rows going back"])
+async def test_a_sidecar_with_impossible_counts_is_not_loaded(tmp_path: Path, damage: str) -> None:
+    """Sidecars with a valid checksum but counts no writer makes (a stream with a negative
+    number of events; in a version-1 sidecar, whose row counts are derived, a row before the
+    one ahead of it) are ignored and their segment scanned, as a damaged one is."""
+    path = tmp_path / "s"
+    await fill(path)
+    truth = await snapshot(path)
+    cars = sidecars(path)
+    raw = cars[0].read_bytes()
+    if damage == "a negative stream count":
+        car = unpack(raw)
+        counts = car.rows.counts
+        assert len(counts) >= 2
+        counts[1] += counts[0] + 1  # the total stays the same
+        counts[0] = -1
+        cars[0].write_bytes(pack(car))
+    else:
+        car = unpack(raw)
+        v2_tail = 4 * len(car.rows.pos) + 8 * len(car.rows.names) + META_HEAD.size + 4
+        body = bytearray(raw[:-v2_tail])  # a version-1 sidecar has no row counts, firsts, metas
+        body[8:10] = (1).to_bytes(2, "little")  # the version field
+        at = HEAD.size  # the rows' first positions: the first two swapped
+        body[at : at + 16] = body[at + 8 : at + 16] + body[at : at + 8]
+        body += crc32c(bytes(body)).to_bytes(4, "little")
+        cars[0].write_bytes(bytes(body))
     async with es.EventStore(path, OPTS) as store:
         rec = store.recovery
         assert rec is not None
