@@ -104,6 +104,16 @@ async def test_damaged_or_foreign_sidecars_are_ignored_and_replaced(tmp_path: Pa
         assert store.recovery is not None and store.recovery.scanned_bytes == 0
 
 
+async def first_sidecar_ignored(path: Path, cars: list[Path], truth: tuple[object, ...]) -> None:
+    """Opening ``path`` loads every sidecar but the first, scans that segment instead, and
+    answers as ``truth``."""
+    async with es.EventStore(path, OPTS) as store:
+        rec = store.recovery
+        assert rec is not None
+        assert rec.indexed_segments == len(cars) - 1 and rec.scanned_bytes > 0
+    assert await snapshot(path) == truth
+
+
 @pytest.mark.parametrize("rows", ["one row one event more", "a stream one event fewer"])
 async def test_a_sidecar_whose_rows_and_streams_disagree_is_not_loaded(
     tmp_path: Path, rows: str
@@ -129,11 +139,7 @@ async def test_a_sidecar_whose_rows_and_streams_disagree_is_not_loaded(
     else:
         cnt[0] += 1
     cars[0].write_bytes(pack(car))
-    async with es.EventStore(path, OPTS) as store:
-        rec = store.recovery
-        assert rec is not None
-        assert rec.indexed_segments == len(cars) - 1 and rec.scanned_bytes > 0
-    assert await snapshot(path) == truth
+    await first_sidecar_ignored(path, cars, truth)
 
 
 @pytest.mark.parametrize("damage", ["a negative stream count", "version 1, rows going back"])
@@ -162,11 +168,7 @@ async def test_a_sidecar_with_impossible_counts_is_not_loaded(tmp_path: Path, da
         body[at : at + 16] = body[at + 8 : at + 16] + body[at : at + 8]
         body += crc32c(bytes(body)).to_bytes(4, "little")
         cars[0].write_bytes(bytes(body))
-    async with es.EventStore(path, OPTS) as store:
-        rec = store.recovery
-        assert rec is not None
-        assert rec.indexed_segments == len(cars) - 1 and rec.scanned_bytes > 0
-    assert await snapshot(path) == truth
+    await first_sidecar_ignored(path, cars, truth)
 
 
 async def test_after_a_crash_only_what_follows_the_sidecars_is_scanned(tmp_path: Path) -> None:
