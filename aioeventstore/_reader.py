@@ -125,6 +125,7 @@ _LENGTH = itemgetter(2)  # a FrameRef's length
 # container, which may expand to many times its size, is left to a thread (``_expanded``).
 _INLINE_BYTES = 256 * 1024
 _FIRST_POSITION = itemgetter(3)  # a FrameRef's first position
+_RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
@@ -575,10 +576,12 @@ class Reader:
             batch
             and stream is not None
             and len(runs) >= _MIN_RUN
-            and all(len(data) == end - start for _i, _j, _s, start, end, data in runs)
+            # every run read whole (in C: as many runs as frames, when they lie apart)
+            and list(map(len, map(_RUN_DATA, runs)))
+            == list(map(sub, map(_RUN_END, runs), map(_RUN_START, runs)))
         ):
             got = decode_stream_run(
-                b"".join([run[5] for run in runs]),
+                b"".join(map(_RUN_DATA, runs)),
                 list(map(_FIRST_POSITION, frames)),
                 lo,
                 hi,
