@@ -18,16 +18,21 @@ catch-up speed from disk.
    and once with 100 events per append. ``read_all`` over the same store for comparison,
    ``read_all(raw=True)``, which hands back the stored dicts without building models, and
    ``read_stream`` of each of the 1,000 streams in turn (each stream's frames lie between
-   the other streams' frames, as when aggregates are loaded).
+   the other streams' frames, as when aggregates are loaded). ``--rounds N`` runs the four
+   reads N times in turn over the same stores and adds a table of each one's median, lowest
+   and highest rate: the machine's speed drifts between runs by as much as a change would
+   gain, and one round shows nothing of that.
 
-    python perf/bench_subscribe.py [--quick] [--catchup-only] [--loop uvloop] [--json]
+    python perf/bench_subscribe.py [--quick] [--catchup-only] [--rounds N] [--loop uvloop] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -178,8 +183,33 @@ async def build(directory: str, n_events: int, per_append: int) -> float:
     return time.perf_counter() - t0
 
 
+MODES = ("subscribe", "read_all", "read_all-raw", "read_stream")  # the catch-up reads
+
+
+def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per catch-up read and events per append: the median, lowest and highest rate over the
+    rounds, in the order the reads first ran."""
+    out = []
+    for (test, per_append), group in itertools.groupby(
+        sorted(rows, key=lambda r: (r["events_per_append"], MODES.index(r["test"][8:]))),
+        key=lambda r: (r["test"], r["events_per_append"]),
+    ):
+        rates = [r["events_per_s"] for r in group]
+        out.append(
+            {
+                "test": test,
+                "events_per_append": per_append,
+                "rounds": len(rates),
+                "median_events_per_s": statistics.median(rates),
+                "min_events_per_s": min(rates),
+                "max_events_per_s": max(rates),
+            }
+        )
+    return out
+
+
 async def catchup(
-    directory: str, n_events: int, per_append: int, quiet: bool
+    directory: str, n_events: int, per_append: int, quiet: bool, rounds: int = 1
 ) -> list[dict[str, Any]]:
     built = await build(directory, n_events, per_append)
     if not quiet:
@@ -189,7 +219,7 @@ async def catchup(
         )
     rows = []
     async with es.EventStore(directory) as store:
-        for mode in ("subscribe", "read_all", "read_all-raw", "read_stream"):
+        for rnd, mode in itertools.product(range(rounds), MODES):
             t = time.perf_counter()
             n = 0
             if mode == "subscribe":
@@ -217,6 +247,7 @@ async def catchup(
             rows.append(
                 {
                     "test": f"catchup-{mode}",
+                    "round": rnd + 1,
                     "events_per_append": per_append,
                     "events": n,
                     "seconds": dt,
@@ -260,9 +291,12 @@ async def main(args: argparse.Namespace) -> None:
             show(await latency(d, producers, args.seconds))
     for per_append in (1, 100):
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
-            for row in await catchup(d, args.catchup_events, per_append, args.json):
+            for row in await catchup(d, args.catchup_events, per_append, args.json, args.rounds):
                 show(row)
+    catchups = [r for r in rows if r["test"].startswith("catchup")]
     if args.json:
+        if args.rounds > 1:  # one more line per catch-up read: its spread over the rounds
+            emit_json([{**r, "test": f"{r['test']}-spread"} for r in spread(catchups)])
         return
     if not args.catchup_only:
         print()
@@ -291,15 +325,29 @@ async def main(args: argparse.Namespace) -> None:
         )
     print()
     print_table(
-        [r for r in rows if r["test"].startswith("catchup")],
+        catchups,
         [
             ("test", "catch-up (models decoded)", "s"),
+            ("round", "round", "d"),
             ("events_per_append", "events/append", "d"),
             ("events", "events", ",d"),
             ("seconds", "seconds", ".2f"),
             ("events_per_s", "events/s", ",.0f"),
         ],
     )
+    if args.rounds > 1:
+        print()
+        print_table(
+            spread(catchups),
+            [
+                ("test", "catch-up (models decoded)", "s"),
+                ("events_per_append", "events/append", "d"),
+                ("rounds", "rounds", "d"),
+                ("median_events_per_s", "median events/s", ",.0f"),
+                ("min_events_per_s", "lowest", ",.0f"),
+                ("max_events_per_s", "highest", ",.0f"),
+            ],
+        )
 
 
 def parse() -> argparse.Namespace:
@@ -313,10 +361,15 @@ def parse() -> argparse.Namespace:
     ap.add_argument(
         "--catchup-only", action="store_true", help="only the catch-up rows (section 3)"
     )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="catch-up reads: run them this many times in turn"
+    )
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.quick:
         args.seconds = 1.0
         args.catchup_events = min(args.catchup_events, 200_000)

@@ -129,3 +129,30 @@ def test_bench_append_runs_every_peer_and_cleans_up(reachable_dir: Path) -> None
     assert "10 events per append" in out.stdout and "ours / bare" in out.stdout
     # the throwaway server's directory and every row's store are gone
     assert os.listdir(reachable_dir) == []
+
+
+def test_bench_subscribe_catchup_rounds_report_each_round_and_the_spread(tmp_path: Path) -> None:
+    script = str(ROOT / "perf" / "bench_subscribe.py")
+    args = ["--catchup-only", "--catchup-events", "2000", "--rounds", "2", "--json"]
+    out = subprocess.run(
+        [sys.executable, script, *args, "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    modes = ("subscribe", "read_all", "read_all-raw", "read_stream")
+    rounds = {(r["test"], r["events_per_append"], r["round"]): r for r in lines if "round" in r}
+    assert set(rounds) == {(f"catchup-{m}", p, n) for m in modes for p in (1, 100) for n in (1, 2)}
+    assert all(r["events"] == 2000 and r["events_per_s"] > 0 for r in rounds.values())
+    spread = {(r["test"], r["events_per_append"]): r for r in lines if "rounds" in r}
+    assert set(spread) == {(f"catchup-{m}-spread", p) for m in modes for p in (1, 100)}
+    for (test, per_append), row in spread.items():
+        rates = sorted(
+            rounds[(test[: -len("-spread")], per_append, n)]["events_per_s"] for n in (1, 2)
+        )
+        assert row["rounds"] == 2
+        assert (row["min_events_per_s"], row["max_events_per_s"]) == (rates[0], rates[1])
+        assert row["median_events_per_s"] == (rates[0] + rates[1]) / 2
+    assert list(tmp_path.iterdir()) == []
