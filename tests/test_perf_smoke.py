@@ -30,6 +30,13 @@ TINY = ["--seconds", "0.2", "--warmup", "0.05", "--producers", "1,8"]
 TINY += ["--batch-producers", "2", "--batch-size", "10"]
 
 
+def run_perf(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a perf/ script to its end (CalledProcessError if it fails), its output as text."""
+    return subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=120, check=True
+    )
+
+
 def read_frames(path: Path) -> list[bytes]:
     data = path.read_bytes()
     frames, at = [], 0
@@ -62,13 +69,7 @@ async def test_bare_log_writes_every_record_framed_in_group_commits(tmp_path: Pa
 
 
 def test_bench_append_json_has_every_row_and_ratio(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, BENCH, "--only", "ours,bare", "--json", *TINY, "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    out = run_perf(BENCH, "--only", "ours,bare", "--json", *TINY, "--dir", str(tmp_path))
     doc = json.loads(out.stdout)
     assert {"cpus", "cpu_model", "kernel", "python", "loop", "versions"} <= doc["machine"].keys()
     assert doc["machine"]["loop"] == "asyncio"
@@ -102,13 +103,7 @@ def reachable_dir() -> Iterator[Path]:
 
 
 def test_bench_append_runs_every_peer_and_cleans_up(reachable_dir: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, BENCH, *TINY, "--dir", str(reachable_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    out = run_perf(BENCH, *TINY, "--dir", str(reachable_dir))
     for peer in ("bare", "file"):
         assert f"ours/{peer}" in out.stdout
     # the client-server peers run where their client (the `bench` extra) and, for
@@ -132,15 +127,8 @@ def test_bench_append_runs_every_peer_and_cleans_up(reachable_dir: Path) -> None
 
 
 def test_bench_subscribe_catchup_rounds_report_each_round_and_the_spread(tmp_path: Path) -> None:
-    script = str(ROOT / "perf" / "bench_subscribe.py")
     args = ["--catchup-only", "--catchup-events", "2000", "--rounds", "2", "--json"]
-    out = subprocess.run(
-        [sys.executable, script, *args, "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    out = run_perf(str(ROOT / "perf" / "bench_subscribe.py"), *args, "--dir", str(tmp_path))
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     modes = ("subscribe", "read_all", "read_all-raw", "read_stream")
     rounds = {(r["test"], r["events_per_append"], r["round"]): r for r in lines if "round" in r}
