@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit_json, percentile, print_table, run
+from _common import emit_json, median, percentile, print_table, run
 from bench_append import STREAMS, Deposited, make_event
 
 import aioeventstore as es
@@ -200,7 +199,7 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test": test,
                 "events_per_append": per_append,
                 "rounds": len(rates),
-                "median_events_per_s": statistics.median(rates),
+                "median_events_per_s": median(rates),
                 "min_events_per_s": min(rates),
                 "max_events_per_s": max(rates),
             }
