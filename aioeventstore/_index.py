@@ -47,8 +47,8 @@ import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Generator
-from itertools import accumulate, repeat
-from operator import sub
+from itertools import accumulate, compress, repeat
+from operator import ne, sub
 from typing import Final, Literal, NamedTuple, cast
 
 _SHIFT: Final = 10
@@ -58,6 +58,7 @@ _pack = _POSITION.pack
 _unpack_from = _POSITION.unpack_from
 _new_tuple = tuple.__new__  # a FrameRef without NamedTuple's Python-level __new__
 _RUN: Final = 4096  # at most this many frames of a stream looked up in one go (stream_frames)
+_FIRST_RUN: Final = 16  # and at first, or after a miss (see there)
 _TAIL: Final = 64  # positions a sidecar export first copies from the end of a stream's buffer
 
 
@@ -137,6 +138,26 @@ class Span(NamedTuple):
     end_position: int
 
 
+class StreamFrames(NamedTuple):
+    """A stream read's frames (``Index.stream_frames``), in position order, as columns of one
+    entry per frame: its segment ordinal, offset and length, its first position, its number
+    of events, and the stream version of its first event. Columns rather than a ``FrameRef``
+    per frame: a stream of single-event frames has a frame per event, and building, then
+    taking apart, a tuple for each was a good part of such a read's time."""
+
+    ordinals: list[int]
+    offsets: list[int]
+    lengths: list[int]
+    firsts: list[int]
+    counts: list[int]
+    versions: list[int]
+
+    def refs(self) -> list[FrameRef]:
+        """One ``FrameRef`` per frame (for the paths that take frames one at a time)."""
+        cols = zip(self.ordinals, self.offsets, self.lengths, self.firsts, self.counts, strict=True)
+        return list(map(_new_tuple, repeat(FrameRef), cols))
+
+
 StreamIds = Literal["now", "on export", "never"]
 """What ``Index.load_rows`` does with a sidecar's stream ids (see there)."""
 
@@ -154,6 +175,56 @@ class SegmentRows(NamedTuple):
     positions: array[int]  # those events' positions, stream after stream
     cnt: array[int]  # events of each row (rows need not abut once frames were removed)
     firsts: array[int]  # version of names[i]'s first event in this segment
+
+
+def _block(
+    fpos: array[int],
+    fseg: array[int],
+    foff: array[int],
+    flen: array[int],
+    fcnt: array[int],
+    packed: bytes | bytearray,
+    row: int,
+) -> tuple[list[int], list[int], list[int], list[int], list[int]] | None:
+    """For ``Index.stream_frames``: the frames of a stream's next positions ``packed`` (a
+    slice of its buffer; the first is the first position of ``row``), as long as the rows of
+    the frame table at those positions less ``fpos[row] - row`` start at them (the rows'
+    first positions less their row numbers never decrease, so this holds while every frame
+    between holds one event). None when that is fewer than two frames; else ``(first
+    positions, ordinals, offsets, lengths, counts)``: each frame but the last holds one event
+    of the stream. All in C: where the positions are consecutive (nothing else was appended
+    between them) the rows are too, and the columns are sliced; otherwise each frame is looked
+    up by its row, stopping at the first that does not match (work in proportion to what is
+    found, whatever ``packed`` holds)."""
+    ps = array("q", packed)
+    k = len(ps)
+    if k < 2:
+        return None
+    shift = ps[0] - row
+    if ps[-1] - ps[0] == k - 1:  # consecutive positions: rows row .. row + k - 1, if any
+        end = row + k
+        if end <= len(fpos) and fpos[row:end] == ps:
+            return (
+                ps.tolist(),
+                fseg[row:end].tolist(),
+                foff[row:end].tolist(),
+                flen[row:end].tolist(),
+                fcnt[row:end].tolist(),
+            )
+    k = bisect_right(ps, len(fpos) - 1 + shift, 0, k)  # no row past the table's end
+    looked_up = map(fpos.__getitem__, map(sub, ps, repeat(shift, k)))
+    k = next(compress(itertools.count(), map(ne, looked_up, ps)), k)  # (stops at a miss)
+    if k < 2:
+        return None
+    first_positions = ps[:k].tolist()
+    got = list(map(sub, first_positions, repeat(shift, k)))
+    return (
+        first_positions,
+        list(map(fseg.__getitem__, got)),
+        list(map(foff.__getitem__, got)),
+        list(map(flen.__getitem__, got)),
+        [*repeat(1, k - 1), fcnt[got[-1]]],  # (each but the last holds one event: see above)
+    )
 
 
 class Index:
@@ -514,21 +585,22 @@ class Index:
         max_bytes: int,
         backwards: bool,
         max_events: int | None = None,
-    ) -> list[tuple[FrameRef, int]]:
+    ) -> StreamFrames:
         """Committed frames of ``stream`` from the one holding ``version`` on (or back), with
         each frame's first version, in position order; about ``max_bytes`` (at least one).
         Forwards from a version older than the stream's first one still in the log starts at
-        that first one; backwards from there finds nothing."""
+        that first one; backwards from there finds nothing (no frames)."""
+        out = StreamFrames([], [], [], [], [], [])
         positions = self._streams.get(stream)
         if positions is None:
-            return []
+            return out
         base = self._base.get(stream, 0)
         last = base + _bisect(positions, self.head, True) - 1
         if not backwards:
             version = max(version, base)
         if version < base or version > last:
-            return []
-        out: list[tuple[FrameRef, int]] = []
+            return out
+        ords, offs, lens, firsts, counts, versions = out
         total = 0
         have = 0
         want = (1 << 62) if max_events is None else max_events
@@ -550,7 +622,11 @@ class Index:
         # previous frame's difference (always, where every frame between holds one event).
         # Going back, the difference is a later row's: the guess may then be below row 0.
         shift = -1
-        while base <= v <= last and (not out or (total < max_bytes and have < want)):
+        # Frames looked up in one go (see _block): doubled while every one asked for is found,
+        # back to a few when a block stops short (a stream whose single events lie between
+        # other streams' frames of many: each block is then short, and costs little).
+        span = _FIRST_RUN
+        while base <= v <= last and (not firsts or (total < max_bytes and have < want)):
             pos = unpack(positions, (v - base + 1) << 3)[0]
             row = pos - shift
             if shift < 0 or not 0 <= row < rows or fpos[row] != pos:  # (back: row < 0)
@@ -561,26 +637,23 @@ class Index:
                 # position less ``shift`` names (checked in C: a stream of single events,
                 # with none but single events between them): every frame but the last of
                 # the block then holds one event of the stream.
-                k = min(last - v + 1, want - have, (max_bytes - total) // flen[row] + 2, _RUN)
+                k = min(last - v + 1, want - have, (max_bytes - total) // flen[row] + 2, span)
                 at = (v - base + 1) << 3
-                ps = array("q", positions[at : at + (k << 3)]).tolist() if k > 1 else []
-                got = list(map(sub, ps, repeat(shift, len(ps))))
-                if ps and got[-1] < rows and list(map(fpos.__getitem__, got)) == ps:
-                    lens = list(map(flen.__getitem__, got))
-                    n = max(1, bisect_left(list(accumulate(lens, initial=total)), max_bytes, 0, k))
-                    del got[n:], lens[n:], ps[n:]
-                    cnts = list(map(fcnt.__getitem__, got))
-                    refs = zip(
-                        map(fseg.__getitem__, got),
-                        map(foff.__getitem__, got),
-                        lens,
-                        ps,
-                        cnts,
-                        strict=True,
-                    )
-                    frames = map(_new_tuple, repeat(FrameRef), refs)
-                    out += zip(frames, range(v, v + n), strict=True)
-                    total += sum(lens)
+                block = _block(fpos, fseg, foff, flen, fcnt, positions[at : at + (k << 3)], row)
+                span = _FIRST_RUN if block is None or len(block[0]) < k else min(2 * span, _RUN)
+                if block is not None:
+                    ps, segs, offsets, lengths, cnts = block
+                    acc = list(accumulate(lengths, initial=total))
+                    n = max(1, bisect_left(acc, max_bytes, 0, len(ps)))
+                    if n < len(ps):
+                        del ps[n:], segs[n:], offsets[n:], lengths[n:], cnts[n:]
+                    ords += segs
+                    offs += offsets
+                    lens += lengths
+                    firsts += ps
+                    counts += cnts
+                    versions += range(v, v + n)
+                    total += sum(lengths)
                     have += n - 1 + cnts[-1]
                     v += n - 1 + cnts[-1]
                     continue
@@ -588,14 +661,18 @@ class Index:
             count = fcnt[row]
             length = flen[row]
             first_version = v - (pos - first)
-            out.append(
-                (_new_tuple(FrameRef, (fseg[row], foff[row], length, first, count)), first_version)
-            )
+            ords.append(fseg[row])
+            offs.append(foff[row])
+            lens.append(length)
+            firsts.append(first)
+            counts.append(count)
+            versions.append(first_version)
             total += length
             have += (v - first_version + 1) if backwards else (first_version + count - v)
             v = first_version - 1 if backwards else first_version + count
         if backwards:
-            out.reverse()
+            for column in out:
+                column.reverse()
         return out
 
     # --- sidecar files (see _indexfile.py) ----------------------------------------------------

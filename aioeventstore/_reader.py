@@ -55,7 +55,7 @@ from ._format import (
     FrameInfo,
     check_frame,
 )
-from ._index import FrameRef, Index, Span
+from ._index import FrameRef, Index, Span, StreamFrames
 from ._log import Log
 from ._meta import StreamMetas
 from ._segment import Segment
@@ -115,8 +115,6 @@ def gc_paused(promote: bool = False) -> Iterator[None]:
 # What a stream read decodes as a batch: frames back to back, or a frame of many events (the
 # batch's set-up costs more than it saves on a lone frame of a few events).
 _MIN_RUN = 2
-_REF = _ORDINAL = itemgetter(0)  # a (FrameRef, first version) pair's ref; a FrameRef's ordinal
-_LENGTH = itemgetter(2)  # a FrameRef's length
 # A read of at most this many bytes whose bytes are all in memory (the page cache) is read and
 # decoded on the event loop's own thread: handing it to a reader thread and back cost more
 # than the read (about 130 µs a round trip on the development VM; a one-event read_stream took
@@ -124,7 +122,6 @@ _LENGTH = itemgetter(2)  # a FrameRef's length
 # than a reader thread decoding may hold it (the GIL's switch interval, 5 ms); a compressed
 # container, which may expand to many times its size, is left to a thread (``_expanded``).
 _INLINE_BYTES = 256 * 1024
-_FIRST_POSITION = itemgetter(3)  # a FrameRef's first position
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
@@ -184,22 +181,27 @@ def _read(seg: Segment, sizes: list[int], offsets: list[int], cached: bool) -> l
 
 
 def _read_runs(
-    segs: dict[int, Segment], frames: list[FrameRef], cached: bool = False
+    segs: dict[int, Segment], frames: StreamFrames, cached: bool = False
 ) -> list[tuple[int, int, Segment, int, int, bytes]]:
     """The frames' bytes, run by run: ``(i, j, segment, start, end, bytes)`` for frames
     ``i:j``, which lie back to back in one segment (or share a container) and are read with
     one ``pread``. Runs are found in C, column by column (a stream read of frames that lie
     apart has as many runs as frames), and a segment's runs are read with one call.
     ``cached``: only from memory (raises :class:`_NotCached` when a read could block)."""
-    n = len(frames)
-    ords, offs, lens, _firsts, _counts = zip(*frames, strict=True)
+    ords, offs, lens = frames.ordinals, frames.offsets, frames.lengths
+    n = len(ords)
     ends = list(map(add, offs, lens))
     after = offs[1:]
-    if not any(map(eq, after, ends)) and not any(map(eq, after, offs)):
-        starts: Sequence[int] = range(n)  # no frame next to the one before it (the usual)
-        run_ords: Sequence[int] = ords
-        run_starts: Sequence[int] = offs
-        run_ends: Sequence[int] = ends
+    starts: Sequence[int]
+    run_ords: Sequence[int]
+    run_starts: Sequence[int]
+    run_ends: Sequence[int]
+    if ords[0] == ords[-1] and ends[:-1] == after:  # one segment, frames back to back: one run
+        starts = [0]
+        run_ords, run_starts, run_ends = ords[:1], offs[:1], ends[-1:]
+    elif not any(map(eq, after, ends)) and not any(map(eq, after, offs)):
+        starts = range(n)  # no frame next to the one before it (the usual in a stream read)
+        run_ords, run_starts, run_ends = ords, offs, ends
     else:
         goes_on = map(
             and_, map(eq, ords[1:], ords), map(or_, map(eq, after, ends), map(eq, after, offs))
@@ -424,32 +426,31 @@ class Reader:
         continue from; None when the stream has no committed event at ``version``."""
         index = self._index
         frames = index.stream_frames(stream, version, self._chunk, backwards, max_events)
-        if not frames:
+        if not frames.firsts:
             return None
         if not backwards:
             version = max(version, index.first_version(stream))
         bound = index.position_of(stream, version)
         lo, hi = (0, bound) if backwards else (bound, index.head)
-        refs = list(map(_REF, frames))  # (in C: a stream of single-event frames has many)
         segments = self._log.segments
-        segs = {ordinal: segments[ordinal] for ordinal in set(map(_ORDINAL, refs))}
+        segs = {ordinal: segments[ordinal] for ordinal in set(frames.ordinals)}
         hidden = self._metas.hidden(index)
         records = await self._read_and_decode(
-            sum(map(_LENGTH, refs)),
+            sum(frames.lengths),
             list(segs.values()),
             self._decode,
             segs,
-            refs,
+            frames,
             lo,
             hi,
             backwards,
-            None,
             raw,
             hidden,
             stream,
         )
-        ref, first = frames[0] if backwards else frames[-1]
-        return records, (first - 1 if backwards else first + ref.event_count)
+        if backwards:
+            return records, frames.versions[0] - 1
+        return records, frames.versions[-1] + frames.counts[-1]
 
     async def stream_ids(self, stream: str, first: int, count: int) -> list[bytes]:
         """The 16-byte ids of a stream's committed versions ``first`` .. ``first+count-1``
@@ -457,7 +458,8 @@ class Reader:
         ids: list[bytes] = []
         if first < self._index.first_version(stream):
             return ids
-        for ref, ref_first in self._index.stream_frames(stream, first, 1 << 20, False, count):
+        frames = self._index.stream_frames(stream, first, 1 << 20, False, count)
+        for ref, ref_first in zip(frames.refs(), frames.versions, strict=True):
             seg = self._log.segments[ref.ordinal]
             data = await self._pinned([seg], seg.read, ref.length, ref.offset)
             buf, at, info, _ = await self._pinned(
@@ -530,21 +532,20 @@ class Reader:
     def _decode(
         self,
         segs: dict[int, Segment],
-        frames: list[FrameRef],
+        frames: StreamFrames,
         lo: int,
         hi: int,
         backwards: bool,
-        filt: EventFilter | None,
-        raw: bool = False,
-        hidden: dict[str, tuple[int, int]] | None = None,
-        stream: str | None = None,
+        raw: bool,
+        hidden: dict[str, tuple[int, int]] | None,
+        stream: str,
         cached: bool = False,
     ) -> list[RecordedEvent]:
-        """Read and decode frames (reader thread; or the loop's, reading only from memory
-        with ``cached``). Adjacent frames are read in one pread. With ``stream``, every
-        frame must belong to it."""
-        with self._gc_guard(sum(map(_LENGTH, frames)) >= _PROMOTE_BYTES):
-            out = self._decode_frames(segs, frames, lo, hi, filt, raw, hidden, stream, cached)
+        """Read and decode a stream's frames (reader thread; or the loop's, reading only from
+        memory with ``cached``). Adjacent frames are read in one pread. Every frame must
+        belong to ``stream``."""
+        with self._gc_guard(sum(frames.lengths) >= _PROMOTE_BYTES):
+            out = self._decode_frames(segs, frames, lo, hi, raw, hidden, stream, cached)
         if backwards:
             out.reverse()
         return out
@@ -552,64 +553,52 @@ class Reader:
     def _decode_frames(
         self,
         segs: dict[int, Segment],
-        frames: list[FrameRef],
+        frames: StreamFrames,
         lo: int,
         hi: int,
-        filt: EventFilter | None,
         raw: bool,
         hidden: dict[str, tuple[int, int]] | None,
-        stream: str | None = None,
-        cached: bool = False,
+        stream: str,
+        cached: bool,
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
-        types = filt.stored_type_names() if filt is not None and filt.event_types else None
         caches = new_type_caches()
-        # A stream's frames that lie back to back are decoded as one batch (see _codec); with
-        # a filter, for a lone frame of a few events, or if the batch refuses, frame by frame.
-        batch = stream is not None and filt is None
+        # A stream's frames that lie back to back are decoded as one batch (see _codec); for a
+        # lone frame of a few events, or if the batch refuses, frame by frame.
         runs = _read_runs(segs, frames, cached)
+        firsts = frames.firsts
         # A stream whose frames lie apart in the log (other streams were appended in between):
         # its frames, read one by one above, are decoded as one batch too, as if they were
         # back to back (each is self-contained and checked as ever). Anything the batch
         # refuses is decoded run by run below, from the same bytes.
         if (
-            batch
-            and stream is not None
-            and len(runs) >= _MIN_RUN
+            len(runs) >= _MIN_RUN
             # every run read whole (in C: as many runs as frames, when they lie apart)
             and list(map(len, map(_RUN_DATA, runs)))
             == list(map(sub, map(_RUN_END, runs), map(_RUN_START, runs)))
         ):
-            got = decode_stream_run(
-                b"".join(map(_RUN_DATA, runs)),
-                list(map(_FIRST_POSITION, frames)),
-                lo,
-                hi,
-                stream,
-                raw,
-                caches,
-                hidden,
-            )
+            joined = b"".join(map(_RUN_DATA, runs))
+            got = decode_stream_run(joined, firsts, lo, hi, stream, raw, caches, hidden)
             if got is not None:
                 return got
+        refs: list[FrameRef] | None = None  # built only if a run is decoded frame by frame
         for i, j, seg, start, end, data in runs:
-            many = j - i >= _MIN_RUN or frames[i].event_count >= _MIN_EVENTS
-            if batch and many and stream is not None and len(data) == end - start:
-                firsts = list(map(_FIRST_POSITION, frames[i:j]))
-                got = decode_stream_run(data, firsts, lo, hi, stream, raw, caches, hidden)
+            many = j - i >= _MIN_RUN or frames.counts[i] >= _MIN_EVENTS
+            if many and len(data) == end - start:
+                got = decode_stream_run(data, firsts[i:j], lo, hi, stream, raw, caches, hidden)
                 if got is not None:
                     out += got
                     continue
+            if refs is None:
+                refs = frames.refs()
             outer: FrameInfo | None = None  # the container the previous frame was in
-            for ref in frames[i:j]:
+            for ref in refs[i:j]:
                 at = ref.offset - start
                 if outer is not None and outer.offset != at:
                     outer = None
                 buf, fat, info, outer = self._locate(data, ref, at, outer, seg, stream)
-                if filt is not None and not filt.matches_stream(info.stream):
-                    continue
                 try:
-                    decode_frame_events(buf, fat, info, lo, hi, types, out, raw, caches, hidden)
+                    decode_frame_events(buf, fat, info, lo, hi, None, out, raw, caches, hidden)
                 except FrameError as exc:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
         return out

@@ -17,7 +17,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore._checks import check_stream
-from aioeventstore._index import Index, SegmentRows
+from aioeventstore._index import FrameRef, Index, SegmentRows, StreamFrames
 from tests.helpers import Note
 
 
@@ -51,7 +51,7 @@ def check(index: Index, model: dict[str, list[int]]) -> None:
             assert index.position_of(stream, version) == position
             assert index.committed_version_after(stream, position) == version + 1
             assert index.committed_version_after(stream, position - 1) == version
-        frames = index.stream_frames(stream, 0, 1 << 30, False)
+        frames = pairs(index.stream_frames(stream, 0, 1 << 30, False))
         found = [f.first_position + k for f, _ in frames for k in range(f.event_count)]
         assert found == positions
         assert [v for _, v in frames] == [positions.index(f.first_position) for f, _ in frames]
@@ -69,19 +69,40 @@ def test_the_index_answers_as_the_model_does() -> None:
         assert index.committed_last_version(stream) == durable - 1
 
 
+def pairs(frames: StreamFrames) -> list[tuple[FrameRef, int]]:
+    """``stream_frames``' columns as (frame, its first version) pairs."""
+    return list(zip(frames.refs(), frames.versions, strict=True))
+
+
 @pytest.mark.parametrize(
-    ("single", "largest", "drop"),
-    [(0.9, 4, False), (0.5, 120, False), (0.9, 4, True), (0.6, 120, True)],
-    ids=["single-events", "big-frames", "single-events-base", "big-frames-base"],
+    ("single", "largest", "drop", "alone"),
+    [
+        (0.9, 4, False, 0.0),
+        (0.5, 120, False, 0.0),
+        (0.9, 4, True, 0.0),
+        (0.6, 120, True, 0.0),
+        (0.97, 4, False, 0.9),
+        (0.5, 30, True, 0.7),
+    ],
+    ids=[
+        "single-events",
+        "big-frames",
+        "single-events-base",
+        "big-frames-base",
+        "long-runs-of-one-stream",
+        "one-stream-among-big-frames",
+    ],
 )
 def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does(
-    single: float, largest: int, drop: bool
+    single: float, largest: int, drop: bool, alone: float
 ) -> None:
     """``stream_frames`` (a guessed row per frame, and blocks of single-event frames looked up
     in C) against a walk of the model's frames: any start, either way, any byte and event
     bound, over streams of single events with frames of several or a gap now and then (or
     often, and large: a guess back then falls far below the first row), and with the oldest
-    segment dropped (every stream then has a base)."""
+    segment dropped (every stream then has a base). ``alone``: the share of frames that are
+    stream ``s-0``'s (long runs of it alone in the log, its rows sliced; or its single events
+    between big frames, where a block stops at the first frame that is not its own)."""
     rng = random.Random(7)
     index = Index()
     frames: dict[str, list[tuple[int, int, int, int, int, int]]] = {}  # stream → frames
@@ -89,7 +110,7 @@ def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does(
     for ordinal in range(3):
         offset = 0
         for _ in range(3000):
-            stream = f"s-{rng.randrange(40)}"
+            stream = "s-0" if alone and rng.random() < alone else f"s-{rng.randrange(40)}"
             count = 1 if rng.random() < single else rng.randrange(2, largest + 1)
             length = rng.randrange(60, 400)
             version = index.last_version(stream) + 1
@@ -134,7 +155,7 @@ def test_stream_frames_pages_as_a_plain_walk_of_the_rows_does(
         max_bytes = rng.choice((1, 100, 500, 4096, 1 << 20))
         back = rng.random() < 0.4
         most = rng.choice((None, 1, 2, 7, 100))
-        got = index.stream_frames(stream, version, max_bytes, back, most)
+        got = pairs(index.stream_frames(stream, version, max_bytes, back, most))
         want = walk(stream, version, max_bytes, back, most)
         assert [(tuple(f), v) for f, v in got] == want, (stream, version, max_bytes, back, most)
         pages += len(got) > 1
@@ -150,10 +171,11 @@ def test_a_stream_read_back_past_a_large_frame_of_another_stream() -> None:
     index.add_frame(0, 5100, 100, "a", 101, 1, 1)
     index.head = index.next_position - 1
     got = index.stream_frames("a", 1, 1 << 20, True)
-    assert [(f.first_position, v) for f, v in got] == [(0, 0), (101, 1)]
+    assert list(zip(got.firsts, got.versions, strict=True)) == [(0, 0), (101, 1)]
     got = index.stream_frames("a", 1, 1, True)  # one frame a call, as a paged read goes
-    assert [(f.first_position, v) for f, v in got] == [(101, 1)]
-    assert [(f.first_position, v) for f, v in index.stream_frames("a", 0, 1, True)] == [(0, 0)]
+    assert list(zip(got.firsts, got.versions, strict=True)) == [(101, 1)]
+    got = index.stream_frames("a", 0, 1, True)
+    assert list(zip(got.firsts, got.versions, strict=True)) == [(0, 0)]
 
 
 def test_sidecar_rows_load_back_into_the_same_index() -> None:
@@ -186,7 +208,7 @@ def test_removing_the_oldest_events_moves_each_streams_base() -> None:
         assert index.first_version(stream) == base
         assert index.last_version(stream) == len(positions) - 1
         assert [index.position_of(stream, base + i) for i in range(len(kept))] == kept
-        assert index.stream_frames(stream, base - 1, 1 << 30, True) == []
+        assert not index.stream_frames(stream, base - 1, 1 << 30, True).firsts
     index.set_stream_floor("gone", 41)
     assert (index.first_version("gone"), index.last_version("gone")) == (42, 41)
 

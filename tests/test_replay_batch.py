@@ -362,7 +362,7 @@ async def test_a_stream_run_is_only_decoded_when_it_is_what_the_index_says(
     async with es.EventStore(tmp_path) as store:
         for k in range(5):
             await store.append("only", Step(k=k))
-        refs = [ref for ref, _ in store._index.stream_frames("only", 0, 1 << 20, False)]
+        refs = store._index.stream_frames("only", 0, 1 << 20, False).refs()
     seg = sorted(tmp_path.glob("*.seg"))[0]
     start, end = refs[0].offset, refs[-1].offset + refs[-1].length
     buf = seg.read_bytes()[start:end]
