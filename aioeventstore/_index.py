@@ -58,7 +58,7 @@ _pack = _POSITION.pack
 _unpack_from = _POSITION.unpack_from
 _new_tuple = tuple.__new__  # a FrameRef without NamedTuple's Python-level __new__
 _RUN: Final = 4096  # at most this many frames of a stream looked up in one go (stream_frames)
-_FIRST_RUN: Final = 16  # and at first, or after a miss (see there)
+_FIRST_RUN: Final = 16  # after a block that stopped short (see there)
 _TAIL: Final = 64  # positions a sidecar export first copies from the end of a stream's buffer
 
 
@@ -622,10 +622,10 @@ class Index:
         # previous frame's difference (always, where every frame between holds one event).
         # Going back, the difference is a later row's: the guess may then be below row 0.
         shift = -1
-        # Frames looked up in one go (see _block): doubled while every one asked for is found,
-        # back to a few when a block stops short (a stream whose single events lie between
-        # other streams' frames of many: each block is then short, and costs little).
-        span = _FIRST_RUN
+        # Frames looked up in one go (see _block): back to a few when a block stops short (a
+        # stream whose single events lie between other streams' frames of many: each block
+        # is then short, and costs little), doubled again while every one asked for is found.
+        span = _RUN
         while base <= v <= last and (not firsts or (total < max_bytes and have < want)):
             pos = unpack(positions, (v - base + 1) << 3)[0]
             row = pos - shift
