@@ -543,29 +543,29 @@ class Reader:
     ) -> list[RecordedEvent]:
         """Read and decode a stream's frames (reader thread; or the loop's, reading only from
         memory with ``cached``). Adjacent frames are read in one pread. Every frame must
-        belong to ``stream``."""
+        belong to ``stream``. The bytes are read before the collector is paused: a read on
+        the loop's thread that finds them not in memory then leaves before any of it."""
+        runs = _read_runs(segs, frames, cached)
         with self._gc_guard(sum(frames.lengths) >= _PROMOTE_BYTES):
-            out = self._decode_frames(segs, frames, lo, hi, raw, hidden, stream, cached)
+            out = self._decode_frames(frames, runs, lo, hi, raw, hidden, stream)
         if backwards:
             out.reverse()
         return out
 
     def _decode_frames(
         self,
-        segs: dict[int, Segment],
         frames: StreamFrames,
+        runs: list[tuple[int, int, Segment, int, int, bytes]],
         lo: int,
         hi: int,
         raw: bool,
         hidden: dict[str, tuple[int, int]] | None,
         stream: str,
-        cached: bool,
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
         caches = new_type_caches()
         # A stream's frames that lie back to back are decoded as one batch (see _codec); for a
         # lone frame of a few events, or if the batch refuses, frame by frame.
-        runs = _read_runs(segs, frames, cached)
         firsts = frames.firsts
         # A stream whose frames lie apart in the log (other streams were appended in between):
         # its frames, read one by one above, are decoded as one batch too, as if they were

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
 
@@ -401,6 +402,38 @@ async def test_a_small_read_whose_bytes_are_not_in_memory_goes_to_a_reader_threa
         threaded = [r async for r in store.read_stream("s1")] + [r async for r in store.read_all()]
         assert calls[0] == 2
         assert cached == threaded and len(cached) == 10 + 40
+
+
+async def test_a_read_sent_to_a_thread_after_all_pauses_the_collector_once(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream read of 64-256 KiB is first tried on the loop's thread; when its bytes are
+    not in memory it goes to a reader thread, and only that decode pauses the collector
+    (which collects the young generation first, for a chunk this large): the try on the loop
+    gave up before touching the collector (it once collected twice)."""
+    from aioeventstore import _reader
+    from aioeventstore._fs import OsFile
+
+    assert _reader._PROMOTE_BYTES <= 100_000 <= _reader._INLINE_BYTES
+    async with es.EventStore(store_path) as store:
+        await asyncio.gather(
+            *(store.append("big", Note(text=f"{i:04d} " + "x" * 150)) for i in range(600))
+        )
+        calls = count_thread_reads(store, monkeypatch)
+        young: list[int] = []
+        collect = gc.collect
+
+        def counted(generation: int = 2) -> int:
+            young.append(generation)
+            return collect(generation)
+
+        monkeypatch.setattr(OsFile, "pread_many_cached", lambda self, sizes, offsets: None)
+        monkeypatch.setattr(gc, "collect", counted)
+        got = [r.version async for r in store.read_stream("big")]
+        monkeypatch.setattr(gc, "collect", collect)
+    assert got == list(range(600))
+    assert calls[0] == 1  # one chunk, read on a thread
+    assert young == [0]
 
 
 def test_a_file_system_without_rwf_nowait_is_asked_once(
