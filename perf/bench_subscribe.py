@@ -18,10 +18,12 @@ catch-up speed from disk.
    and once with 100 events per append. ``read_all`` over the same store for comparison,
    ``read_all(raw=True)``, which hands back the stored dicts without building models, and
    ``read_stream`` of each of the 1,000 streams in turn (each stream's frames lie between
-   the other streams' frames, as when aggregates are loaded). ``--rounds N`` runs the four
-   reads N times in turn over the same stores and adds a table of each one's median, lowest
-   and highest rate: the machine's speed drifts between runs by as much as a change would
-   gain, and one round shows nothing of that.
+   the other streams' frames, as when aggregates are loaded), and ``read_stream`` of one
+   stream of as many events written alone, in a store of its own ("read_stream-alone": its
+   frames lie back to back). ``--rounds N`` runs the five reads N times in turn over the
+   same stores and adds a table of each one's median, lowest and highest rate: the
+   machine's speed drifts between runs by as much as a change would gain, and one round
+   shows nothing of that.
 
     python perf/bench_subscribe.py [--quick] [--catchup-only] [--rounds N] [--loop uvloop] [--json]
 """
@@ -163,9 +165,13 @@ async def latency(directory: str, producers: int, seconds: float) -> dict[str, A
     }
 
 
-async def build(directory: str, n_events: int, per_append: int) -> float:
+ALONE = "alone"  # the one stream of the read_stream-alone store
+
+
+async def build(directory: str, n_events: int, per_append: int, alone: bool = False) -> float:
     """Write ``n_events`` with ``per_append`` events per append (durability "os": the
-    layout on disk is the same as with fsync, it only builds faster)."""
+    layout on disk is the same as with fsync, it only builds faster), over the 1,000
+    streams, or all to the one stream ``ALONE`` with ``alone``."""
     t0 = time.perf_counter()
     async with es.EventStore(directory, durability="os") as store:
         events = [make_event(i) for i in range(per_append)]
@@ -174,15 +180,16 @@ async def build(directory: str, n_events: int, per_append: int) -> float:
         async def writer(w: int) -> None:
             for k in range(w, appends, 256):
                 batch: Deposited | list[Deposited] = events if per_append > 1 else events[0]
-                await store.append(f"acct-{k % STREAMS:04d}", batch)
+                await store.append(ALONE if alone else f"acct-{k % STREAMS:04d}", batch)
 
         await asyncio.gather(*(writer(w) for w in range(256)))
         for i in range(n_events - store.head - 1):
-            await store.append(f"acct-{i % STREAMS:04d}", make_event(i))
+            await store.append(ALONE if alone else f"acct-{i % STREAMS:04d}", make_event(i))
     return time.perf_counter() - t0
 
 
-MODES = ("subscribe", "read_all", "read_all-raw", "read_stream")  # the catch-up reads
+# the catch-up reads
+MODES = ("subscribe", "read_all", "read_all-raw", "read_stream", "read_stream-alone")
 
 
 def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -210,14 +217,18 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def catchup(
     directory: str, n_events: int, per_append: int, quiet: bool, rounds: int = 1
 ) -> list[dict[str, Any]]:
-    built = await build(directory, n_events, per_append)
+    many_dir = os.path.join(directory, "streams")  # (two stores side by side)
+    built = await build(many_dir, n_events, per_append)
+    alone_dir = os.path.join(directory, ALONE)
+    built_alone = await build(alone_dir, n_events, per_append, alone=True)
     if not quiet:
         print(
-            f"  built a store of {n_events:,} events ({per_append} per append) in {built:.1f} s",
+            f"  built a store of {n_events:,} events ({per_append} per append) in {built:.1f} s,"
+            f" and one of a stream alone in {built_alone:.1f} s",
             flush=True,
         )
     rows = []
-    async with es.EventStore(directory) as store:
+    async with es.EventStore(many_dir) as store, es.EventStore(alone_dir) as alone_store:
         for rnd, mode in itertools.product(range(rounds), MODES):
             t = time.perf_counter()
             n = 0
@@ -236,6 +247,10 @@ async def catchup(
             elif mode == "read_all-raw":  # the stored dicts, no models built
                 async for rec in store.read_all(raw=True):
                     assert isinstance(rec.data, dict)
+                    n += 1
+            elif mode == "read_stream-alone":  # one stream written alone: frames back to back
+                async for rec in alone_store.read_stream(ALONE):
+                    assert isinstance(rec.data, Deposited)
                     n += 1
             else:  # every stream in turn, as aggregates load (their frames interleave in the log)
                 for k in range(STREAMS):

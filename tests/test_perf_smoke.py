@@ -130,7 +130,7 @@ def test_bench_subscribe_catchup_rounds_report_each_round_and_the_spread(tmp_pat
     args = ["--catchup-only", "--catchup-events", "2000", "--rounds", "2", "--json"]
     out = run_perf(str(ROOT / "perf" / "bench_subscribe.py"), *args, "--dir", str(tmp_path))
     lines = [json.loads(line) for line in out.stdout.splitlines()]
-    modes = ("subscribe", "read_all", "read_all-raw", "read_stream")
+    modes = ("subscribe", "read_all", "read_all-raw", "read_stream", "read_stream-alone")
     rounds = {(r["test"], r["events_per_append"], r["round"]): r for r in lines if "round" in r}
     assert set(rounds) == {(f"catchup-{m}", p, n) for m in modes for p in (1, 100) for n in (1, 2)}
     assert all(r["events"] == 2000 and r["events_per_s"] > 0 for r in rounds.values())
