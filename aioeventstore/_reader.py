@@ -35,7 +35,7 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from itertools import compress, groupby, repeat
 from operator import add, and_, eq, itemgetter, not_, or_, sub
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ._codec import (
     DecodeElsewhere,
@@ -118,10 +118,17 @@ _MIN_RUN = 2
 # A read of at most this many bytes whose bytes are all in memory (the page cache) is read and
 # decoded on the event loop's own thread: handing it to a reader thread and back cost more
 # than the read (about 130 µs a round trip on the development VM; a one-event read_stream took
-# about 160 µs, 30 µs without the trip). Its decoding holds the loop for at most a few ms, less
-# than a reader thread decoding may hold it (the GIL's switch interval, 5 ms); a compressed
-# container, which may expand to many times its size, is left to a thread (``_expanded``).
-_INLINE_BYTES = 256 * 1024
+# about 160 µs, 30 µs without the trip), and a long read decodes about 5% faster there (the
+# records are made on the core that consumes them, and no thread contends with the loop for
+# the GIL). Its decoding holds the loop for at most a few ms (512 KiB of single-event frames:
+# about 4 ms), no longer than a reader thread decoding may hold it (the GIL's switch
+# interval, 5 ms); a compressed container, which may expand to many times its size, is left
+# to a thread (``_expanded``).
+_INLINE_BYTES = 512 * 1024
+# A read of more than ``_INLINE_BYTES`` is first planned at this size (a span ends with the
+# frame that starts before it: the room left is for that frame), and decoded on the loop's
+# thread when its bytes are in memory; else the whole chunk is read on a reader thread.
+_INLINE_CHUNK = _INLINE_BYTES - 64 * 1024
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
@@ -230,6 +237,17 @@ def _read_runs(
     return list(zip(starts, stops, run_segs, run_starts, run_ends, datas, strict=True))
 
 
+class _Plan(NamedTuple):
+    """A chunk's read, as ``Reader._read_chunk`` runs it: ``fn(*args, cached)`` reads and
+    decodes ``size`` bytes of the segments ``segs``; the next chunk starts at ``after``."""
+
+    size: int
+    segs: list[Segment]
+    fn: Callable[..., list[RecordedEvent]]
+    args: tuple[Any, ...]
+    after: int
+
+
 class Reader:
     """Chunked reads of committed events for ``read_all``, ``read_stream`` and subscriptions."""
 
@@ -270,25 +288,34 @@ class Reader:
             for seg in segs:
                 seg.unpin()
 
-    async def _read_and_decode(
-        self, size: int, segs: list[Segment], fn: Callable[..., T], *args: Any
-    ) -> T:
-        """``fn(*args, cached)``, a read and decode of ``size`` bytes: on the event loop's
-        thread when that is at most ``_INLINE_BYTES``, all in memory and without a compressed
-        container (``cached=True``; ``fn`` raises :class:`_NotCached` otherwise), followed by a
-        turn for the loop's other tasks as a thread's trip gave them; else on a reader thread,
-        with ``segs`` pinned (``cached=False``)."""
-        if size <= _INLINE_BYTES:
+    async def _read_chunk(
+        self, plan: Callable[[int], _Plan | None]
+    ) -> tuple[list[RecordedEvent], int] | None:
+        """The chunk ``plan(max_bytes)`` describes (None: nothing to read), decoded, and where
+        the next one starts. It is read and decoded on the event loop's thread when it is at
+        most ``_INLINE_BYTES``, all in memory and without a compressed container (``fn(*args,
+        True)``, which raises :class:`_NotCached` otherwise), followed by a turn for the loop's
+        other tasks as a thread's trip gave them; else on a reader thread, with its segments
+        pinned (``fn(*args, False)``). A chunk of ``read_chunk_bytes`` above that is first
+        planned at ``_INLINE_CHUNK`` bytes, and planned again in full (in the same step: the
+        index has not moved) only when those cannot be read from memory."""
+        first = min(self._chunk, _INLINE_CHUNK)
+        got = plan(first)
+        if got is None:
+            return None
+        if got.size <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
             done = False
             with suppress(_NotCached), self._on_loop():
-                got = fn(*args, True)
+                records = got.fn(*got.args, True)
                 done = True
             if done:
                 await asyncio.sleep(0)
-                return got
-        return await self._pinned(segs, fn, *args, False)
+                return records, got.after
+        if self._chunk > first:
+            got = plan(self._chunk) or got
+        return await self._pinned(got.segs, got.fn, *got.args, False), got.after
 
     @contextmanager
     def _on_loop(self) -> Iterator[None]:
@@ -339,27 +366,20 @@ class Reader:
         """
         if until is not None and pos > until:
             return None
-        span = self._index.span_from(pos, self._chunk, backwards, max_events)
-        if span is None:
-            return None
         head = self._index.head if until is None else min(until, self._index.head)
         lo, hi = (0, pos) if backwards else (pos, head)
-        seg = self._log.segments[span.ordinal]
         hidden = self._metas.hidden(self._index)
-        records = await self._read_and_decode(
-            span.end - span.start,
-            [seg],
-            self._decode_span,
-            seg,
-            span,
-            lo,
-            hi,
-            backwards,
-            filt,
-            raw,
-            hidden,
-        )
-        return records, (span.first_position - 1 if backwards else span.end_position)
+
+        def plan(max_bytes: int) -> _Plan | None:
+            span = self._index.span_from(pos, max_bytes, backwards, max_events)
+            if span is None:
+                return None
+            seg = self._log.segments[span.ordinal]
+            args = (seg, span, lo, hi, backwards, filt, raw, hidden)
+            after = span.first_position - 1 if backwards else span.end_position
+            return _Plan(span.end - span.start, [seg], self._decode_span, args, after)
+
+        return await self._read_chunk(plan)
 
     def _decode_span(
         self,
@@ -425,32 +445,23 @@ class Reader:
         """Committed events of ``stream`` from ``version`` on (or back), and the version to
         continue from; None when the stream has no committed event at ``version``."""
         index = self._index
-        frames = index.stream_frames(stream, version, self._chunk, backwards, max_events)
-        if not frames.firsts:
-            return None
-        if not backwards:
-            version = max(version, index.first_version(stream))
-        bound = index.position_of(stream, version)
-        lo, hi = (0, bound) if backwards else (bound, index.head)
-        segments = self._log.segments
-        segs = {ordinal: segments[ordinal] for ordinal in set(frames.ordinals)}
         hidden = self._metas.hidden(index)
-        records = await self._read_and_decode(
-            sum(frames.lengths),
-            list(segs.values()),
-            self._decode,
-            segs,
-            frames,
-            lo,
-            hi,
-            backwards,
-            raw,
-            hidden,
-            stream,
-        )
-        if backwards:
-            return records, frames.versions[0] - 1
-        return records, frames.versions[-1] + frames.counts[-1]
+        segments = self._log.segments
+
+        def plan(max_bytes: int) -> _Plan | None:
+            frames = index.stream_frames(stream, version, max_bytes, backwards, max_events)
+            if not frames.firsts:
+                return None
+            start = version if backwards else max(version, index.first_version(stream))
+            bound = index.position_of(stream, start)
+            lo, hi = (0, bound) if backwards else (bound, index.head)
+            segs = {ordinal: segments[ordinal] for ordinal in set(frames.ordinals)}
+            args = (segs, frames, lo, hi, backwards, raw, hidden, stream)
+            last = frames.versions[-1] + frames.counts[-1] - 1
+            after = frames.versions[0] - 1 if backwards else last + 1
+            return _Plan(sum(frames.lengths), list(segs.values()), self._decode, args, after)
+
+        return await self._read_chunk(plan)
 
     async def stream_ids(self, stream: str, first: int, count: int) -> list[bytes]:
         """The 16-byte ids of a stream's committed versions ``first`` .. ``first+count-1``
