@@ -120,15 +120,18 @@ _MIN_RUN = 2
 # than the read (about 130 µs a round trip on the development VM; a one-event read_stream took
 # about 160 µs, 30 µs without the trip), and a long read decodes about 5% faster there (the
 # records are made on the core that consumes them, and no thread contends with the loop for
-# the GIL). Its decoding holds the loop for at most a few ms (512 KiB of single-event frames:
-# about 4 ms), no longer than a reader thread decoding may hold it (the GIL's switch
-# interval, 5 ms); a compressed container, which may expand to many times its size, is left
-# to a thread (``_expanded``).
+# the GIL). Its decoding holds the loop for a few ms (see ``_INLINE_EVENTS``), about as long
+# as a reader thread decoding may hold it (the GIL's switch interval, 5 ms); a compressed
+# container, which may expand to many times its size, is left to a thread (``_expanded``).
 _INLINE_BYTES = 512 * 1024
-# A read of more than ``_INLINE_BYTES`` is first planned at this size (a span ends with the
-# frame that starts before it: the room left is for that frame), and decoded on the loop's
-# thread when its bytes are in memory; else the whole chunk is read on a reader thread.
+# A step is first planned at this size (a span ends with the frame that starts before it: the
+# room left is for that frame) and this many events, and decoded on the loop's thread when
+# its bytes are in memory; else the whole chunk is planned again and read on a reader thread.
+# The events bound the time the loop is held where bytes do not: a step of the benchmark's
+# ≈150-byte events holds it 3.2 ms (median; 5.4 ms at most); one of 448 KiB of events of one
+# int (93 bytes a frame) held it 6.4 ms (4,918 events) before the bound, 2.7 ms with it.
 _INLINE_CHUNK = _INLINE_BYTES - 64 * 1024
+_INLINE_EVENTS = 2048
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
@@ -237,6 +240,11 @@ def _read_runs(
     return list(zip(starts, stops, run_segs, run_starts, run_ends, datas, strict=True))
 
 
+def _fewer(a: int | None, b: int | None) -> int | None:
+    """The lower of two event limits, None meaning none."""
+    return a if b is None else b if a is None else min(a, b)
+
+
 class _Plan(NamedTuple):
     """A chunk's read, as ``Reader._read_chunk`` runs it: ``fn(*args, cached)`` reads and
     decodes ``size`` bytes of the segments ``segs``; the next chunk starts at ``after``."""
@@ -270,6 +278,9 @@ class Reader:
         self._cache_size = 0
         self._cache_max = 4 * chunk_bytes  # bytes of decompressed containers kept
         self._loop_thread: int | None = None  # while a read runs on the loop's thread
+        # Set once a read on the loop's thread met a compressed container (which it leaves to
+        # a thread): from then on a step is not tried on the loop unless it is small whole.
+        self._containers = False
         self.decompressions = 0  # containers decompressed (cache misses)
 
     async def _pinned(self, segs: list[Segment], fn: Callable[..., T], *args: Any) -> T:
@@ -289,20 +300,26 @@ class Reader:
                 seg.unpin()
 
     async def _read_chunk(
-        self, plan: Callable[[int], _Plan | None]
+        self, plan: Callable[[int, int | None], _Plan | None]
     ) -> tuple[list[RecordedEvent], int] | None:
-        """The chunk ``plan(max_bytes)`` describes (None: nothing to read), decoded, and where
-        the next one starts. It is read and decoded on the event loop's thread when it is at
-        most ``_INLINE_BYTES``, all in memory and without a compressed container (``fn(*args,
-        True)``, which raises :class:`_NotCached` otherwise), followed by a turn for the loop's
-        other tasks as a thread's trip gave them; else on a reader thread, with its segments
-        pinned (``fn(*args, False)``). A chunk of ``read_chunk_bytes`` above that is first
-        planned at ``_INLINE_CHUNK`` bytes, and planned again in full (in the same step: the
-        index has not moved) only when those cannot be read from memory."""
-        first = min(self._chunk, _INLINE_CHUNK)
-        got = plan(first)
+        """The step ``plan(max_bytes, max_events)`` describes (None: nothing to read), decoded,
+        and where the next one starts.
+
+        The step is first planned at ``_INLINE_CHUNK`` bytes and ``_INLINE_EVENTS`` events
+        (or the whole ``read_chunk_bytes`` once a compressed container was met): if that is
+        at most ``_INLINE_BYTES``, all in memory and without a compressed container, it is
+        read and decoded on the event loop's thread (``fn(*args, True)``, which raises
+        :class:`_NotCached` otherwise), followed by a turn for the loop's other tasks as a
+        thread's trip gave them. Else the whole step is planned again (in the same step of
+        the loop: the index has not moved, so it starts at the same frame) and read on a
+        reader thread, with its segments pinned (``fn(*args, False)``)."""
+        small = not self._containers
+        got = plan(min(self._chunk, _INLINE_CHUNK), _INLINE_EVENTS) if small else None
         if got is None:
-            return None
+            got = plan(self._chunk, None)
+            small = False
+            if got is None:
+                return None
         if got.size <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
@@ -313,8 +330,10 @@ class Reader:
             if done:
                 await asyncio.sleep(0)
                 return records, got.after
-        if self._chunk > first:
-            got = plan(self._chunk) or got
+        if small:
+            full = plan(self._chunk, None)
+            assert full is not None, "the same step, planned in full, starts at the same frame"
+            got = full
         return await self._pinned(got.segs, got.fn, *got.args, False), got.after
 
     @contextmanager
@@ -332,6 +351,7 @@ class Reader:
         loop's thread (``_on_loop``) it raises :class:`_NotCached` instead: a container may
         expand to many times its stored size, which is decoded on a reader thread."""
         if self._loop_thread == threading.get_ident():
+            self._containers = True
             raise _NotCached
         key = (seg, offset)
         with self._cache_lock:
@@ -370,8 +390,8 @@ class Reader:
         lo, hi = (0, pos) if backwards else (pos, head)
         hidden = self._metas.hidden(self._index)
 
-        def plan(max_bytes: int) -> _Plan | None:
-            span = self._index.span_from(pos, max_bytes, backwards, max_events)
+        def plan(max_bytes: int, most: int | None) -> _Plan | None:
+            span = self._index.span_from(pos, max_bytes, backwards, _fewer(max_events, most))
             if span is None:
                 return None
             seg = self._log.segments[span.ordinal]
@@ -448,8 +468,9 @@ class Reader:
         hidden = self._metas.hidden(index)
         segments = self._log.segments
 
-        def plan(max_bytes: int) -> _Plan | None:
-            frames = index.stream_frames(stream, version, max_bytes, backwards, max_events)
+        def plan(max_bytes: int, most: int | None) -> _Plan | None:
+            most = _fewer(max_events, most)
+            frames = index.stream_frames(stream, version, max_bytes, backwards, most)
             if not frames.firsts:
                 return None
             start = version if backwards else max(version, index.first_version(stream))

@@ -48,7 +48,7 @@ class StoreOptions:
     read_chunk_bytes
         How many bytes one read step takes from disk (default 1 MiB); bounds a reader's memory.
         Bytes already in the page cache are read and decoded on the event loop instead, at
-        most 448 KiB a step (see the README's "Performance").
+        most 448 KiB or 2,048 events a step (see the README's "Performance").
     pause_gc_while_decoding
         While a reader thread decodes one chunk, CPython's cyclic garbage collector is paused
         (default True): a chunk creates thousands of live objects that the collector would

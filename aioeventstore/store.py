@@ -603,8 +603,8 @@ class EventStore:
         ``from_version`` is inclusive; it defaults to 0 (forwards) or the last version
         (backwards). A stream with no events yields nothing. Reads stream from disk in chunks
         of ``read_chunk_bytes`` off the event loop (bytes already in the page cache are read
-        and decoded on it, up to 448 KiB at a time: that takes less than the trip to a
-        thread), and may run while appends go on: it reads
+        and decoded on it, up to 448 KiB or 2,048 events at a time: that takes less than the
+        trip to a thread), and may run while appends go on: it reads
         up to the stream's last version as it is when the read starts (events committed
         while iterating are left to the next read or to a subscription; uncommitted ones are
         never read).

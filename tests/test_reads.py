@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -435,6 +436,108 @@ async def test_a_read_sent_to_a_thread_after_all_pauses_the_collector_once(
     assert got == list(range(600))
     assert calls[0] == 1  # one chunk, read on a thread
     assert young == [0]
+
+
+def count_loop_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of events of each step read and decoded on the loop's thread, from now on
+    (a step that gave up, not all in memory, counts as -1)."""
+    from aioeventstore import _reader
+
+    sizes: list[int] = []
+    for name in ("_decode_span", "_decode"):
+        decode = getattr(_reader.Reader, name)
+
+        def counted(self: Any, *args: Any, _decode: Any = decode) -> Any:
+            if args[-1] is not True:
+                return _decode(self, *args)
+            sizes.append(-1)
+            got = _decode(self, *args)
+            sizes[-1] = len(got)
+            return got
+
+        monkeypatch.setattr(_reader.Reader, name, counted)
+    return sizes
+
+
+async def test_a_long_read_from_memory_goes_a_bounded_step_at_a_time_on_the_loop(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads of more than a step (the default 1 MiB chunk) whose bytes are in memory are
+    read and decoded on the loop's thread, each step at most ``_INLINE_EVENTS`` events and
+    ``_INLINE_BYTES`` bytes, and give every event once, either way; when the bytes cannot be
+    read from memory, each step is planned again in full and read on a reader thread, as
+    many as the chunk size asks for, with the same records."""
+    from aioeventstore import _reader
+    from aioeventstore._fs import OsFile
+
+    if not _page_cache_known(store_path):
+        pytest.skip("no RWF_NOWAIT here: every read goes to a reader thread")
+    async with es.EventStore(store_path) as store:
+        # small events (a step of 448 KiB would hold over 4,000): the events bound the step
+        await asyncio.gather(*(store.append("big", Note(text=f"{i}")) for i in range(26000)))
+        for i in range(2000):  # then interleaved: the stream's next frames lie apart
+            await store.append(f"other-{i % 2}", Note(text=f"{i}"))
+            await store.append("big", Note(text=f"{26000 + i}"))
+        head = store.head
+        whole = store._index.span_from(0, 1 << 40, False)
+        assert whole is not None and whole.end > 2 << 20  # over two chunks
+
+        async def every_way() -> list[list[tuple[str, int, int]]]:
+            def keys(recs: list[es.RecordedEvent]) -> list[tuple[str, int, int]]:
+                return [(r.stream, r.version, r.position) for r in recs]
+
+            return [
+                keys([r async for r in store.read_all()]),
+                keys([r async for r in store.read_all(backwards=True)]),
+                keys([r async for r in store.read_stream("big")]),
+                keys([r async for r in store.read_stream("big", backwards=True)]),
+            ]
+
+        calls = count_thread_reads(store, monkeypatch)
+        steps = count_loop_steps(monkeypatch)
+        inline = await every_way()
+        assert calls[0] == 0 and len(steps) > 8
+        assert 0 < max(steps) <= _reader._INLINE_EVENTS
+        inline_steps = len(steps)
+        monkeypatch.setattr(OsFile, "pread_many_cached", lambda self, sizes, offsets: None)
+        steps.clear()
+        threaded = await every_way()
+        assert steps and all(n == -1 for n in steps)  # each tried once, then sent whole
+    assert inline == threaded
+    forwards, backwards, stream, stream_back = inline
+    assert [p for _, _, p in forwards] == list(range(head + 1))
+    assert backwards == forwards[::-1]
+    assert [v for _, v, _ in stream] == list(range(28000))
+    assert stream_back == stream[::-1]
+    assert calls[0] == len(steps) < inline_steps  # fewer, longer steps on the thread
+
+
+async def test_a_store_with_compressed_containers_stops_trying_long_steps_on_the_loop(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed container is decompressed on a reader thread: once a step on the loop
+    met one, long steps go to a thread at once instead of being decoded on the loop up to
+    the container and again on the thread."""
+    if not _page_cache_known(store_path):
+        pytest.skip("no RWF_NOWAIT here: every read goes to a reader thread")
+    async with es.EventStore(store_path, compression="zstd") as store:
+        texts = [os.urandom(150).hex() for _ in range(64)]  # (compress to about half)
+        for k in range(120):
+            await asyncio.gather(
+                *(
+                    store.append(f"s{i % 7}", Note(text=texts[i % 64]))
+                    for i in range(100 * k, 100 * k + 100)
+                )
+            )
+        first = [r.position async for r in store.read_all()]
+        assert first == list(range(store.head + 1))
+        assert store._reader._containers
+        steps = count_loop_steps(monkeypatch)
+        calls = count_thread_reads(store, monkeypatch)
+        again = [r.position async for r in store.read_all()]
+    assert again == first
+    assert calls[0] >= 1
+    assert len(steps) <= 1  # at most the last step, if it is small whole
 
 
 def test_a_file_system_without_rwf_nowait_is_asked_once(
