@@ -1,13 +1,15 @@
-"""Reading committed events: index lookups on the loop thread, pread + decode off it (or, for
-a small read already in memory, on it).
+"""Reading committed events: index lookups on the loop thread, pread + decode on it when the
+bytes are already in memory, else off it.
 
-The index is only touched on the event loop thread (see ``_index.py``); the frame list it yields
-is handed to a reader thread, which reads adjacent frames with one ``pread``, checks each frame's
-CRC again (so damage that happens after open is reported, never returned), and decodes only the
-events in range and through the filter. A read of at most ``_INLINE_BYTES`` whose bytes are all
-in the page cache (``FileHandle.pread_many_cached``: Linux's RWF_NOWAIT) is read and decoded
-the same way on the loop's own thread instead: it cannot block on the disk, and the round trip
-to a thread cost more than such a read (see ``_INLINE_BYTES``).
+The index is only touched on the event loop thread (see ``_index.py``); the frames it names
+are read (adjacent frames with one ``pread``), each frame's CRC is checked again (so damage that
+happens after open is reported, never returned), and only the events in range and through the
+filter are decoded. A step of at most ``_INLINE_CHUNK`` bytes and ``_INLINE_EVENTS`` events
+whose bytes are all in the page cache (``FileHandle.pread_many_cached``: Linux's RWF_NOWAIT)
+is read and decoded on the loop's own thread: it cannot block on the disk, the round trip to a
+thread cost more than a small read, and a long one decodes faster there (see
+``_INLINE_BYTES``). Anything else is read in steps of ``read_chunk_bytes`` on a reader thread
+(``Reader._read_chunk``).
 
 Compressed frames (containers, see ``_compress.py``): the index points every frame a container
 holds at the container. A reader decompresses a container once and keeps the result in a small
