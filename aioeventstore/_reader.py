@@ -316,12 +316,12 @@ class Reader:
         the loop: the index has not moved, so it starts at the same frame) and read on a
         reader thread, with its segments pinned (``fn(*args, False)``)."""
         small = not self._containers
-        got = plan(min(self._chunk, _INLINE_CHUNK), _INLINE_EVENTS) if small else None
-        if got is None:
+        if small:
+            got = plan(min(self._chunk, _INLINE_CHUNK), _INLINE_EVENTS)
+        else:
             got = plan(self._chunk, None)
-            small = False
-            if got is None:
-                return None
+        if got is None:  # (either way a step starts at the same frame, or there is none)
+            return None
         if got.size <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
