@@ -41,7 +41,7 @@ from ._format import (
 )
 from ._schema import Decoder, UpcastFailed, build_decoder, many_validator
 from .errors import EventDecodeError, EventTooLarge
-from .events import NO_METADATA, Event, NewEvent, RecordedEvent
+from .events import NO_METADATA, Event, NewEvent, RecordedEvent, _generation
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 S = TypeVar("S", bound=BaseModel)
@@ -470,6 +470,31 @@ TypeCache = dict[bytes, Decoder]
 def new_type_caches() -> tuple[TypeCache, TypeCache]:
     """Empty decoder caches for one read call (decoders depend on the registry at read time)."""
     return {}, {}
+
+
+class SharedTypeCaches:
+    """Decoder caches shared by a store's reads without a type filter, for as long as the
+    registry (names, aliases, upcasters) does not change: a short read (an aggregate's few
+    events) then finds its decoders built instead of building them again (a registry
+    lookup and a closure per type and read: about 1 µs of a one-event read). A
+    registration starts them afresh; a read that is already decoding goes on with the
+    decoders it has, as with :func:`new_type_caches`. Filled from any thread: a decoder
+    built twice at once is the same decoder."""
+
+    def __init__(self) -> None:
+        self._by_mode: dict[bool, tuple[TypeCache, TypeCache]] = {}  # by as_dicts
+        self._generation = -1  # the registry's generation they were filled under
+
+    def get(self, as_dicts: bool) -> tuple[TypeCache, TypeCache]:
+        """The caches for reads with (or without) ``as_dicts``."""
+        generation = _generation[0]
+        if self._generation != generation:
+            self._by_mode = {}
+            self._generation = generation
+        got = self._by_mode.get(as_dicts)
+        if got is None:
+            got = self._by_mode[as_dicts] = new_type_caches()
+        return got
 
 
 def decode_frame_events(

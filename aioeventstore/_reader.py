@@ -34,18 +34,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import compress, groupby, repeat
 from operator import add, and_, eq, itemgetter, not_, or_, sub
+from time import perf_counter
 from typing import Any, NamedTuple, TypeVar
 
 from ._codec import (
     DecodeElsewhere,
+    SharedTypeCaches,
     decode_frame_events,
     decode_span,
     decode_stream_run,
     frame_event_ids,
-    new_type_caches,
 )
 from ._compress import expand
 from ._format import (
@@ -71,6 +72,8 @@ _gc_pauses = 0  # reader threads decoding right now
 _gc_resume = False  # whether the collector was enabled when the first of them began
 _gc_promote = False  # whether one of them asked for its objects to skip the young generations
 _PROMOTE_BYTES = 64 * 1024  # decodes of this many bytes or more ask for it (see gc_paused)
+_PAUSE_BYTES = 16 * 1024  # decodes of fewer bytes (about a hundred events) are not paused
+_NO_PAUSE = nullcontext()
 
 
 @contextmanager
@@ -134,6 +137,9 @@ _INLINE_BYTES = 512 * 1024
 # int (93 bytes a frame) held it 6.4 ms (4,918 events) before the bound, 2.7 ms with it.
 _INLINE_CHUNK = _INLINE_BYTES - 64 * 1024
 _INLINE_EVENTS = 2048
+# Steps on the loop's thread hold it at most about this long before they give its other
+# tasks a turn (one step may hold it longer: see _INLINE_EVENTS).
+_HOLD_SECONDS = 0.001
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
@@ -283,6 +289,10 @@ class Reader:
         # Set once a read on the loop's thread met a compressed container (which it leaves to
         # a thread): from then on a step is not tried on the loop unless it is small whole.
         self._containers = False
+        # When steps on the loop's thread began holding it, since the loop's last turn (None:
+        # it has turned since; see _read_chunk).
+        self._holding_since: float | None = None
+        self._type_caches = SharedTypeCaches()
         self.decompressions = 0  # containers decompressed (cache misses)
 
     async def _pinned(self, segs: list[Segment], fn: Callable[..., T], *args: Any) -> T:
@@ -301,6 +311,11 @@ class Reader:
             for seg in segs:
                 seg.unpin()
 
+    def _turned(self) -> None:
+        """Called by the loop at its next turn after a step on its thread: the loop's other
+        tasks have had their turn since."""
+        self._holding_since = None
+
     async def _read_chunk(
         self, plan: Callable[[int, int | None], _Plan | None]
     ) -> tuple[list[RecordedEvent], int] | None:
@@ -311,10 +326,13 @@ class Reader:
         (or the whole ``read_chunk_bytes`` once a compressed container was met): if that is
         at most ``_INLINE_BYTES``, all in memory and without a compressed container, it is
         read and decoded on the event loop's thread (``fn(*args, True)``, which raises
-        :class:`_NotCached` otherwise), followed by a turn for the loop's other tasks as a
-        thread's trip gave them. Else the whole step is planned again (in the same step of
-        the loop: the index has not moved, so it starts at the same frame) and read on a
-        reader thread, with its segments pinned (``fn(*args, False)``)."""
+        :class:`_NotCached` otherwise). Then the loop's other tasks get a turn (as a
+        thread's trip gave them) once steps on its thread have held it ``_HOLD_SECONDS``
+        since its last turn: a short read (an aggregate's few events) costs no turn of its
+        own, and a task making many of them still lets the others run every millisecond.
+        Else the whole step is planned again (in the same step of the loop: the index has
+        not moved, so it starts at the same frame) and read on a reader thread, with its
+        segments pinned (``fn(*args, False)``)."""
         small = not self._containers
         if small:
             got = plan(min(self._chunk, _INLINE_CHUNK), _INLINE_EVENTS)
@@ -325,12 +343,19 @@ class Reader:
         if got.size <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
-            done = False
-            with suppress(_NotCached), self._on_loop():
-                records = got.fn(*got.args, True)
-                done = True
-            if done:
-                await asyncio.sleep(0)
+            if self._holding_since is None:  # the first step since the loop's last turn
+                self._holding_since = perf_counter()
+                asyncio.get_running_loop().call_soon(self._turned)
+            self._loop_thread = threading.get_ident()  # (see _expanded)
+            try:
+                records: list[RecordedEvent] | None = got.fn(*got.args, True)
+            except _NotCached:
+                records = None
+            finally:
+                self._loop_thread = None
+            if records is not None:
+                if perf_counter() - self._holding_since >= _HOLD_SECONDS:
+                    await asyncio.sleep(0)  # (which runs _turned)
                 return records, got.after
         if small:
             full = plan(self._chunk, None)
@@ -338,20 +363,12 @@ class Reader:
             got = full
         return await self._pinned(got.segs, got.fn, *got.args, False), got.after
 
-    @contextmanager
-    def _on_loop(self) -> Iterator[None]:
-        """Marks a read and decode on the event loop's thread (``_INLINE_BYTES``)."""
-        self._loop_thread = threading.get_ident()
-        try:
-            yield
-        finally:
-            self._loop_thread = None
-
     def _expanded(self, seg: Segment, offset: int, buf: bytes, start: int, end: int) -> _Expanded:
         """The container at ``offset`` of segment ``seg`` (``buf[start:end]``, checked),
-        decompressed, from the cache when it is there (any reader thread). On the event
-        loop's thread (``_on_loop``) it raises :class:`_NotCached` instead: a container may
-        expand to many times its stored size, which is decoded on a reader thread."""
+        decompressed, from the cache when it is there (any reader thread). In a step that
+        ``_read_chunk`` runs on the event loop's thread it raises :class:`_NotCached` instead:
+        a container may expand to many times its stored size, which is decoded on a reader
+        thread."""
         if self._loop_thread == threading.get_ident():
             self._containers = True
             raise _NotCached
@@ -434,7 +451,7 @@ class Reader:
         try:
             if len(data) != span.end - span.start:
                 raise FrameError("segment shorter than the index says")
-            with self._gc_guard(len(data) >= _PROMOTE_BYTES):
+            with self._gc_guard(len(data)):
                 last, end = decode_span(
                     data,
                     span.first_position,
@@ -580,7 +597,7 @@ class Reader:
         belong to ``stream``. The bytes are read before the collector is paused: a read on
         the loop's thread that finds them not in memory then leaves before any of it."""
         runs = _read_runs(segs, frames, cached)
-        with self._gc_guard(sum(frames.lengths) >= _PROMOTE_BYTES):
+        with self._gc_guard(sum(frames.lengths)):
             out = self._decode_frames(frames, runs, lo, hi, raw, hidden, stream)
         if backwards:
             out.reverse()
@@ -597,7 +614,7 @@ class Reader:
         stream: str,
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
-        caches = new_type_caches()
+        caches = self._type_caches.get(raw)
         # A stream's frames that lie back to back are decoded as one batch (see _codec); for a
         # lone frame of a few events, or if the batch refuses, frame by frame.
         firsts = frames.firsts
@@ -637,7 +654,11 @@ class Reader:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
         return out
 
-    def _gc_guard(self, promote: bool) -> AbstractContextManager[None]:
-        """The collector pause around one chunk's decoding, unless the options turned it off;
-        ``promote``: a large chunk (see :func:`gc_paused`)."""
-        return gc_paused(promote) if self._pause_gc else nullcontext()
+    def _gc_guard(self, size: int) -> AbstractContextManager[None]:
+        """The collector pause around decoding ``size`` bytes of frames, unless the options
+        turned it off or they are too few to set off more than a collection or two (a short
+        stream's read: pausing would cost it more than it saves); a large chunk is promoted
+        (see :func:`gc_paused`)."""
+        if size < _PAUSE_BYTES or not self._pause_gc:
+            return _NO_PAUSE
+        return gc_paused(size >= _PROMOTE_BYTES)

@@ -144,3 +144,21 @@ def test_bench_subscribe_catchup_rounds_report_each_round_and_the_spread(tmp_pat
         assert (row["min_events_per_s"], row["max_events_per_s"]) == (rates[0], rates[1])
         assert row["median_events_per_s"] == (rates[0] + rates[1]) / 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_load_reports_every_system_and_length_and_cleans_up(tmp_path: Path) -> None:
+    args = ["--streams", "30", "--events", "2,5", "--rounds", "2", "--json"]
+    out = run_perf(str(ROOT / "perf" / "bench_load.py"), *args, "--dir", str(tmp_path))
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    rows = {(r["system"], r["events_per_stream"]): r for r in lines if r["test"] == "load"}
+    assert set(rows) == {(s, n) for s in ("ours", "sqlite", "sqlite-sync") for n in (2, 5)}
+    for (system, n), row in rows.items():
+        assert row["streams"] == 30 and row["rounds"] == 2
+        assert row["min_loads_per_s"] <= row["loads_per_s"] <= row["max_loads_per_s"]
+        assert row["events_per_s"] == pytest.approx(row["loads_per_s"] * n)
+        assert 0 < row["p50_us"] <= row["p99_us"]
+        if system != "ours":
+            assert row["ours_over"] == pytest.approx(
+                rows[("ours", n)]["loads_per_s"] / row["loads_per_s"]
+            )
+    assert list(tmp_path.iterdir()) == []

@@ -216,6 +216,7 @@ async def test_large_decodes_skip_the_young_generations_but_never_thaw_frozen_ob
         assert len([r async for r in store.read_all()]) == 67  # small: left as it was
         assert not freezes
         monkeypatch.setattr(_reader, "_PROMOTE_BYTES", 0)  # every decode counts as large
+        monkeypatch.setattr(_reader, "_PAUSE_BYTES", 0)  # (and is paused)
         assert len([r async for r in store.read_all()]) == 67
         assert len([r async for r in store.read_stream("s0")]) == 34
         assert len(freezes) == 2
@@ -357,10 +358,14 @@ def _page_cache_known(path: Path) -> bool:
 
 
 async def test_small_reads_on_the_loop_still_give_its_other_tasks_their_turns(
-    store_path: Path,
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A long read in small chunks read on the loop's thread (no thread trip to wait for)
-    lets the loop run its other tasks between chunks, as the trips did."""
+    lets the loop run its other tasks between chunks, as the trips did: here after every
+    chunk, as the chunks are made to use up the time they may hold the loop at once."""
+    from aioeventstore import _reader
+
+    monkeypatch.setattr(_reader, "_HOLD_SECONDS", 0.0)
     async with es.EventStore(store_path, read_chunk_bytes=4096) as store:
         await fill(store, 300)
         turns = 0
@@ -383,6 +388,50 @@ async def test_small_reads_on_the_loop_still_give_its_other_tasks_their_turns(
     assert (n, m) == (200, 400)
     assert chunks >= 3  # s0's 100 frames of some 130 bytes are four 4 KiB chunks: a turn each
     assert turns - before - chunks >= 5
+
+
+async def test_short_reads_share_the_loop_by_time_not_by_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read of a few events from memory costs the loop no turn of its own (an aggregate's
+    load would pay one each), yet a task making many of them in a row lets the loop's other
+    tasks run once they have held it ``_HOLD_SECONDS`` since its last turn. The clock is made
+    to move 0.4 ms each time the reader looks at it (once a step, and once more at the first
+    step after a turn), so a turn comes every third read. (A memory store: every read is
+    from memory, none goes to a thread, whose trip would give the other tasks turns too.)
+    """
+    from aioeventstore import _reader
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.0004
+        return now[0]
+
+    async with es.EventStore.memory() as store:
+        await fill(store, 30)
+        threads = count_thread_reads(store, monkeypatch)
+        turns = 0
+        stop = False
+
+        async def ticker() -> None:
+            nonlocal turns
+            while not stop:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        monkeypatch.setattr(_reader, "perf_counter", clock)
+        before = turns
+        got = []
+        for _ in range(100):
+            got += [r.version async for r in store.read_stream("s1", from_version=3, limit=1)]
+        during = turns - before
+        stop = True
+        await task
+    assert got == [3] * 100 and threads == [0]
+    assert 30 <= during <= 40  # a turn per three reads (33), not one per read
 
 
 async def test_a_small_read_whose_bytes_are_not_in_memory_goes_to_a_reader_thread(

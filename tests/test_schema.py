@@ -232,6 +232,49 @@ async def test_upcasters_chain_on_every_read_path_and_live_events_skip_them(
         assert calls == []
 
 
+async def test_an_open_store_reads_with_the_classes_and_upcasters_registered_since(
+    store_path: Path,
+) -> None:
+    """A store's reads share their decoders while the registry stays as it is (a short
+    read would otherwise build its decoder every time); registering a class, or an
+    upcaster, takes effect from the next read of the same open store, on every read path."""
+
+    class TicketV1(es.Event):
+        __event_type__ = "Ticket"
+        title: str
+
+    async with es.EventStore(store_path) as store:
+        await store.append("t-1", [TicketV1(title="a")])
+        forget("Ticket")
+        await store.append("t-2", [TicketV1(title="b")])  # (classes stay usable for writes)
+        assert [r.data async for r in store.read_stream("t-1")] == [{"title": "a"}]
+        assert [r.data for r in await everything(store)] == [{"title": "a"}, {"title": "b"}]
+
+        class Ticket(es.Event):  # registered while the store is open: read from now on
+            title: str
+
+        assert [r.data async for r in store.read_stream("t-1")] == [Ticket(title="a")]
+        assert [r.data for r in await everything(store)] == [Ticket(title="a"), Ticket(title="b")]
+        forget("Ticket")
+
+        class TicketV2(es.Event):  # the next release: a field added, with an upcaster
+            __event_type__ = "Ticket"
+            __schema_version__ = 2
+            title: str
+            seats: int
+
+        with pytest.raises(es.MissingUpcaster):
+            [r async for r in store.read_stream("t-1")]
+
+        @es.upcaster("Ticket", from_version=1)
+        def seats(data: dict[str, Any]) -> dict[str, Any]:
+            return {**data, "seats": 1}
+
+        assert [r.data async for r in store.read_stream("t-2")] == [TicketV2(title="b", seats=1)]
+        got = [r.data for r in await everything(store)]
+        assert got == [TicketV2(title="a", seats=1), TicketV2(title="b", seats=1)]
+
+
 async def test_a_missing_link_names_the_type_and_versions(store_path: Path) -> None:
     class PaidV1(es.Event):
         __event_type__ = "Paid"
