@@ -473,13 +473,14 @@ def new_type_caches() -> tuple[TypeCache, TypeCache]:
 
 
 class SharedTypeCaches:
-    """Decoder caches shared by a store's reads without a type filter, for as long as the
-    registry (names, aliases, upcasters) does not change: a short read (an aggregate's few
-    events) then finds its decoders built instead of building them again (a registry
-    lookup and a closure per type and read: about 1 µs of a one-event read). A
-    registration starts them afresh; a read that is already decoding goes on with the
-    decoders it has, as with :func:`new_type_caches`. Filled from any thread: a decoder
-    built twice at once is the same decoder."""
+    """Decoder caches shared by a store's stream reads (``read_stream``, and subscriptions
+    to one stream), for as long as the registry (names, aliases, upcasters) does not
+    change: a short read (an aggregate's few events) then finds its decoders built instead
+    of building them again (a registry lookup and a closure per type and read: about 1 µs
+    of a one-event read). A registration starts them afresh: a step already decoding goes
+    on with the decoders it has, and the next step of the same read takes the new ones, as
+    with a :func:`new_type_caches` per step. Filled from any thread: a decoder built twice
+    at once is the same decoder."""
 
     def __init__(self) -> None:
         self._by_mode: dict[bool, tuple[TypeCache, TypeCache]] = {}  # by as_dicts

@@ -72,7 +72,7 @@ _gc_pauses = 0  # reader threads decoding right now
 _gc_resume = False  # whether the collector was enabled when the first of them began
 _gc_promote = False  # whether one of them asked for its objects to skip the young generations
 _PROMOTE_BYTES = 64 * 1024  # decodes of this many bytes or more ask for it (see gc_paused)
-_PAUSE_BYTES = 16 * 1024  # decodes of fewer bytes (about a hundred events) are not paused
+_PAUSE_BYTES = 16 * 1024  # decodes of fewer bytes on the loop (a hundred events) are not paused
 _NO_PAUSE = nullcontext()
 
 
@@ -141,6 +141,28 @@ _INLINE_EVENTS = 2048
 # tasks a turn (one step may hold it longer: see _INLINE_EVENTS).
 _HOLD_SECONDS = 0.001
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
+
+
+class _Hold(threading.local):
+    """When steps on this thread's event loop began holding it, since the loop's last turn
+    (None: it has turned since), for every store's reads on the loop together (a task
+    loading one aggregate from each of many stores in turn holds the loop as long as one
+    loading them from one store). ``_read_chunk`` sets it at the first such step and has
+    the loop call ``_turned`` at its next turn; it also clears it itself after the turn it
+    gives, so a marker lost with a closed loop costs one extra turn, not every later one."""
+
+    since: float | None = None
+
+
+_hold = _Hold()
+
+
+def _turned() -> None:
+    """Called by the loop at its next turn after a step on its thread: its other tasks have
+    had their turn since."""
+    _hold.since = None
+
+
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
@@ -289,9 +311,6 @@ class Reader:
         # Set once a read on the loop's thread met a compressed container (which it leaves to
         # a thread): from then on a step is not tried on the loop unless it is small whole.
         self._containers = False
-        # When steps on the loop's thread began holding it, since the loop's last turn (None:
-        # it has turned since; see _read_chunk).
-        self._holding_since: float | None = None
         self._type_caches = SharedTypeCaches()
         self.decompressions = 0  # containers decompressed (cache misses)
 
@@ -310,11 +329,6 @@ class Reader:
         finally:
             for seg in segs:
                 seg.unpin()
-
-    def _turned(self) -> None:
-        """Called by the loop at its next turn after a step on its thread: the loop's other
-        tasks have had their turn since."""
-        self._holding_since = None
 
     async def _read_chunk(
         self, plan: Callable[[int, int | None], _Plan | None]
@@ -343,9 +357,10 @@ class Reader:
         if got.size <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
-            if self._holding_since is None:  # the first step since the loop's last turn
-                self._holding_since = perf_counter()
-                asyncio.get_running_loop().call_soon(self._turned)
+            hold = _hold
+            if hold.since is None:  # the first step since the loop's last turn
+                hold.since = perf_counter()
+                asyncio.get_running_loop().call_soon(_turned)
             self._loop_thread = threading.get_ident()  # (see _expanded)
             try:
                 records: list[RecordedEvent] | None = got.fn(*got.args, True)
@@ -354,8 +369,9 @@ class Reader:
             finally:
                 self._loop_thread = None
             if records is not None:
-                if perf_counter() - self._holding_since >= _HOLD_SECONDS:
+                if perf_counter() - hold.since >= _HOLD_SECONDS:
                     await asyncio.sleep(0)  # (which runs _turned)
+                    hold.since = None  # (even if the loop lost the marker: see _Hold)
                 return records, got.after
         if small:
             full = plan(self._chunk, None)
@@ -451,7 +467,7 @@ class Reader:
         try:
             if len(data) != span.end - span.start:
                 raise FrameError("segment shorter than the index says")
-            with self._gc_guard(len(data)):
+            with self._gc_guard(len(data), cached):
                 last, end = decode_span(
                     data,
                     span.first_position,
@@ -597,7 +613,7 @@ class Reader:
         belong to ``stream``. The bytes are read before the collector is paused: a read on
         the loop's thread that finds them not in memory then leaves before any of it."""
         runs = _read_runs(segs, frames, cached)
-        with self._gc_guard(sum(frames.lengths)):
+        with self._gc_guard(sum(frames.lengths), cached):
             out = self._decode_frames(frames, runs, lo, hi, raw, hidden, stream)
         if backwards:
             out.reverse()
@@ -654,11 +670,13 @@ class Reader:
                     raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
         return out
 
-    def _gc_guard(self, size: int) -> AbstractContextManager[None]:
+    def _gc_guard(self, size: int, on_loop: bool) -> AbstractContextManager[None]:
         """The collector pause around decoding ``size`` bytes of frames, unless the options
-        turned it off or they are too few to set off more than a collection or two (a short
-        stream's read: pausing would cost it more than it saves); a large chunk is promoted
-        (see :func:`gc_paused`)."""
-        if size < _PAUSE_BYTES or not self._pause_gc:
+        turned it off, or the decode runs on the loop's thread (``on_loop``: the ``cached``
+        of the read) and its frames are too few to set off more than a collection or two (a
+        short stream's read: pausing would cost it more than it saves; there a compressed
+        container is never expanded, so ``size`` is what is decoded); a large chunk is
+        promoted (see :func:`gc_paused`)."""
+        if not self._pause_gc or (on_loop and size < _PAUSE_BYTES):
             return _NO_PAUSE
         return gc_paused(size >= _PROMOTE_BYTES)

@@ -50,14 +50,16 @@ class StoreOptions:
         Bytes already in the page cache are read and decoded on the event loop instead, at
         most 448 KiB or 2,048 events a step (see the README's "Performance").
     pause_gc_while_decoding
-        While a reader thread decodes one chunk, CPython's cyclic garbage collector is paused
-        (default True): a chunk creates thousands of live objects that the collector would
-        otherwise scan over and over, costing replay about a fifth of its speed. Reference
-        counting frees memory as usual; the collector resumes after the chunk (if it was
-        enabled); after a chunk of 64 KiB or more, with the chunk's objects moved to the
-        oldest generation (``gc.freeze()`` + ``gc.unfreeze()``; not when the process has
-        frozen objects) rather than walked by a young collection. Set False if your
-        application manages ``gc`` itself.
+        While a chunk is decoded, CPython's cyclic garbage collector is paused (default
+        True; not for a step of under 16 KiB decoded on the event loop's thread, such as a
+        short stream's read, for which the pause would cost more than the collection it
+        saves): a chunk creates thousands of live objects that the collector would otherwise
+        scan over and over, costing replay about a fifth of its speed. Reference counting
+        frees memory as usual; the collector resumes after the chunk (if it was enabled);
+        after a chunk of 64 KiB or more, with the chunk's objects moved to the oldest
+        generation (``gc.freeze()`` + ``gc.unfreeze()``; not when the process has frozen
+        objects) rather than walked by a young collection. Set False if your application
+        manages ``gc`` itself.
     verify_on_open
         Opening loads each segment's index from its sidecar file instead of rescanning the
         segment, checking the sidecar against the segment's size and last frame. With

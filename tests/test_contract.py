@@ -21,7 +21,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore import events as events_module
-from tests.helpers import Deposited, Note, Withdrawn, take
+from tests.helpers import Deposited, Note, Withdrawn, registry_changed, take
 
 
 class Backend(ABC):
@@ -289,6 +289,7 @@ async def test_unregistered_types_read_as_dicts(
         await store.append("s", Ephemeral(when=when, ref=ref))
         assert (await stream_of(store, "s"))[0].data == Ephemeral(when=when, ref=ref)
     monkeypatch.delitem(events_module._registry, "tests.contract.ephemeral")
+    registry_changed()
     async with backend.store() as store:
         (rec,) = await stream_of(store, "s")
     assert rec.type == "tests.contract.ephemeral"

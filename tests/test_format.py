@@ -12,7 +12,7 @@ from pydantic import BaseModel
 import aioeventstore as es
 from aioeventstore import events as events_module
 from aioeventstore._format import FORMAT_VERSION, FRAME_FLAG_SCHEMA, crc32c
-from tests.helpers import Deposited
+from tests.helpers import Deposited, registry_changed
 
 FORMAT_MD = Path(__file__).parent.parent / "FORMAT.md"
 
@@ -94,6 +94,7 @@ async def test_the_documented_schema_version_entry(store_path: Path) -> None:
             assert rec.data == event
     finally:
         events_module._registry["Deposited"], events_module._classes["Deposited"] = saved
+        registry_changed()
     written = (store_path / "00000000000000000000.seg").read_bytes()
     assert written[0x2D] == FRAME_FLAG_SCHEMA and written[0x28] == 0x6F  # flags, body length
     assert len(written) == 155 and written[0x5A:] == documented

@@ -12,7 +12,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore import events as events_module
-from tests.helpers import Deposited, Note
+from tests.helpers import Deposited, Note, registry_changed
 
 
 async def fill(store: es.EventStore, n: int) -> None:
@@ -156,6 +156,7 @@ async def test_incompatible_schema_raises_decode_error(
     async with es.EventStore(store_path) as store:
         await store.append("acc", Deposited(account="a", amount=1))
         monkeypatch.setitem(events_module._registry, "Deposited", Renamed)
+        registry_changed()
         with pytest.raises(es.EventDecodeError, match="position 0 of stream 'acc'"):
             _ = [r async for r in store.read_stream("acc")]
 
@@ -211,12 +212,12 @@ async def test_large_decodes_skip_the_young_generations_but_never_thaw_frozen_ob
         real_freeze()
 
     monkeypatch.setattr(gc, "freeze", counted_freeze)
+    monkeypatch.setattr(_reader, "_PAUSE_BYTES", 0)  # every decode is paused
     async with es.EventStore(store_path) as store:
         await fill(store, 50)
-        assert len([r async for r in store.read_all()]) == 67  # small: left as it was
+        assert len([r async for r in store.read_all()]) == 67  # small: paused, not promoted
         assert not freezes
         monkeypatch.setattr(_reader, "_PROMOTE_BYTES", 0)  # every decode counts as large
-        monkeypatch.setattr(_reader, "_PAUSE_BYTES", 0)  # (and is paused)
         assert len([r async for r in store.read_all()]) == 67
         assert len([r async for r in store.read_stream("s0")]) == 34
         assert len(freezes) == 2
@@ -253,6 +254,7 @@ async def test_raw_reads_return_the_stored_dicts_without_models(
             other: int
 
         monkeypatch.setitem(events_module._registry, "Deposited", Incompatible)
+        registry_changed()
         with pytest.raises(es.EventDecodeError):
             _ = [r async for r in store.read_all()]
         from_all = [r.data async for r in store.read_all(raw=True)]
@@ -390,6 +392,35 @@ async def test_small_reads_on_the_loop_still_give_its_other_tasks_their_turns(
     assert turns - before - chunks >= 5
 
 
+async def test_a_short_read_on_the_loop_leaves_the_collector_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decode of under ``_PAUSE_BYTES`` on the loop's thread (a short stream's read) does
+    not pause the collector: the pause would cost it more than the collection it could
+    save. The same read on a reader thread is paused, as is a longer one on the loop."""
+    from aioeventstore._memfs import MemoryFile
+
+    disables: list[int] = []
+    real_disable = gc.disable
+
+    def counted_disable() -> None:
+        disables.append(1)
+        real_disable()
+
+    monkeypatch.setattr(gc, "disable", counted_disable)
+    async with es.EventStore.memory() as store:  # (every read from memory)
+        await fill(store, 900)
+        assert len([r async for r in store.read_stream("s1", limit=3)]) == 3
+        assert [r async for r in store.read_all(limit=5)]
+        assert disables == [] and gc.isenabled()
+        assert len([r async for r in store.read_stream("s1")]) == 300  # some 30 KiB, one step
+        assert disables == [1] and gc.isenabled()
+        monkeypatch.setattr(MemoryFile, "pread_many_cached", lambda self, sizes, offsets: None)
+        threads = count_thread_reads(store, monkeypatch)
+        assert len([r async for r in store.read_stream("s1", limit=3)]) == 3
+        assert threads == [1] and disables == [1, 1] and gc.isenabled()
+
+
 async def test_short_reads_share_the_loop_by_time_not_by_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -397,8 +428,9 @@ async def test_short_reads_share_the_loop_by_time_not_by_read(
     load would pay one each), yet a task making many of them in a row lets the loop's other
     tasks run once they have held it ``_HOLD_SECONDS`` since its last turn. The clock is made
     to move 0.4 ms each time the reader looks at it (once a step, and once more at the first
-    step after a turn), so a turn comes every third read. (A memory store: every read is
-    from memory, none goes to a thread, whose trip would give the other tasks turns too.)
+    step after a turn), so a turn comes every third read, whichever store each is from.
+    (Memory stores: every read is from memory, none goes to a thread, whose trip would give
+    the other tasks turns too.)
     """
     from aioeventstore import _reader
 
@@ -408,9 +440,11 @@ async def test_short_reads_share_the_loop_by_time_not_by_read(
         now[0] += 0.0004
         return now[0]
 
-    async with es.EventStore.memory() as store:
+    async with es.EventStore.memory() as store, es.EventStore.memory() as other:
         await fill(store, 30)
+        await fill(other, 30)
         threads = count_thread_reads(store, monkeypatch)
+        other_threads = count_thread_reads(other, monkeypatch)
         turns = 0
         stop = False
 
@@ -425,13 +459,14 @@ async def test_short_reads_share_the_loop_by_time_not_by_read(
         monkeypatch.setattr(_reader, "perf_counter", clock)
         before = turns
         got = []
-        for _ in range(100):
-            got += [r.version async for r in store.read_stream("s1", from_version=3, limit=1)]
+        for i in range(100):  # from two stores in turn: the loop's time is what counts
+            on = store if i % 2 else other
+            got += [r.version async for r in on.read_stream("s1", from_version=3, limit=1)]
         during = turns - before
         stop = True
         await task
-    assert got == [3] * 100 and threads == [0]
-    assert 30 <= during <= 40  # a turn per three reads (33), not one per read
+    assert got == [3] * 100 and threads == other_threads == [0]
+    assert 30 <= during <= 40  # a turn per three reads (33), not one per read, nor per store
 
 
 async def test_a_small_read_whose_bytes_are_not_in_memory_goes_to_a_reader_thread(

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import aioeventstore as es
 from aioeventstore import events as events_module
-from tests.helpers import Deposited, Note, Withdrawn, take
+from tests.helpers import Deposited, Note, Withdrawn, registry_changed, take
 
 
 async def fill(store: es.EventStore, n: int, start: int = 0) -> None:
@@ -113,6 +113,7 @@ async def test_filtered_catch_up_does_not_decode_what_it_throws_away(
         await store.append("b", Note(text="x"))
         # Stored Deposited/Note data can no longer be decoded as these classes:
         monkeypatch.setitem(events_module._registry, "Deposited", Incompatible)
+        registry_changed()
         with pytest.raises(es.EventDecodeError):
             _ = [r async for r in store.read_all()]
         only_notes = es.EventFilter(event_types=["Note"])
