@@ -632,7 +632,13 @@ class Index:
             if shift < 0 or not 0 <= row < rows or fpos[row] != pos:  # (back: row < 0)
                 row = bisect_right(fpos, pos) - 1
                 shift = fpos[row] - row
-            if not backwards and v < last and fpos[row] == pos and fcnt[row] == 1:
+            if (
+                not backwards
+                and v < last
+                and have + 1 < want  # (two versions at least: one is not worth a block)
+                and fpos[row] == pos
+                and fcnt[row] == 1
+            ):
                 # The next versions in one go, when each is the first event of the frame its
                 # position less ``shift`` names (checked in C: a stream of single events,
                 # with none but single events between them): every frame but the last of

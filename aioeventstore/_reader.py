@@ -230,6 +230,10 @@ def _read_runs(
     ``cached``: only from memory (raises :class:`_NotCached` when a read could block)."""
     ords, offs, lens = frames.ordinals, frames.offsets, frames.lengths
     n = len(ords)
+    if n == 1:  # (a short stream's read: one frame, as the general case below would read it)
+        seg = segs[ords[0]]
+        off = offs[0]
+        return [(0, 1, seg, off, off + lens[0], _read(seg, lens, offs, cached)[0])]
     ends = list(map(add, offs, lens))
     after = offs[1:]
     starts: Sequence[int]
