@@ -245,9 +245,8 @@ class InlineExecutor(Executor):
 
     For a memory store, whose file operations are memory copies that never block: handing
     them to a thread would cost more than doing them. ``run_in_executor`` still returns an
-    awaitable, so every ``await`` of a write stays a point where other tasks run. (Reads of a
-    memory store are from memory, decoded on the loop's thread without a turn of their own:
-    other tasks get one every millisecond or so, see ``Reader._read_chunk``.)
+    awaitable, so every ``await`` in the store stays a point where other tasks run (reads
+    from memory, decoded on the loop's thread, end with a turn of it: ``Reader._read_chunk``).
     """
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:

@@ -37,7 +37,6 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import compress, groupby, repeat
 from operator import add, and_, eq, itemgetter, not_, or_, sub
-from time import perf_counter
 from typing import Any, NamedTuple, TypeVar
 
 from ._codec import (
@@ -137,32 +136,7 @@ _INLINE_BYTES = 512 * 1024
 # int (93 bytes a frame) held it 6.4 ms (4,918 events) before the bound, 2.7 ms with it.
 _INLINE_CHUNK = _INLINE_BYTES - 64 * 1024
 _INLINE_EVENTS = 2048
-# Steps on the loop's thread hold it at most about this long before they give its other
-# tasks a turn (one step may hold it longer: see _INLINE_EVENTS).
-_HOLD_SECONDS = 0.001
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
-
-
-class _Hold(threading.local):
-    """When steps on this thread's event loop began holding it, since the loop's last turn
-    (None: it has turned since), for every store's reads on the loop together (a task
-    loading one aggregate from each of many stores in turn holds the loop as long as one
-    loading them from one store). ``_read_chunk`` sets it at the first such step and has
-    the loop call ``_turned`` at its next turn; it also clears it itself after the turn it
-    gives, so a marker lost with a closed loop costs one extra turn, not every later one."""
-
-    since: float | None = None
-
-
-_hold = _Hold()
-
-
-def _turned() -> None:
-    """Called by the loop at its next turn after a step on its thread: its other tasks have
-    had their turn since."""
-    _hold.since = None
-
-
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
@@ -344,13 +318,14 @@ class Reader:
         (or the whole ``read_chunk_bytes`` once a compressed container was met): if that is
         at most ``_INLINE_BYTES``, all in memory and without a compressed container, it is
         read and decoded on the event loop's thread (``fn(*args, True)``, which raises
-        :class:`_NotCached` otherwise). Then the loop's other tasks get a turn (as a
-        thread's trip gave them) once steps on its thread have held it ``_HOLD_SECONDS``
-        since its last turn: a short read (an aggregate's few events) costs no turn of its
-        own, and a task making many of them still lets the others run every millisecond.
-        Else the whole step is planned again (in the same step of the loop: the index has
-        not moved, so it starts at the same frame) and read on a reader thread, with its
-        segments pinned (``fn(*args, False)``)."""
+        :class:`_NotCached` otherwise), followed by a turn for the loop's other tasks as a
+        thread's trip gave them. (Without that turn a one-event read costs 4.5 µs less, but
+        a task reading many short streams in a row holds the loop, and the GIL, for as long
+        as it does without one: given one every millisecond, such a task cut the appends of
+        16 other tasks to a third, the I/O thread waiting for the GIL.) Else the whole step
+        is planned again (in the same step of the loop: the index has not moved, so it
+        starts at the same frame) and read on a reader thread, with its segments pinned
+        (``fn(*args, False)``)."""
         small = not self._containers
         if small:
             got = plan(min(self._chunk, _INLINE_CHUNK), _INLINE_EVENTS)
@@ -361,10 +336,6 @@ class Reader:
         if got.size <= _INLINE_BYTES:
             if self.executor is None:
                 raise StoreClosed("the store is closed")
-            hold = _hold
-            if hold.since is None:  # the first step since the loop's last turn
-                hold.since = perf_counter()
-                asyncio.get_running_loop().call_soon(_turned)
             self._loop_thread = threading.get_ident()  # (see _expanded)
             try:
                 records: list[RecordedEvent] | None = got.fn(*got.args, True)
@@ -373,9 +344,7 @@ class Reader:
             finally:
                 self._loop_thread = None
             if records is not None:
-                if perf_counter() - hold.since >= _HOLD_SECONDS:
-                    await asyncio.sleep(0)  # (which runs _turned)
-                    hold.since = None  # (even if the loop lost the marker: see _Hold)
+                await asyncio.sleep(0)
                 return records, got.after
         if small:
             full = plan(self._chunk, None)

@@ -360,14 +360,10 @@ def _page_cache_known(path: Path) -> bool:
 
 
 async def test_small_reads_on_the_loop_still_give_its_other_tasks_their_turns(
-    store_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_path: Path,
 ) -> None:
     """A long read in small chunks read on the loop's thread (no thread trip to wait for)
-    lets the loop run its other tasks between chunks, as the trips did: here after every
-    chunk, as the chunks are made to use up the time they may hold the loop at once."""
-    from aioeventstore import _reader
-
-    monkeypatch.setattr(_reader, "_HOLD_SECONDS", 0.0)
+    lets the loop run its other tasks between chunks, as the trips did."""
     async with es.EventStore(store_path, read_chunk_bytes=4096) as store:
         await fill(store, 300)
         turns = 0
@@ -390,6 +386,32 @@ async def test_small_reads_on_the_loop_still_give_its_other_tasks_their_turns(
     assert (n, m) == (200, 400)
     assert chunks >= 3  # s0's 100 frames of some 130 bytes are four 4 KiB chunks: a turn each
     assert turns - before - chunks >= 5
+
+
+async def test_every_read_on_the_loop_gives_its_other_tasks_a_turn() -> None:
+    """A one-event read from memory still ends with a turn of the loop: without one, a task
+    reading many short streams in a row would hold the loop (and the GIL, which the I/O
+    thread needs to finish the appends of other tasks) for as long as it keeps reading."""
+    async with es.EventStore.memory() as store:
+        await fill(store, 30)
+        turns = 0
+        stop = False
+
+        async def ticker() -> None:
+            nonlocal turns
+            while not stop:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = turns
+        for _ in range(20):
+            assert [r.version async for r in store.read_stream("s1", limit=1)] == [0]
+        during = turns - before
+        stop = True
+        await task
+    assert during >= 20
 
 
 async def test_a_short_read_on_the_loop_leaves_the_collector_alone(
@@ -419,54 +441,6 @@ async def test_a_short_read_on_the_loop_leaves_the_collector_alone(
         threads = count_thread_reads(store, monkeypatch)
         assert len([r async for r in store.read_stream("s1", limit=3)]) == 3
         assert threads == [1] and disables == [1, 1] and gc.isenabled()
-
-
-async def test_short_reads_share_the_loop_by_time_not_by_read(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A read of a few events from memory costs the loop no turn of its own (an aggregate's
-    load would pay one each), yet a task making many of them in a row lets the loop's other
-    tasks run once they have held it ``_HOLD_SECONDS`` since its last turn. The clock is made
-    to move 0.4 ms each time the reader looks at it (once a step, and once more at the first
-    step after a turn), so a turn comes every third read, whichever store each is from.
-    (Memory stores: every read is from memory, none goes to a thread, whose trip would give
-    the other tasks turns too.)
-    """
-    from aioeventstore import _reader
-
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += 0.0004
-        return now[0]
-
-    async with es.EventStore.memory() as store, es.EventStore.memory() as other:
-        await fill(store, 30)
-        await fill(other, 30)
-        threads = count_thread_reads(store, monkeypatch)
-        other_threads = count_thread_reads(other, monkeypatch)
-        turns = 0
-        stop = False
-
-        async def ticker() -> None:
-            nonlocal turns
-            while not stop:
-                turns += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        monkeypatch.setattr(_reader, "perf_counter", clock)
-        before = turns
-        got = []
-        for i in range(100):  # from two stores in turn: the loop's time is what counts
-            on = store if i % 2 else other
-            got += [r.version async for r in on.read_stream("s1", from_version=3, limit=1)]
-        during = turns - before
-        stop = True
-        await task
-    assert got == [3] * 100 and threads == other_threads == [0]
-    assert 30 <= during <= 40  # a turn per three reads (33), not one per read, nor per store
 
 
 async def test_a_small_read_whose_bytes_are_not_in_memory_goes_to_a_reader_thread(
