@@ -136,6 +136,10 @@ _INLINE_BYTES = 512 * 1024
 # int (93 bytes a frame) held it 6.4 ms (4,918 events) before the bound, 2.7 ms with it.
 _INLINE_CHUNK = _INLINE_BYTES - 64 * 1024
 _INLINE_EVENTS = 2048
+# Steps on the loop's thread lend the I/O thread the GIL (IoThread.lend_gil) for up to
+# _LEND_AT_MOST seconds, at most once every _LEND_AFTER, when it has been at a job that long.
+_LEND_AFTER = 0.001
+_LEND_AT_MOST = 0.0002
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
 _MIN_EVENTS = 8
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
@@ -281,6 +285,8 @@ class Reader:
         self._pause_gc = pause_gc
         self._metas = metas if metas is not None else StreamMetas()
         self.executor: Executor | None = None  # set while the store is open
+        # The I/O thread's IoThread.lend_gil, while a store with one is open (see _read_chunk)
+        self.lend_gil: Callable[[float, float], bool] | None = None
         self._cache: OrderedDict[tuple[Segment, int], _Expanded] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = 0
@@ -344,6 +350,9 @@ class Reader:
             finally:
                 self._loop_thread = None
             if records is not None:
+                lend = self.lend_gil
+                if lend is not None:  # a read that keeps the loop busy must not starve it
+                    lend(_LEND_AFTER, _LEND_AT_MOST)
                 await asyncio.sleep(0)
                 return records, got.after
         if small:

@@ -293,6 +293,8 @@ class EventStore:
                 time.perf_counter() - started,
             )
         self._reader.executor = self._readers
+        if isinstance(self._io, IoThread):
+            self._reader.lend_gil = self._io.lend_gil
         self._snapshots.executor = self._snapshot_io
         if self._read_only:
             self._follow_task = loop.create_task(self._follow(), name="aioeventstore-follow")
@@ -378,6 +380,7 @@ class EventStore:
             for sub in list(self._subscriptions):
                 sub._end()
             self._reader.executor = None
+            self._reader.lend_gil = None
             self._snapshots.executor = None
             # (one object in a memory store)
             for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):

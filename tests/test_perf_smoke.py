@@ -162,3 +162,21 @@ def test_bench_load_reports_every_system_and_length_and_cleans_up(tmp_path: Path
                 rows[("ours", n)]["loads_per_s"] / row["loads_per_s"]
             )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_busy_reports_every_row_against_appends_alone(tmp_path: Path) -> None:
+    out = run_perf(
+        str(ROOT / "perf" / "bench_busy.py"), "--seconds", "0.2", "--json", "--dir", str(tmp_path)
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    busy = ["none", "cpu-20", "cpu-80", "cpu-300"]
+    want = [(s, b) for b in busy for s in ("ours", "bare")]
+    want += [("ours", "loads"), ("ours", "replay")]
+    assert [(r["system"], r["busy"]) for r in rows] == want
+    for row in rows:
+        assert row["appends_per_s"] >= 0 and row["busy_work_per_s"] >= 0
+        if row["busy"] == "none":
+            assert row["ratio_to_alone"] == 1.0 and row["appends_per_s"] > 0
+        else:
+            assert row["busy_work_per_s"] > 0
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -412,6 +413,40 @@ async def test_every_read_on_the_loop_gives_its_other_tasks_a_turn() -> None:
         stop = True
         await task
     assert during >= 20
+
+
+async def test_a_read_on_the_loop_lends_the_gil_to_an_io_thread_long_at_a_job(
+    store_path: Path,
+) -> None:
+    """A read decoded on the loop's thread, which keeps the loop busy, lends the GIL to the
+    store's I/O thread when that thread has been at a job for a while (it needs the GIL
+    after each system call, and a busy loop's thread would starve it): not otherwise."""
+    if not _page_cache_known(store_path):
+        pytest.skip("no RWF_NOWAIT here: every read goes to a reader thread")
+    async with es.EventStore(store_path) as store:
+        await fill(store, 30)
+        lent: list[bool] = []
+        lend = store._reader.lend_gil
+        assert lend is not None
+
+        def counted(after: float, at_most: float) -> bool:
+            lent.append(lend(after, at_most))
+            return lent[-1]
+
+        store._reader.lend_gil = counted
+        assert [r.version async for r in store.read_stream("s1", limit=1)] == [0]
+        assert lent == [False]  # the I/O thread has nothing to do
+        gate = threading.Event()
+        assert store._io is not None
+        held = store._io.submit(gate.wait, 30)  # a job the thread is stuck at (a slow sync)
+        try:
+            await asyncio.sleep(0.01)  # (at it for 10 ms or more)
+            assert [r.version async for r in store.read_stream("s1", limit=1)] == [0]
+            assert lent == [False, True]
+        finally:
+            gate.set()
+        await asyncio.wrap_future(held)
+    assert store._reader.lend_gil is None  # (a closed store lends nothing)
 
 
 async def test_a_short_read_on_the_loop_leaves_the_collector_alone(
