@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from time import perf_counter
 from typing import Any, ParamSpec, TypeVar
 
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()  # (False on a free-threaded build)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -47,14 +49,17 @@ class IoThread(Executor):
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        # For lend_gil: jobs handed over and not finished, since when the thread has been at
-        # the one it is at (or was handed it), the last time the loop lent it the GIL, and
-        # an event set while it has nothing to do.
-        self._pending = 0
-        self._busy_since = 0.0
+        # For lend_gil, about the commit loop's batch writes (the jobs of ``call``): how many
+        # are handed over and not finished, since when the thread has been at the one it is
+        # at (or was handed it), an event set while there are none, whether a job of
+        # ``submit`` (another kind of work, maybe long in Python) is running, and the last
+        # time the loop lent the thread the GIL.
+        self._calls = 0
+        self._call_since = 0.0
+        self._no_calls = threading.Event()
+        self._no_calls.set()
+        self._other_running = False
         self._lent_at = 0.0
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -64,7 +69,6 @@ class IoThread(Executor):
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             fut: Future[T] = Future()
-            self._handed_over()
             self._jobs.put((fut, None, fn, args, kwargs))
         return fut
 
@@ -82,40 +86,43 @@ class IoThread(Executor):
             self._jobs.put((None, (loop, fut), fn, args, {}))
         return fut
 
-    def _handed_over(self) -> None:  # (under self._lock)
-        self._pending += 1
-        if self._pending == 1:
-            self._busy_since = perf_counter()
-            self._idle.clear()
+    def _handed_over(self) -> None:  # (a call's job; under self._lock)
+        self._calls += 1
+        if self._calls == 1:
+            self._call_since = perf_counter()
+            self._no_calls.clear()
 
-    def _finished(self) -> None:
+    def _call_finished(self) -> None:
         with self._lock:
-            self._pending -= 1
-            if self._pending:
-                self._busy_since = perf_counter()  # (the next job starts now)
+            self._calls -= 1
+            if self._calls:
+                self._call_since = perf_counter()  # (the next one starts now)
             else:
-                self._idle.set()
+                self._no_calls.set()
 
     def lend_gil(self, after: float, at_most: float) -> bool:
-        """Give this thread the GIL for a while, if it seems to need it: called on the event
-        loop's thread by work that keeps the loop busy (a read decoded on it), at most once
-        every ``after`` seconds, when the thread has been at a job for ``after`` seconds or
-        more. Then waits, with the GIL released, up to ``at_most`` seconds for the thread to
-        run out of jobs. True if it waited.
+        """Give this thread the GIL for a while, if a batch write seems to need it: called on
+        the event loop's thread by work that keeps the loop busy (a read decoded on it). When
+        the thread has been at (or been handed) a job of :meth:`call` for ``after`` seconds or
+        more, is not running a job of :meth:`submit` (other work, which may run Python for
+        milliseconds), and was not lent the GIL in the last ``after`` seconds, waits with the
+        GIL released up to ``at_most`` seconds for it to finish its calls' jobs. True if it
+        waited. Taking the GIL back may then wait for the thread's next system call (a
+        batch write runs microseconds of Python between two).
 
         Why: a thread that comes back from a system call (a batch's write or sync) needs the
         GIL, and CPython's GIL starts its 5 ms wait again whenever the holder lets go of the
         GIL for a moment, which a busy loop's thread does at every ``select`` and ``pread``:
         the I/O thread then waits hundreds of milliseconds at every step of a batch, and
         appends crawl while a replay runs (see the README's "A busy event loop starves
-        appends"). A job that is merely slow (a sync on a slow disk) costs the loop at most
-        ``at_most`` every ``after``."""
-        if not self._pending:
+        appends"). A sync that is merely slow costs the loop at most ``at_most`` every
+        ``after``. Nothing to lend without a GIL (a free-threaded build)."""
+        if not self._calls or self._other_running or not _GIL:
             return False
         now = perf_counter()
-        if now - self._busy_since < after or now - self._lent_at < after:
+        if now - self._call_since < after or now - self._lent_at < after:
             return False
-        self._idle.wait(at_most)
+        self._no_calls.wait(at_most)
         self._lent_at = perf_counter()
         return True
 
@@ -127,15 +134,15 @@ class IoThread(Executor):
                 self._closed = True
                 if cancel_futures:
                     kept: list[_Job] = []
-                    while not self._jobs.empty():
-                        job = self._jobs.get_nowait()
+                    while True:
+                        try:  # (the thread may take the last one meanwhile)
+                            job = self._jobs.get_nowait()
+                        except Empty:
+                            break
                         if job is not None and job[0] is not None:
                             job[0].cancel()
-                            self._pending -= 1  # (it will not run)
                         elif job is not None:
                             kept.append(job)
-                    if not self._pending:
-                        self._idle.set()
                     for job in kept:
                         self._jobs.put(job)
                 self._jobs.put(None)
@@ -148,32 +155,30 @@ class IoThread(Executor):
             job = jobs.get()
             if job is None:
                 return
+            cfut, target, fn, args, kwargs = job
+            if cfut is not None:
+                if not cfut.set_running_or_notify_cancel():
+                    continue
+                self._other_running = True
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # delivered to whoever waits, as the pool does
+                    cfut.set_exception(exc)
+                else:
+                    cfut.set_result(result)
+                finally:
+                    self._other_running = False
+                continue
+            assert target is not None
+            loop, afut = target
             try:
-                self._run(job)
-            finally:
-                self._finished()
-
-    @staticmethod
-    def _run(job: _Job) -> None:
-        cfut, target, fn, args, kwargs = job
-        if cfut is not None:
-            if not cfut.set_running_or_notify_cancel():
-                return
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # delivered to whoever waits, as the pool does
-                cfut.set_exception(exc)
+                result = fn(*args)
+            except BaseException as exc:
+                _deliver(loop, _set_exception, afut, exc)
             else:
-                cfut.set_result(result)
-            return
-        assert target is not None
-        loop, afut = target
-        try:
-            result = fn(*args)
-        except BaseException as exc:
-            _deliver(loop, _set_exception, afut, exc)
-        else:
-            _deliver(loop, _set_result, afut, result)
+                _deliver(loop, _set_result, afut, result)
+            finally:
+                self._call_finished()  # (after the delivery, which needs the GIL too)
 
 
 def _deliver(

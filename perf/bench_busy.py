@@ -43,7 +43,7 @@ from bench_load import build_ours, names
 import aioeventstore as es
 
 PRODUCERS = 16
-STREAMS = 2000  # of 10 events each, for the loads and the replay
+STREAMS = 2000  # of 10 events each, for the loads and the replay (--streams)
 BUSY_STEPS = (20, 80, 300)  # µs of computation between awaits
 Busy = Callable[[Callable[[], bool], list[int]], Coroutine[Any, Any, None]]  # (stopped, count)
 
@@ -117,8 +117,10 @@ def cpu_task(us: int) -> Busy:
     return busy
 
 
-async def ours(directory: str, busy_kind: str | None, seconds: float) -> dict[str, Any]:
-    await build_ours(directory, STREAMS, 10)
+async def ours(
+    directory: str, busy_kind: str | None, seconds: float, streams: int
+) -> dict[str, Any]:
+    await build_ours(directory, streams, 10)
     async with es.EventStore(directory) as store:
         events = [make_event(i) for i in range(PRODUCERS)]
 
@@ -129,25 +131,27 @@ async def ours(directory: str, busy_kind: str | None, seconds: float) -> dict[st
         if busy_kind is not None and busy_kind.startswith("cpu-"):
             busy = cpu_task(int(busy_kind[4:]))
         elif busy_kind == "loads":
-            all_names = names(STREAMS)
+            all_names = names(streams)
 
             async def busy(stopped: Callable[[], bool], done: list[int]) -> None:
                 rng = random.Random(1)
                 while not stopped():
-                    [r async for r in store.read_stream(all_names[rng.randrange(STREAMS)])]
+                    [r async for r in store.read_stream(all_names[rng.randrange(streams)])]
                     done[0] += 1
 
         elif busy_kind == "replay":
 
             async def busy(stopped: Callable[[], bool], done: list[int]) -> None:
                 while not stopped():
-                    async for _ in store.read_all(limit=STREAMS * 10):
+                    async for _ in store.read_all(limit=streams * 10):
                         done[0] += 1
 
         return await measure(append, busy, seconds)
 
 
-async def bare(directory: str, busy_kind: str | None, seconds: float) -> dict[str, Any]:
+async def bare(
+    directory: str, busy_kind: str | None, seconds: float, streams: int
+) -> dict[str, Any]:
     async with BareLog(os.path.join(directory, "bare.log")) as log:
         record = make_event(0).model_dump_json().encode()
 
@@ -176,7 +180,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
             runner = ours if system == "ours" else bare
             row: dict[str, Any] = {"system": system, "busy": busy_kind or "none"}
-            row.update(await runner(d, busy_kind, args.seconds))
+            row.update(await runner(d, busy_kind, args.seconds, args.streams))
         if busy_kind is None:
             alone[system] = row["appends_per_s"]
         row["ratio_to_alone"] = row["appends_per_s"] / alone[system]
@@ -209,11 +213,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds a row")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    ap.add_argument("--streams", type=int, default=STREAMS, help="10-event streams in the store")
     ap.add_argument("--dir", default=None, help="where the stores are made (default: temp)")
     ap.add_argument("--json", action="store_true", help="one JSON object per row")
     args = ap.parse_args(argv)
-    if args.seconds <= 0:
-        ap.error("--seconds must be positive")
+    if args.seconds <= 0 or args.streams < 1:
+        ap.error("--seconds and --streams must be positive")
     return args
 
 

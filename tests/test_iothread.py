@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import CancelledError
 
 import pytest
 
@@ -94,12 +93,14 @@ def test_a_result_for_a_closed_loop_is_dropped_quietly() -> None:
     io.shutdown()
 
 
-def test_lend_gil_waits_only_for_a_thread_long_at_a_job_and_only_so_often(
+async def test_lend_gil_waits_only_for_a_batch_write_long_at_it_and_only_so_often(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``lend_gil`` (called by reads that keep the event loop busy) does nothing while the
-    thread has no job, or has been at its job for less than ``after``; past that it waits,
-    with the GIL released, until the thread runs out of jobs or ``at_most`` passes; and it
+    thread has no job of ``call`` (the commit loop's batch writes), has had one for less
+    than ``after``, or runs a job of ``submit`` (other work, which may run Python for
+    milliseconds: lending would let it hold the GIL); past that it waits, with the GIL
+    released, until the thread is done with its calls' jobs or ``at_most`` passes; and it
     waits at most once every ``after``. The thread's clock is a fake one that the test
     moves: nothing here depends on how fast the machine is."""
     from aioeventstore import _iothread
@@ -107,46 +108,38 @@ def test_lend_gil_waits_only_for_a_thread_long_at_a_job_and_only_so_often(
     now = [100.0]
     monkeypatch.setattr(_iothread, "perf_counter", lambda: now[0])
     io = IoThread("test-io")
+    loop = asyncio.get_running_loop()
     gate = threading.Event()
+    other_gate = threading.Event()
     try:
         assert io.lend_gil(1.0, 30.0) is False  # no job: nothing to lend the GIL for
-        blocked = io.submit(gate.wait, 30)  # at its job from 100.0
-        now[0] = 100.5
-        assert io.lend_gil(1.0, 30.0) is False  # at it for less than a second
-        now[0] = 101.5
-        assert io.lend_gil(1.0, 0.001) is True  # waited, and gave up after at_most
+        other = io.submit(other_gate.wait, 30)
+        while not io._other_running:  # (until the thread is at it)
+            await asyncio.sleep(0.001)
+        now[0] = 110.0
+        assert io.lend_gil(1.0, 30.0) is False  # other work only
+        blocked = io.call(loop, gate.wait, 30)  # a batch write, handed over at 110.0
+        now[0] = 120.0
+        assert io.lend_gil(1.0, 30.0) is False  # behind the other job, which is running
+        other_gate.set()
+        assert other.result(timeout=30) is True
+        now[0] = 120.5
+        while io._other_running:  # (the thread moves on to the batch write)
+            await asyncio.sleep(0.001)
+        assert io.lend_gil(1.0, 0.001) is True  # at it 10 s: waited, gave up after at_most
         assert not blocked.done()
-        now[0] = 102.0
+        now[0] = 121.0
         assert io.lend_gil(1.0, 30.0) is False  # lent less than a second ago
-        now[0] = 102.6
+        now[0] = 121.6
         assert io.lend_gil(1.0, 0.001) is True
-        quick = io.submit(lambda: 7)
+        more = io.call(loop, lambda: 7)
         threading.Timer(0.05, gate.set).start()
-        now[0] = 104.0
-        assert io.lend_gil(1.0, 30.0) is True  # returns when the thread ran out of jobs
-        assert blocked.done() and quick.done() and quick.result() == 7
-        now[0] = 106.0
-        assert io.lend_gil(1.0, 30.0) is False  # idle again
+        now[0] = 123.0
+        assert io.lend_gil(1.0, 30.0) is True  # returns when the calls' jobs are done
+        assert await blocked is True and await more == 7
+        now[0] = 125.0
+        assert io.lend_gil(1.0, 30.0) is False  # none left
     finally:
         gate.set()
+        other_gate.set()
         io.shutdown()
-
-
-def test_jobs_cancelled_at_shutdown_leave_the_thread_idle() -> None:
-    """A job cancelled by ``shutdown(cancel_futures=True)`` never runs: the count of jobs
-    ``lend_gil`` waits for forgets it, so nothing waits for a job that will not come."""
-    io = IoThread("test-io")
-    gate = threading.Event()
-    io.submit(gate.wait, 30)
-    never = [io.submit(lambda: None) for _ in range(3)]
-    stopper = threading.Thread(target=io.shutdown, kwargs={"cancel_futures": True})
-    stopper.start()
-    try:
-        for fut in never:
-            with pytest.raises(CancelledError):
-                fut.result(timeout=10)
-    finally:
-        gate.set()
-        stopper.join(10)
-    assert io._pending == 0 and io._idle.is_set()
-    assert io.lend_gil(0.0, 30.0) is False

@@ -166,7 +166,8 @@ def test_bench_load_reports_every_system_and_length_and_cleans_up(tmp_path: Path
 
 def test_bench_busy_reports_every_row_against_appends_alone(tmp_path: Path) -> None:
     out = run_perf(
-        str(ROOT / "perf" / "bench_busy.py"), "--seconds", "0.2", "--json", "--dir", str(tmp_path)
+        str(ROOT / "perf" / "bench_busy.py"),
+        *("--seconds", "0.2", "--streams", "200", "--json", "--dir", str(tmp_path)),
     )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     busy = ["none", "cpu-20", "cpu-80", "cpu-300"]

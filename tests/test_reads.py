@@ -13,6 +13,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore import events as events_module
+from aioeventstore._iothread import IoThread
 from tests.helpers import Deposited, Note, registry_changed
 
 
@@ -434,18 +435,21 @@ async def test_a_read_on_the_loop_lends_the_gil_to_an_io_thread_long_at_a_job(
             return lent[-1]
 
         store._reader.lend_gil = counted
+        io = store._io
+        assert isinstance(io, IoThread)
+        assert io._no_calls.wait(30)  # (the last batch's accounting, after its delivery)
         assert [r.version async for r in store.read_stream("s1", limit=1)] == [0]
         assert lent == [False]  # the I/O thread has nothing to do
         gate = threading.Event()
-        assert store._io is not None
-        held = store._io.submit(gate.wait, 30)  # a job the thread is stuck at (a slow sync)
+        # a batch write the thread is stuck at (as in a slow sync)
+        held = io.call(asyncio.get_running_loop(), gate.wait, 30)
         try:
             await asyncio.sleep(0.01)  # (at it for 10 ms or more)
             assert [r.version async for r in store.read_stream("s1", limit=1)] == [0]
             assert lent == [False, True]
         finally:
             gate.set()
-        await asyncio.wrap_future(held)
+        assert await held is True
     assert store._reader.lend_gil is None  # (a closed store lends nothing)
 
 
