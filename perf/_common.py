@@ -93,6 +93,14 @@ def filesystem_of(path: str) -> str:
     return f"{best[2]} on {best[0]} (mounted at {best[1]})" if best else ""
 
 
+def machine_line(info: dict[str, Any]) -> str:
+    """A header line for ``machine_info``'s CPUs, CPU, kernel, Python and loop."""
+    return (
+        f"machine: {info['cpus']} CPUs, {info['cpu_model']}, {info['kernel']}, "
+        f"{info['python']}, loop {info['loop']}"
+    )
+
+
 def machine_info(loop: str, directory: str) -> dict[str, Any]:
     """What a reader needs to compare figures: CPUs, kernel, Python, loop, disk, load."""
     loop_name = loop

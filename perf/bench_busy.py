@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bare import BareLog
-from _common import emit_json, machine_info, percentile, print_table, run
+from _common import emit_json, machine_info, machine_line, percentile, print_table, run
 from bench_append import make_event
 from bench_load import build_ours, names
 
@@ -167,11 +167,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.json:
         info = machine_info(args.loop, args.dir or tempfile.gettempdir())
         print("# bench_busy: durable appends next to a busy event loop")
-        print(
-            f"# machine: {info['cpus']} CPUs, {info['cpu_model']}, {info['python']}, loop "
-            f"{info['loop']}; {PRODUCERS} producers, {args.seconds:g} s a row",
-            flush=True,
-        )
+        print(f"# {machine_line(info)}; {PRODUCERS} producers, {args.seconds:g} s a row")
     plan: list[tuple[str, str | None]] = [("ours", None), ("bare", None)]
     plan += [(s, f"cpu-{us}") for us in BUSY_STEPS for s in ("ours", "bare")]
     plan += [("ours", "loads"), ("ours", "replay")]

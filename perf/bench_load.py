@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgpack
-from _common import emit_json, machine_info, median, percentile, print_table, run
+from _common import emit_json, machine_info, machine_line, median, percentile, print_table, run
 from bench_append import Deposited
 
 import aioeventstore as es
@@ -214,10 +214,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.json:
         info = machine_info(args.loop, args.dir or tempfile.gettempdir())
         print("# bench_load: aggregate loads (a short stream read whole, into models)")
-        print(
-            f"# machine: {info['cpus']} CPUs, {info['cpu_model']}, {info['kernel']}, "
-            f"{info['python']}, loop {info['loop']}; SQLite {sqlite3.sqlite_version}"
-        )
+        print(f"# {machine_line(info)}; SQLite {sqlite3.sqlite_version}")
         print(
             f"# {args.streams:,} streams of each length, written one event per append with the "
             f"streams taking turns; {args.rounds} round(s), each stream loaded once a round",

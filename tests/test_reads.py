@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +363,28 @@ def _page_cache_known(path: Path) -> bool:
         probe.unlink()
 
 
+@contextlib.asynccontextmanager
+async def turns_of_another_task() -> AsyncIterator[list[int]]:
+    """While the body runs, another task counts the turns the loop gives it (``turns[0]``,
+    from 0 as the body starts; read it at any point, and after the body for the total)."""
+    turns = [0]
+    stop = [False]
+
+    async def ticker() -> None:
+        while not stop[0]:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    turns[0] = 0
+    try:
+        yield turns
+    finally:
+        stop[0] = True
+        await task
+
+
 async def test_small_reads_on_the_loop_still_give_its_other_tasks_their_turns(
     store_path: Path,
 ) -> None:
@@ -368,26 +392,13 @@ async def test_small_reads_on_the_loop_still_give_its_other_tasks_their_turns(
     lets the loop run its other tasks between chunks, as the trips did."""
     async with es.EventStore(store_path, read_chunk_bytes=4096) as store:
         await fill(store, 300)
-        turns = 0
-        stop = False
-
-        async def ticker() -> None:
-            nonlocal turns
-            while not stop:
-                turns += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        before = turns
-        n = len([r async for r in store.read_stream("s0")])
-        chunks = turns - before
-        m = len([r async for r in store.read_all()])
-        stop = True
-        await task
+        async with turns_of_another_task() as turns:
+            n = len([r async for r in store.read_stream("s0")])
+            chunks = turns[0]
+            m = len([r async for r in store.read_all()])
     assert (n, m) == (200, 400)
     assert chunks >= 3  # s0's 100 frames of some 130 bytes are four 4 KiB chunks: a turn each
-    assert turns - before - chunks >= 5
+    assert turns[0] - chunks >= 5
 
 
 async def test_every_read_on_the_loop_gives_its_other_tasks_a_turn() -> None:
@@ -396,24 +407,10 @@ async def test_every_read_on_the_loop_gives_its_other_tasks_a_turn() -> None:
     thread needs to finish the appends of other tasks) for as long as it keeps reading."""
     async with es.EventStore.memory() as store:
         await fill(store, 30)
-        turns = 0
-        stop = False
-
-        async def ticker() -> None:
-            nonlocal turns
-            while not stop:
-                turns += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        before = turns
-        for _ in range(20):
-            assert [r.version async for r in store.read_stream("s1", limit=1)] == [0]
-        during = turns - before
-        stop = True
-        await task
-    assert during >= 20
+        async with turns_of_another_task() as turns:
+            for _ in range(20):
+                assert [r.version async for r in store.read_stream("s1", limit=1)] == [0]
+    assert turns[0] >= 20
 
 
 async def test_a_read_on_the_loop_lends_the_gil_to_an_io_thread_long_at_a_job(
