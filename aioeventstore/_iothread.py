@@ -108,7 +108,9 @@ class IoThread(Executor):
         milliseconds), and was not lent the GIL in the last ``after`` seconds, waits with the
         GIL released up to ``at_most`` seconds for it to finish its calls' jobs. True if it
         waited. Taking the GIL back may then wait for the thread's next system call (a
-        batch write runs microseconds of Python between two).
+        batch write runs microseconds of Python between two), or, where the thread moves on
+        meanwhile to other work queued before the batch write, up to the GIL's switch
+        interval (5 ms).
 
         Why: a thread that comes back from a system call (a batch's write or sync) needs the
         GIL, and CPython's GIL starts its 5 ms wait again whenever the holder lets go of the

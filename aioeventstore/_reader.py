@@ -137,7 +137,8 @@ _INLINE_BYTES = 512 * 1024
 _INLINE_CHUNK = _INLINE_BYTES - 64 * 1024
 _INLINE_EVENTS = 2048
 # Steps on the loop's thread lend the I/O thread the GIL (IoThread.lend_gil) for up to
-# _LEND_AT_MOST seconds, at most once every _LEND_AFTER, when it has been at a job that long.
+# _LEND_AT_MOST seconds, at most once every _LEND_AFTER, when it has been at a batch write
+# that long.
 _LEND_AFTER = 0.001
 _LEND_AT_MOST = 0.0002
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
