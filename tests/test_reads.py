@@ -208,14 +208,8 @@ async def test_large_decodes_skip_the_young_generations_but_never_thaw_frozen_ob
 
     from aioeventstore import _reader
 
-    freezes: list[int] = []
-    real_freeze = gc.freeze
-
-    def counted_freeze() -> None:
-        freezes.append(1)
-        real_freeze()
-
-    monkeypatch.setattr(gc, "freeze", counted_freeze)
+    real_freeze = gc.freeze  # (the process's own freeze, not counted)
+    freezes = count_calls(monkeypatch, gc, "freeze")
     monkeypatch.setattr(_reader, "_PAUSE_BYTES", 0)  # every decode is paused
     async with es.EventStore(store_path) as store:
         await fill(store, 50)
@@ -296,6 +290,20 @@ async def test_read_all_reads_ahead_one_chunk_and_drops_it_when_the_caller_stops
         assert seen[-1] < 300 and seen == list(range(len(seen)))
     finally:
         await store.close()
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """A list that gains a 1 at each call of ``owner.name`` (a function of no arguments,
+    such as ``gc.freeze``), which still does what it did, from now on."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def counted() -> None:
+        calls.append(1)
+        real()
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
 
 
 def count_thread_reads(store: es.EventStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -458,14 +466,7 @@ async def test_a_short_read_on_the_loop_leaves_the_collector_alone(
     save. The same read on a reader thread is paused, as is a longer one on the loop."""
     from aioeventstore._memfs import MemoryFile
 
-    disables: list[int] = []
-    real_disable = gc.disable
-
-    def counted_disable() -> None:
-        disables.append(1)
-        real_disable()
-
-    monkeypatch.setattr(gc, "disable", counted_disable)
+    disables = count_calls(monkeypatch, gc, "disable")
     async with es.EventStore.memory() as store:  # (every read from memory)
         await fill(store, 900)
         assert len([r async for r in store.read_stream("s1", limit=3)]) == 3
