@@ -446,6 +446,44 @@ class Index:
         assert version >= base, "the version was removed from the log"
         return _at(self._streams[stream], version - base)
 
+    def stream_run(self, stream: str, version: int, most: int) -> tuple[int, bool]:
+        """How many of the committed versions of ``stream`` from ``version`` on (at most
+        ``most``) hold consecutive positions, from the first on, when that is two or more:
+        nothing else was appended between them, so they lie in the log as a span of whole
+        frames (:meth:`span_from`) that a stream read can decode as ``read_all`` does; and
+        whether that is all of the versions asked for. ``(0, False)`` when there are not two
+        such versions (the usual for a stream appended to among others: one probe says so;
+        or ``version`` out of range). The caller checks ``version >= first_version(stream)``.
+        """
+        positions = self._streams.get(stream)
+        if positions is None or most < 2:
+            return 0, False
+        i = version - self._base.get(stream, 0)
+        count = (len(positions) >> 3) - 1  # planned versions (the first slot is the id)
+        if not 0 <= i < count - 1:
+            return 0, False
+        unpack = _unpack_from
+        first = unpack(positions, (i + 1) << 3)[0]
+        if unpack(positions, (i + 2) << 3)[0] != first + 1:
+            return 0, False
+        last = count - 1  # the last committed version's slot: the last one, unless in flight
+        if unpack(positions, count << 3)[0] > self.head:
+            last = _bisect(positions, self.head, True) - 1
+        k = min(most, last - i + 1)
+        if k < 2:
+            return 0, False
+        if unpack(positions, (i + k) << 3)[0] == first + k - 1:
+            return k, True
+        # Positions increase, so "the j-th is first + j" holds for a prefix: find its end.
+        lo, hi = 1, k - 1  # it holds at lo, not at hi
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if unpack(positions, (i + mid + 1) << 3)[0] == first + mid:
+                lo = mid
+            else:
+                hi = mid
+        return lo + 1, False
+
     def set_stream_floor(self, stream: str, last_version: int) -> None:
         """Make ``stream`` continue after ``last_version`` although none of its events are in
         the log any more (recovery of a deleted or truncated stream whose frames were all

@@ -42,10 +42,12 @@ from typing import Any, NamedTuple, TypeVar
 from ._codec import (
     DecodeElsewhere,
     SharedTypeCaches,
+    TypeCache,
     decode_frame_events,
     decode_span,
     decode_stream_run,
     frame_event_ids,
+    new_type_caches,
 )
 from ._compress import expand
 from ._format import (
@@ -143,6 +145,14 @@ _LEND_AFTER = 0.001
 _LEND_AT_MOST = 0.0002
 _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  # of _read_runs'
 _MIN_EVENTS = 8
+# A stream read's step whose versions all lie back to back in the log (nothing else was
+# appended between them), or whose next this many do, reads them as a span
+# (Reader._decode_run), as read_all would. A shorter run, followed by other streams' frames,
+# is left to the step that reads the stream's frames wherever they lie: taken as a span of
+# its own, each such run (an append of a few events among others) would be a step.
+_MIN_SPAN = 512
+_MAX_RUN = 1 << 62
+_STREAM, _VERSION, _POSITION = itemgetter(0), itemgetter(1), 2  # of a RecordedEvent
 _WALK = struct.Struct("<4sIIBBHIQ")  # frame header + body head up to the first position
 
 
@@ -433,6 +443,25 @@ class Reader:
     ) -> list[RecordedEvent]:
         """One pread of a span of frames, checked and decoded (reader thread; or the loop's,
         reading only from memory with ``cached``)."""
+        out = self._span_events(seg, span, lo, hi, filt, raw, hidden, cached, new_type_caches())
+        if backwards:
+            out.reverse()
+        return out
+
+    def _span_events(
+        self,
+        seg: Segment,
+        span: Span,
+        lo: int,
+        hi: int,
+        filt: EventFilter | None,
+        raw: bool,
+        hidden: dict[str, tuple[int, int]] | None,
+        cached: bool,
+        caches: tuple[TypeCache, TypeCache],
+    ) -> list[RecordedEvent]:
+        """The events of ``span`` in ``[lo, hi]`` passing ``filt``, in position order, decoded
+        with the type decoders ``caches`` (see ``_decode_span``)."""
         data = _read(seg, [span.end - span.start], [span.start], cached)[0]
         out: list[RecordedEvent] = []
         types = prefixes = None
@@ -461,15 +490,14 @@ class Reader:
                     out,
                     raw,
                     expanded,
-                    hidden=hidden,
+                    caches,
+                    hidden,
                 )
             if not last < span.end_position <= end:
                 raise FrameError(f"frames end at position {end}, index says {span.end_position}")
         except FrameError as exc:
             path = self._log.path(span.ordinal)
             raise CorruptLog(path, span.start + exc.offset, exc.reason) from None
-        if backwards:
-            out.reverse()
         return out
 
     async def stream_chunk(
@@ -488,6 +516,18 @@ class Reader:
 
         def plan(max_bytes: int, most: int | None) -> _Plan | None:
             most = _fewer(max_events, most)
+            if not backwards and not (hidden and stream in hidden):
+                start = max(version, index.first_version(stream))
+                n, whole = index.stream_run(stream, start, _MAX_RUN if most is None else most)
+                if whole or n >= _MIN_SPAN:  # versions that lie back to back in the log
+                    lo = index.position_of(stream, start)
+                    span = index.span_from(lo, max_bytes, False, n)
+                    assert span is not None, "a committed position has a frame"
+                    hi = min(lo + n, span.end_position) - 1
+                    seg = segments[span.ordinal]
+                    args: tuple[Any, ...] = (seg, span, stream, start, lo, hi, raw)
+                    after = start + hi - lo + 1
+                    return _Plan(span.end - span.start, [seg], self._decode_run, args, after)
             frames = index.stream_frames(stream, version, max_bytes, backwards, most)
             if not frames.firsts:
                 return None
@@ -501,6 +541,39 @@ class Reader:
             return _Plan(sum(frames.lengths), list(segs.values()), self._decode, args, after)
 
         return await self._read_chunk(plan)
+
+    def _decode_run(
+        self,
+        seg: Segment,
+        span: Span,
+        stream: str,
+        version: int,
+        lo: int,
+        hi: int,
+        raw: bool,
+        cached: bool = False,
+    ) -> list[RecordedEvent]:
+        """A stream's versions ``version`` on, whose positions ``[lo, hi]`` the index says are
+        consecutive (see ``Index.stream_run``), read and decoded as ``read_all`` reads
+        ``span`` (its tighter loop; the index's claim is checked after: every event is the
+        stream's, at the versions and positions it says). Raises CorruptLog otherwise."""
+        caches = self._type_caches.get(raw)
+        out = self._span_events(seg, span, lo, hi, None, raw, None, cached, caches)
+        n = hi - lo + 1
+        if (
+            len(out) != n
+            or out[0][_POSITION] != lo
+            or out[-1][_POSITION] != hi
+            or list(map(_VERSION, out)) != list(range(version, version + n))
+            or list(map(_STREAM, out)).count(stream) != n
+        ):
+            raise CorruptLog(
+                self._log.path(span.ordinal),
+                span.start,
+                f"the index says positions {lo}..{hi} are versions {version}.. of stream "
+                f"{stream!r}, the log does not",
+            )
+        return out
 
     async def stream_ids(self, stream: str, first: int, count: int) -> list[bytes]:
         """The 16-byte ids of a stream's committed versions ``first`` .. ``first+count-1``

@@ -69,6 +69,43 @@ def test_the_index_answers_as_the_model_does() -> None:
         assert index.committed_last_version(stream) == durable - 1
 
 
+@pytest.mark.parametrize("streams", [1, 3, 300])
+def test_stream_run_counts_the_versions_that_lie_back_to_back(streams: int) -> None:
+    """``stream_run``: of the committed versions asked for, how many from the first on hold
+    consecutive positions (nothing else appended between them), against the model, from
+    any version, with any bound, with planned positions past the head, and once the oldest
+    segment is dropped (every stream then has a base)."""
+    rng = random.Random(streams)
+    index, model = build(streams, 3000, seed=streams)
+    names = sorted(model)
+    head = index.head
+    for drop in (False, True):
+        if drop:
+            _, r1 = index.segment_rows(0)
+            cut = index.frame(r1).first_position
+            index.drop_oldest(0, cut)
+        for _ in range(2000):
+            stream = rng.choice(names)
+            index.head = head - rng.choice((0, 0, 5, 40))
+            base = index.first_version(stream)
+            positions = [p for p in model[stream] if not drop or p >= cut]
+            version = base + rng.randrange(0, len(positions) + 3)
+            most = rng.choice((1, 2, 3, 50, 1 << 62))
+            committed = [p for p in positions if p <= index.head]
+            asked = committed[version - base : version - base + most]
+            run = 0
+            while run < len(asked) and asked[run] == asked[0] + run:
+                run += 1
+            want = (run, run == len(asked)) if run > 1 else (0, False)
+            assert index.stream_run(stream, version, most) == want, (
+                stream,
+                version,
+                most,
+            )
+    index.head = head
+    assert index.stream_run("nope", 0, 10) == (0, False)
+
+
 def pairs(frames: StreamFrames) -> list[tuple[FrameRef, int]]:
     """``stream_frames``' columns as (frame, its first version) pairs."""
     return list(zip(frames.refs(), frames.versions, strict=True))

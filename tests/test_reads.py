@@ -539,7 +539,7 @@ def count_loop_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     from aioeventstore import _reader
 
     sizes: list[int] = []
-    for name in ("_decode_span", "_decode"):
+    for name in ("_decode_span", "_decode", "_decode_run"):
         decode = getattr(_reader.Reader, name)
 
         def counted(self: Any, *args: Any, _decode: Any = decode) -> Any:
@@ -710,3 +710,90 @@ async def test_an_io_error_while_reading_raises_read_failed_and_the_next_read_wo
             assert len(await read()) in (16, 4)  # the next one reads
         await store.append("s1", Note(text="after"))
         assert len([r async for r in store.read_stream("s1")]) == 5
+
+
+async def read_every_way(store: es.EventStore, stream: str, last: int) -> list[list[Any]]:
+    """``stream`` read forwards and back from many versions, with and without a limit, and
+    raw: one list of records per read."""
+    reads: list[list[Any]] = []
+    for start in (0, 1, 2, 150, 299, 300, 301, last - 45, last - 1, last, last + 3):
+        for limit in (None, 1, 2, 39, 1000):
+            reads.append(
+                [r async for r in store.read_stream(stream, from_version=start, limit=limit)]
+            )
+            back = store.read_stream(stream, from_version=start, limit=limit, backwards=True)
+            reads.append([r async for r in back])
+    reads.append([r async for r in store.read_stream(stream, raw=True)])
+    return reads
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+async def test_a_stream_whose_events_lie_back_to_back_is_read_as_a_span(
+    store_path: Path, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream read whose next versions lie back to back in the log (nothing else appended
+    between them) reads them as ``read_all`` reads a span (``Reader._decode_run``): the same
+    records as a read of the stream's frames one by one, from any version, with any limit,
+    across segments and chunks, either way, raw or not, and after a reopen (the index then
+    comes from the sidecars)."""
+    from aioeventstore import _reader
+    from aioeventstore._index import Index
+
+    opts = es.StoreOptions(
+        read_chunk_bytes=4096,
+        segment_bytes=16 * 1024,
+        compression="zstd" if compression == "zstd" else "none",
+    )
+    async with es.EventStore(store_path, options=opts) as store:
+        for i in range(300):  # single-event frames back to back, over several segments
+            await store.append("alone", Note(text=f"one {i}"))
+        await fill(store, 30)  # others
+        await store.append("alone", [Note(text=f"many {k}") for k in range(40)])
+        for i in range(30):  # runs of two, each followed by another stream's frame
+            await store.append("alone", [Note(text=f"two {i}"), Note(text=f"two {i}b")])
+            await store.append("s1", Note(text=f"between {i}"))
+        await asyncio.gather(*(store.append("alone", Note(text=f"g {i}")) for i in range(200)))
+        last = store._index.committed_last_version("alone")
+        assert last == 300 + 40 + 60 + 200 - 1
+    spans = [0]
+    decode_run = _reader.Reader._decode_run
+
+    def counted(self: Any, *args: Any) -> Any:
+        spans[0] += 1
+        return decode_run(self, *args)
+
+    monkeypatch.setattr(_reader.Reader, "_decode_run", counted)
+    for reopen in range(2):
+        async with es.EventStore(store_path, options=opts) as store:
+            if not reopen:
+                every = [r async for r in store.read_all() if r.stream == "alone"]
+            as_spans = await read_every_way(store, "alone", last)
+            with monkeypatch.context() as m:  # no span: every frame found on its own
+                m.setattr(Index, "stream_run", lambda self, stream, version, most: (0, False))
+                spans_before = spans[0]
+                one_by_one = await read_every_way(store, "alone", last)
+                assert spans[0] == spans_before
+        assert as_spans == one_by_one
+        assert as_spans[0] == every and [r.version for r in every] == list(range(last + 1))
+        assert sum(map(len, as_spans)) > 10_000
+    assert spans[0] > 100
+
+
+async def test_a_span_read_checks_what_the_index_says_of_the_stream(store_path: Path) -> None:
+    """If the index said that a stream's versions lie back to back where the log holds other
+    streams' events between them, a stream read raises CorruptLog: it never hands out
+    another stream's events (nor the stream's at the wrong versions)."""
+    from aioeventstore._index import Index
+
+    async with es.EventStore(store_path) as store:
+        await fill(store, 30)
+        assert len([r async for r in store.read_stream("s1")]) == 10  # (as the index says)
+        def claims_a_run(self: Index, stream: str, version: int, most: int) -> tuple[int, bool]:
+            k = min(most, self.committed_last_version(stream) - version + 1)
+            return k, True
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(Index, "stream_run", claims_a_run)
+            with pytest.raises(es.CorruptLog, match="stream 's1'"):
+                [r async for r in store.read_stream("s1")]
+        assert len([r async for r in store.read_stream("s1")]) == 10
