@@ -240,6 +240,14 @@ class Log:
             tail.format_version = FORMAT_VERSION
         elif not self.segments:
             self.segments.append(Segment.create(self.fs, self.directory, position))
+        elif cut is None:
+            # A process killed between a batch's write and its sync leaves the batch in the
+            # page cache: whole, read here as committed, but not on disk. Synced now, before
+            # anything is read or answered from it (a retry of that batch's appends with the
+            # same ids is answered from it, writing nothing), so that what this process sees
+            # survives a power cut. Only the tail can hold such bytes: rotation syncs a
+            # segment before its successor exists (as after a cut, just above).
+            self.segments[-1].file.sync()
         position = max(position, self.segments[-1].first_position)
         # Every open syncs the directory once: entries a failed earlier process created but
         # could not sync (a rotation whose sync_dir failed) become durable before anything

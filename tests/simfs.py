@@ -14,7 +14,8 @@ The model
   whose entry never became durable may vanish in a power cut, whatever its data.
 * ``power_cut`` turns the current state into what survives. Per loss mode:
   ``"lost"``: every pending operation is lost (only synced data and entries survive);
-  ``"kept"``: every pending operation survives (what a *process* crash leaves);
+  ``"kept"``: every pending operation survives (as if the disk had written the page cache
+  back before the cut);
   ``"torn"``: per file and per directory a random prefix of the pending operations survives,
   and the first write not kept whole may survive torn: a prefix of its bytes, or its full
   length with a zero-filled end (delayed allocation), or a random subset of its 512-byte
@@ -25,6 +26,9 @@ The model
   just before counted operation ``k`` (0-based), which then fails, as does every later call
   of any kind: the process is dead. ``close`` and ``release`` never fail; they only free
   resources. ``reboot`` (or ``power_cut``) brings the machine back with the surviving image.
+* ``process_crash`` is a ``kill -9`` instead: the process's handles and locks go, the machine
+  stays up, and so does its page cache: every write stays visible and no more durable than
+  it was (pending), for the next process to read and a later power cut to lose.
 * Any call can be made to fail with a :class:`Fault`: an ``OSError`` instead of the
   operation, or for ``pwrite`` a short write (a part of the data is written, then ENOSPC).
   A failed ``sync`` models Linux after an fsync error ("fsyncgate"): a prefix of the
@@ -307,6 +311,18 @@ class SimFS:
                         node.pending = []
 
             survive(self._root)
+            self.dead = False
+            self.boot += 1
+            self.cut_at = None
+            self.faults = []
+            self._locks = set()
+
+    def process_crash(self) -> None:
+        """Kill the process now (or, after ``cut_at`` fired, at that operation) without cutting
+        the power: every handle and lock from before is stale (calls on them raise
+        PowerCut), faults and the cut point are cleared, ``ops`` and ``trace`` go on; files
+        and directories keep their visible state and their pending operations."""
+        with self._mu:
             self.dead = False
             self.boot += 1
             self.cut_at = None

@@ -157,7 +157,7 @@ async def test_short_write_then_crash_before_the_cleanup_is_a_torn_tail() -> Non
         with pytest.raises(es.StoreFailed):
             await store.append("t", note("t", a.ids[0]))
         a.outcome = es.StoreFailed("power cut")
-    fs.reboot("kept")
+    fs.process_crash()
     store = await reopen_and_check(fs, run, exact=True)
     assert store.recovery is not None and store.recovery.cut_path is not None
 

@@ -53,7 +53,7 @@ async def test_process_crash_in_the_first_rotation_after_a_clean_close() -> None
         pass
     with contextlib.suppress(OSError, es.EventStoreError):  # the dead process's handles
         await store.close()
-    fs.reboot("kept")  # a process crash: the new segment's file exists, empty
+    fs.process_crash()  # the new segment's file exists, empty
     first = await streams_of(fs)  # recovery removes it; this close writes the tail's sidecar
     assert first[0] == first[1]  # still right in memory; the bad sidecar is written on close
     by_all, by_stream = await streams_of(fs)  # the index now comes from that sidecar

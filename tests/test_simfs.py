@@ -103,11 +103,37 @@ def test_cut_at_an_operation_kills_every_later_call() -> None:
         f.pread(1, 0)
     with pytest.raises(PowerCut):
         fs.listdir(D)
-    fs.reboot("kept")  # what a process crash leaves: the unsynced entry and data too
+    fs.reboot("kept")  # the unsynced entry and data too
     with pytest.raises(PowerCut):  # handles from before the cut stay dead
         f.size()
     f.close()  # never raises: it only frees resources
     assert fs.listdir(D) == ["a"] and fs.read_file(f"{D}/a") == b""
+
+
+def test_a_process_crash_keeps_the_page_cache_and_nothing_more() -> None:
+    """``process_crash``: the process's handles and locks die, the machine does not: what it
+    wrote stays visible to the next process but pending, so a later power cut loses it."""
+    fs = fresh()
+    f = fs.open(f"{D}/a", write=True, create=True)
+    f.pwrite(b"synced", 0)
+    f.sync()
+    fs.sync_dir(D)
+    f.pwrite(b"+more", 6)
+    fs.open(f"{D}/b", write=True, create=True).pwrite(b"b", 0)
+    lock = fs.lock(f"{D}/LOCK")
+    fs.cut_after(0)
+    with pytest.raises(PowerCut):
+        f.sync()
+    fs.process_crash()
+    with pytest.raises(PowerCut):  # the dead process's handles stay dead
+        f.size()
+    lock.release()  # (never raises)
+    fs.lock(f"{D}/LOCK").release()  # its lock went with it
+    assert fs.read_file(f"{D}/a") == b"synced+more"  # the next process sees it all
+    assert sorted(fs.listdir(D)) == ["LOCK", "a", "b"]
+    fs.power_cut("lost")  # nothing of it was made durable by the crash
+    assert fs.read_file(f"{D}/a") == b"synced"
+    assert fs.listdir(D) == ["a"]
 
 
 def test_faults_enospc_and_short_writes() -> None:
