@@ -788,6 +788,7 @@ async def test_a_span_read_checks_what_the_index_says_of_the_stream(store_path: 
     async with es.EventStore(store_path) as store:
         await fill(store, 30)
         assert len([r async for r in store.read_stream("s1")]) == 10  # (as the index says)
+
         def claims_a_run(self: Index, stream: str, version: int, most: int) -> tuple[int, bool]:
             k = min(most, self.committed_last_version(stream) - version + 1)
             return k, True
