@@ -147,9 +147,10 @@ _RUN_START, _RUN_END, _RUN_DATA = itemgetter(3), itemgetter(4), itemgetter(5)  #
 _MIN_EVENTS = 8
 # A stream read's step whose versions all lie back to back in the log (nothing else was
 # appended between them), or whose next this many do, reads them as a span
-# (Reader._decode_run), as read_all would. A shorter run, followed by other streams' frames,
-# is left to the step that reads the stream's frames wherever they lie: taken as a span of
-# its own, each such run (an append of a few events among others) would be a step.
+# (Reader._decode_stream_span), as read_all would. A shorter run, followed by other
+# streams' frames, is left to the step that reads the stream's frames wherever they lie:
+# taken as a span of its own, each such run (an append of a few events among others) would
+# be a step.
 _MIN_SPAN = 512
 _MAX_RUN = 1 << 62
 _STREAM, _VERSION, _POSITION = itemgetter(0), itemgetter(1), 2  # of a RecordedEvent
@@ -527,7 +528,8 @@ class Reader:
                     seg = segments[span.ordinal]
                     args: tuple[Any, ...] = (seg, span, stream, start, lo, hi, raw)
                     after = start + hi - lo + 1
-                    return _Plan(span.end - span.start, [seg], self._decode_run, args, after)
+                    fn = self._decode_stream_span
+                    return _Plan(span.end - span.start, [seg], fn, args, after)
             frames = index.stream_frames(stream, version, max_bytes, backwards, most)
             if not frames.firsts:
                 return None
@@ -542,7 +544,7 @@ class Reader:
 
         return await self._read_chunk(plan)
 
-    def _decode_run(
+    def _decode_stream_span(
         self,
         seg: Segment,
         span: Span,

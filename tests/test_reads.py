@@ -539,7 +539,7 @@ def count_loop_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     from aioeventstore import _reader
 
     sizes: list[int] = []
-    for name in ("_decode_span", "_decode", "_decode_run"):
+    for name in ("_decode_span", "_decode", "_decode_stream_span"):
         decode = getattr(_reader.Reader, name)
 
         def counted(self: Any, *args: Any, _decode: Any = decode) -> Any:
@@ -732,10 +732,10 @@ async def test_a_stream_whose_events_lie_back_to_back_is_read_as_a_span(
     store_path: Path, compression: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stream read whose next versions lie back to back in the log (nothing else appended
-    between them) reads them as ``read_all`` reads a span (``Reader._decode_run``): the same
-    records as a read of the stream's frames one by one, from any version, with any limit,
-    across segments and chunks, either way, raw or not, and after a reopen (the index then
-    comes from the sidecars)."""
+    between them) reads them as ``read_all`` reads a span (``Reader._decode_stream_span``):
+    the same records as a read of the stream's frames one by one, from any version, with any
+    limit, across segments and chunks, either way, raw or not, and after a reopen (the index
+    then comes from the sidecars)."""
     from aioeventstore import _reader
     from aioeventstore._index import Index
 
@@ -756,13 +756,13 @@ async def test_a_stream_whose_events_lie_back_to_back_is_read_as_a_span(
         last = store._index.committed_last_version("alone")
         assert last == 300 + 40 + 60 + 200 - 1
     spans = [0]
-    decode_run = _reader.Reader._decode_run
+    decode_stream_span = _reader.Reader._decode_stream_span
 
     def counted(self: Any, *args: Any) -> Any:
         spans[0] += 1
-        return decode_run(self, *args)
+        return decode_stream_span(self, *args)
 
-    monkeypatch.setattr(_reader.Reader, "_decode_run", counted)
+    monkeypatch.setattr(_reader.Reader, "_decode_stream_span", counted)
     for reopen in range(2):
         async with es.EventStore(store_path, options=opts) as store:
             if not reopen:
