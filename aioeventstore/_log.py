@@ -239,7 +239,7 @@ class Log:
             tail.file.sync()
             tail.format_version = FORMAT_VERSION
         elif not self.segments:
-            self.segments.append(Segment.create(self.fs, self.directory, position))
+            self.segments.append(self._create(position))
         elif cut is None:
             # A process killed between a batch's write and its sync leaves the batch in the
             # page cache: whole, read here as committed, but not on disk. Synced now, before
@@ -260,6 +260,24 @@ class Log:
         if cut is None:
             return Recovery(len(self.segments), position, None, 0, 0, None, indexed, scanned)
         return Recovery(len(self.segments), position, *cut, indexed, scanned)
+
+    def _create(self, first_position: int) -> Segment:
+        """A new segment file, its header written and synced (the caller syncs the directory).
+
+        If that fails, the file is removed again (best effort) before the error is raised:
+        after a failed sync its header may stay readable in the page cache without ever
+        reaching the disk, and a reopen in the same boot would take it for a good segment
+        and append after it (a power cut would then leave those appends behind a bad
+        header). Left without a header, the next open removes it as an interrupted
+        rotation."""
+        try:
+            return Segment.create(self.fs, self.directory, first_position)
+        except FileExistsError:
+            raise
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.fs.remove(os.path.join(self.directory, segment_name(first_position)))
+            raise
 
     def max_write_bytes(self) -> int:
         """The most bytes one write (commit batch) can hold: a torn write cuts no more."""
@@ -317,14 +335,7 @@ class Log:
         """
         if plan.new_segment_at is not None:
             self.segments[-1].file.sync()
-            try:
-                created = Segment.create(self.fs, self.directory, plan.new_segment_at)
-            except FileExistsError:
-                raise
-            except OSError:
-                with contextlib.suppress(OSError):
-                    self.fs.remove(os.path.join(self.directory, segment_name(plan.new_segment_at)))
-                raise
+            created = self._create(plan.new_segment_at)
             self.segments.append(created)
             self._planned.pop(plan.ordinal, None)
             self.fs.sync_dir(self.directory)

@@ -228,6 +228,24 @@ async def test_failure_while_rotating_fails_the_batch_and_recovers(failing: str)
     await reopen_and_check(fs, run, exact=True)
 
 
+async def test_a_failed_header_sync_of_a_new_store_leaves_no_segment_behind() -> None:
+    """The first open of a new store: the sync of its first segment's header fails (the page
+    stays readable, never written) and the open fails. The segment file is removed again, so
+    the next open in the same boot does not take that header for a good one and append
+    after it: after a power cut every acknowledged append is there (no "bad segment header"
+    in front of them)."""
+    fs = SimFS(0)
+    fs.inject(Fault(op="sync", path=".seg", errno=errno.EIO, written_back=0))
+    with pytest.raises(OSError):
+        await es.EventStore(STORE, _fs=fs).open()
+    fs.process_crash()
+    async with es.EventStore(STORE, _fs=fs) as store:
+        acked = [await store.append("a", Note(text=f"a{i}")) for i in range(3)]
+    fs.power_cut("lost")
+    async with es.EventStore(STORE, _fs=fs) as store:
+        assert [r.position async for r in store.read_all()] == [a.position for a in acked]
+
+
 async def test_power_cut_makes_every_later_call_fail() -> None:
     """The cut is a dead process: the failed batch's producers get StoreFailed, and so does
     every call after it, reads included (there is no machine left to read from)."""
