@@ -190,8 +190,9 @@ class Snapshots:
     async def save(self, stream: str, state: BaseModel, version: int) -> bool:
         """See ``EventStore.save_snapshot``."""
         last = self._index.committed_last_version(stream)
-        if not 0 <= version <= last:
-            raise SnapshotVersionError(stream, version, last)
+        first = self._index.first_version(stream)
+        if not 0 <= version <= last or version < first:
+            raise SnapshotVersionError(stream, version, last, first)
         position = self._index.position_of(stream, version)
         state_b = pack_state(stream, state)  # now: later changes to the model are not saved
         if len(state_b) > MAX_SNAPSHOT_STATE_BYTES:
@@ -234,10 +235,17 @@ class Snapshots:
 
     async def _mismatch(self, stream: str, stored: Stored) -> str | None:
         """Why a stored snapshot no longer matches the log, or None when it does: its version
-        must be committed, at the position and with the event id it was saved after."""
+        must be committed, still in the log, at the position and with the event id it was
+        saved after."""
         last = self._index.committed_last_version(stream)
         if stored.version > last:
             return f"it is for version {stored.version}, the stream's last version is {last}"
+        first = self._index.first_version(stream)
+        if stored.version < first:
+            return (
+                f"its version {stored.version} was removed from the log (the stream now starts "
+                f"at version {first}), so it can no longer be checked against it"
+            )
         if self._index.position_of(stream, stored.version) != stored.position:
             return f"the event at version {stored.version} has another position than it had"
         if await self._reader.stream_ids(stream, stored.version, 1) != [stored.event_id]:

@@ -201,23 +201,35 @@ class SnapshotVersionError(EventStoreError, ValueError):
 
     A snapshot holds the state after the events ``0..version`` of a stream, so ``version``
     must be >= 0 and at most ``last_version``, the stream's last committed version
-    (-1 when the stream has no events). Nothing is written.
+    (-1 when the stream has no events), and its event still in the log: at least
+    ``first_version`` (above 0 once retention or scavenging removed the stream's oldest
+    events; the snapshot is checked against that event whenever it is loaded). Nothing is
+    written.
     """
 
-    def __init__(self, stream: str, version: int, last_version: int) -> None:
+    def __init__(
+        self, stream: str, version: int, last_version: int, first_version: int = 0
+    ) -> None:
         self.stream = stream
         self.version = version
         self.last_version = last_version
+        self.first_version = first_version
         if last_version < 0:
             why = "the stream has no committed events"
         elif version < 0:
             why = f"versions start at 0 (the stream's last committed version is {last_version})"
+        elif version < first_version:
+            why = (
+                f"its events before version {first_version} were removed from the log "
+                "(retention or scavenging)"
+            )
         else:
             why = f"the stream's last committed version is {last_version}"
         super().__init__(f"cannot save a snapshot of stream {stream!r} at version {version}: {why}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.stream, self.version, self.last_version))
+        args = (self.stream, self.version, self.last_version, self.first_version)
+        return (type(self), args)
 
 
 class SnapshotFailed(EventStoreError):

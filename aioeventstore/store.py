@@ -803,7 +803,9 @@ class EventStore:
         calling task is cancelled, the save may still complete.
 
         Raises :class:`SnapshotVersionError` unless ``0 <= version <=`` the stream's last
-        committed version (a stream with no events has no snapshot), :class:`SnapshotFailed`
+        committed version (a stream with no events has no snapshot) and that version's event
+        is still in the log (retention and scavenging remove a stream's oldest events; a
+        snapshot is checked against its event whenever it is loaded), :class:`SnapshotFailed`
         when the file system refuses (the previous snapshot stays), :class:`StoreClosed`,
         TypeError/ValueError for a state that is not a model or cannot be stored.
         """
@@ -821,8 +823,10 @@ class EventStore:
         another model class (by ``__qualname__``) or that ``state_type`` no longer validates,
         and one that no longer matches the log: past the stream's last committed version, or
         whose event at ``version`` is not the one it was saved for (after ``repair`` cut the
-        log, or a power cut lost appends acknowledged with ``durability="os"``). The next
-        ``save_snapshot`` of the stream replaces an unusable snapshot.
+        log, or a power cut lost appends acknowledged with ``durability="os"``), or whose
+        event retention or scavenging removed from the log (it can no longer be checked: keep
+        a snapshot's event, truncating a stream before a version at most the snapshot's).
+        The next ``save_snapshot`` of the stream replaces an unusable snapshot.
 
         Raises :class:`SnapshotFailed` when the file cannot be read (an OS error),
         :class:`StoreClosed`, and TypeError when ``state_type`` is not a pydantic model class.

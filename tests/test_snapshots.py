@@ -234,6 +234,32 @@ async def test_a_snapshot_that_no_longer_matches_the_log_is_ignored(
     await other_store(tmp_path / "other-ids", 0, 10, "not the one it was saved after")
 
 
+async def test_a_snapshot_whose_event_retention_removed_is_ignored_not_an_error(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention removed the segments holding a snapshot's version: the snapshot can no
+    longer be checked against the log, so ``load_snapshot`` ignores it with a warning (not an
+    AssertionError from the index), and ``save_snapshot`` at a removed version raises
+    SnapshotVersionError naming the stream's first version."""
+    opts = es.StoreOptions(segment_bytes=4096, retention_bytes=9000)
+    async with es.EventStore(store_path, options=opts) as store:
+        for v in range(40):
+            await store.append("s", Note(text=f"{v}".ljust(300, ".")))
+            if v == 3:
+                assert await store.save_snapshot("s", Tally(count=4), 3)
+                assert await store.load_snapshot("s", Tally) == (Tally(count=4), 3)
+        await store.enforce_retention()  # (rotations may have enforced it already)
+        (first,) = [r.version async for r in store.read_stream("s", limit=1)]
+        assert first > 3
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            assert await store.load_snapshot("s", Tally) is None
+        assert "was removed from the log" in caplog.text
+        with pytest.raises(es.SnapshotVersionError, match=f"before version {first} were removed"):
+            await store.save_snapshot("s", Tally(count=5), first - 1)
+        assert await store.save_snapshot("s", Tally(count=99), first)  # replaces it
+        assert await store.load_snapshot("s", Tally) == (Tally(count=99), first)
+
+
 # --- isolation from the log ----------------------------------------------------------------
 async def test_snapshots_are_never_events(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
