@@ -62,6 +62,7 @@ log.addHandler(logging.NullHandler())
 SEGMENT_SUFFIX_TMP = SEGMENT_SUFFIX + SCAVENGE_SUFFIX
 
 LOCK_NAME = "LOCK"
+_REWRITE_CHUNK = 1 << 20  # bytes of the tail read and written again at a time (_make_durable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ class Log:
         position = 0
         cut: tuple[str, int, int, str] | None = None
         indexed = scanned = 0
+        unsure: tuple[Segment, int] | None = None  # the tail, and where its unsure bytes start
         for i, (first, name) in enumerate(names):
             path = os.path.join(self.directory, name)
             last = i == len(names) - 1
@@ -200,6 +202,8 @@ class Log:
                 gaps=bool(flags & SEGMENT_FLAG_SCAVENGED),
             )
             scanned += end - start
+            if last:  # what the index sidecar did not cover (a clean close covers it all)
+                unsure = (seg, start)
             if reason is None:
                 continue
             if not last or later_write_at(seg, end + 1, end) is not None:
@@ -216,8 +220,7 @@ class Log:
                 "cutting torn tail of %s at byte %d (%d bytes): %s", path, end, size - end, reason
             )
             seg.file.truncate(end)
-            seg.file.sync()
-            cut = (path, end, size - end, reason)
+            cut = (path, end, size - end, reason)  # (synced with the rest of the tail below)
         tail = self.segments[-1] if self.segments else None
         if (
             tail is not None
@@ -240,13 +243,9 @@ class Log:
             tail.format_version = FORMAT_VERSION
         elif not self.segments:
             self.segments.append(self._create(position))
-        elif cut is None:
-            # A process killed between a batch's write and its sync leaves the batch in the
-            # page cache: whole, read here as committed, but not on disk. Synced now, before
-            # anything is read or answered from it (a retry of that batch's appends with the
-            # same ids is answered from it, writing nothing), so that what this process sees
-            # survives a power cut. Only the tail can hold such bytes: rotation syncs a
-            # segment before its successor exists (as after a cut, just above).
+        elif unsure is not None and unsure[0] is self.segments[-1]:
+            self._make_durable(*unsure)
+        else:  # (the tail is a sealed segment again: synced when its successor was made)
             self.segments[-1].file.sync()
         position = max(position, self.segments[-1].first_position)
         # Every open syncs the directory once: entries a failed earlier process created but
@@ -260,6 +259,34 @@ class Log:
         if cut is None:
             return Recovery(len(self.segments), position, None, 0, 0, None, indexed, scanned)
         return Recovery(len(self.segments), position, *cut, indexed, scanned)
+
+    def _make_durable(self, tail: Segment, start: int) -> None:
+        """Make the tail segment's bytes from ``start`` on durable, before anything is read or
+        answered from them (recovery; ``start``: where its index sidecar, written on a clean
+        close after a sync, stopped covering it).
+
+        A process killed between a batch's write and its sync leaves the batch in the page
+        cache: whole, read by recovery as committed, but not on disk. A retry of its appends
+        with the same ids is then answered from it, writing nothing, so what this process
+        sees must survive a power cut. A sync is not enough when an fsync failed before (in
+        the dead process, or in an open before this one that failed at this very step):
+        Linux may keep the failed pages readable while never writing them, and a later
+        fsync does not write them either; this process would then append after bytes that a
+        power cut takes away, and leave a hole in the log. So the bytes are written again
+        (the same bytes, in place: nothing a reader sees changes, and a torn write of them
+        leaves them as they were) and synced: at most a segment's worth, once per open
+        after an unclean shutdown. Only the tail can hold such bytes: a segment is synced
+        before its successor exists."""
+        file = tail.file
+        end = file.size()
+        at = start
+        while at < end:
+            data = file.pread(min(_REWRITE_CHUNK, end - at), at)
+            if not data:
+                break
+            file.pwrite(data, at)
+            at += len(data)
+        file.sync()
 
     def _create(self, first_position: int) -> Segment:
         """A new segment file, its header written and synced (the caller syncs the directory).

@@ -18,8 +18,9 @@ The model
   back before the cut);
   ``"torn"``: per file and per directory a random prefix of the pending operations survives,
   and the first write not kept whole may survive torn: a prefix of its bytes, or its full
-  length with a zero-filled end (delayed allocation), or a random subset of its 512-byte
-  sectors. Directories always keep a prefix of their entry operations, as a journal does.
+  length with a zero-filled end (delayed allocation: where it overwrote bytes already on
+  disk, those stay as they were), or a random subset of its 512-byte sectors. Directories
+  always keep a prefix of their entry operations, as a journal does.
 * Every call goes through one lock (the store calls from several threads). Calls that change
   state or sync are *counted operations* (``create``, ``pwrite``, ``sync``, ``truncate``,
   ``mkdir``, ``remove``, ``rename``, ``sync_dir``, ``lock``): ``cut_at = k`` cuts the power
@@ -183,9 +184,12 @@ def _apply_torn(content: bytearray, op: _Write, rng: random.Random) -> None:
     style = rng.randrange(3)
     if style == 0:  # a prefix of the bytes, the file only as long as that prefix
         _apply_file_op(content, _Write(op.offset, data[: rng.randrange(len(data))]))
-    elif style == 1:  # full length, the end never written: zeros (delayed allocation)
+    elif style == 1:  # full length, the end never written: zeros (delayed allocation) where
+        # the file grew; where it overwrote bytes already on disk, those bytes as they were
         keep = rng.randrange(len(data))
-        _apply_file_op(content, _Write(op.offset, data[:keep] + bytes(len(data) - keep)))
+        old = bytes(content[op.offset + keep : op.offset + len(data)])
+        rest = old + bytes(len(data) - keep - len(old))
+        _apply_file_op(content, _Write(op.offset, data[:keep] + rest))
     else:  # each sector independently written or not
         old = bytes(content[op.offset : op.offset + len(data)])
         old += bytes(len(data) - len(old))
