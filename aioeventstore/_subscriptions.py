@@ -428,7 +428,18 @@ class Subscription:
             chunk = await self._reader.all_chunk(self._cursor, False, None, self.filter)
         else:
             chunk = await self._reader.stream_chunk(self.stream, self._cursor, False, None)
-        if self._state == "closed" or chunk is None:
+        if self._state == "closed":
+            return
+        if chunk is None:
+            # Nothing committed from the cursor on is left in the log (retention or
+            # scavenging removed it all, e.g. every event of the stream): the history ends
+            # here. The cursor moves past it in the same step as that answer (no await
+            # between), so the subscription goes live instead of asking again forever
+            # without ever yielding (which froze the event loop).
+            last = self._head()
+            if self._cursor <= last:
+                self._cursor = last + 1
+                self._cur_end = last
             return
         records, nxt = chunk
         self._load(records, nxt - 1)

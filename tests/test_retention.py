@@ -324,6 +324,41 @@ async def test_retention_keeps_the_version_of_a_stream_it_empties(store_path: Pa
         assert (await store.append("early", Note(text="x"))).version == 5
 
 
+@pytest.mark.parametrize("how", ["retention", "delete-and-scavenge"])
+async def test_a_stream_subscription_to_a_stream_with_no_event_left_goes_live(
+    store_path: Path, how: str
+) -> None:
+    """Every event of a stream was removed from the log (by retention, or deleted and
+    scavenged): a subscription to it from version 0 finds no history, goes live, and gets
+    the stream's next event. (It used to ask for the same history forever without yielding,
+    freezing the event loop and everything on it.)"""
+    opts = es.StoreOptions(segment_bytes=4096, retention_bytes=8192 if how == "retention" else None)
+    async with es.EventStore(store_path, options=opts) as store:
+        for _ in range(5):
+            await store.append("a", Note(text="x" * 200))
+        if how != "retention":
+            await store.delete_stream("a")
+        for _ in range(60):
+            await store.append("b", Note(text="y" * 200))
+        if how == "retention":
+            await store.enforce_retention()
+        else:
+            await store.scavenge()
+        assert [r async for r in store.read_stream("a")] == []
+
+        async def first_event() -> int:
+            async with store.subscribe(stream="a", from_version=0) as sub:
+                async for rec in sub:
+                    return rec.version
+            raise AssertionError("the subscription ended")
+
+        task = asyncio.create_task(first_event())
+        await asyncio.sleep(0.05)  # (a subscription that spun would never let this return)
+        appended = await store.append("a", Note(text="new"))
+        assert appended.version == 5
+        assert await asyncio.wait_for(task, 10) == 5
+
+
 async def test_retention_by_age_is_applied_on_rotation(store_path: Path) -> None:
     async with es.EventStore(store_path, segment_bytes=4096) as store:
         await fill(store, 3, 30)
