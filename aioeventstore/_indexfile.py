@@ -30,6 +30,7 @@ reads every frame.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -539,12 +540,13 @@ class SidecarWriter:
             self.pump(True)  # (again after each wait: a segment may have been sealed meanwhile)
             if self.idle() or not self._pending:
                 return
-            await asyncio.wrap_future(self._pending[0])
+            # (shielded: a cancelled caller, a scavenge stopped by close say, must not cancel
+            # the export step it waits for; close then waits for it in drain)
+            await asyncio.shield(asyncio.wrap_future(self._pending[0]))
 
     def drain(self) -> None:
         """Hand over what remains and wait for it (blocking; on close, once the commit loop
         has stopped and before the I/O thread does: nothing else touches the jobs then)."""
         self.pump(True)
-        for fut in self._pending:
-            fut.result()
+        concurrent.futures.wait(self._pending)  # (a step logs its own failure: see _step)
         self._pending.clear()

@@ -172,6 +172,7 @@ class EventStore:
         loudly when it awaits that future, instead of being answered from the wrong
         thread)."""
         self._state = "new"  # new → open → closed
+        self._closing: asyncio.Task[None] | None = None  # the closing, once close() began
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
         self._metas = StreamMetas()  # stream retention metadata (see _meta.py)
         self._reader = Reader(
@@ -349,15 +350,28 @@ class EventStore:
     async def close(self) -> None:
         """Commit what is queued, sync, stop every task and thread, release the lock.
 
-        Idempotent. Appends after close raise :class:`StoreClosed`; reads already running end
-        with it at their next step. Subscriptions end: their iteration stops (no exception);
-        events they had not delivered yet are not delivered.
+        Idempotent: every call returns once the store is closed (a call made while another
+        is closing waits for it). Appends after close raise :class:`StoreClosed`; reads
+        already running end with it at their next step. Subscriptions end: their iteration
+        stops (no exception); events they had not delivered yet are not delivered.
+
+        The closing runs in a task of the store's: cancelling a caller of ``close`` does not
+        stop it half way (the appends queued before it are still committed, the threads
+        still stopped and the lock released); it goes on in the background.
         """
-        if self._state in ("closed", "new"):
+        if self._closing is None:
+            if self._state in ("closed", "new"):
+                self._state = "closed"
+                return
             self._state = "closed"
-            return
-        self._state = "closed"
-        self._writer = None
+            self._writer = None
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(), name="aioeventstore-close"
+            )
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        """The work of :meth:`close`, once (the store's closing task)."""
         loop = asyncio.get_running_loop()
         try:
             if self._follow_task is not None:
@@ -375,7 +389,10 @@ class EventStore:
                     await loop.run_in_executor(self._io, self._sidecars.export_now, tail)
         finally:
             chores = self._chores()
-            await loop.run_in_executor(chores, self._sidecars.drain)
+            try:
+                await loop.run_in_executor(chores, self._sidecars.drain)
+            except Exception:  # (a cache: the threads must stop and the lock go all the same)
+                log.exception("aioeventstore: finishing the index sidecars on close failed")
             self._sidecars.executor = None
             for sub in list(self._subscriptions):
                 sub._end()
@@ -560,22 +577,27 @@ class EventStore:
                 pending.future.add_done_callback(_forget)
             raise
         results: list[AppendResult | EventStoreError] = []
-        for pending in pendings:
-            try:
-                outcome = pending.future.result()
-                if outcome is None:
-                    outcome = pending.result()
-                elif type(outcome) is not AppendResult:
-                    assert isinstance(outcome, Recheck)
-                    outcome = await self._recheck(
-                        pending.stream, pending.expected, pending.ids, outcome
-                    )
-            except EventStoreError as exc:
-                if not return_exceptions:
-                    raise
-                results.append(exc)
-            else:
-                results.append(outcome)
+        try:
+            for pending in pendings:
+                try:
+                    outcome = pending.future.result()
+                    if outcome is None:
+                        outcome = pending.result()
+                    elif type(outcome) is not AppendResult:
+                        assert isinstance(outcome, Recheck)
+                        outcome = await self._recheck(
+                            pending.stream, pending.expected, pending.ids, outcome
+                        )
+                except EventStoreError as exc:
+                    if not return_exceptions:
+                        raise
+                    results.append(exc)
+                else:
+                    results.append(outcome)
+        except BaseException:  # the first failure, or cancelled in a recheck: the outcomes
+            for pending in pendings:  # not looked at are retrieved (asyncio would log each
+                _forget(pending.future)  # failure as "never retrieved")
+            raise
         return results
 
     async def _recheck(

@@ -88,3 +88,23 @@ async def test_many_callers_and_cancellation(store_path: Path) -> None:
         positions = [r.position async for r in store.read_all()]
         assert positions == list(range(len(positions)))
         assert 1000 <= len(positions) <= 1050
+
+
+async def test_a_raised_failure_leaves_no_outcome_unretrieved(store_path: Path) -> None:
+    """``append_many`` raises its first failure; the later appends' failures are retrieved
+    all the same (asyncio logs none of them as "never retrieved")."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        async with es.EventStore(store_path) as store:
+            await store.append("a", Note(text="0"))
+            with pytest.raises(es.WrongExpectedVersion):
+                await store.append_many([("a", Note(text="1"), 5), ("a", Note(text="2"), 7)])
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []

@@ -164,3 +164,83 @@ async def test_a_failed_open_leaves_no_thread_behind(store_path: Path) -> None:
                 await es.EventStore(store_path).open()
         assert sorted(ours()) == before
     assert sorted(ours()) == initial
+
+
+def store_threads() -> set[threading.Thread]:
+    """The store threads running in this process (compare with the set before a test: one
+    that went wrong earlier in the process may have left some behind)."""
+    return {t for t in threading.enumerate() if t.name.startswith("aioeventstore")}
+
+
+async def test_a_cancelled_close_still_commits_what_was_queued_and_lets_go(
+    store_path: Path,
+) -> None:
+    """The task calling ``close`` is cancelled while the commit loop works through what was
+    queued: the closing goes on in the store's own task, every queued append is committed
+    (none fails with StoreFailed), nothing is logged as an error, and a later ``close``
+    returns once the threads are gone and the lock released."""
+    before = store_threads()
+    store = await es.EventStore(store_path, max_queue_bytes=2000, max_batch_bytes=2000).open()
+    outcomes: list[str] = []
+
+    async def produce(i: int) -> None:
+        try:
+            await store.append("s", Note(text=str(i)))
+            outcomes.append("ok")
+        except es.EventStoreError as exc:
+            outcomes.append(type(exc).__name__)
+
+    producers = [asyncio.create_task(produce(i)) for i in range(200)]
+    await asyncio.sleep(0)
+    closer = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # close() is waiting for the commit loop
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    await asyncio.gather(*producers)
+    await store.close()
+    assert store_threads() <= before
+    assert outcomes.count("ok") + outcomes.count("StoreClosed") == 200
+    async with es.EventStore(store_path) as again:  # (the lock was released)
+        assert again.head + 1 == outcomes.count("ok") > 0
+
+
+async def test_a_second_close_waits_for_the_first(store_path: Path) -> None:
+    """``close`` while another ``close`` is running returns only once the store is closed:
+    no store thread left, the lock released."""
+    before = store_threads()
+    store = await es.EventStore(store_path).open()
+    await store.append("s", Note(text="x"))
+    first = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    await store.close()
+    assert first.done() and store_threads() <= before
+    async with es.EventStore(store_path) as again:
+        assert again.head == 0
+    await first
+
+
+async def test_close_while_a_scavenge_waits_for_an_index_sidecar_export(
+    store_path: Path,
+) -> None:
+    """``close`` stops a scavenge that waits for an index sidecar export (the disk slow):
+    the export is not cancelled with it, close returns normally, no store thread is left,
+    and the store opens again (its lock released)."""
+    before = store_threads()
+    fs = FaultyFileSystem()
+    store = await es.EventStore(store_path, _fs=fs, segment_bytes=4096).open()
+    for _ in range(15):  # fills the first segment
+        await store.append("a", Note(text="x" * 200))
+    gate = threading.Event()
+    fs.faults.gate = gate  # the next write waits: a slow disk
+    rotating = asyncio.create_task(store.append("a", Note(text="y" * 3000)))  # export queued
+    await asyncio.sleep(0.05)
+    scavenge = store.start_scavenge()  # waits for that export
+    await asyncio.sleep(0.05)
+    threading.Timer(0.3, gate.set).start()  # the disk comes back
+    await store.close()
+    fs.faults.gate = None
+    await asyncio.gather(rotating, scavenge, return_exceptions=True)
+    assert store_threads() <= before
+    async with es.EventStore(store_path) as again:
+        assert again.head == 15
