@@ -62,7 +62,13 @@ from ._store_stats import StoreStatistics, gather
 from ._subscriptions import LiveHub, Subscription
 from ._verify import VerifyReport, verify_store
 from .aggregate import Snapshot
-from .errors import EventStoreError, StoreClosed, StoreReadOnly, WrongExpectedVersion
+from .errors import (
+    EventStoreError,
+    StoreClosed,
+    StoreFailed,
+    StoreReadOnly,
+    WrongExpectedVersion,
+)
 from .events import (
     ANY,
     AppendResult,
@@ -358,6 +364,9 @@ class EventStore:
         The closing runs in a task of the store's: cancelling a caller of ``close`` does not
         stop it half way (the appends queued before it are still committed, the threads
         still stopped and the lock released); it goes on in the background.
+
+        Raises :class:`StoreFailed` (its ``__cause__`` the OS error) when the final sync of
+        the log fails; the store is closed all the same.
         """
         if self._closing is None:
             if self._state in ("closed", "new"):
@@ -383,7 +392,15 @@ class EventStore:
             if self._commit is not None:
                 await self._commit.close()
                 if self._commit.failure is None and self._io is not None:
-                    await loop.run_in_executor(self._io, self._log.sync)
+                    try:
+                        await loop.run_in_executor(self._io, self._log.sync)
+                    except OSError as exc:  # (the closing goes on: threads, lock)
+                        reason = exc.strerror or str(exc)
+                        raise StoreFailed(
+                            f"closing the store at {self._path}: syncing the log failed: "
+                            f"{reason}; appends acknowledged since the last sync with "
+                            'durability="os" may not be durable (reopen to recover)'
+                        ) from exc
                     # the tail segment's sidecar: the next open then scans nothing
                     tail = len(self._log.segments) - 1
                     await loop.run_in_executor(self._io, self._sidecars.export_now, tail)

@@ -240,8 +240,9 @@ async def run_workload(
         fs.before_op = None
         try:
             await store.close()
-        except OSError as exc:  # the power was cut during close's final sync
-            run.error = exc
+        except es.StoreFailed as exc:  # the power was cut during close's final sync
+            assert isinstance(exc.__cause__, OSError)
+            run.error = exc.__cause__
     return run
 
 

@@ -244,3 +244,22 @@ async def test_close_while_a_scavenge_waits_for_an_index_sidecar_export(
     assert store_threads() <= before
     async with es.EventStore(store_path) as again:
         assert again.head == 15
+
+
+async def test_a_failed_sync_on_close_raises_store_failed_and_still_lets_go() -> None:
+    """``durability="os"``: ``close`` syncs what was acknowledged; when that sync fails it
+    raises StoreFailed (the OS error as its cause, never a bare OSError), and the store is
+    closed all the same: no thread left, the lock released."""
+    from tests.simfs import Fault, SimFS
+
+    before = store_threads()
+    fs = SimFS(1)
+    store = await es.EventStore("/sim/store", _fs=fs, durability="os").open()
+    await store.append("s", Note(text="x"))
+    fs.inject(Fault(op="sync", path=".seg", errno=errno.EIO))
+    with pytest.raises(es.StoreFailed, match="syncing the log failed") as info:
+        await store.close()
+    assert isinstance(info.value.__cause__, OSError)
+    assert store_threads() <= before
+    async with es.EventStore("/sim/store", _fs=fs) as again:
+        assert again.head == 0

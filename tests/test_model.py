@@ -229,7 +229,7 @@ class StoreMachine(RuleBasedStateMachine):
                 self.done.append(Done(stream, ids, texts, es.ANY, o))
             else:
                 assert isinstance(o, es.StoreFailed), o
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, es.EventStoreError):
             self.run(self.store.close())
         rng = random.Random(seed)
         if self.fs.dead:
@@ -260,7 +260,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.head == len(self.events) - 1
 
     def teardown(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, es.EventStoreError):
             self.run(self.store.close())
         self.loop.close()
 

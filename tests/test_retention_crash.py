@@ -96,7 +96,7 @@ async def crash_during(fs: SimFS, job: str, k: int) -> SimFS:
     with contextlib.suppress(es.MaintenanceFailed):
         await (store.scavenge() if job == "scavenge" else store.enforce_retention())
     assert cut.dead
-    with contextlib.suppress(OSError):  # the old process's handles are dead
+    with contextlib.suppress(OSError, es.EventStoreError):  # the old process's handles are dead
         await store.close()
     return cut
 
@@ -132,7 +132,7 @@ async def test_power_cut_at_every_operation_of_a_retention_run() -> None:
             cut.cut_after(k)
             with pytest.raises((es.MaintenanceFailed, es.StoreFailed)):
                 await store.enforce_retention()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, es.EventStoreError):
                 await store.close()
             cut.reboot(mode, random.Random(k))
             await check(cut, rows, last, retained=True)

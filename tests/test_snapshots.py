@@ -384,7 +384,7 @@ async def _crash_during_save(
     with contextlib.suppress(es.SnapshotFailed):
         returned = await store.save_snapshot("s", Tally(count=8), 7)
     fs.power_cut(mode, random.Random(seed), tear=seed % 2 == 1)
-    with contextlib.suppress(OSError):  # the old process's handles are dead
+    with contextlib.suppress(OSError, es.EventStoreError):  # the old process's handles are dead
         await store.close()
     async with es.EventStore(STORE, _fs=fs) as again:
         loaded = await again.load_snapshot("s", Tally)
