@@ -175,7 +175,10 @@ class Follower:
         if self._initial:  # retention or scavenging may have removed segments: the next one
             after = log.segments[-1].first_position if log.segments else -1
             names = (parse_segment_name(n) for n in log.fs.listdir(log.directory))
-            position = min((p for p in names if p is not None and p > after), default=position)
+            found = [p for p in names if p is not None and p > after]
+            if not found:  # nothing after the segment scanned (an empty tail, or no segment)
+                return None
+            position = min(found)
         path = os.path.join(log.directory, segment_name(position))
         try:
             file = log.fs.open(path, write=False)

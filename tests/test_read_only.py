@@ -133,6 +133,26 @@ async def test_an_empty_directory_is_followed_until_the_writer_starts(tmp_path: 
             assert [r.position for r in got] == [0, 1]
 
 
+@pytest.mark.parametrize("tail", ["new store", "just rotated"])
+async def test_a_last_segment_with_no_event_yet_is_the_end_of_the_log(
+    store_path: Path, tail: str
+) -> None:
+    """The last segment holds only its header (a store with no event yet, or a writer that
+    just rotated): a read-only open ends its first scan there and follows from it. (The
+    first scan used to open that same segment again and again, until the process ran out
+    of file descriptors.)"""
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        if tail == "just rotated":
+            while len(list(store_path.glob("*.seg"))) < 2:
+                await writer.append("a", Note(text="x" * 300))
+        async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+            assert reader.head == writer.head
+            async with reader.subscribe(from_position=reader.head + 1) as sub:
+                appended = await writer.append("a", Note(text="next"))
+                got = await asyncio.wait_for(sub.__anext__(), 10)
+                assert got.position == appended.position
+
+
 async def test_corruption_in_an_older_segment_is_reported(store_path: Path) -> None:
     async with es.EventStore(store_path, segment_bytes=4096) as writer:
         for i in range(100):
