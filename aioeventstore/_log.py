@@ -274,9 +274,11 @@ class Log:
         fsync does not write them either; this process would then append after bytes that a
         power cut takes away, and leave a hole in the log. So the bytes are written again
         (the same bytes, in place: nothing a reader sees changes, and a torn write of them
-        leaves them as they were) and synced: at most a segment's worth, once per open
-        after an unclean shutdown. Only the tail can hold such bytes: a segment is synced
-        before its successor exists."""
+        leaves them as they were) and synced: after an unclean shutdown at most a segment's
+        worth. A clean close's sidecar covers the tail up to its last event frame, so a
+        clean open rewrites only the checkpoint and metadata frames after it (usually none
+        or a few; a tail of checkpoints only has no sidecar and is rewritten whole). Only
+        the tail can hold such bytes: a segment is synced before its successor exists."""
         file = tail.file
         end = file.size()
         at = start

@@ -366,18 +366,22 @@ class EventStore:
         still stopped and the lock released); it goes on in the background.
 
         Raises :class:`StoreFailed` (its ``__cause__`` the OS error) when the final sync of
-        the log fails; the store is closed all the same.
+        the log fails, to the calls made while it closed; the store is closed all the same,
+        and a later ``close`` returns quietly.
         """
-        if self._closing is None:
+        closing = self._closing
+        if closing is None:
             if self._state in ("closed", "new"):
                 self._state = "closed"
                 return
             self._state = "closed"
             self._writer = None
-            self._closing = asyncio.get_running_loop().create_task(
+            closing = self._closing = asyncio.get_running_loop().create_task(
                 self._close(), name="aioeventstore-close"
             )
-        await asyncio.shield(self._closing)
+        elif closing.done():  # closed before: its outcome went to the calls made meanwhile
+            return
+        await asyncio.shield(closing)
 
     async def _close(self) -> None:
         """The work of :meth:`close`, once (the store's closing task)."""
