@@ -16,15 +16,21 @@ before the follower moves on: nothing written before a rotation is missed.
 Limits: the follower reads the page cache, so it can see a batch a moment before the writer's
 sync makes it durable; if that sync then fails (or the power is cut), the writer's recovery
 cuts the batch and the follower, which already delivered it, stops with ``CorruptLog`` ("the
-log was cut behind this reader"). A missing segment looks like the end of the log (``verify``
-reports it).
+log was cut behind this reader").
 
-Retention and scavenging (``_scavenge.py``): the first scan starts at the oldest segment there
-is and accepts the gaps recovery accepts (a segment starting past the previous one's end,
-skips inside a segment with the SCAVENGED flag, a stream first seen past version 0 with as
-many positions missing before it). Segments the writer rewrites or removes later stay
-readable through the handles already open. Metadata frames are collected in ``metadata`` for
-the store to apply; they are not events.
+Retention and scavenging (``_scavenge.py``): every scan accepts the gaps recovery accepts (a
+segment starting past the previous one's end, skips inside a segment with the SCAVENGED flag,
+a stream continuing past its next version with as many positions missing before it, see
+:func:`frame_indexer`). So the first scan starts at the oldest segment there is, and a reader
+that falls behind the writer's retention goes on at the oldest segment left after the one it
+was reading: the next segment is the one with the lowest name past the last one's, not the
+exact next name. (A segment missing for another reason, an operator's ``rm``, is skipped the
+same way, as recovery skips it; ``verify`` reports it.) Sealed segments whose files were
+removed, oldest first, are listed in ``removed`` for the store to drop from its index and close:
+a reader must not keep the disk space retention frees. A segment that scavenging rewrote under
+the same name stays readable through the handle already open (its old file's space is kept
+until the reader closes). Metadata frames are collected in ``metadata`` for the store to apply;
+they are not events.
 
 Threads: one thread at a time calls ``scan`` (the store's I/O thread); the frames it finds are
 added to the index on the event loop thread by :func:`frame_indexer`.
@@ -74,8 +80,13 @@ class Follower:
         self.metadata: list[tuple[str, int, bytes]] = []
         """(stream, revision, packed metadata) of the metadata frames found; the store takes
         them after each scan."""
-        self._initial = True  # the first scan: segments may start past the previous end
+        self.removed: list[int] = []
+        """Ordinals of sealed segments whose files are gone from the directory, oldest first
+        (a prefix of the live ones): the store drops them from its index and retires them
+        after each scan (:meth:`Opener.drop_removed`)."""
+        self._initial = True  # the first scan (the tail may hold no event yet, see _scan)
         self._gaps = False  # the tail segment is a scavenged one
+        self._names: list[str] | None = None  # this scan's listing of the directory
 
     def scan(self, found: FoundFrame) -> None:
         """Feed every whole frame written since the last call to ``found``; blocking.
@@ -85,8 +96,10 @@ class Follower:
         """
         try:
             self._scan(found)
+            self._note_removed()
         finally:
             self._initial = False
+            self._names = None
 
     def _scan(self, found: FoundFrame) -> None:
         segs = self._log.segments
@@ -112,9 +125,9 @@ class Follower:
                     raise CorruptLog(
                         segs[-1].path, self.end, f"{reason} (in a segment before the last)"
                     )
-                if nxt.first_position < self.position or (
-                    nxt.first_position != self.position and not self._initial
-                ):
+                # Past the expected position: the segments in between were removed (the
+                # writer's retention overtook this reader, or a scavenge dropped them).
+                if nxt.first_position < self.position:
                     nxt.close()
                     raise CorruptLog(
                         nxt.path,
@@ -168,17 +181,23 @@ class Follower:
                 seg.path, self.end, f"{reason}; a frame of a later write follows at byte {later}"
             )
 
+    def _listdir(self) -> list[str]:
+        """The directory's names, listed once per scan (names of removed segments never come
+        back, and new segments are looked for again at the next scan)."""
+        if self._names is None:
+            self._names = self._log.fs.listdir(self._log.directory)
+        return self._names
+
     def _open_next(self) -> Segment | None:
-        """The segment named after the next position, once its header is complete."""
+        """The segment after the last one (the lowest name past its name: retention or
+        scavenging may have removed the ones in between), once its header is complete."""
         log = self._log
-        position = self.position
-        if self._initial:  # retention or scavenging may have removed segments: the next one
-            after = log.segments[-1].first_position if log.segments else -1
-            names = (parse_segment_name(n) for n in log.fs.listdir(log.directory))
-            found = [p for p in names if p is not None and p > after]
-            if not found:  # nothing after the segment scanned (an empty tail, or no segment)
-                return None
-            position = min(found)
+        after = log.segments[-1].first_position if log.segments else -1
+        names = (parse_segment_name(n) for n in self._listdir())
+        found = [p for p in names if p is not None and p > after]
+        if not found:  # nothing after the last segment (no rotation yet, or no segment)
+            return None
+        position = min(found)
         path = os.path.join(log.directory, segment_name(position))
         try:
             file = log.fs.open(path, write=False)
@@ -204,6 +223,23 @@ class Follower:
         self._gaps = bool(flags & SEGMENT_FLAG_SCAVENGED)
         return seg
 
+    def _note_removed(self) -> None:
+        """Add to ``removed`` the oldest live sealed segments whose names are gone from the
+        directory (retention removes a prefix of the log; a later segment that a scavenge
+        dropped is kept until the ones before it go too)."""
+        segs = self._log.segments
+        if len(segs) < 2:
+            return
+        names = set(self._listdir())
+        taken = set(self.removed)
+        for ordinal in range(len(segs) - 1):  # never the tail: it is still being read
+            seg = segs[ordinal]
+            if seg.retired or ordinal in taken:
+                continue
+            if os.path.basename(seg.path) in names:
+                return
+            self.removed.append(ordinal)
+
 
 def frame_indexer(
     index: Index,
@@ -215,7 +251,10 @@ def frame_indexer(
     ``checkpoints``) at once. Call it on the event loop thread, or before the store is open;
     advance ``index.head`` after it. Raises CorruptLog when a stream's versions break.
     ``seen[0]`` counts the events indexed (share it between the indexers of one store): a
-    stream may first appear past version 0 only with as many positions missing before it."""
+    stream may skip versions (first appear past version 0, or continue past its next version)
+    only with at least as many positions missing before it; its older versions were then
+    removed from the log (retention and scavenging remove a prefix of each stream), and the
+    index forgets them (``Index.restart_stream``)."""
     seen = seen if seen is not None else [0]
 
     def found(ordinal: int, info: FrameInfo) -> None:
@@ -226,14 +265,16 @@ def frame_indexer(
         if info.kind == FRAME_KIND_METADATA:  # the Follower collected it
             return
         want = index.last_version(info.stream) + 1
-        missing = info.first_position - seen[0]
-        if info.first_version != want and not (want == 0 and info.first_version <= missing):
-            raise CorruptLog(
-                path_of(ordinal),
-                info.offset,
-                f"stream {info.stream!r} continues at version {info.first_version}, "
-                f"expected {want}",
-            )
+        if info.first_version != want:
+            missing = info.first_position - seen[0]
+            if not want < info.first_version <= want + missing:
+                raise CorruptLog(
+                    path_of(ordinal),
+                    info.offset,
+                    f"stream {info.stream!r} continues at version {info.first_version}, "
+                    f"expected {want}",
+                )
+            index.restart_stream(info.stream, info.first_version)
         index.add_frame(
             ordinal,
             info.offset,

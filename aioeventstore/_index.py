@@ -484,6 +484,20 @@ class Index:
                 hi = mid
         return lo + 1, False
 
+    def restart_stream(self, stream: str, version: int) -> None:
+        """Make ``stream`` continue at ``version``, forgetting the versions before it: a
+        read-only store found its next frame past its next version, after positions it never
+        saw (the writer removed them; removal is a prefix of each stream, so every version
+        before that frame is gone from the log). The rows of frames already indexed stay, for
+        the whole-log reads of the files this reader still has open."""
+        assert version > self.last_version(stream)
+        positions = self._streams.get(stream)
+        if positions is None:
+            self._new_stream(stream, version)
+            return
+        del positions[8:]
+        self._base[stream] = version
+
     def set_stream_floor(self, stream: str, last_version: int) -> None:
         """Make ``stream`` continue after ``last_version`` although none of its events are in
         the log any more (recovery of a deleted or truncated stream whose frames were all

@@ -317,7 +317,20 @@ class Opener:
             self._follower.resume = None
             self._index.head = self._index.next_position - 1
         self._take_metadata()
+        self.drop_removed()
         self.recovery = Recovery(len(self._log.segments), self._index.next_position)
+
+    def drop_removed(self) -> None:
+        """A read-only store: forget the segments its follower found removed (by the writer's
+        retention, or a scavenge that dropped them), oldest first. Their rows leave the index,
+        as in the writer, and their files are closed once no read has them pinned, so that
+        this reader does not keep the disk space they held (loop thread, or before open)."""
+        assert self._follower is not None
+        removed, self._follower.removed = self._follower.removed, []
+        segs = self._log.segments
+        for ordinal in removed:
+            self._index.drop_oldest(ordinal, segs[ordinal + 1].first_position)
+            self._log.replace_segment(ordinal, None)
 
     def _take_metadata(self) -> None:
         """A read-only store: apply the metadata frames its follower found."""
@@ -353,6 +366,7 @@ class Opener:
                 finally:
                     self._index.head = self._index.next_position - 1
                 self._take_metadata()
+                self.drop_removed()  # (after the frames: some may be in those segments)
             except (EventStoreError, OSError) as exc:
                 err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
                 if err is not exc:

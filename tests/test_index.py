@@ -364,3 +364,32 @@ def test_stream_names_are_checked_on_every_call() -> None:
     ]:
         with pytest.raises(error, match=re.escape(words)):
             check_stream(bad)
+
+
+def test_a_follower_lets_a_stream_skip_only_as_many_versions_as_positions_it_missed() -> None:
+    """A read-only store's indexer: after a gap (segments the writer removed before the
+    reader got to them), a stream may continue past its next version by at most the number
+    of positions the reader never saw; the index then forgets its older versions (they were
+    removed too). A skip without such a gap is damage."""
+    from aioeventstore._follow import frame_indexer
+    from aioeventstore._format import FrameInfo
+
+    def frame(stream: str, position: int, version: int, count: int = 1) -> FrameInfo:
+        return FrameInfo(position * 100, 100, 20, stream, count, position, version, 0, 0)
+
+    index = Index()
+    add = frame_indexer(index, {}, lambda ordinal: f"segment {ordinal}")
+    add(0, frame("a", 0, 0, 3))
+    add(0, frame("b", 3, 0))
+    with pytest.raises(es.CorruptLog, match="'a' continues at version 4, expected 3"):
+        add(0, frame("a", 4, 4))  # no position missing: no version may be skipped
+    # positions 4..9 were removed: "a" lost versions 3..6 (4 of the 6), "b" 1..2
+    add(2, frame("a", 10, 7, 2))
+    assert (index.first_version("a"), index.last_version("a")) == (7, 8)
+    assert [index.position_of("a", v) for v in (7, 8)] == [10, 11]
+    add(2, frame("b", 12, 3))
+    assert (index.first_version("b"), index.last_version("b")) == (3, 3)
+    with pytest.raises(es.CorruptLog, match="'c' continues at version 7, expected 0"):
+        add(2, frame("c", 13, 7))  # 6 positions missing in all, not 7
+    add(2, frame("c", 13, 6))
+    assert (index.first_version("c"), index.last_version("c")) == (6, 6)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,3 +231,185 @@ async def test_follows_compressed_batches(store_path: Path) -> None:
         finally:
             await reader.close()
     assert kinds(store_path)[3] >= 3
+
+
+def _gate_follower(reader: es.EventStore) -> threading.Event:
+    """Hold the reader's follower before its next scan until the returned event is set (the
+    scan runs on the reader's I/O thread): the writer can then move on by a known amount."""
+    follower = reader._opener._follower
+    assert follower is not None
+    scan = follower.scan
+    gate = threading.Event()
+
+    def gated(found: Any) -> None:
+        gate.wait(30)
+        scan(found)
+
+    follower.scan = gated  # type: ignore[method-assign]
+    return gate
+
+
+async def _caught_up(reader: es.EventStore, writer: es.EventStore) -> None:
+    for _ in range(3000):
+        if reader.head == writer.head:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the reader stopped at {reader.head}; the writer is at {writer.head}")
+
+
+def _deleted_files_held(directory: Path) -> list[str]:
+    """Files under ``directory`` this process holds open although they were removed."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(directory)) and target.endswith(" (deleted)"):
+            held.append(target)
+    return held
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+async def test_a_reader_overtaken_by_retention_goes_on_after_the_gap(
+    store_path: Path, compression: es.Compression
+) -> None:
+    """Retention removes the segment the reader was reading and the ones after it before its
+    next poll: it goes on at the oldest segment left, as a new reader would, with streams
+    continuing from their oldest version left, and keeps following. (It used to stop there
+    for good, with no error: a missing next segment looked like the end of the log.)"""
+    opts = es.StoreOptions(
+        segment_bytes=4096, retention_bytes=3 * 4096, compression=compression, durability="os"
+    )
+    async with es.EventStore(store_path, opts) as writer:
+        for i in range(4):
+            await writer.append(f"s-{i % 2}", Note(text="x" * 200))
+        reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
+        gate = threading.Event()
+        try:
+            delivered: list[int] = []
+            by_stream: list[int] = []
+
+            async def follow(sub: es.Subscription, into: list[int], key: str) -> None:
+                async with sub:
+                    async for rec in sub:
+                        into.append(rec.version if key == "version" else rec.position)
+
+            tasks = [
+                asyncio.create_task(follow(reader.subscribe(), delivered, "position")),
+                asyncio.create_task(follow(reader.subscribe(stream="s-1"), by_stream, "version")),
+            ]
+            await _caught_up(reader, writer)
+            first_segment = sorted(store_path.glob("*.seg"))[0]
+            gate = _gate_follower(reader)
+            await asyncio.sleep(0.05)  # its current poll is over: the next one waits
+            for i in range(200):
+                await writer.append(f"s-{i % 2}", Note(text="y" * 200))
+            await writer.enforce_retention()  # (it also ran after commits)
+            assert not first_segment.exists()
+            gate.set()
+            await _caught_up(reader, writer)
+            assert reader.follow_error is None
+            truth = [r.position async for r in writer.read_all()]
+            assert [r.position async for r in reader.read_all()] == truth
+            for stream in ("s-0", "s-1"):
+                want = [(r.version, r.position) async for r in writer.read_stream(stream)]
+                got = [(r.version, r.position) async for r in reader.read_stream(stream)]
+                assert got == want and want[0][0] > 2
+            # the subscriptions saw what was there before the gap and all that is left after
+            assert delivered == sorted(set(delivered)) and delivered[:4] == [0, 1, 2, 3]
+            assert delivered[-len(truth) :] == truth
+            assert set(range(truth[0])) - set(delivered)  # a real gap: removed before it read
+            assert by_stream == sorted(set(by_stream)) and by_stream[-1] == 101
+            # it keeps following
+            last = await writer.append("s-1", Note(text="after"))
+            await _caught_up(reader, writer)
+            assert reader.head == last.position
+            for _ in range(1000):
+                if by_stream[-1] == last.version:
+                    break
+                await asyncio.sleep(0.005)
+            assert by_stream[-1] == last.version
+            for task in tasks:
+                task.cancel()
+        finally:
+            gate.set()
+            await reader.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files in /proc")
+async def test_a_reader_does_not_keep_the_segments_retention_removed(store_path: Path) -> None:
+    """A reader following a writer whose retention removes segments closes them, so the disk
+    space comes back while it runs (it used to hold every removed segment open until it
+    closed: the writer's disk filled, and the reader ran out of file descriptors)."""
+    opts = es.StoreOptions(segment_bytes=8192, retention_bytes=4 * 8192)
+    async with es.EventStore(store_path, opts) as writer:
+        await writer.append("s-0", Note(text="start"))
+        async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+            async with reader.subscribe() as sub:
+                for _ in range(4):
+                    await asyncio.gather(
+                        *(writer.append(f"s-{i % 7}", Note(text="z" * 150)) for i in range(300))
+                    )
+                    await writer.enforce_retention()
+                    await _caught_up(reader, writer)
+                    async for rec in sub:  # a subscription reading across the removals
+                        if rec.position == writer.head:
+                            break
+                    for _ in range(200):  # (the poll after the one that caught up drops them)
+                        if not _deleted_files_held(store_path):
+                            break
+                        await asyncio.sleep(0.005)
+                    assert _deleted_files_held(store_path) == []
+                    truth = [(r.stream, r.version) async for r in writer.read_all()]
+                    assert [(r.stream, r.version) async for r in reader.read_all()] == truth
+                    got = [r.version async for r in reader.read_stream("s-3")]
+                    assert got == [r.version async for r in writer.read_stream("s-3")]
+            assert reader.follow_error is None
+
+
+async def test_a_reader_goes_on_past_segments_a_scavenge_rewrote_or_dropped(
+    store_path: Path,
+) -> None:
+    """Before the reader's next poll, a stream is truncated and a scavenge rewrites or drops
+    the segments it has not read yet: the stream then continues, for the reader, past the
+    versions it never saw. (A skip like that used to be reported as damage, and a dropped
+    segment stopped it as the end of the log did.)"""
+    async with es.EventStore(store_path, segment_bytes=4096, durability="os") as writer:
+        for _ in range(4):
+            await writer.append("t", Note(text="t" * 200))
+        reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
+        gate = threading.Event()
+        try:
+            keep: list[int] = []
+
+            async def follow() -> None:
+                async with reader.subscribe(stream="keep") as sub:
+                    async for rec in sub:
+                        keep.append(rec.version)
+
+            task = asyncio.create_task(follow())
+            await _caught_up(reader, writer)
+            gate = _gate_follower(reader)
+            await asyncio.sleep(0.05)
+            for i in range(120):
+                await writer.append("t" if i < 100 else "keep", Note(text="u" * 200))
+            await writer.set_stream_metadata("t", truncate_before=90)
+            report = await writer.scavenge()
+            assert report.segments_dropped >= 2 and report.segments_rewritten >= 1
+            gate.set()
+            await _caught_up(reader, writer)
+            assert reader.follow_error is None
+            for stream in ("t", "keep"):
+                want = [(r.version, r.position) async for r in writer.read_stream(stream)]
+                got = [(r.version, r.position) async for r in reader.read_stream(stream)]
+                assert got == want and want
+            for _ in range(1000):
+                if len(keep) == 20:
+                    break
+                await asyncio.sleep(0.005)
+            assert keep == list(range(20))
+            task.cancel()
+        finally:
+            gate.set()
+            await reader.close()
