@@ -162,7 +162,14 @@ class Maintenance:
                     seg.unpin()
                 if result is None:
                     continue
-                await self._sidecars.wait_idle()  # no await from here until the rows change
+                try:
+                    await self._sidecars.wait_idle()  # no await from here until the rows change
+                except asyncio.CancelledError:
+                    # closing: the rewrite is on disk (the next open reads it) but not in the
+                    # index, which still reads the old file: release the new one
+                    if result.new is not None:
+                        result.new.file.close()
+                    raise
                 self._apply(result)
                 if not result.dropped:
                     fresh.append(ordinal)

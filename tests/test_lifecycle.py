@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
+import os
 import subprocess
 import sys
 import threading
@@ -264,3 +266,44 @@ async def test_a_failed_sync_on_close_raises_store_failed_and_still_lets_go() ->
     assert store_threads() <= before
     async with es.EventStore("/sim/store", _fs=fs) as again:
         assert again.head == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files in /proc")
+async def test_close_during_a_scavenge_closes_the_segment_it_had_just_rewritten(
+    store_path: Path,
+) -> None:
+    """``close`` stops a scavenge that has rewritten a segment and waits (for an index
+    sidecar export) before it swaps it in: the rewritten file is closed, not leaked, and
+    the next open reads it."""
+    store = await es.EventStore(store_path, segment_bytes=4096).open()
+    for i in range(60):
+        await store.append(f"s-{i % 2}", Note(text="x" * 200))
+    await store.delete_stream("s-0")
+    real = store._sidecars.wait_idle
+    calls = 0
+    stuck = asyncio.Event()
+
+    async def slow_after_the_first_rewrite() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the wait between the first segment's rewrite and its swap
+            stuck.set()
+            await asyncio.Event().wait()  # until close cancels the scavenge
+        await real()
+
+    store._sidecars.wait_idle = slow_after_the_first_rewrite  # type: ignore[method-assign]
+    scavenge = store.start_scavenge()
+    await asyncio.wait_for(stuck.wait(), 10)
+    await store.close()
+    with pytest.raises(asyncio.CancelledError):
+        await scavenge
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # (the listing's own descriptor is gone)
+            if (target := os.readlink(fd)).startswith(str(store_path)):
+                held.append(target)
+    assert held == []
+    async with es.EventStore(store_path) as again:
+        assert [r.version async for r in again.read_stream("s-1")] == list(range(30))
+        assert [r async for r in again.read_stream("s-0")] == []
+        assert (await again.verify()).ok
