@@ -84,9 +84,9 @@ class Follower:
         """Ordinals of sealed segments whose files are gone from the directory, oldest first
         (a prefix of the live ones): the store drops them from its index and retires them
         after each scan (:meth:`Opener.drop_removed`)."""
-        self._initial = True  # the first scan (the tail may hold no event yet, see _scan)
         self._gaps = False  # the tail segment is a scavenged one
         self._names: list[str] | None = None  # this scan's listing of the directory
+        self._oldest = 0  # ordinal of the oldest segment not in ``removed`` yet
 
     def scan(self, found: FoundFrame) -> None:
         """Feed every whole frame written since the last call to ``found``; blocking.
@@ -98,19 +98,12 @@ class Follower:
             self._scan(found)
             self._note_removed()
         finally:
-            self._initial = False
             self._names = None
 
     def _scan(self, found: FoundFrame) -> None:
         segs = self._log.segments
         while True:
             reason = self._scan_tail(found) if segs else None
-            if segs and self.position == segs[-1].first_position and not self._initial:
-                # The tail holds no event yet: the writer only rotates away from a segment
-                # that holds one (its name would be the next position otherwise).
-                if reason is not None:
-                    self._check_unfinished(segs[-1], reason)
-                return
             nxt = self._open_next()
             if nxt is None:
                 if reason is not None:
@@ -125,8 +118,8 @@ class Follower:
                     raise CorruptLog(
                         segs[-1].path, self.end, f"{reason} (in a segment before the last)"
                     )
-                # Past the expected position: the segments in between were removed (the
-                # writer's retention overtook this reader, or a scavenge dropped them).
+                # A successor past the expected position is a gap: the segments in between
+                # were removed (retention overtook this reader, or a scavenge dropped them).
                 if nxt.first_position < self.position:
                     nxt.close()
                     raise CorruptLog(
@@ -228,17 +221,14 @@ class Follower:
         directory (retention removes a prefix of the log; a later segment that a scavenge
         dropped is kept until the ones before it go too)."""
         segs = self._log.segments
-        if len(segs) < 2:
+        if len(segs) - self._oldest < 2:
             return
         names = set(self._listdir())
-        taken = set(self.removed)
-        for ordinal in range(len(segs) - 1):  # never the tail: it is still being read
-            seg = segs[ordinal]
-            if seg.retired or ordinal in taken:
-                continue
-            if os.path.basename(seg.path) in names:
+        while self._oldest < len(segs) - 1:  # never the tail: it is still being read
+            if os.path.basename(segs[self._oldest].path) in names:
                 return
-            self.removed.append(ordinal)
+            self.removed.append(self._oldest)
+            self._oldest += 1
 
 
 def frame_indexer(

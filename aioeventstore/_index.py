@@ -871,23 +871,26 @@ class Index:
                 self._sidless[ordinal] = (n, glob)
         self.next_position = end_position
 
-    def rows_problem(self, rows: SegmentRows, missing: int) -> str | None:
+    def rows_problem(self, rows: SegmentRows, missing: int, skips: bool = False) -> str | None:
         """Why a sidecar's rows cannot continue the index (as a scan would have found), or
-        None. ``missing``: positions missing from the log before these rows. One step per
-        stream; only a stream that starts past version 0 here costs more."""
+        None. ``missing``: positions missing from the log before these rows. A stream may
+        start past version 0 with at least as many positions missing before it; with
+        ``skips`` (a read-only store, see ``frame_indexer``), a stream already indexed may
+        skip versions the same way, and the caller then restarts it
+        (:meth:`restart_stream`). One step per stream; only a skip costs more."""
         at = 0
         cum: list[int] | None = None  # events of the rows before each row
         for name, count, first in zip(rows.names, rows.counts, rows.firsts, strict=True):
             want = self.last_version(name) + 1
             if first != want:
                 problem = f"stream {name!r} continues at version {first}, expected {want}"
-                if want != 0 or first <= 0 or not count:
+                if first < want or not count or (want != 0 and not skips):
                     return problem
                 p = rows.positions[at]  # the stream's first position in this segment
                 if cum is None:
                     cum = list(itertools.accumulate(rows.cnt, initial=0))
                 gap = missing + (p - rows.pos[0]) - cum[bisect_left(rows.pos, p)]
-                if first > gap:  # fewer positions missing before it than versions
+                if first - want > gap:  # fewer positions missing before it than versions
                     return problem
             at += count
         return None

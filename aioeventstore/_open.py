@@ -282,9 +282,14 @@ class Opener:
         for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
             if rows.firsts[i] < 0:
                 rows.firsts[i] = index.last_version(name) + 1
-        problem = index.rows_problem(rows, rows.pos[0] - seen[0])
+        skips = self._follower is not None  # a reader: see frame_indexer
+        problem = index.rows_problem(rows, rows.pos[0] - seen[0], skips)
         if problem is not None:  # what a scan would have found: the log is damaged
             raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
+        if skips:
+            for name, first in zip(rows.names, rows.firsts, strict=True):
+                if first != index.last_version(name) + 1:
+                    index.restart_stream(name, first)
         index.load_rows(ordinal, rows, car.end_position, ids)
         seen[0] += len(rows.positions)
         for name, mark in car.marks.items():

@@ -85,7 +85,7 @@ def gather(
         if key in subscribers:
             key = f"{key}#{sub.id}"
         subscribers[key] = sub.lag
-    segments = list(log.segments)
+    segments = [seg for seg in log.segments if not seg.retired]  # (not the removed ones)
     disk = 0
     for seg in segments:
         with contextlib.suppress(OSError):

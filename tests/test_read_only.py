@@ -365,6 +365,9 @@ async def test_a_reader_does_not_keep_the_segments_retention_removed(store_path:
                     assert [(r.stream, r.version) async for r in reader.read_all()] == truth
                     got = [r.version async for r in reader.read_stream("s-3")]
                     assert got == [r.version async for r in writer.read_stream("s-3")]
+                    on_disk = len(list(store_path.glob("*.seg")))
+                    assert reader.statistics().segments == on_disk  # (not the removed ones)
+                    assert writer.statistics().segments == on_disk
             assert reader.follow_error is None
 
 
@@ -412,4 +415,90 @@ async def test_a_reader_goes_on_past_segments_a_scavenge_rewrote_or_dropped(
             task.cancel()
         finally:
             gate.set()
+            await reader.close()
+
+
+async def test_a_reader_goes_on_past_a_segment_a_scavenge_left_without_events(
+    store_path: Path,
+) -> None:
+    """A segment that begins with a checkpoint frame (saved when the last one was full) and
+    whose only event a scavenge removed holds control frames only, at its own first
+    position: a reader that reaches it goes on to the next one. (It used to take it for a
+    tail with no event yet, which the writer never rotates away from, and stop there.)"""
+    async with es.EventStore(store_path, segment_bytes=4096, durability="os") as writer:
+        await writer.append("keep", Note(text="a" * 3000))
+        first = store_path / "00000000000000000000.seg"
+        await writer.append("keep", Note(text="a" * (4096 - first.stat().st_size - 120)))
+        reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
+        gate = threading.Event()
+        try:
+            await _caught_up(reader, writer)
+            gate = _gate_follower(reader)
+            await asyncio.sleep(0.05)
+            await writer.save_checkpoint("c", 1)  # does not fit: a new segment begins with it
+            await writer.append("t", Note(text="t" * 1500))  # ... then t's event
+            await writer.append("keep", Note(text="b" * 3000))  # the next segment
+            await writer.delete_stream("t")
+            await writer.append("keep", Note(text="c" * 3000))  # and the next (the tail)
+            assert (await writer.scavenge()).segments_rewritten >= 1
+            gate.set()
+            await _caught_up(reader, writer)
+            await writer.append("keep", Note(text="d"))
+            await _caught_up(reader, writer)
+            assert reader.follow_error is None
+            want = [(r.version, r.position) async for r in writer.read_stream("keep")]
+            assert [(r.version, r.position) async for r in reader.read_stream("keep")] == want
+            assert reader.checkpoint("c") == 1
+        finally:
+            gate.set()
+            await reader.close()
+
+
+async def test_a_reader_opened_during_a_scavenge_loads_the_later_index_sidecars(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's first scan reads the oldest segment as it was before a scavenge, and the
+    later ones, from their index sidecars, after it: a stream then skips the versions the
+    scavenge removed there, as it may in a scan. (Loading the sidecar raised a false
+    CorruptLog: "continues at version 10, expected 5".)"""
+    from aioeventstore._indexfile import load as real
+
+    async with es.EventStore(store_path, segment_bytes=4096, durability="os") as writer:
+        for _ in range(3):  # segments 0, 1, 2 hold S's versions 0-4, 5-9, 10-14
+            for _ in range(5):
+                await writer.append("S", Note(text="s" * 300))
+            segments = len(list(store_path.glob("*.seg")))
+            while len(list(store_path.glob("*.seg"))) == segments:
+                await writer.append("x", Note(text="x" * 300))
+        for _ in range(500):  # the sealed segments' sidecars are written in the background
+            if len(list(store_path.glob("*.idx"))) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(list(store_path.glob("*.idx"))) >= 3
+        first_loaded = threading.Event()
+        go_on = threading.Event()
+
+        def load_sidecar(*args: Any, **kwargs: Any) -> Any:
+            car = real(*args, **kwargs)
+            if not first_loaded.is_set():  # the oldest segment, as it is now
+                first_loaded.set()
+                go_on.wait(30)
+            return car
+
+        monkeypatch.setattr("aioeventstore._open.load_sidecar", load_sidecar)
+        reader = es.EventStore(store_path, read_only=True, poll_interval=0.002)
+        open_task = asyncio.create_task(reader.open())
+        try:
+            await asyncio.to_thread(first_loaded.wait, 30)
+            await writer.set_stream_metadata("S", truncate_before=10)
+            assert (await writer.scavenge()).segments_rewritten >= 2
+            go_on.set()
+            await open_task
+            assert reader.head == writer.head and reader.follow_error is None
+            want = [(r.version, r.position) async for r in writer.read_stream("S")]
+            assert want[0][0] == 10
+            assert [(r.version, r.position) async for r in reader.read_stream("S")] == want
+        finally:
+            go_on.set()
+            await asyncio.gather(open_task, return_exceptions=True)
             await reader.close()
