@@ -325,6 +325,23 @@ class CommitLoop:
         if self._closing:
             raise StoreClosed("the store is closed; appends are no longer accepted")
 
+    async def sync_log(self) -> None:
+        """Make every batch written so far durable, whatever ``durability`` says: for
+        maintenance, before it removes older frames that newer checkpoint, metadata or floor
+        frames replace (with durability="os" those may be in the page cache only; with
+        "fsync" every batch answered was synced, so this returns at once). On the I/O
+        thread, after the writes handed to it before. A failed sync stops the store, as a
+        failed batch sync does, and raises StoreFailed; a stopped store raises at once."""
+        self.check_open()
+        if self._options.durability == "fsync":
+            return
+        try:
+            await self._hop(self._log.sync)
+        except OSError as exc:
+            if self.failure is None:
+                self._fail(exc, None)
+            raise _failed_again(self.failure or StoreClosed("the store is closed")) from exc
+
     async def close(self) -> None:
         """Stop accepting appends, commit everything already queued, and end the task."""
         self._stop_accepting()

@@ -545,13 +545,14 @@ class Index:
         self._frame_sid[lo:hi] = array("I", [_sid(self._streams[s]) for s in streams])
         self._sidless.pop(ordinal, None)
 
-    def streams_ending_before(self, position: int) -> list[tuple[str, int]]:
-        """(stream, last version) of every stream with events, all before ``position``."""
+    def streams_ending_before(self, position: int) -> list[tuple[str, int, int]]:
+        """(stream, last version, its position) of every stream with events, all before
+        ``position``."""
         out = []
         for stream, positions in self._streams.items():
             n = _count(positions)
-            if n and _at(positions, n - 1) < position:
-                out.append((stream, self._base.get(stream, 0) + n - 1))
+            if n and (last := _at(positions, n - 1)) < position:
+                out.append((stream, self._base.get(stream, 0) + n - 1, last))
         return out
 
     def drop_oldest(self, last_ordinal: int, before_position: int) -> None:

@@ -278,10 +278,17 @@ class Log:
         worth. A clean close's sidecar covers the tail up to its last event frame, so a
         clean open rewrites only the checkpoint and metadata frames after it (usually none
         or a few; a tail of checkpoints only has no sidecar and is rewritten whole). Only
-        the tail can hold such bytes: a segment is synced before its successor exists."""
+        the tail can hold such bytes: a segment is synced before its successor exists. Its
+        header is written again too: a rotation whose header sync failed leaves the new
+        segment in that state, when the process dies before removing it (or the removal
+        fails: ``_create``), and appends behind a header a power cut takes away are lost."""
         file = tail.file
         end = file.size()
         at = start
+        if start > SEGMENT_HEADER_SIZE:
+            file.pwrite(file.pread(SEGMENT_HEADER_SIZE, 0), 0)
+        else:
+            at = 0
         while at < end:
             data = file.pread(min(_REWRITE_CHUNK, end - at), at)
             if not data:
@@ -384,7 +391,8 @@ class Log:
         seg.wrote(plan.offset, data)  # the running checksum, for the segment's index sidecar
 
     def sync(self) -> None:
-        """Sync the tail segment (used on close in ``durability="os"`` mode)."""
+        """Sync the tail segment (``durability="os"``: on close, and before maintenance
+        removes frames)."""
         if self.segments:
             self.segments[-1].file.sync()
 

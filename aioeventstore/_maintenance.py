@@ -137,6 +137,9 @@ class Maintenance:
             await self._sidecars.wait_idle()
             before = self._log_bytes()
             plan = self._plan()
+            # the checkpoints and metadata the plan keeps must be on disk before the older
+            # frames they replace go (with durability="os" they may be in the page cache only)
+            await self._commit.sync_log()
             sealed = self._log.sealed()
             rewritten = dropped = frames = events = 0
             fresh: list[int] = []
@@ -227,11 +230,18 @@ class Maintenance:
             drop = await self._retention_victims()
             if not drop:
                 return ScavengeReport(0, 0, 0, 0, 0, before, before, time.perf_counter() - t0)
-            last_ordinal = drop[-1][0]
-            keep_from = self._log.segments[last_ordinal + 1].first_position
-            await self._carry_forward({o for o, _ in drop}, keep_from)
+            # streams whose events all go: (stream, last version, its position)
+            ending = self._index.streams_ending_before(
+                self._log.segments[drop[-1][0] + 1].first_position
+            )
             frames = events = 0
             for ordinal, seg in drop:
+                # One segment at a time, so that a run cut short (a crash, an I/O error,
+                # close) leaves a suffix of the log visible: what goes with this segment is
+                # carried forward, and durable, before it is removed.
+                keep_from = self._log.segments[ordinal + 1].first_position
+                await self._carry_forward(ordinal, [(s, v) for s, v, p in ending if p < keep_from])
+                await self._commit.sync_log()
                 lo, hi = self._index.segment_rows(ordinal)
                 frames += hi - lo
                 events += sum(self._index.frame(r).event_count for r in range(lo, hi))
@@ -287,24 +297,25 @@ class Maintenance:
             total -= size
         return victims
 
-    async def _carry_forward(self, ordinals: set[int], keep_from: int) -> None:
-        """Before segments are dropped: rewrite the current checkpoint and metadata frames
-        they hold, and record the end of every stream whose events all go with them (as its
-        ``truncate_before``), through the commit loop; return once all of it is durable."""
+    async def _carry_forward(self, ordinal: int, ending: list[tuple[str, int]]) -> None:
+        """Before segment ``ordinal`` is dropped: rewrite the current checkpoint and metadata
+        frames it holds, and record the end of every stream in ``ending`` (stream, last
+        version: its events all go with this segment or went before) as its
+        ``truncate_before``, through the commit loop; return once all of it is written
+        (durable with durability="fsync"; the caller syncs otherwise)."""
         commit = self._commit
         index = self._index
         loop = asyncio.get_running_loop()
         items: list[PendingAppend] = []
-        names: set[str] = set()  # current checkpoints and metadata held in those segments
+        names: set[str] = set()  # current checkpoints and metadata held in that segment
         streams: set[str] = set()
-        for ordinal in ordinals:
-            for name, position in index.marks.get(ordinal, {}).items():
-                if position >= self._checkpoints.get(name, -1):
-                    names.add(name)
-            for stream, (revision, _) in index.metas.get(ordinal, {}).items():
-                rec = commit.metas.durable.get(stream)
-                if rec is not None and revision >= rec.revision:
-                    streams.add(stream)
+        for name, position in index.marks.get(ordinal, {}).items():
+            if position >= self._checkpoints.get(name, -1):
+                names.add(name)
+        for stream, (revision, _) in index.metas.get(ordinal, {}).items():
+            rec = commit.metas.durable.get(stream)
+            if rec is not None and revision >= rec.revision:
+                streams.add(stream)
         for name in sorted(names):
             fut: asyncio.Future[AppendResult | Recheck | None] = loop.create_future()
             name_b = name.encode("utf-8", "surrogatepass")
@@ -314,7 +325,7 @@ class Maintenance:
             fut = loop.create_future()
             op = MetaOp("carry", record=commit.metas.durable[stream])
             items.append(SpecialAppend(stream, stream.encode("utf-8"), ANY, fut, meta=op))
-        for stream, last in self._index.streams_ending_before(keep_from):
+        for stream, last in ending:
             rec = commit.metas.durable.get(stream)
             if rec is not None and (rec.truncate_before or 0) > last:
                 continue

@@ -174,6 +174,14 @@ class ReadFailed(EventStoreError, OSError):
     same ``errno`` and ``filename``; ``__cause__`` is the OS error."""
 
 
+class OpenFailed(EventStoreError, OSError):
+    """Raised by ``open()`` when opening a store failed in the operating system (an I/O
+    error reading, writing or syncing its files, a permission, a full disk): nothing is
+    open (no lock held, no thread left); what recovery could not finish, the next open
+    does again. Also an ``OSError`` with the same ``errno`` and ``filename``; ``__cause__``
+    is the OS error."""
+
+
 class CompressionUnavailable(EventStoreError):
     """Raised when a store must compress (``compression="zstd"``) or read compressed frames
     and the ``zstandard`` package is not installed (``pip install 'aioeventstore[zstd]'``)."""

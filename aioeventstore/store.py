@@ -64,6 +64,8 @@ from ._verify import VerifyReport, verify_store
 from .aggregate import Snapshot
 from .errors import (
     EventStoreError,
+    OpenFailed,
+    ReadFailed,
     StoreClosed,
     StoreFailed,
     StoreReadOnly,
@@ -257,7 +259,11 @@ class EventStore:
         return self._index.head
 
     async def open(self) -> EventStore:
-        """Lock the directory, recover the log, and start the commit loop. Returns self."""
+        """Lock the directory, recover the log, and start the commit loop. Returns self.
+
+        Raises :class:`StoreLocked` (another writer has the directory), :class:`CorruptLog`
+        (damage recovery must not cut), :class:`StoreNotFound` (a read-only open of a missing
+        directory), :class:`OpenFailed` (an OS error: I/O, permissions, a full disk)."""
         if self._state != "new":
             raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
         if self._options.compression == "zstd":
@@ -278,7 +284,7 @@ class EventStore:
                 await loop.run_in_executor(self._io, opener.open_read_only)
             else:
                 await loop.run_in_executor(self._io, opener.open_writer, window)
-        except BaseException:
+        except BaseException as exc:
             self.recovery = opener.recovery
             self._state = "closed"
             chores = self._chores()
@@ -287,6 +293,9 @@ class EventStore:
             for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):
                 await loop.run_in_executor(chores, pool.shutdown)
             await loop.run_in_executor(chores, self._release_blocking)
+            if isinstance(exc, OSError) and not isinstance(exc, EventStoreError):
+                reason = f"opening the store at {self._path} failed: {exc.strerror or exc}"
+                raise OpenFailed(exc.errno, reason, exc.filename) from exc
             raise
         self.recovery = opener.recovery
         if log.isEnabledFor(logging.INFO):
@@ -484,15 +493,22 @@ class EventStore:
         Runs on the store's I/O thread, between two commit batches, so a write in progress is
         never mistaken for a torn tail; appends wait while it runs. ``python -m aioeventstore
         verify PATH`` does the same for a store that is not open. On a read-only store, a
-        write in progress in the writer's process may show as a torn tail.
+        write in progress in the writer's process may show as a torn tail. An I/O error
+        reading the files raises :class:`ReadFailed`.
         """
         self._require_open()
         assert self._io is not None
         run = asyncio.get_running_loop().run_in_executor
-        if self._maintenance is None:  # read-only: no scavenge of ours to wait for
-            return await run(self._io, verify_store, self._path, self._fs, self._options)
-        async with self._maintenance.lock:  # never while a scavenge swaps files
-            return await run(self._io, verify_store, self._path, self._fs, self._options)
+        try:
+            if self._maintenance is None:  # read-only: no scavenge of ours to wait for
+                return await run(self._io, verify_store, self._path, self._fs, self._options)
+            async with self._maintenance.lock:  # never while a scavenge swaps files
+                return await run(self._io, verify_store, self._path, self._fs, self._options)
+        except OSError as exc:
+            if isinstance(exc, EventStoreError):
+                raise
+            reason = f"verifying the store at {self._path} failed: {exc.strerror or exc}"
+            raise ReadFailed(exc.errno, reason, exc.filename) from exc
 
     # --- append -----------------------------------------------------------------------------
     async def append(

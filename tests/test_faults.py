@@ -253,6 +253,73 @@ async def test_a_failed_header_sync_of_a_new_store_leaves_no_segment_behind() ->
         assert [r.position async for r in store.read_all()] == [a.position for a in acked]
 
 
+@pytest.mark.parametrize("how", ["killed before the clean-up", "clean-up failed"])
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+async def test_a_failed_header_sync_at_rotation_then_a_reopen_then_a_power_cut(
+    how: str, compression: es.Compression
+) -> None:
+    """A rotation's new segment: its header sync fails (the page stays readable, never
+    written), and the file is not removed again (the process is killed first, or the removal
+    fails too). A reopen in the same boot takes it for the tail and appends to it: it
+    writes the header again before it syncs the tail, so after a power cut every
+    acknowledged append is there. (The header was not rewritten: the next open raised
+    CorruptLog "bad segment header" and the appends behind it were lost.)"""
+    fs = SimFS(3)
+    opts = es.StoreOptions(segment_bytes=4096, compression=compression)
+    store = await es.EventStore(STORE, opts, _fs=fs).open()
+    acked = [await store.append("a", Note(text=f"{i}".ljust(150, "."))) for i in range(12)]
+    new_segment: list[str] = []
+
+    def fail_the_new_header(op: str, path: str) -> None:
+        if op == "create" and path.endswith(".seg"):
+            fs.inject(Fault(op="sync", path=path, written_back=0))
+            if how == "clean-up failed":
+                fs.inject(Fault(op="remove", path=path))
+            new_segment.append(path)
+        elif how.startswith("killed") and op == "remove" and new_segment[-1:] == [path]:
+            fs.cut_at = fs.ops  # dies right before it removes the new segment
+
+    fs.before_op = fail_the_new_header
+    with pytest.raises(es.StoreFailed):
+        while True:  # until the rotation (and its failure)
+            acked.append(await store.append("a", Note(text="rotating".ljust(150, "."))))
+    fs.before_op = None
+    with contextlib.suppress(OSError, es.EventStoreError):
+        await store.close()
+    if how.startswith("killed"):
+        fs.process_crash()
+    assert any(p.endswith(new_segment[0].rsplit("/", 1)[1]) for p in fs.walk(STORE))
+    async with es.EventStore(STORE, opts, _fs=fs) as store:
+        acked += [await store.append("a", Note(text=f"after {i}")) for i in range(3)]
+    fs.power_cut("lost")
+    async with es.EventStore(STORE, opts, _fs=fs) as store:
+        got = [r.position async for r in store.read_all()]
+    assert got == list(range(len(got))) and got[-1] == acked[-1].position
+
+
+async def test_os_errors_of_open_and_verify_are_event_store_errors() -> None:
+    """An I/O error while opening raises OpenFailed, and one while verifying ReadFailed:
+    EventStoreErrors (and OSErrors with the errno and file name), never a bare OSError."""
+    fs = SimFS(5)
+    async with es.EventStore(STORE, _fs=fs) as store:
+        for i in range(5):
+            await store.append("s", Note(text=str(i)))
+        fs.inject(Fault(op="pread", times=1))
+        with pytest.raises(es.ReadFailed) as read:
+            await store.verify()
+        assert read.value.errno == errno.EIO and read.value.filename
+        assert "verifying the store" in str(read.value)
+        assert (await store.verify()).ok  # the store goes on
+    fs.inject(Fault(op="pread", times=1))
+    with pytest.raises(es.OpenFailed) as opening:
+        await es.EventStore(STORE, _fs=fs).open()
+    assert isinstance(opening.value, OSError) and opening.value.errno == errno.EIO
+    assert isinstance(opening.value.__cause__, OSError)
+    assert "opening the store at" in str(opening.value)
+    async with es.EventStore(STORE, _fs=fs) as store:  # (nothing held: it opens again)
+        assert store.head == 4
+
+
 async def test_power_cut_makes_every_later_call_fail() -> None:
     """The cut is a dead process: the failed batch's producers get StoreFailed, and so does
     every call after it, reads included (there is no machine left to read from)."""

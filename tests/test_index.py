@@ -237,8 +237,8 @@ def test_removing_the_oldest_events_moves_each_streams_base() -> None:
     index, model = build(50, 2000)
     _, r1 = index.segment_rows(1)
     cut = index.frame(r1).first_position  # the first position of segment 2
-    ending = dict(index.streams_ending_before(cut))
-    assert ending == {s: len(p) - 1 for s, p in model.items() if p[-1] < cut}
+    ending = {s: (v, p) for s, v, p in index.streams_ending_before(cut)}
+    assert ending == {s: (len(p) - 1, p[-1]) for s, p in model.items() if p[-1] < cut}
     index.drop_oldest(1, cut)
     for stream, positions in model.items():
         kept = [p for p in positions if p >= cut]
