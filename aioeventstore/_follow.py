@@ -3,37 +3,48 @@
 A read-only store takes no lock and changes nothing on disk, so it can run next to the writer
 (``aioeventstore info``/``tail -f``). Its view of the log differs from recovery's in one rule:
 bytes at the end of the last segment that do not form a whole, checked frame are *not written
-yet* (a write in progress, or a torn tail the next writer will cut), never cut. Everything else
-is judged as recovery judges it: a bad frame followed by a frame of a later write, a bad frame
-in a segment that has a successor, or a break in positions is ``CorruptLog``.
+yet* (a write in progress, or a torn tail the next writer will cut), never cut. Damage is
+judged only on bytes that were there when the scan began: a write may end, and the next
+begin, while a scan looks at the bytes after it. Otherwise it is judged as recovery judges it:
+a bad frame followed by a frame of a later write, a bad frame in a segment that has a
+successor, a segment with a bad header that has one, or a break in positions is
+``CorruptLog``.
 
 Following is polling: each :meth:`Follower.scan` re-reads the last segment from the end of
-its last whole frame, then looks for the segment named after the next position (the writer's
-next segment after a rotation). Finding the successor proves the old segment complete (the
-writer syncs a segment before creating the next), so it is scanned once more to its end
-before the follower moves on: nothing written before a rotation is missed.
+its last whole frame, then looks for the next segment: the lowest name past the last one's
+(the writer's next segment after a rotation, or a later one: see below). Finding the
+successor proves the old segment complete (the writer syncs a segment before creating the
+next), so it is scanned once more to its end before the follower moves on: nothing written
+before a rotation is missed.
 
-Limits: the follower reads the page cache, so it can see a batch a moment before the writer's
-sync makes it durable; if that sync then fails (or the power is cut), the writer's recovery
-cuts the batch and the follower, which already delivered it, stops with ``CorruptLog`` ("the
-log was cut behind this reader").
+The follower reads the page cache, so it can see a batch a moment before the writer's sync
+makes it durable; if that sync then fails (or the power is cut, or a rotation's new segment
+could not be made), the writer's recovery cuts the batch (or removes the segment) and the
+follower, which already delivered it, stops with ``CorruptLog`` ("the log was cut behind this
+reader"). It notices at its next scan: the last frame it read is no longer there (the file is
+shorter, or other bytes are at that offset: the writer wrote on after the cut), or the tail
+segment it holds with no frame yet was removed or replaced by another file of that name.
 
-Retention and scavenging (``_scavenge.py``): every scan accepts the gaps recovery accepts (a
-segment starting past the previous one's end, skips inside a segment with the SCAVENGED flag,
-a stream continuing past its next version with as many positions missing before it, see
-:func:`frame_indexer`). So the first scan starts at the oldest segment there is, and a reader
-that falls behind the writer's retention goes on at the oldest segment left after the one it
-was reading: the next segment is the one with the lowest name past the last one's, not the
-exact next name. (A segment missing for another reason, an operator's ``rm``, is skipped the
-same way, as recovery skips it; ``verify`` reports it.) Sealed segments whose files were
-removed, oldest first, are listed in ``removed`` for the store to drop from its index and close:
-a reader must not keep the disk space retention frees. A segment that scavenging rewrote under
-the same name stays readable through the handle already open (its old file's space is kept
-until the reader closes). Metadata frames are collected in ``metadata`` for the store to apply;
-they are not events.
+Retention and scavenging (``_scavenge.py``) remove frames the follower may not have read yet:
+segments (retention drops the oldest ones, a scavenge drops any sealed one whose frames all
+go) and frames inside segments (a scavenge rewrites them under the same name). So the
+follower accepts the gaps recovery accepts (a segment starting past the previous one's end,
+skips inside a segment with the SCAVENGED flag, a stream first seen past version 0 with as
+many positions missing before it), and one more: a stream it has already indexed may skip
+versions when at least as many positions are missing, *and* the segment holding the last
+event it indexed for that stream was removed or rewritten since (``changed``): removal takes
+a prefix of each stream, so the versions skipped went with that event. (Recovery never sees
+that case: a scan of a log at rest sees each stream's removed versions as a prefix; a
+segment deleted by hand still reads as ``CorruptLog``.) A reader overtaken by retention thus
+goes on at the oldest segment left. Sealed segments whose files are gone are listed in
+``removed`` for the store to drop from its index and close: a reader must not keep the disk
+space they held. A segment that a scavenge rewrote under the same name stays readable
+through the handle already open (its old file's space comes back when the reader closes).
+Metadata frames are collected in ``metadata`` for the store to apply; they are not events.
 
 Threads: one thread at a time calls ``scan`` (the store's I/O thread); the frames it finds are
-added to the index on the event loop thread by :func:`frame_indexer`.
+added to the index on the event loop thread by :func:`frame_indexer` (before the store is
+open, on the I/O thread during the first scan).
 """
 
 from __future__ import annotations
@@ -44,8 +55,10 @@ from collections.abc import Callable
 from ._compress import expand, inner_frames
 from ._format import (
     FORMAT_VERSION,
+    FRAME_HEADER_SIZE,
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
+    FRAME_KIND_EVENTS,
     FRAME_KIND_METADATA,
     SEGMENT_FLAG_SCAVENGED,
     SEGMENT_HEADER_SIZE,
@@ -69,10 +82,11 @@ class Follower:
 
     def __init__(self, log: Log) -> None:
         self._log = log
-        self.resume: Callable[[int, Segment, int], tuple[int, int]] | None = None
+        self.resume: Callable[[int, Segment, int], tuple[int, int, int | None]] | None = None
         """Set for the first scan: ``resume(ordinal, segment, first position)`` may account
         for a prefix of a newly opened segment (from its index sidecar) and returns where
-        scanning goes on: (byte offset, position there)."""
+        scanning goes on: (byte offset, position there, offset of the last frame before it
+        or None)."""
         self.end = 0
         """Byte offset after the last whole frame of the last segment."""
         self.position = 0
@@ -81,22 +95,35 @@ class Follower:
         """(stream, revision, packed metadata) of the metadata frames found; the store takes
         them after each scan."""
         self.removed: list[int] = []
-        """Ordinals of sealed segments whose files are gone from the directory, oldest first
-        (a prefix of the live ones): the store drops them from its index and retires them
-        after each scan (:meth:`Opener.drop_removed`)."""
+        """Ordinals of sealed segments whose files are gone from the directory, in order: the
+        store drops them from its index and retires them after each scan
+        (``Opener.drop_removed``)."""
+        self.changed: set[int] = set()
+        """Ordinals of segments whose files were removed or rewritten since this reader
+        read them: what lets a stream skip versions (see the module docstring). Brought up
+        to date at the end of a scan that met missing positions, and by
+        :meth:`removed_since_read`."""
         self._gaps = False  # the tail segment is a scavenged one
         self._names: list[str] | None = None  # this scan's listing of the directory
-        self._oldest = 0  # ordinal of the oldest segment not in ``removed`` yet
+        self._oldest = 0  # ordinal of the oldest segment not retired or removed yet
+        self._last: tuple[int, bytes] | None = None  # the tail's last frame: offset, header
+        self._events = 0  # events found by the current scan
+        self._bound = 0  # the tail's size when its last scan began
 
     def scan(self, found: FoundFrame) -> None:
         """Feed every whole frame written since the last call to ``found``; blocking.
 
         Opens segments as they appear (adding them to the log's segment list, read-only).
-        Raises CorruptLog for damage, OSError when a file cannot be read.
+        Raises CorruptLog for damage (or a cut behind this reader), OSError when a file
+        cannot be read.
         """
+        start, self._events = self.position, 0
         try:
             self._scan(found)
             self._note_removed()
+            if self.position - start > self._events:  # positions were removed: evidence
+                for ordinal in range(self._oldest, len(self._log.segments)):
+                    self.removed_since_read(ordinal)
         finally:
             self._names = None
 
@@ -108,6 +135,8 @@ class Follower:
             if nxt is None:
                 if reason is not None:
                     self._check_unfinished(segs[-1], reason)
+                elif segs and self.end == SEGMENT_HEADER_SIZE:
+                    self._check_not_replaced(segs[-1])  # (a writer's removed rotation)
                 return
             if segs:
                 # The successor exists, so the old segment is complete: read what was written
@@ -118,8 +147,6 @@ class Follower:
                     raise CorruptLog(
                         segs[-1].path, self.end, f"{reason} (in a segment before the last)"
                     )
-                # A successor past the expected position is a gap: the segments in between
-                # were removed (retention overtook this reader, or a scavenge dropped them).
                 if nxt.first_position < self.position:
                     nxt.close()
                     raise CorruptLog(
@@ -128,29 +155,48 @@ class Follower:
                         f"segment starts at position {nxt.first_position}; expected "
                         f"{self.position}",
                     )
+                # A successor past the expected position is a gap: the segments in between
+                # were removed (retention overtook this reader, or a scavenge dropped them).
+                # Not when the segment left holds no frame: the writer never rotates away
+                # from such a segment, so it was a rotation the writer undid.
+                if self.end == SEGMENT_HEADER_SIZE:
+                    try:
+                        self._check_not_replaced(segs[-1])
+                    except CorruptLog:
+                        nxt.close()
+                        raise
             segs.append(nxt)
             self.end = SEGMENT_HEADER_SIZE
             self.position = nxt.first_position
+            self._last = None
             if self.resume is not None:
-                self.end, self.position = self.resume(len(segs) - 1, nxt, self.position)
+                self.end, self.position, last = self.resume(len(segs) - 1, nxt, self.position)
+                if last is not None:  # (what a cut behind this reader is checked against)
+                    self._last = (last, nxt.read(FRAME_HEADER_SIZE, last))
 
     def _scan_tail(self, found: FoundFrame) -> str | None:
         seg = self._log.segments[-1]
         ordinal = len(self._log.segments) - 1
-        size = seg.file.size()
-        if size < self.end:
+        size = seg.file.size()  # damage is judged on these bytes only (see the docstring)
+        last = self._last
+        if size < self.end or (
+            last is not None and seg.read(FRAME_HEADER_SIZE, last[0]) != last[1]
+        ):
             raise CorruptLog(
                 seg.path,
-                size,
+                min(size, self.end),
                 f"the log was cut behind this reader (it had read to byte {self.end}): the "
                 "writer recovered from a crash or a write error; open the store again",
             )
 
         def sink(info: FrameInfo, buf: bytes, start: int) -> None:
+            self._last = (info.offset, bytes(buf[start : start + FRAME_HEADER_SIZE]))
             if info.kind == FRAME_KIND_METADATA:
                 packed = bytes(buf[start + info.entries_at : start + info.length])
                 self.metadata.append((info.stream, info.first_version, packed))
             if info.kind != FRAME_KIND_COMPRESSED:
+                if info.kind == FRAME_KIND_EVENTS:
+                    self._events += info.event_count
                 found(ordinal, info)
                 return
             try:  # the index points every frame inside a container at the container
@@ -158,20 +204,51 @@ class Follower:
             except FrameError as exc:
                 raise CorruptLog(seg.path, info.offset, exc.reason) from None
             for frame in inner:
+                if frame.kind == FRAME_KIND_EVENTS:
+                    self._events += frame.event_count
                 found(ordinal, frame._replace(offset=info.offset, length=info.length))
 
         self.end, self.position, reason = seg.scan(
             self.end, self.position, self._log.options.read_chunk_bytes, sink, self._gaps
         )
+        if reason is not None and self.end >= size:
+            return None  # bytes written after the scan began: not judged yet (next scan)
+        self._bound = size
         return reason
 
     def _check_unfinished(self, seg: Segment, reason: str) -> None:
         """The last segment ends in bytes that are not a whole frame: a write in progress
-        (wait for it) unless a frame of a later write follows them (damage)."""
-        later = later_write_at(seg, self.end + 1, self.end)
+        (wait for it) unless a frame of a later write follows them (damage), among the bytes
+        that were there when the scan began (a write may have ended, and the next begun,
+        since)."""
+        later = later_write_at(seg, self.end + 1, self.end, self._bound)
         if later is not None:
             raise CorruptLog(
                 seg.path, self.end, f"{reason}; a frame of a later write follows at byte {later}"
+            )
+
+    def _check_not_replaced(self, seg: Segment) -> None:
+        """The tail holds no frame: it is the writer's newest segment, unless the writer
+        removed it again (its header's sync failed: ``Log._create``, or the next open found
+        it incomplete) and appended elsewhere, or made another file of that name. Then this
+        reader, which moved on to it, is past a cut."""
+        if seg.flags & SEGMENT_FLAG_SCAVENGED:
+            return  # a rewrite left it with control frames only: a real segment
+        try:
+            current = self._log.fs.open(seg.path, write=False)
+        except FileNotFoundError:
+            replaced = True
+        else:
+            try:  # (the path first: the file this reader holds can only have grown since)
+                replaced = current.size() > seg.file.size()
+            finally:
+                current.close()
+        if replaced:
+            raise CorruptLog(
+                seg.path,
+                0,
+                "the log was cut behind this reader: the writer removed the segment it had "
+                "moved on to (a rotation that failed); open the store again",
             )
 
     def _listdir(self) -> list[str]:
@@ -186,7 +263,7 @@ class Follower:
         scavenging may have removed the ones in between), once its header is complete."""
         log = self._log
         after = log.segments[-1].first_position if log.segments else -1
-        names = (parse_segment_name(n) for n in self._listdir())
+        names = [parse_segment_name(n) for n in self._listdir()]
         found = [p for p in names if p is not None and p > after]
         if not found:  # nothing after the last segment (no rotation yet, or no segment)
             return None
@@ -204,10 +281,10 @@ class Follower:
             raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
         except ValueError as exc:
             # A rotation in progress (the header is written right after the file is created),
-            # unless frames follow the header: then the header is damaged.
+            # unless frames follow the header or a later segment exists: then it is damaged.
             later = later_write_at(seg, 0, -1)
             seg.close()
-            if later is not None:
+            if later is not None or any(p > position for p in found):
                 raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
             return None
         if first != position:
@@ -217,18 +294,43 @@ class Follower:
         return seg
 
     def _note_removed(self) -> None:
-        """Add to ``removed`` the oldest live sealed segments whose names are gone from the
-        directory (retention removes a prefix of the log; a later segment that a scavenge
-        dropped is kept until the ones before it go too)."""
+        """Add to ``removed`` (and ``changed``) the sealed segments whose names are gone from
+        the directory: retention drops the oldest ones, a scavenge any whose frames all go."""
         segs = self._log.segments
+        while self._oldest < len(segs) - 1 and segs[self._oldest].retired:
+            self._oldest += 1
         if len(segs) - self._oldest < 2:
             return
         names = set(self._listdir())
-        while self._oldest < len(segs) - 1:  # never the tail: it is still being read
-            if os.path.basename(segs[self._oldest].path) in names:
-                return
-            self.removed.append(self._oldest)
-            self._oldest += 1
+        taken = set(self.removed)
+        for ordinal in range(self._oldest, len(segs) - 1):  # never the tail: still read
+            seg = segs[ordinal]
+            if seg.retired or ordinal in taken:
+                continue
+            if os.path.basename(seg.path) not in names:
+                self.removed.append(ordinal)
+                self.changed.add(ordinal)
+
+    def removed_since_read(self, ordinal: int) -> bool:
+        """Whether the file of segment ``ordinal`` was removed, or rewritten (shorter under
+        the same name: a scavenge), since this reader opened it. Blocking: the I/O thread
+        (``changed`` holds the answers found so far)."""
+        if ordinal in self.changed:
+            return True
+        seg = self._log.segments[ordinal]
+        if seg.retired:
+            return True
+        try:
+            current = self._log.fs.open(seg.path, write=False)
+        except FileNotFoundError:
+            self.changed.add(ordinal)
+            return True
+        try:  # (the path first: the file this reader holds can only have grown since)
+            if current.size() < seg.file.size():
+                self.changed.add(ordinal)
+        finally:
+            current.close()
+        return ordinal in self.changed
 
 
 def frame_indexer(
@@ -236,15 +338,16 @@ def frame_indexer(
     checkpoints: dict[str, int],
     path_of: Callable[[int], str],
     seen: list[int] | None = None,
+    changed: Callable[[int], bool] = lambda ordinal: False,
 ) -> FoundFrame:
     """A ``found`` callback that adds each frame to the index (and each checkpoint frame to
     ``checkpoints``) at once. Call it on the event loop thread, or before the store is open;
     advance ``index.head`` after it. Raises CorruptLog when a stream's versions break.
     ``seen[0]`` counts the events indexed (share it between the indexers of one store): a
-    stream may skip versions (first appear past version 0, or continue past its next version)
-    only with at least as many positions missing before it; its older versions were then
-    removed from the log (retention and scavenging remove a prefix of each stream), and the
-    index forgets them (``Index.restart_stream``)."""
+    stream may skip versions only with at least as many positions missing before it, and,
+    when it has indexed events, only if ``changed(ordinal)`` says the segment holding the
+    last of them was removed or rewritten since (``Follower.changed``); its older versions
+    were then removed from the log, and the index forgets them (``Index.restart_stream``)."""
     seen = seen if seen is not None else [0]
 
     def found(ordinal: int, info: FrameInfo) -> None:
@@ -257,7 +360,11 @@ def frame_indexer(
         want = index.last_version(info.stream) + 1
         if info.first_version != want:
             missing = info.first_position - seen[0]
-            if not want < info.first_version <= want + missing:
+            last = index.last_segment(info.stream)
+            if not (
+                want < info.first_version <= want + missing
+                and (last is None or changed(last))
+            ):
                 raise CorruptLog(
                     path_of(ordinal),
                     info.offset,

@@ -46,7 +46,7 @@ import itertools
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from itertools import accumulate, compress, repeat
 from operator import ne, sub
 from typing import Final, Literal, NamedTuple, cast
@@ -484,12 +484,44 @@ class Index:
                 hi = mid
         return lo + 1, False
 
+    def last_segment(self, stream: str) -> int | None:
+        """Ordinal of the segment holding the stream's last indexed event, or None."""
+        positions = self._streams.get(stream)
+        if positions is None or not _count(positions):
+            return None
+        row = bisect_right(self._frame_pos, _at(positions, _count(positions) - 1)) - 1
+        return self._frame_seg[row]
+
+    def forget_segment(self, ordinal: int, end: int) -> None:
+        """A read-only store: forget segment ``ordinal``, whose file the writer removed (by
+        retention, or a scavenge that dropped every frame in it), ``end`` being the position
+        its successor starts at. Its rows go, and so does every stream's prefix up to its
+        last event in it: removal is a prefix of each stream, so those events are gone from
+        the log too (the rows of older segments this reader still reads through handles it
+        holds stay). One pass over the streams, as :meth:`drop_oldest`."""
+        lo, hi = self.segment_rows(ordinal)
+        if hi > lo:
+            first = self._frame_pos[lo]
+            cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
+            for col in (*cols, self._frame_sid, self._frame_cnt):
+                del col[lo:hi]
+            for stream, positions in self._streams.items():
+                k = _bisect(positions, end)
+                if k and _at(positions, k - 1) >= first:
+                    del positions[8 : (k + 1) << 3]
+                    self._base[stream] = self._base.get(stream, 0) + k
+        self.marks.pop(ordinal, None)
+        self._sidless.pop(ordinal, None)
+        self.metas.pop(ordinal, None)
+
     def restart_stream(self, stream: str, version: int) -> None:
         """Make ``stream`` continue at ``version``, forgetting the versions before it: a
         read-only store found its next frame past its next version, after positions it never
         saw (the writer removed them; removal is a prefix of each stream, so every version
-        before that frame is gone from the log). The rows of frames already indexed stay, for
-        the whole-log reads of the files this reader still has open."""
+        before that frame is gone from the log; the caller checked that the segment of its
+        last indexed event was removed or rewritten). The rows of frames already indexed
+        stay, for the whole-log reads of the files this reader still has open (a reader
+        exports no sidecar, which would find rows and streams disagree)."""
         assert version > self.last_version(stream)
         positions = self._streams.get(stream)
         if positions is None:
@@ -872,20 +904,22 @@ class Index:
                 self._sidless[ordinal] = (n, glob)
         self.next_position = end_position
 
-    def rows_problem(self, rows: SegmentRows, missing: int, skips: bool = False) -> str | None:
+    def rows_problem(
+        self, rows: SegmentRows, missing: int, skips: Callable[[str], bool] | None = None
+    ) -> str | None:
         """Why a sidecar's rows cannot continue the index (as a scan would have found), or
         None. ``missing``: positions missing from the log before these rows. A stream may
-        start past version 0 with at least as many positions missing before it; with
-        ``skips`` (a read-only store, see ``frame_indexer``), a stream already indexed may
-        skip versions the same way, and the caller then restarts it
-        (:meth:`restart_stream`). One step per stream; only a skip costs more."""
+        start past version 0 with at least as many positions missing before it; a read-only
+        store (see ``frame_indexer``) passes ``skips``, which says whether a stream it has
+        already indexed may skip versions the same way (the caller then restarts it:
+        :meth:`restart_stream`). One step per stream; only a skip costs more."""
         at = 0
         cum: list[int] | None = None  # events of the rows before each row
         for name, count, first in zip(rows.names, rows.counts, rows.firsts, strict=True):
             want = self.last_version(name) + 1
             if first != want:
                 problem = f"stream {name!r} continues at version {first}, expected {want}"
-                if first < want or not count or (want != 0 and not skips):
+                if first < want or not count or (want != 0 and not (skips and skips(name))):
                     return problem
                 p = rows.positions[at]  # the stream's first position in this segment
                 if cum is None:

@@ -90,12 +90,18 @@ class WritePlan:
     new_segment_at: int | None  # first position of a segment to create first, if rotating
 
 
-def later_write_at(seg: Segment, start: int, bad_offset: int) -> int | None:
+def later_write_at(
+    seg: Segment, start: int, bad_offset: int, size: int | None = None
+) -> int | None:
     """Offset of the first well-formed frame at or after byte ``start`` of ``seg`` from a write
     that began after byte ``bad_offset`` (with ``bad_offset == -1``: any well-formed frame), or
     None. Such a frame after damage proves the damage is not a torn last write. Shared by
-    recovery and ``_verify`` so that both always reach the same verdict."""
-    size = seg.file.size()
+    recovery and ``_verify`` so that both always reach the same verdict. ``size``: look only
+    at the bytes before it (a file another process writes: the bytes that were there when
+    the scan that found the damage began; a write in progress then may have ended since and
+    the next begun, which proves nothing)."""
+    if size is None:
+        size = seg.file.size()
     if start >= size:
         return None
     data = seg.read(size - start, start)

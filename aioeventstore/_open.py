@@ -282,11 +282,18 @@ class Opener:
         for i, name in enumerate(rows.names):  # a version-1 sidecar: streams continue
             if rows.firsts[i] < 0:
                 rows.firsts[i] = index.last_version(name) + 1
-        skips = self._follower is not None  # a reader: see frame_indexer
+        follower = self._follower
+        skips: Callable[[str], bool] | None = None
+        if follower is not None:  # a reader (see frame_indexer; blocking: the I/O thread)
+
+            def skips(name: str) -> bool:
+                last = index.last_segment(name)
+                return last is None or follower.removed_since_read(last)
+
         problem = index.rows_problem(rows, rows.pos[0] - seen[0], skips)
         if problem is not None:  # what a scan would have found: the log is damaged
             raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
-        if skips:
+        if skips is not None:
             for name, first in zip(rows.names, rows.firsts, strict=True):
                 if first != index.last_version(name) + 1:
                     index.restart_stream(name, first)
@@ -305,17 +312,23 @@ class Opener:
         follower = self._follower
         seen = self._seen
 
-        def resume(ordinal: int, seg: Segment, position: int) -> tuple[int, int]:
+        def resume(ordinal: int, seg: Segment, position: int) -> tuple[int, int, int | None]:
             car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
             if car is None:
-                return SEGMENT_HEADER_SIZE, position
+                return SEGMENT_HEADER_SIZE, position, None
             self._apply_sidecar(ordinal, seg, car, seen, "never")  # never exported
             for stream, (revision, packed) in car.metas.items():
                 follower.metadata.append((stream, revision, packed))
-            return car.covered_end, car.end_position
+            return car.covered_end, car.end_position, car.last_offset
 
         follower.resume = resume  # the first scan only: later ones run on the I/O
-        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
+        add = frame_indexer(
+            self._index,
+            self._checkpoints,
+            self._log.path,
+            self._seen,
+            follower.removed_since_read,  # (blocking: this scan runs on the I/O thread)
+        )
         try:  # thread; as recovery does: the index is not in use yet, fill it from here
             follower.scan(add)
         finally:
@@ -327,14 +340,15 @@ class Opener:
 
     def drop_removed(self) -> None:
         """A read-only store: forget the segments its follower found removed (by the writer's
-        retention, or a scavenge that dropped them), oldest first. Their rows leave the index,
-        as in the writer, and their files are closed once no read has them pinned, so that
-        this reader does not keep the disk space they held (loop thread, or before open)."""
+        retention, or a scavenge that dropped them). Their rows leave the index
+        (``Index.forget_segment``), and their files are closed once no read has them pinned,
+        so that this reader does not keep the disk space they held (loop thread, or before
+        open)."""
         assert self._follower is not None
         removed, self._follower.removed = self._follower.removed, []
         segs = self._log.segments
         for ordinal in removed:
-            self._index.drop_oldest(ordinal, segs[ordinal + 1].first_position)
+            self._index.forget_segment(ordinal, segs[ordinal + 1].first_position)
             self._log.replace_segment(ordinal, None)
 
     def _take_metadata(self) -> None:
@@ -358,7 +372,9 @@ class Opener:
         assert self._follower is not None
         loop = asyncio.get_running_loop()
         follower = self._follower
-        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen)
+        # (on the loop thread: what the scan found changed, no I/O here)
+        changed = follower.changed.__contains__
+        add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen, changed)
         while True:
             await asyncio.sleep(poll_interval)
             frames: list[tuple[int, FrameInfo]] = []

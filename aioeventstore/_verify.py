@@ -286,7 +286,7 @@ def _verify_segment(
     except NewerFormat as exc:
         raise UnsupportedFormat(seg.path, exc.found, FORMAT_VERSION) from None
     except ValueError as exc:
-        if last and later_write_at(seg, 0, -1) is None:
+        if last and later_write_at(seg, 0, -1, size) is None:
             problem = SegmentProblem(
                 "torn_tail",
                 0,
@@ -365,7 +365,10 @@ def _verify_segment(
         if not last:
             problem = SegmentProblem("corruption", end, f"{reason} (in a segment before the last)")
         else:
-            later = later_write_at(seg, end + 1, end)
+            # (only the bytes there when the check began: next to a running writer, a write
+            # in progress then may have ended since and the next begun, which proves nothing)
+            later = later_write_at(seg, end + 1, end, size)
+            size = max(size, end)
             if later is None and size - end > max_write:
                 problem = SegmentProblem(
                     "corruption",

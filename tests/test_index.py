@@ -369,8 +369,9 @@ def test_stream_names_are_checked_on_every_call() -> None:
 def test_a_follower_lets_a_stream_skip_only_as_many_versions_as_positions_it_missed() -> None:
     """A read-only store's indexer: after a gap (segments the writer removed before the
     reader got to them), a stream may continue past its next version by at most the number
-    of positions the reader never saw; the index then forgets its older versions (they were
-    removed too). A skip without such a gap is damage."""
+    of positions the reader never saw, and only if the segment holding the last event it
+    indexed was removed or rewritten since; the index then forgets its older versions (they
+    were removed too). A skip without both is damage (a segment deleted by hand, say)."""
     from aioeventstore._follow import frame_indexer
     from aioeventstore._format import FrameInfo
 
@@ -378,11 +379,17 @@ def test_a_follower_lets_a_stream_skip_only_as_many_versions_as_positions_it_mis
         return FrameInfo(position * 100, 100, 20, stream, count, position, version, 0, 0)
 
     index = Index()
-    add = frame_indexer(index, {}, lambda ordinal: f"segment {ordinal}")
+    changed: set[int] = set()
+    add = frame_indexer(index, {}, lambda ordinal: f"segment {ordinal}", None, changed.__contains__)
     add(0, frame("a", 0, 0, 3))
     add(0, frame("b", 3, 0))
+    changed.add(0)
     with pytest.raises(es.CorruptLog, match="'a' continues at version 4, expected 3"):
         add(0, frame("a", 4, 4))  # no position missing: no version may be skipped
+    changed.clear()
+    with pytest.raises(es.CorruptLog, match="'a' continues at version 7, expected 3"):
+        add(2, frame("a", 10, 7, 2))  # positions missing, but segment 0 is as it was
+    changed.add(0)  # it was removed or rewritten: the versions went with it
     # positions 4..9 were removed: "a" lost versions 3..6 (4 of the 6), "b" 1..2
     add(2, frame("a", 10, 7, 2))
     assert (index.first_version("a"), index.last_version("a")) == (7, 8)

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import random
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -502,3 +503,213 @@ async def test_a_reader_opened_during_a_scavenge_loads_the_later_index_sidecars(
             go_on.set()
             await asyncio.gather(open_task, return_exceptions=True)
             await reader.close()
+
+
+async def test_a_write_that_ends_while_a_scan_looks_at_it_is_not_damage(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan stops at a batch still being written; before the follower judges those bytes,
+    the writer finishes it and writes the next. That next frame, after bytes that were
+    incomplete when the scan began, proves nothing: the reader goes on. (It stopped with a
+    false CorruptLog "a frame of a later write follows", as did ``verify`` and ``info``
+    next to a busy writer.)"""
+    from aioeventstore._log import later_write_at as real
+
+    async with es.EventStore(store_path, durability="os") as writer:
+        for i in range(5):
+            await writer.append("s", Note(text=f"event {i}"))
+        ends = [r.position async for r in writer.read_all()]
+    seg = sorted(store_path.glob("*.seg"))[0]
+    whole = seg.read_bytes()
+    # where event 3's frame starts: the file as it was after three appends
+    async with es.EventStore(store_path.parent / "three", durability="os") as probe:
+        for i in range(3):
+            await probe.append("s", Note(text=f"event {i}"))
+    cut = sorted((store_path.parent / "three").glob("*.seg"))[0].stat().st_size
+    assert ends == [0, 1, 2, 3, 4] and cut < len(whole)
+    seg.write_bytes(whole[: cut + 10])  # event 3's frame, cut short: a write in progress
+
+    def the_writer_goes_on(*args: Any) -> int | None:
+        if seg.stat().st_size < len(whole):
+            seg.write_bytes(whole)  # the batch ends, and the next one is written
+        return real(*args)
+
+    monkeypatch.setattr("aioeventstore._follow.later_write_at", the_writer_goes_on)
+    async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+        for _ in range(1000):
+            if reader.head == 4:
+                break
+            await asyncio.sleep(0.005)
+        assert reader.follow_error is None
+        assert [r.data.text async for r in reader.read_all()] == [  # type: ignore[union-attr]
+            f"event {i}" for i in range(5)
+        ]
+
+
+async def test_a_cut_the_writer_wrote_past_before_the_next_poll_stops_the_reader(
+    store_path: Path,
+) -> None:
+    """The reader delivered a batch the writer then lost (a failed sync, a power cut), and
+    the writer wrote other frames over that place before the reader's next poll: the file
+    is no shorter than the reader's position, but the frame it read last is gone. It stops
+    with "cut behind this reader" (it used to read on from the middle of the new frames:
+    an event that was never committed stayed delivered, or it hung)."""
+    async with es.EventStore(store_path) as writer:
+        for _ in range(3):
+            await writer.append("s", Note(text="seed"))
+    other = store_path.parent / "other"
+    shutil.copytree(store_path, other)
+    async with es.EventStore(store_path) as writer:
+        await writer.append("s", Note(text="A" * 10))
+    async with es.EventStore(other) as writer:  # what the writer wrote after the cut
+        await writer.append("s", [Note(text="B" * 10), Note(text="C" * 300)])
+    seg = sorted(store_path.glob("*.seg"))[0]
+    async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+        async with reader.subscribe() as sub:
+            got = [await asyncio.wait_for(sub.__anext__(), 10) for _ in range(4)]
+            assert got[3].data.text == "A" * 10  # type: ignore[union-attr]
+            with seg.open("r+b") as f:  # the same file, other bytes from the cut on
+                f.write(sorted(other.glob("*.seg"))[0].read_bytes())
+            assert [r async for r in sub] == []  # ends
+        assert isinstance(reader.follow_error, es.CorruptLog)
+        assert "cut behind this reader" in str(reader.follow_error)
+
+
+@pytest.mark.parametrize("then", ["removed", "made again"])
+async def test_a_reader_on_a_segment_the_writer_removed_again_stops(
+    store_path: Path, then: str
+) -> None:
+    """The reader moved on to the writer's new segment, whose header sync then failed: the
+    writer removed it again (``Log._create``), and its next open appended to the segment
+    before and rotated later, or made a new file of the same name. The reader stops with
+    "cut behind this reader" (it used to skip events silently, past a gap it took for
+    retention, or wait on the removed file forever)."""
+    from aioeventstore._format import pack_segment_header, segment_name
+
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for _ in range(5):
+            await writer.append("s", Note(text="x" * 300))
+        async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+            await _caught_up(reader, writer)
+            phantom = store_path / segment_name(writer.head + 1)
+            phantom.write_bytes(pack_segment_header(writer.head + 1))
+            await asyncio.sleep(0.1)  # the reader moves on to it
+            phantom.unlink()
+            if then == "made again":
+                phantom.write_bytes(pack_segment_header(writer.head + 1) + bytes(100))
+            for _ in range(30):
+                await writer.append("s", Note(text="y" * 300))
+            for _ in range(1000):
+                if reader.follow_error is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert isinstance(reader.follow_error, es.CorruptLog)
+            assert "cut behind this reader" in str(reader.follow_error)
+            assert reader.head == 4  # nothing skipped, nothing wrong delivered
+
+
+@pytest.mark.parametrize("damage", ["empty", "header only half there"])
+async def test_a_middle_segment_with_a_bad_header_is_damage_for_a_reader(
+    store_path: Path, damage: str
+) -> None:
+    """A segment before the last one has no whole header: as for the writer's open, that is
+    CorruptLog (a reader used to take it for a rotation in progress: the end of the log)."""
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for _ in range(40):
+            await writer.append("s", Note(text="x" * 300))
+    middle = sorted(store_path.glob("*.seg"))[1]
+    middle.write_bytes(b"" if damage == "empty" else middle.read_bytes()[:16])
+    for idx in store_path.glob("*.idx"):
+        idx.unlink()
+    with pytest.raises(es.CorruptLog, match="bad segment header") as writer_error:
+        await es.EventStore(store_path).open()
+    with pytest.raises(es.CorruptLog, match="bad segment header") as reader_error:
+        await es.EventStore(store_path, read_only=True).open()
+    assert reader_error.value.path == writer_error.value.path == str(middle)
+
+
+async def test_a_segment_deleted_by_hand_is_damage_for_a_reader_as_for_the_writer(
+    store_path: Path,
+) -> None:
+    """A stream continuing past versions that were never removed (their segment deleted by
+    hand): CorruptLog for a reader's open, as for the writer's. A reader accepts a skip
+    only when the segment of the stream's last event it read was removed or rewritten."""
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for v in range(60):
+            for s in range(2):
+                await writer.append(f"s-{s}", Note(text=f"{s}:{v}".ljust(20, ".")))
+    sorted(store_path.glob("*.seg"))[1].unlink()
+    for idx in store_path.glob("*.idx"):
+        idx.unlink()
+    with pytest.raises(es.CorruptLog, match="continues at version") as writer_error:
+        await es.EventStore(store_path).open()
+    with pytest.raises(es.CorruptLog, match="continues at version") as reader_error:
+        await es.EventStore(store_path, read_only=True).open()
+    assert str(reader_error.value) == str(writer_error.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files in /proc")
+async def test_a_reader_closes_segments_a_scavenge_dropped_from_the_middle(
+    store_path: Path,
+) -> None:
+    """A scavenge drops segments from the middle of the log (all their frames went): a
+    reader following the writer closes them too, not only the oldest ones. (The segments
+    the scavenge rewrote under the same name stay open in it, as documented.)"""
+    async with (
+        es.EventStore(store_path, segment_bytes=4096) as writer,
+        es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader,
+    ):
+        for stream, n in (("keep", 5), ("t", 40), ("keep2", 15)):
+            for _ in range(n):
+                await writer.append(stream, Note(text="x" * 300))
+        await _caught_up(reader, writer)
+        before = {p.name for p in store_path.glob("*.seg")}
+        await writer.delete_stream("t")
+        report = await writer.scavenge()
+        assert report.segments_dropped >= 2
+        dropped = before - {p.name for p in store_path.glob("*.seg")}
+        await writer.append("keep2", Note(text="after"))
+        await _caught_up(reader, writer)
+        for _ in range(200):
+            held = {Path(h.split(" ")[0]).name for h in _deleted_files_held(store_path)}
+            if not held & dropped:
+                break
+            await asyncio.sleep(0.005)
+        assert not held & dropped
+        assert reader.statistics().segments == writer.statistics().segments
+        for stream in ("keep", "t", "keep2"):
+            want = [(r.version, r.position) async for r in writer.read_stream(stream)]
+            assert [(r.version, r.position) async for r in reader.read_stream(stream)] == want
+
+
+async def test_verify_next_to_a_writer_judges_only_the_bytes_there_when_it_began(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify`` (and ``aioeventstore verify``/``info``) next to a busy writer: a batch
+    being written when the check reached it, finished (and the next one written) before the
+    check looked past it, is a write in progress, not corruption."""
+    from aioeventstore._log import later_write_at as real
+
+    async with es.EventStore(store_path, durability="os") as writer:
+        for i in range(5):
+            await writer.append("s", Note(text=f"event {i}"))
+    seg = sorted(store_path.glob("*.seg"))[0]
+    whole = seg.read_bytes()
+    for idx in store_path.glob("*.idx"):
+        idx.unlink()
+    async with es.EventStore(store_path, read_only=True) as reader:
+        last = [r.position async for r in reader.read_all()]
+    assert last == [0, 1, 2, 3, 4]
+    seg.write_bytes(whole[: len(whole) * 2 // 3])  # a write in progress, cut mid-frame
+
+    def the_writer_goes_on(*args: Any) -> int | None:
+        if seg.stat().st_size < len(whole):
+            seg.write_bytes(whole)
+        return real(*args)
+
+    monkeypatch.setattr("aioeventstore._verify.later_write_at", the_writer_goes_on)
+    from aioeventstore._fs import OsFileSystem
+    from aioeventstore._verify import verify_store
+
+    report = verify_store(str(store_path), OsFileSystem(), es.StoreOptions())
+    assert not report.corrupt, report.first_problem
