@@ -362,8 +362,7 @@ def frame_indexer(
             missing = info.first_position - seen[0]
             last = index.last_segment(info.stream)
             if not (
-                want < info.first_version <= want + missing
-                and (last is None or changed(last))
+                want < info.first_version <= want + missing and (last is None or changed(last))
             ):
                 raise CorruptLog(
                     path_of(ordinal),
