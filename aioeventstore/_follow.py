@@ -320,13 +320,14 @@ class Follower:
         seg = self._log.segments[ordinal]
         if seg.retired:
             return True
+        held = seg.file.size()  # (first: the same file can only have grown since)
         try:
             current = self._log.fs.open(seg.path, write=False)
         except FileNotFoundError:
             self.changed.add(ordinal)
             return True
-        try:  # (the path first: the file this reader holds can only have grown since)
-            if current.size() < seg.file.size():
+        try:
+            if current.size() < held:
                 self.changed.add(ordinal)
         finally:
             current.close()
