@@ -69,7 +69,7 @@ from ._format import (
     segment_name,
 )
 from ._index import Index
-from ._log import Log, later_write_at
+from ._log import Log, frame_now_at, later_write_at
 from ._segment import Segment
 from .errors import CorruptLog, UnsupportedFormat
 
@@ -169,6 +169,7 @@ class Follower:
             self.end = SEGMENT_HEADER_SIZE
             self.position = nxt.first_position
             self._last = None
+            self._gaps = bool(nxt.flags & SEGMENT_FLAG_SCAVENGED)  # (the old tail kept its own)
             if self.resume is not None:
                 self.end, self.position, last = self.resume(len(segs) - 1, nxt, self.position)
                 if last is not None:  # (what a cut behind this reader is checked against)
@@ -222,7 +223,7 @@ class Follower:
         that were there when the scan began (a write may have ended, and the next begun,
         since)."""
         later = later_write_at(seg, self.end + 1, self.end, self._bound)
-        if later is not None:
+        if later is not None and not frame_now_at(seg, self.end):  # (else: recovered, go on)
             raise CorruptLog(
                 seg.path, self.end, f"{reason}; a frame of a later write follows at byte {later}"
             )
@@ -243,7 +244,9 @@ class Follower:
                 replaced = current.size() > seg.file.size()
             finally:
                 current.close()
-        if replaced:
+        # a frame in it since this scan's look: a real segment, filled (and maybe removed by
+        # retention) meanwhile; a failed rotation's segment is removed before any frame
+        if replaced and seg.file.size() <= SEGMENT_HEADER_SIZE:
             raise CorruptLog(
                 seg.path,
                 0,
@@ -275,7 +278,7 @@ class Follower:
             return None
         seg = Segment(path, position, file)
         try:
-            first, flags = seg.read_header_flags()
+            first = seg.read_header()  # (sets seg.flags)
         except NewerFormat as exc:  # the writer is a newer build: never read past this point
             seg.close()
             raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
@@ -290,7 +293,6 @@ class Follower:
         if first != position:
             seg.close()
             raise CorruptLog(path, 0, f"segment starts at position {first} (named {position})")
-        self._gaps = bool(flags & SEGMENT_FLAG_SCAVENGED)
         return seg
 
     def _note_removed(self) -> None:

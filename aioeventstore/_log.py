@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from ._format import (
     BODY_HEAD_SIZE,
     FORMAT_VERSION,
+    FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_MAGIC,
     MAX_STREAM_NAME_BYTES,
@@ -88,6 +89,21 @@ class WritePlan:
     ordinal: int  # index of the segment in the log's segment list
     offset: int
     new_segment_at: int | None  # first position of a segment to create first, if rotating
+
+
+def frame_now_at(seg: Segment, offset: int) -> bool:
+    """Whether a whole, well-formed frame starts at byte ``offset`` of ``seg`` now. For a file
+    another process writes: bytes judged bad a moment ago (a torn tail a killed writer left)
+    may since have been cut, and written again, by the next writer's recovery."""
+    head = seg.read(FRAME_HEADER_SIZE, offset)
+    if len(head) < FRAME_HEADER_SIZE:
+        return False
+    data = seg.read(FRAME_HEADER_SIZE + FRAME_HEADER.unpack_from(head)[2], offset)
+    try:
+        check_frame(data, 0, len(data))
+    except FrameError:
+        return False
+    return True
 
 
 def later_write_at(

@@ -44,7 +44,7 @@ from ._format import (
 )
 from ._fs import FileSystem, OsFileSystem
 from ._indexfile import sidecar_path
-from ._log import LOCK_NAME, Log, later_write_at
+from ._log import LOCK_NAME, Log, frame_now_at, later_write_at
 from ._segment import Segment
 from .errors import StoreLocked, UnsupportedFormat
 from .options import StoreOptions
@@ -239,9 +239,12 @@ def verify_store(
     Uses ``fs`` (default: the real file system) for every read. ``options`` are those the
     store is opened with (default: ``StoreOptions()``): recovery judges a damaged tail longer
     than one write can be (from ``max_batch_bytes`` and ``max_append_bytes``) as corruption,
-    and so does this. Safe to run while a writer has the store open only on the writer's own
-    I/O thread (``EventStore.verify``): from anywhere else a write in progress may show as a
-    torn tail. Raises OSError when the directory cannot be read.
+    and so does this. Safe to run while a writer has the store open: on the writer's own
+    I/O thread (``EventStore.verify``) it sees the log between two batches; from anywhere
+    else a write in progress may show as a torn tail, and what the writer's retention or
+    scavenging removes meanwhile is accepted as removed (a segment gone before it was
+    opened, a stream skipping versions whose last segment read was removed or rewritten
+    since). Raises OSError when the directory cannot be read.
     """
     directory = os.fspath(path)
     fs = fs if fs is not None else OsFileSystem()
@@ -253,11 +256,18 @@ def verify_store(
     expected: int | None = 0  # next position; None once the log's order is broken
     versions: dict[str, int] = {}
     seen = [0]  # events in good frames so far: positions missing = a position minus this
+    where: dict[str, tuple[str, int]] = {}  # stream → (path, size) of its last segment read
     for i, (first, seg_path) in enumerate(names):
         last = i == len(names) - 1
-        seg = Segment(seg_path, first, fs.open(seg_path, write=False))
         try:
-            report = _verify_segment(seg, last, expected, versions, chunk_bytes, max_write, seen)
+            file = fs.open(seg_path, write=False)
+        except FileNotFoundError:  # removed since the listing: a running writer's retention
+            continue
+        seg = Segment(seg_path, first, file)
+        try:
+            report = _verify_segment(
+                seg, last, expected, versions, chunk_bytes, max_write, seen, (fs, where)
+            )
         finally:
             seg.close()
         reports.append(report)
@@ -270,6 +280,19 @@ def verify_store(
     return VerifyReport(directory, tuple(reports), len(versions))
 
 
+def _gone(fs: FileSystem, path: str, size: int) -> bool:
+    """Whether the segment file read at ``path`` (``size`` bytes then) was removed or
+    rewritten (a scavenge's rewrite is shorter) since."""
+    try:
+        current = fs.open(path, write=False)
+    except FileNotFoundError:
+        return True
+    try:
+        return current.size() < size
+    finally:
+        current.close()
+
+
 def _verify_segment(
     seg: Segment,
     last: bool,
@@ -278,8 +301,10 @@ def _verify_segment(
     chunk: int,
     max_write: int,
     seen: list[int],
+    removal: tuple[FileSystem, dict[str, tuple[str, int]]],
 ) -> SegmentReport:
     size = seg.file.size()
+    fs, where = removal
     problem: SegmentProblem | None = None
     try:
         header_first, flags = seg.read_header_flags()
@@ -336,8 +361,13 @@ def _verify_segment(
             prev = known.get(info.stream)
             want = -1 if prev is None else prev
             # a stream whose oldest frames were removed first shows up past version 0, with
-            # at least that many positions missing before it (as recovery checks)
-            removed = prev is None and 0 < info.first_version <= info.first_position - seen[0]
+            # at least that many positions missing before it (as recovery checks); next to a
+            # running writer, one already seen may skip as many, if the segment of the last
+            # event read of it was removed or rewritten since (a scavenge, retention)
+            missing = info.first_position - seen[0]
+            removed = want + 1 < info.first_version <= want + 1 + missing and (
+                prev is None or _gone(fs, *where[info.stream])
+            )
             if (checking or prev is not None) and info.first_version != want + 1 and not removed:
                 raise _Stop(
                     info.offset,
@@ -348,6 +378,7 @@ def _verify_segment(
             if bad is not None:
                 raise _Stop(info.offset, bad)
             known[info.stream] = info.first_version + info.event_count - 1
+            where[info.stream] = (seg.path, size)
             seen[0] += info.event_count
             if stats["first"] < 0:
                 stats["first"] = info.first_position
@@ -368,6 +399,8 @@ def _verify_segment(
             # (only the bytes there when the check began: next to a running writer, a write
             # in progress then may have ended since and the next begun, which proves nothing)
             later = later_write_at(seg, end + 1, end, size)
+            if later is not None and frame_now_at(seg, end):
+                later = None  # a writer's recovery cut it and wrote on since: not damage
             size = max(size, end)
             if later is None and size - end > max_write:
                 problem = SegmentProblem(

@@ -713,3 +713,144 @@ async def test_verify_next_to_a_writer_judges_only_the_bytes_there_when_it_began
 
     report = verify_store(str(store_path), OsFileSystem(), es.StoreOptions())
     assert not report.corrupt, report.first_problem
+
+
+async def test_a_torn_tail_the_next_writer_cut_and_wrote_over_is_not_damage(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed writer left a torn tail, which a reader's scan takes for a write in progress;
+    before the reader looks past it, the next writer's recovery cuts it and appends new
+    frames there. A frame of a later write now lies within the bytes the scan saw, but a
+    whole frame starts where the torn one did: not damage, the reader reads on. (It stopped
+    with a false CorruptLog, and so did ``verify``.)"""
+    from aioeventstore._log import later_write_at as real
+
+    async with es.EventStore(store_path) as writer:
+        for i in range(3):
+            await writer.append("s", Note(text=f"seed {i}"))
+    recovered = store_path.parent / "recovered"
+    shutil.copytree(store_path, recovered)
+    async with es.EventStore(store_path) as writer:  # the batch the kill tore
+        await writer.append("s", Note(text="torn" * 800))
+    async with es.EventStore(recovered) as writer:  # what the next writer wrote instead
+        for i in range(2):
+            await writer.append("s", Note(text=f"after {i}"))
+    seg = sorted(store_path.glob("*.seg"))[0]
+    torn = seg.read_bytes()[:-100]
+    after = sorted(recovered.glob("*.seg"))[0].read_bytes()
+    assert len(after) < len(torn)
+    seg.write_bytes(torn)
+
+    def the_next_writer_recovers(*args: Any) -> int | None:
+        if seg.read_bytes() == torn:
+            with seg.open("r+b") as f:  # cut, then the new writes (same file)
+                f.truncate(len(after) - 200)
+                f.seek(0)
+                f.write(after)
+        return real(*args)
+
+    monkeypatch.setattr("aioeventstore._follow.later_write_at", the_next_writer_recovers)
+    async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+        for _ in range(1000):
+            if reader.head == 4:
+                break
+            await asyncio.sleep(0.005)
+        assert reader.follow_error is None
+        texts = [r.data.text async for r in reader.read_all()]  # type: ignore[union-attr]
+        assert texts == ["seed 0", "seed 1", "seed 2", "after 0", "after 1"]
+
+
+async def test_a_reader_on_a_new_segment_filled_and_removed_meanwhile_goes_on(
+    store_path: Path,
+) -> None:
+    """The reader's tail is the writer's new segment, header only, when it checks whether
+    the writer removed it again (a failed rotation); meanwhile the writer filled it,
+    rotated and retention removed it. The file the reader holds has frames now: not a cut,
+    the reader goes on (it used to stop with a false "cut behind this reader")."""
+    opts = es.StoreOptions(segment_bytes=4096, retention_bytes=4096, durability="os")
+    async with es.EventStore(store_path, opts) as writer:
+        for _ in range(10):
+            await writer.append("s", Note(text="x" * 300))
+        reader = await es.EventStore(store_path, read_only=True, poll_interval=0.002).open()
+        log = writer._log
+        create = log._create
+        created, go_create = threading.Event(), threading.Event()
+        in_check, go_check = threading.Event(), threading.Event()
+        try:
+
+            def gated_create(first: int) -> Any:
+                seg = create(first)
+                created.set()
+                go_create.wait(30)
+                return seg
+
+            follower = reader._opener._follower
+            assert follower is not None
+            check = follower._check_not_replaced
+
+            def gated_check(seg: Any) -> None:
+                if not in_check.is_set():
+                    in_check.set()
+                    go_check.wait(30)
+                check(seg)
+
+            log._create = gated_create  # type: ignore[method-assign, assignment]
+            follower._check_not_replaced = gated_check  # type: ignore[method-assign]
+            rotating = asyncio.create_task(writer.append("s", Note(text="y" * 3000)))
+            await asyncio.to_thread(created.wait, 10)
+            await asyncio.to_thread(in_check.wait, 10)  # the reader holds it, header only
+            log._create = create  # type: ignore[method-assign]
+            go_create.set()
+            await rotating
+            for _ in range(6):
+                await writer.append("s", Note(text="z" * 1000))
+            await writer.enforce_retention()
+            go_check.set()
+            await _caught_up(reader, writer)
+            assert reader.follow_error is None
+        finally:
+            go_check.set()
+            go_create.set()
+            await reader.close()
+
+
+@pytest.mark.parametrize("scavenge", ["rewrites segments", "drops segments"])
+async def test_verify_next_to_a_writer_that_scavenges(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, scavenge: str
+) -> None:
+    """``verify_store`` (``aioeventstore verify``, a reader's ``verify()``) while the writer
+    truncates a stream and scavenges between two segments' checks: segments it rewrote or
+    dropped are accepted as removed, not reported as corruption ("continues at version")
+    nor raised as FileNotFoundError."""
+    from aioeventstore import _verify
+    from aioeventstore._fs import OsFileSystem
+
+    real = _verify._verify_segment
+    checked, go = threading.Event(), threading.Event()
+
+    def after_the_first_segment(*args: Any) -> Any:
+        report = real(*args)
+        if not checked.is_set():
+            checked.set()
+            go.wait(30)
+        return report
+
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for _ in range(60):
+            await writer.append("t", Note(text="t" * 200))
+            if scavenge == "rewrites segments":
+                await writer.append("keep", Note(text="k"))
+        await writer.append("keep", Note(text="k"))
+        monkeypatch.setattr(_verify, "_verify_segment", after_the_first_segment)
+        opts = es.StoreOptions(segment_bytes=4096)
+        job = asyncio.to_thread(_verify.verify_store, str(store_path), OsFileSystem(), opts)
+        verifying = asyncio.ensure_future(job)
+        try:
+            await asyncio.to_thread(checked.wait, 10)
+            await writer.set_stream_metadata("t", truncate_before=40)
+            report = await writer.scavenge()
+            assert report.segments_rewritten + report.segments_dropped >= 3
+        finally:
+            go.set()
+        result = await verifying
+        assert not result.corrupt, result.first_problem
