@@ -332,15 +332,24 @@ class CommitLoop:
         "fsync" every batch answered was synced, so this returns at once). On the I/O
         thread, after the writes handed to it before. A failed sync stops the store, as a
         failed batch sync does, and raises StoreFailed; a stopped store raises at once."""
-        self.check_open()
         if self._options.durability == "fsync":
             return
+        self.check_open()
+        syncing = self._hop(self._log.sync)
+        syncing.add_done_callback(self._after_sync)  # (also when the caller is cancelled)
         try:
-            await self._hop(self._log.sync)
+            await asyncio.shield(syncing)
         except OSError as exc:
-            if self.failure is None:
-                self._fail(exc, None)
             raise _failed_again(self.failure or StoreClosed("the store is closed")) from exc
+
+    def _after_sync(self, syncing: asyncio.Future[Any]) -> None:
+        """A maintenance sync's outcome: a failure stops the store (batches handed to the
+        I/O thread after it fail too: see ``_run``)."""
+        if syncing.cancelled() or syncing.exception() is None or self.failure is not None:
+            return
+        exc = syncing.exception()
+        assert exc is not None
+        self._fail(exc, None)
 
     async def close(self) -> None:
         """Stop accepting appends, commit everything already queued, and end the task."""
@@ -401,6 +410,9 @@ class CommitLoop:
                                 self._index.relocate_last(batch.relocated)
                     except Exception as exc:
                         self._fail(exc, batch)
+                        return
+                    if self.failure is not None:  # a sync failed while it was in flight
+                        self._fail(self.failure, batch)
                         return
                     st = self.stats
                     st.batches += 1
@@ -825,7 +837,8 @@ class CommitLoop:
         Written so that nothing in here can raise before every waiting producer is answered.
         """
         failure: StoreFailed | StoreClosed
-        if isinstance(exc, StoreClosed):
+        # (self.failure already: a batch that was in flight when a maintenance sync failed)
+        if isinstance(exc, StoreClosed) or (isinstance(exc, StoreFailed) and exc is self.failure):
             failure = exc
         else:
             try:
@@ -851,7 +864,7 @@ class CommitLoop:
         for item in pending:
             if not item.future.done():
                 item.future.set_exception(_failed_again(failure))
-        if failure is self.failure:
+        if failure is self.failure and exc is not failure:
             with contextlib.suppress(Exception):  # a broken handler must not break fail-stop
                 log.error("%s", failure, exc_info=exc)
 

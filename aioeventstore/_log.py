@@ -147,6 +147,7 @@ class Log:
         self._planned: dict[int, int] = {}  # ordinal → first position of a planned segment
         self._tail_first = 0  # first position of the tail segment, as planned by reserve()
         self._old_tail = False  # the tail is of an older format: the next write rotates
+        self._sync_failed: OSError | None = None  # the first failed sync (see _sync)
 
     # --- recovery -------------------------------------------------------------------------
     def recover(
@@ -392,7 +393,7 @@ class Log:
         if the clean-up fails too, recovery still treats the batch as an unacknowledged write.
         """
         if plan.new_segment_at is not None:
-            self.segments[-1].file.sync()
+            self._sync(self.segments[-1])
             created = self._create(plan.new_segment_at)
             self.segments.append(created)
             self._planned.pop(plan.ordinal, None)
@@ -405,7 +406,7 @@ class Log:
         try:
             seg.file.pwrite(data, plan.offset)
             if sync:
-                seg.file.sync()
+                self._sync(seg)
         except OSError:
             with contextlib.suppress(OSError):
                 seg.file.truncate(plan.offset)
@@ -416,7 +417,21 @@ class Log:
         """Sync the tail segment (``durability="os"``: on close, and before maintenance
         removes frames)."""
         if self.segments:
-            self.segments[-1].file.sync()
+            self._sync(self.segments[-1])
+
+    def _sync(self, seg: Segment) -> None:
+        """Sync a segment this process writes; once a sync failed, every later one raises
+        too (I/O thread). A later fsync may succeed without writing the pages the failed one
+        left ("fsyncgate"): nothing may then be taken for durable, the final sync of a
+        ``close`` (which writes the tail's index sidecar after it) included."""
+        if self._sync_failed is not None:
+            failed = self._sync_failed
+            raise OSError(failed.errno, f"an earlier sync of the log failed: {failed}", seg.path)
+        try:
+            seg.file.sync()
+        except OSError as exc:
+            self._sync_failed = exc
+            raise
 
     # --- reading ----------------------------------------------------------------------------
     def read(self, ordinal: int, offset: int, size: int) -> bytes:

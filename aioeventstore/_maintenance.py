@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from bisect import bisect_left
 from concurrent.futures import Executor, ThreadPoolExecutor
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
-from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck, SpecialAppend
+from ._commit import CommitLoop, MetaOp, Recheck, SpecialAppend
 from ._fs import FileSystem
 from ._index import Index
 from ._indexfile import SidecarWriter
@@ -32,7 +34,7 @@ from ._scavenge import (
     scavenge_segment,
     segment_newest_us,
 )
-from .errors import CorruptLog, MaintenanceFailed
+from .errors import CorruptLog, MaintenanceFailed, StreamDeleted
 from .events import ANY, AppendResult
 from .options import StoreOptions
 
@@ -230,17 +232,23 @@ class Maintenance:
             drop = await self._retention_victims()
             if not drop:
                 return ScavengeReport(0, 0, 0, 0, 0, before, before, time.perf_counter() - t0)
-            # streams whose events all go: (stream, last version, its position)
-            ending = self._index.streams_ending_before(
-                self._log.segments[drop[-1][0] + 1].first_position
+            # streams whose events all go, by their last position: (stream, last version)
+            ending = sorted(
+                self._index.streams_ending_before(
+                    self._log.segments[drop[-1][0] + 1].first_position
+                ),
+                key=itemgetter(2),
             )
+            ends = [p for _, _, p in ending]
+            done = 0
             frames = events = 0
             for ordinal, seg in drop:
                 # One segment at a time, so that a run cut short (a crash, an I/O error,
                 # close) leaves a suffix of the log visible: what goes with this segment is
                 # carried forward, and durable, before it is removed.
-                keep_from = self._log.segments[ordinal + 1].first_position
-                await self._carry_forward(ordinal, [(s, v) for s, v, p in ending if p < keep_from])
+                upto = bisect_left(ends, self._log.segments[ordinal + 1].first_position)
+                await self._carry_forward(ordinal, [(s, v) for s, v, _ in ending[done:upto]])
+                done = upto
                 await self._commit.sync_log()
                 lo, hi = self._index.segment_rows(ordinal)
                 frames += hi - lo
@@ -306,7 +314,7 @@ class Maintenance:
         commit = self._commit
         index = self._index
         loop = asyncio.get_running_loop()
-        items: list[PendingAppend] = []
+        items: list[SpecialAppend] = []
         names: set[str] = set()  # current checkpoints and metadata held in that segment
         streams: set[str] = set()
         for name, position in index.marks.get(ordinal, {}).items():
@@ -339,7 +347,10 @@ class Maintenance:
                 submitted.append(item.future)
         finally:  # every answer is collected, so that none is left unretrieved
             outcomes = await asyncio.gather(*submitted, return_exceptions=True)
-        for outcome in outcomes:
+        for item, outcome in zip(items, outcomes, strict=False):
+            # a hard delete queued before a floor: its tombstone keeps the stream closed
+            if isinstance(outcome, StreamDeleted) and item.meta and item.meta.kind == "floor":
+                continue
             if isinstance(outcome, BaseException):
                 raise outcome
 

@@ -983,7 +983,9 @@ class EventStore:
         on meanwhile, and a read planned before a segment is swapped reads the old file.
         Crash-safe (temp file, sync, rename, directory sync). Cancelling the caller does not
         stop it; closing the store does. A call while one runs waits for that one. Raises
-        :class:`MaintenanceFailed` on an I/O error (what was done stays done).
+        :class:`MaintenanceFailed` on an I/O error (what was done stays done), and
+        :class:`StoreFailed` when the sync it makes first with ``durability="os"`` fails (the
+        store is then stopped, as after a failed batch sync).
         """
         self._require_open()
         assert self._maintenance is not None
@@ -998,10 +1000,11 @@ class EventStore:
 
     async def enforce_retention(self) -> ScavengeReport:
         """Apply ``StoreOptions.retention_bytes``/``retention_age`` now: drop whole oldest
-        sealed segments past them (also done after each rotation when they are set). The
-        current checkpoint and metadata frames in those segments are first written again at
-        the end of the log, so nothing but events is lost. Raises :class:`MaintenanceFailed`
-        on an I/O error."""
+        sealed segments past them (also done after each rotation when they are set), one at
+        a time. The current checkpoint and metadata frames in a segment, and the end of every
+        stream whose events all go with it, are first written at the end of the log and
+        synced, so nothing but events is lost. Raises :class:`MaintenanceFailed` on an I/O
+        error, :class:`StoreFailed` as ``scavenge()`` does."""
         self._require_open()
         assert self._maintenance is not None
         return await asyncio.shield(self._maintenance.start_retention())

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import random
+import time
 import uuid
 from pathlib import Path
 
@@ -488,3 +489,75 @@ async def test_producers_answered_after_the_next_write_is_taken_keep_their_succe
     async with es.EventStore(STORE, _fs=fs) as store:
         texts = [r.data.text async for r in store.read_all() if isinstance(r.data, Note)]
     assert sorted(texts) == sorted(f"first {i}" for i in range(n))
+
+
+async def test_a_failed_maintenance_sync_with_durability_os_stops_the_store() -> None:
+    """durability="os": the sync a scavenge makes before it removes anything fails. The
+    store stops: the scavenge and an append whose batch was handed to the I/O thread right
+    behind that sync get StoreFailed (it used to be answered, and shown by reads, on a
+    stopped store), and so does every later append."""
+    fs = SimFS(7)
+    opts = es.StoreOptions(segment_bytes=1 << 20, durability="os")
+    store = await es.EventStore(STORE, opts, _fs=fs).open()
+    for i in range(5):
+        await store.append("a", Note(text=f"os {i}"))
+    loop = asyncio.get_running_loop()
+    late: list[asyncio.Future[es.AppendResult]] = []
+
+    def fail_the_sync(op: str, path: str) -> None:
+        if op == "sync" and path.endswith(".seg") and not late:
+            fs.inject(Fault(op="sync", path=path, written_back=0))
+            append = store.append("late", Note(text="x"))
+            loop.call_soon_threadsafe(lambda: late.append(asyncio.ensure_future(append)))
+            time.sleep(0.3)  # its batch is handed to the I/O thread behind this sync
+
+    fs.before_op = fail_the_sync
+    with pytest.raises(es.StoreFailed):
+        await store.scavenge()
+    fs.before_op = None
+    with pytest.raises(es.StoreFailed):
+        await late[0]
+    assert [r.stream async for r in store.read_all()] == ["a"] * 5
+    with pytest.raises(es.StoreFailed):
+        await store.append("later", Note(text="y"))
+    await store.close()  # (stopped already: nothing to sync, nothing raised)
+
+
+async def test_close_during_a_failing_maintenance_sync_loses_no_acknowledged_append() -> None:
+    """durability="os": ``close`` cancels a scavenge while the sync it made before removing
+    anything fails. ``close`` then raises StoreFailed (a later sync succeeds without writing
+    what the failed one left: it must not be believed, nor the tail's index sidecar written
+    after it), and after a reopen in the same boot and a power cut every acknowledged append
+    is there. (The failure was dropped with the cancelled scavenge: close returned, and the
+    open after the power cut raised CorruptLog.)"""
+    fs = SimFS(7)
+    opts = es.StoreOptions(segment_bytes=1 << 20, durability="os")
+    async with es.EventStore(STORE, opts, _fs=fs) as store:
+        for i in range(5):
+            await store.append("a", Note(text=f"durable {i}"))
+    store = await es.EventStore(STORE, opts, _fs=fs).open()
+    acked = [await store.append("a", Note(text=f"os {i}")) for i in range(20)]
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Future[None]] = []
+
+    def fail_the_sync_and_close(op: str, path: str) -> None:
+        if op == "sync" and path.endswith(".seg") and not closing:
+            fs.inject(Fault(op="sync", path=path, written_back=0))
+            loop.call_soon_threadsafe(lambda: closing.append(asyncio.ensure_future(store.close())))
+            time.sleep(0.3)  # close cancels the scavenge meanwhile
+
+    fs.before_op = fail_the_sync_and_close
+    scavenge = store.start_scavenge()
+    with contextlib.suppress(asyncio.CancelledError, es.EventStoreError):
+        await scavenge
+    while not closing:
+        await asyncio.sleep(0.01)
+    fs.before_op = None
+    with pytest.raises(es.StoreFailed, match="syncing the log failed"):
+        await closing[0]
+    async with es.EventStore(STORE, opts, _fs=fs) as again:  # the same boot
+        await again.append("b", Note(text="after the reopen"))
+    fs.power_cut("lost")
+    async with es.EventStore(STORE, opts, _fs=fs) as again:
+        got = [r.position async for r in again.read_all()]
+    assert got == list(range(len(got))) and acked[-1].position in got

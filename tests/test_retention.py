@@ -7,8 +7,10 @@ import asyncio
 import itertools
 import os
 import random
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -673,3 +675,54 @@ async def test_scavenge_with_compressed_containers(store_path: Path) -> None:
     async with es.EventStore(store_path, opts) as store:
         assert await everything(store) == rows
         assert (await store.append("solo", Note(text="x"))).version == 800
+
+
+async def test_a_hard_delete_while_retention_records_floors() -> None:
+    """A stream whose events all go with the oldest segments is hard-deleted while a
+    retention run removes them one at a time: the floor the run then records for it is
+    refused (the stream is deleted for good), which is not the run's failure. (The run
+    raised StreamDeleted.)"""
+    from aioeventstore._scavenge import drop_segment as real
+    from tests.simfs import SimFS
+
+    fs, path = SimFS(3), "/sim/store"
+    async with es.EventStore(path, segment_bytes=4096, _fs=fs) as store:
+        for i in range(30):
+            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+        for i in range(5):
+            await store.append("victim", Note(text=f"{i}".ljust(100, ".")))
+        for i in range(80):
+            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+    store = await es.EventStore(path, segment_bytes=4096, retention_bytes=15500, _fs=fs).open()
+    loop = asyncio.get_running_loop()
+    deleting: list[Any] = []
+    slow = [False]
+
+    def slow_sync(op: str, target: str) -> None:
+        if slow[0] and op == "sync" and target.endswith(".seg"):
+            slow[0] = False
+            time.sleep(0.5)  # the hard delete's batch is still in flight meanwhile
+
+    def drop(fs_: Any, seg: Any) -> int:
+        if not deleting:  # while the first segment goes, the hard delete is queued
+            slow[0] = True
+            deleting.append(
+                asyncio.run_coroutine_threadsafe(store.delete_stream("victim", hard=True), loop)
+            )
+            time.sleep(0.1)
+        return real(fs_, seg)
+
+    fs.before_op = slow_sync
+    monkeypatched = pytest.MonkeyPatch()
+    monkeypatched.setattr("aioeventstore._maintenance.drop_segment", drop)
+    try:
+        report = await store.enforce_retention()
+        assert report.segments_dropped >= 2 and deleting
+        await asyncio.wrap_future(deleting[0])
+        assert store.stream_metadata("victim").hard_deleted
+    finally:
+        monkeypatched.undo()
+        fs.before_op = None
+        await store.close()
+    async with es.EventStore(path, _fs=fs) as again:
+        assert again.stream_metadata("victim").hard_deleted
