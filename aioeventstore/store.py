@@ -290,9 +290,12 @@ class EventStore:
             chores = self._chores()
             # a failed open owns no more threads than a closed store (the I/O thread is
             # running; the pools start theirs on first use, which never came)
-            for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):
-                await loop.run_in_executor(chores, pool.shutdown)
-            await loop.run_in_executor(chores, self._release_blocking)
+            try:
+                for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):
+                    await loop.run_in_executor(chores, pool.shutdown)
+                await loop.run_in_executor(chores, self._release_blocking)
+            except OSError:  # (the open's own error is the one to raise)
+                log.exception("aioeventstore: cleaning up after a failed open of %s", self._path)
             if isinstance(exc, OSError) and not isinstance(exc, EventStoreError):
                 reason = f"opening the store at {self._path} failed: {exc.strerror or exc}"
                 raise OpenFailed(exc.errno, reason, exc.filename) from exc

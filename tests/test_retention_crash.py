@@ -8,7 +8,9 @@ the image must verify without corruption, open, show exactly the visible events 
 before (no visible event lost, no hidden one back; after a retention run cut short, a suffix
 of them), keep every stream's version, checkpoint and metadata, and accept appends; a
 further scavenge after the crash finishes the job. The job runs with either durability:
-with "os", what it carries forward must be synced before it removes what that replaces.
+with "os", what a retention run carries forward must be synced before it removes what that
+replaces (for a scavenge, whose sweep starts from a synced image, the test of a checkpoint
+saved with "os" just before it covers that).
 """
 
 from __future__ import annotations
