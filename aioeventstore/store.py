@@ -378,8 +378,10 @@ class EventStore:
         still stopped and the lock released); it goes on in the background.
 
         Raises :class:`StoreFailed` (its ``__cause__`` the OS error) when the final sync of
-        the log fails, to the calls made while it closed; the store is closed all the same,
-        and a later ``close`` returns quietly.
+        the log fails, or, with ``durability="os"``, when the store had stopped after a
+        failed write or sync (appends acknowledged since the last good sync may then not be
+        durable; a reopen recovers what is on disk), to the calls made while it closed; the
+        store is closed all the same, and a later ``close`` returns quietly.
         """
         closing = self._closing
         if closing is None:
@@ -407,7 +409,17 @@ class EventStore:
                 await self._maintenance.close()
             if self._commit is not None:
                 await self._commit.close()
-                if self._commit.failure is None and self._io is not None:
+                failure = self._commit.failure
+                if failure is not None and self._options.durability == "os":
+                    # stopped by a failed write or sync (maybe a maintenance one nobody
+                    # awaited): what was acknowledged since the last good sync may be lost,
+                    # and no sync can be believed now (see Log._sync)
+                    raise StoreFailed(
+                        f"closing the store at {self._path}: the store had stopped ({failure}); "
+                        'appends acknowledged since the last sync with durability="os" may '
+                        "not be durable (reopen to recover)"
+                    ) from failure.__cause__
+                if failure is None and self._io is not None:
                     try:
                         await loop.run_in_executor(self._io, self._log.sync)
                     except OSError as exc:  # (the closing goes on: threads, lock)

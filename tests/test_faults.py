@@ -520,7 +520,9 @@ async def test_a_failed_maintenance_sync_with_durability_os_stops_the_store() ->
     assert [r.stream async for r in store.read_all()] == ["a"] * 5
     with pytest.raises(es.StoreFailed):
         await store.append("later", Note(text="y"))
-    await store.close()  # (stopped already: nothing to sync, nothing raised)
+    with pytest.raises(es.StoreFailed, match="may not be durable"):
+        await store.close()  # what was acknowledged since the last good sync may be lost
+    await store.close()  # (a later close returns quietly)
 
 
 async def test_close_during_a_failing_maintenance_sync_loses_no_acknowledged_append() -> None:
@@ -561,3 +563,39 @@ async def test_close_during_a_failing_maintenance_sync_loses_no_acknowledged_app
     async with es.EventStore(STORE, opts, _fs=fs) as again:
         got = [r.position async for r in again.read_all()]
     assert got == list(range(len(got))) and acked[-1].position in got
+
+
+async def test_close_says_so_when_a_background_retention_sync_failed() -> None:
+    """durability="os": the retention run a rotation starts in the background fails at the
+    sync it makes first. No caller was told (every append had returned), so ``close``
+    raises StoreFailed: what was acknowledged since the last good sync may not be durable
+    (it returned quietly, and a power cut then lost an acknowledged append)."""
+    import traceback
+
+    fs = SimFS(3)
+    opts = es.StoreOptions(segment_bytes=4096, durability="os", retention_bytes=10000)
+    failed: list[str] = []
+
+    def fail_the_maintenance_sync(op: str, path: str) -> None:
+        if op != "sync" or not path.endswith(".seg") or failed:
+            return
+        callers = {frame.name for frame in traceback.extract_stack()}
+        if not callers & {"write", "_create"}:  # Log.sync, for the retention run
+            failed.append(path)
+            fs.inject(Fault(op="sync", path=path, written_back=0))
+
+    store = await es.EventStore(STORE, opts, _fs=fs).open()
+    fs.before_op = fail_the_maintenance_sync
+    for i in range(120):
+        await store.append(f"s{i % 3}", Note(text=f"{i}".ljust(100, ".")))
+        await asyncio.sleep(0.01)
+        if failed:
+            break
+    for _ in range(100):  # the background run fails
+        if store.statistics().failed:
+            break
+        await asyncio.sleep(0.01)
+    fs.before_op = None
+    assert failed and store.statistics().failed
+    with pytest.raises(es.StoreFailed, match="may not be durable"):
+        await store.close()
