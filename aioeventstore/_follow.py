@@ -68,6 +68,7 @@ from ._format import (
     parse_segment_name,
     segment_name,
 )
+from ._fs import size_at
 from ._index import Index
 from ._log import Log, frame_now_at, later_write_at
 from ._segment import Segment
@@ -235,15 +236,8 @@ class Follower:
         reader, which moved on to it, is past a cut."""
         if seg.flags & SEGMENT_FLAG_SCAVENGED:
             return  # a rewrite left it with control frames only: a real segment
-        try:
-            current = self._log.fs.open(seg.path, write=False)
-        except FileNotFoundError:
-            replaced = True
-        else:
-            try:  # (the path first: the file this reader holds can only have grown since)
-                replaced = current.size() > seg.file.size()
-            finally:
-                current.close()
+        now = size_at(self._log.fs, seg.path)  # (first: the held file can only have grown)
+        replaced = now is None or now > seg.file.size()
         # a frame in it since this scan's look: a real segment, filled (and maybe removed by
         # retention) meanwhile; a failed rotation's segment is removed before any frame
         if replaced and seg.file.size() <= SEGMENT_HEADER_SIZE:
@@ -323,16 +317,9 @@ class Follower:
         if seg.retired:
             return True
         held = seg.file.size()  # (first: the same file can only have grown since)
-        try:
-            current = self._log.fs.open(seg.path, write=False)
-        except FileNotFoundError:
+        now = size_at(self._log.fs, seg.path)
+        if now is None or now < held:
             self.changed.add(ordinal)
-            return True
-        try:
-            if current.size() < held:
-                self.changed.add(ordinal)
-        finally:
-            current.close()
         return ordinal in self.changed
 
 

@@ -72,6 +72,20 @@ _NO_NOWAIT = frozenset(  # what a kernel or file system without it answers
 )
 
 
+def size_at(fs: FileSystem, path: str) -> int | None:
+    """The size of the file at ``path`` now, or None when there is none: for a file another
+    process may remove or replace (a reader next to the writer compares it with the file it
+    holds open)."""
+    try:
+        file = fs.open(path, write=False)
+    except FileNotFoundError:
+        return None
+    try:
+        return file.size()
+    finally:
+        file.close()
+
+
 def _data_sync(fd: int) -> None:
     """Flush a file's data (and the metadata needed to read it) to stable storage."""
     if sys.platform == "darwin":  # fsync on macOS only reaches the drive cache

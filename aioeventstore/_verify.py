@@ -42,7 +42,7 @@ from ._format import (
     NewerFormat,
     parse_segment_name,
 )
-from ._fs import FileSystem, OsFileSystem
+from ._fs import FileSystem, OsFileSystem, size_at
 from ._indexfile import sidecar_path
 from ._log import LOCK_NAME, Log, frame_now_at, later_write_at
 from ._segment import Segment
@@ -283,14 +283,8 @@ def verify_store(
 def _gone(fs: FileSystem, path: str, size: int) -> bool:
     """Whether the segment file read at ``path`` (``size`` bytes then) was removed or
     rewritten (a scavenge's rewrite is shorter) since."""
-    try:
-        current = fs.open(path, write=False)
-    except FileNotFoundError:
-        return True
-    try:
-        return current.size() < size
-    finally:
-        current.close()
+    now = size_at(fs, path)
+    return now is None or now < size
 
 
 def _verify_segment(
