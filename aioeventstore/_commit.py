@@ -262,6 +262,10 @@ class CommitLoop:
         self.failure: StoreFailed | None = None
         self.stats = CommitStats()
         self.listeners: list[CommitListener] = []
+        self.floors: dict[str, int] = {}
+        """Stream → the ``truncate_before`` a retention run recorded for it, while the
+        segment holding its last events is being removed: a metadata change meanwhile may
+        not lower it (that stream's version would be lost with the segment)."""
         self.on_sealed: Callable[[int], None] | None = None
         """Called on the loop thread with a segment's ordinal once it is sealed: every frame
         in it is durable and the log has moved on to a new segment."""
@@ -766,8 +770,9 @@ class CommitLoop:
             if op.kind == "floor":  # retention dropped every event: keep the version
                 assert isinstance(tb, int)
                 changes["truncate_before"] = max(tb, base.truncate_before or 0)
-            # a stream with no event left in the log keeps its end in truncate_before
-            floor = self._index.first_version(stream)
+            # a stream with no event left in the log (or none once retention removes the
+            # segment it is removing) keeps its end in truncate_before
+            floor = max(self._index.first_version(stream), self.floors.get(stream, 0))
             if floor > 0 and last < floor and "truncate_before" in changes:
                 cur = changes["truncate_before"]
                 changes["truncate_before"] = max(floor, cur if isinstance(cur, int) else 0)

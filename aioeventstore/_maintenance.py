@@ -247,17 +247,24 @@ class Maintenance:
                 # close) leaves a suffix of the log visible: what goes with this segment is
                 # carried forward, and durable, before it is removed.
                 upto = bisect_left(ends, self._log.segments[ordinal + 1].first_position)
-                await self._carry_forward(ordinal, [(s, v) for s, v, _ in ending[done:upto]])
+                ended = [(s, v) for s, v, _ in ending[done:upto]]
                 done = upto
-                await self._commit.sync_log()
-                lo, hi = self._index.segment_rows(ordinal)
-                frames += hi - lo
-                events += sum(self._index.frame(r).event_count for r in range(lo, hi))
-                await loop.run_in_executor(self._pool, drop_segment, self._fs, seg)
-                nxt = self._log.segments[ordinal + 1].first_position
-                await self._sidecars.wait_idle()  # no await from here until the rows change
-                self._index.drop_oldest(ordinal, nxt)
-                self._log.replace_segment(ordinal, None)
+                floors = self._commit.floors  # (until the segment is gone: see there)
+                floors.update((s, v + 1) for s, v in ended)
+                try:
+                    await self._carry_forward(ordinal, ended)
+                    await self._commit.sync_log()
+                    lo, hi = self._index.segment_rows(ordinal)
+                    frames += hi - lo
+                    events += sum(self._index.frame(r).event_count for r in range(lo, hi))
+                    await loop.run_in_executor(self._pool, drop_segment, self._fs, seg)
+                    nxt = self._log.segments[ordinal + 1].first_position
+                    await self._sidecars.wait_idle()  # no await from here until rows change
+                    self._index.drop_oldest(ordinal, nxt)  # (its base now keeps the floor)
+                    self._log.replace_segment(ordinal, None)
+                finally:
+                    for stream, _ in ended:
+                        floors.pop(stream, None)
             return ScavengeReport(
                 len(drop),
                 0,

@@ -726,3 +726,47 @@ async def test_a_hard_delete_while_retention_records_floors() -> None:
         await store.close()
     async with es.EventStore(path, _fs=fs) as again:
         assert again.stream_metadata("victim").hard_deleted
+
+
+async def test_a_metadata_change_during_retention_keeps_a_stream_s_version() -> None:
+    """A retention run records a floor for a stream whose last events go with the segment
+    it removes next; while it removes it, the application clears that stream's
+    ``truncate_before``. The floor stays (the events are going anyway), so the stream keeps
+    its version across a reopen (it came back with none: an append expecting version 4
+    failed)."""
+    from aioeventstore._scavenge import drop_segment as real
+    from tests.simfs import SimFS
+
+    fs, path = SimFS(3), "/sim/store"
+    async with es.EventStore(path, segment_bytes=4096, _fs=fs) as store:
+        for i in range(30):
+            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+        for i in range(5):
+            await store.append("victim", Note(text=f"{i}".ljust(100, ".")))
+        for i in range(80):
+            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+    store = await es.EventStore(path, segment_bytes=4096, retention_bytes=15500, _fs=fs).open()
+
+    def slow_drop(fs_: Any, seg: Any) -> int:
+        time.sleep(0.2)  # a slow disk: the loop runs other tasks meanwhile
+        return real(fs_, seg)
+
+    async def clear_the_floor() -> None:
+        for _ in range(300):
+            if store.stream_metadata("victim").truncate_before is not None:
+                break
+            await asyncio.sleep(0.01)
+        await store.set_stream_metadata("victim", truncate_before=None)
+
+    monkeypatched = pytest.MonkeyPatch()
+    monkeypatched.setattr("aioeventstore._maintenance.drop_segment", slow_drop)
+    try:
+        clearing = asyncio.ensure_future(clear_the_floor())
+        assert (await store.enforce_retention()).segments_dropped >= 2
+        await clearing
+        assert store.stream_metadata("victim").truncate_before == 5
+    finally:
+        monkeypatched.undo()
+        await store.close()
+    async with es.EventStore(path, _fs=fs) as again:
+        assert (await again.append("victim", Note(text="next"), expected_version=4)).version == 5
