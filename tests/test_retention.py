@@ -677,6 +677,18 @@ async def test_scavenge_with_compressed_containers(store_path: Path) -> None:
         assert (await store.append("solo", Note(text="x"))).version == 800
 
 
+async def _fill_around_a_victim(path: str, fs: Any) -> None:
+    """Seven busy streams, and a stream "victim" whose 5 events all lie in an early segment
+    (4 KiB segments): the retention runs below remove its last events."""
+    async with es.EventStore(path, segment_bytes=4096, _fs=fs) as store:
+        for i in range(30):
+            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+        for i in range(5):
+            await store.append("victim", Note(text=f"{i}".ljust(100, ".")))
+        for i in range(80):
+            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+
+
 async def test_a_hard_delete_while_retention_records_floors() -> None:
     """A stream whose events all go with the oldest segments is hard-deleted while a
     retention run removes them one at a time: the floor the run then records for it is
@@ -686,13 +698,7 @@ async def test_a_hard_delete_while_retention_records_floors() -> None:
     from tests.simfs import SimFS
 
     fs, path = SimFS(3), "/sim/store"
-    async with es.EventStore(path, segment_bytes=4096, _fs=fs) as store:
-        for i in range(30):
-            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
-        for i in range(5):
-            await store.append("victim", Note(text=f"{i}".ljust(100, ".")))
-        for i in range(80):
-            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+    await _fill_around_a_victim(path, fs)
     store = await es.EventStore(path, segment_bytes=4096, retention_bytes=15500, _fs=fs).open()
     loop = asyncio.get_running_loop()
     deleting: list[Any] = []
@@ -738,13 +744,7 @@ async def test_a_metadata_change_during_retention_keeps_a_stream_s_version() -> 
     from tests.simfs import SimFS
 
     fs, path = SimFS(3), "/sim/store"
-    async with es.EventStore(path, segment_bytes=4096, _fs=fs) as store:
-        for i in range(30):
-            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
-        for i in range(5):
-            await store.append("victim", Note(text=f"{i}".ljust(100, ".")))
-        for i in range(80):
-            await store.append(f"other-{i % 7}", Note(text=f"{i}".ljust(100, ".")))
+    await _fill_around_a_victim(path, fs)
     store = await es.EventStore(path, segment_bytes=4096, retention_bytes=15500, _fs=fs).open()
 
     def slow_drop(fs_: Any, seg: Any) -> int:
