@@ -323,6 +323,14 @@ class Follower:
         return ordinal in self.changed
 
 
+def may_skip(index: Index, stream: str, changed: Callable[[int], bool]) -> bool:
+    """Whether ``stream`` may skip versions in a reader's index (given enough positions are
+    missing): it has no indexed event, or ``changed`` says the segment holding its last one
+    was removed or rewritten since (removal takes a prefix of each stream)."""
+    last = index.last_segment(stream)
+    return last is None or changed(last)
+
+
 def frame_indexer(
     index: Index,
     checkpoints: dict[str, int],
@@ -350,9 +358,9 @@ def frame_indexer(
         want = index.last_version(info.stream) + 1
         if info.first_version != want:
             missing = info.first_position - seen[0]
-            last = index.last_segment(info.stream)
             if not (
-                want < info.first_version <= want + missing and (last is None or changed(last))
+                want < info.first_version <= want + missing
+                and may_skip(index, info.stream, changed)
             ):
                 raise CorruptLog(
                     path_of(ordinal),

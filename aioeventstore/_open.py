@@ -27,6 +27,7 @@ the event loop and touches the index only there (its scans run on the I/O thread
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from concurrent.futures import Executor
 
 from ._codec import frame_event_ids, unpack_stream_metadata
 from ._compress import expand, inner_frames
-from ._follow import Follower, frame_indexer
+from ._follow import Follower, frame_indexer, may_skip
 from ._format import (
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
@@ -285,11 +286,7 @@ class Opener:
         follower = self._follower
         skips: Callable[[str], bool] | None = None
         if follower is not None:  # a reader (see frame_indexer; blocking: the I/O thread)
-
-            def skips(name: str) -> bool:
-                last = index.last_segment(name)
-                return last is None or follower.removed_since_read(last)
-
+            skips = functools.partial(may_skip, index, changed=follower.removed_since_read)
         problem = index.rows_problem(rows, rows.pos[0] - seen[0], skips)
         if problem is not None:  # what a scan would have found: the log is damaged
             raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
