@@ -45,6 +45,13 @@ def run_read_command(
 
 
 # --- info -------------------------------------------------------------------------------------
+def _events_row(stored: int, head: int) -> str:
+    """The events the log holds, and how many of the positions used were removed since (by
+    retention or scavenging) when some were."""
+    gone = head + 1 - stored
+    return f"{stored:,}" + (f" ({gone:,} of positions 0..{head:,} removed)" if gone else "")
+
+
 async def _info(args: argparse.Namespace, path: str, out: TextIO) -> int:
     # verify_on_open: one CRC32C pass over what the index sidecars cover, so that a summary
     # of a damaged store says so (exit status 1) without decoding every frame
@@ -67,7 +74,7 @@ async def _info(args: argparse.Namespace, path: str, out: TextIO) -> int:
         "format_versions": versions,
         "segments": st.segments,
         "bytes": st.disk_bytes,
-        "events": st.head + 1,
+        "events": st.stored_events,
         "streams": st.streams,
         "head": st.head,
         "last_recorded_at": last_at,
@@ -85,7 +92,7 @@ async def _info(args: argparse.Namespace, path: str, out: TextIO) -> int:
         ("store", path),
         ("format", fmt),
         ("segments", f"{st.segments:,} ({st.disk_bytes:,} bytes)"),
-        ("events", f"{st.head + 1:,}"),
+        ("events", _events_row(st.stored_events, st.head)),
         ("streams", f"{st.streams:,}"),
         ("head", f"{st.head} (last event recorded {last_at})" if last_at else str(st.head)),
     ]

@@ -266,6 +266,9 @@ class Index:
         self.next_position = 0
         """Position the next planned event gets (past the batch in flight)."""
         self._staged: list[int] = []  # rows of the batch being planned (see stage_next)
+        # (rows, events): the events of the first ``rows`` rows, as event_count last summed
+        # them; rows are only appended between removals, which reset it
+        self._counted = (0, 0)
 
     def add_frame(
         self,
@@ -500,6 +503,7 @@ class Index:
         the log too (the rows of older segments this reader still reads through handles it
         holds stay). One pass over the streams, as :meth:`drop_oldest`."""
         lo, hi = self.segment_rows(ordinal)
+        self._counted = (0, 0)
         if hi > lo:
             first = self._frame_pos[lo]
             cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
@@ -553,6 +557,7 @@ class Index:
         events leave their streams' position arrays, each one a prefix of its stream.
         """
         lo, hi = self.segment_rows(ordinal)
+        self._counted = (0, 0)
         foff = self._frame_off
         keep = [r for r in range(lo, hi) if foff[r] in moved]
         assert hi - lo - len(keep) == len(removed), "the rewrite and the index disagree"
@@ -595,6 +600,7 @@ class Index:
         arrays lose their first entries and their bases grow by as many.
         """
         hi = bisect_right(self._frame_seg, last_ordinal)
+        self._counted = (0, 0)
         assert hi == len(self._frame_pos) or self._frame_pos[hi] >= before_position
         cols = (self._frame_pos, self._frame_seg, self._frame_off, self._frame_len)
         for col in (*cols, self._frame_sid, self._frame_cnt):
@@ -929,6 +935,18 @@ class Index:
                     return problem
             at += count
         return None
+
+    def event_count(self) -> int:
+        """Events the log holds at positions up to ``head``: those not removed by retention
+        or scavenging (events hidden by stream metadata or a delete count until they are
+        removed). Sums only the rows added since the last call, unless rows were removed."""
+        k = bisect_right(self._frame_pos, self.head)
+        rows, total = self._counted
+        if rows > k:  # (rows are removed only with _counted reset; never on a sound index)
+            rows, total = 0, 0
+        total += sum(self._frame_cnt[rows:k])
+        self._counted = (k, total)
+        return total
 
     def row_count(self) -> int:
         """Number of frame rows (planned frames holding events)."""

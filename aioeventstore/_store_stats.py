@@ -30,6 +30,10 @@ class StoreStatistics:
     head: int
     """Position of the last durable event, -1 when the store is empty."""
     streams: int
+    stored_events: int
+    """Events the log holds now, up to ``head``: unlike ``head + 1``, not counting those
+    removed by retention or scavenging (events hidden by stream metadata or a delete count
+    until then)."""
     appends: int
     """Append calls resolved (written, idempotent repeats and version conflicts)."""
     events: int
@@ -93,6 +97,7 @@ def gather(
     return StoreStatistics(
         head=index.head,
         streams=index.stream_count(),
+        stored_events=index.event_count(),
         appends=st.appends if st else 0,
         events=st.events if st else 0,
         batches=st.batches if st else 0,
@@ -167,6 +172,7 @@ def prometheus_text(
 
     metric("head", "gauge", "Position of the last durable event (-1: empty).", stats.head)
     metric("streams", "gauge", "Streams in the store.", stats.streams)
+    metric("stored_events", "gauge", "Events the log holds now.", stats.stored_events)
     metric("appends_total", "counter", "Append calls resolved since open.", stats.appends)
     metric("events_total", "counter", "Events written since open.", stats.events)
     metric("batches_total", "counter", "Commit batches written since open.", stats.batches)

@@ -61,6 +61,41 @@ def test_info(tmp_path: Path) -> None:
     assert doc["consumers"] == {"projector": {"position": 41, "lag": 18}}
 
 
+def test_info_counts_the_events_left_after_scavenge_and_retention(tmp_path: Path) -> None:
+    """The "events" info prints are what the log holds, not the positions ever used (head +
+    1): a scavenge or retention run removes events, and info, statistics() and its
+    Prometheus text say so as the writer runs, and after a reopen (sidecars or a scan)."""
+    path = tmp_path / "s"
+    asyncio.run(make_store(path))
+
+    async def shrink() -> tuple[int, int, int, str]:
+        async with es.EventStore(path, segment_bytes=4096) as store:
+            await store.delete_stream("acc-0")
+            await store.scavenge()
+            after_scavenge = store.statistics().stored_events
+            assert after_scavenge == (await store.verify()).events < 60
+        sizes = sorted(p.stat().st_size for p in path.glob("*.seg"))
+        keep = sum(sizes) - sizes[0] - sizes[1]
+        async with es.EventStore(path, segment_bytes=4096, retention_bytes=keep) as store:
+            await store.enforce_retention()
+            st = store.statistics()
+            assert st.stored_events == (await store.verify()).events < after_scavenge
+            await store.append("acc-1", Note(text="one more"))
+            st = store.statistics()
+            return after_scavenge, st.stored_events, st.head, es.prometheus_text(st)
+
+    after_scavenge, stored, head, text = asyncio.run(shrink())
+    assert head == 60 and stored < after_scavenge
+    assert f"aioeventstore_stored_events {stored}" in text
+    for _ in range(2):  # the writer's sidecars, then a scan once they are gone
+        code, out, _ = cli("info", "--json", str(path))
+        assert code == EXIT_OK and json.loads(out)["events"] == stored
+        code, out, _ = cli("info", str(path))
+        assert f"events     {stored} ({head + 1 - stored} of positions 0..{head} removed)" in out
+        for sidecar in path.glob("*.idx"):
+            sidecar.unlink()
+
+
 def test_dump_filters(tmp_path: Path) -> None:
     written = asyncio.run(make_store(tmp_path / "s"))
     path = str(tmp_path / "s")

@@ -251,6 +251,21 @@ def test_removing_the_oldest_events_moves_each_streams_base() -> None:
     assert (index.first_version("gone"), index.last_version("gone")) == (42, 41)
 
 
+def test_event_count_is_the_committed_events_left_in_the_rows() -> None:
+    index, model = build(50, 2000)
+    everything = sum(map(len, model.values()))
+    head = index.head
+    last = index.frame(index.row_count() - 20)  # the last 20 frames are planned, not durable
+    index.head = last.first_position + last.event_count - 1
+    assert index.event_count() == sum(p <= index.head for ps in model.values() for p in ps)
+    index.head = head
+    assert index.event_count() == everything  # (the rows added since: summed on)
+    _, r1 = index.segment_rows(1)
+    cut = index.frame(r1).first_position
+    index.drop_oldest(1, cut)
+    assert index.event_count() == sum(p >= cut for ps in model.values() for p in ps)
+
+
 def tracked_objects() -> int:
     gc.collect()
     return len(gc.get_objects())
