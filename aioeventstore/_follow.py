@@ -38,8 +38,11 @@ that case: a scan of a log at rest sees each stream's removed versions as a pref
 segment deleted by hand still reads as ``CorruptLog``.) A reader overtaken by retention thus
 goes on at the oldest segment left. Sealed segments whose files are gone are listed in
 ``removed`` for the store to drop from its index and close: a reader must not keep the disk
-space they held. A segment that a scavenge rewrote under the same name stays readable
-through the handle already open (its old file's space comes back when the reader closes).
+space they held. Nor the space of a segment that a scavenge rewrote under the same name
+(shorter): at most every ``REWRITE_CHECK`` seconds the sealed segments' files are compared
+with the ones held, and a rewritten one is read whole and listed in ``rewritten`` for the
+store to re-index and swap in, as the writer does (reads planned against the old file keep
+it open until they end); what the rewrite removed is then gone for this reader too.
 Metadata frames are collected in ``metadata`` for the store to apply; they are not events.
 
 Threads: one thread at a time calls ``scan`` (the store's I/O thread); the frames it finds are
@@ -50,6 +53,7 @@ open, on the I/O thread during the first scan).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 from ._compress import expand, inner_frames
@@ -77,6 +81,10 @@ from .errors import CorruptLog, UnsupportedFormat
 FoundFrame = Callable[[int, FrameInfo], None]
 """Called with (segment ordinal, frame info) for each whole frame found, in log order."""
 
+REWRITE_CHECK = 1.0
+"""Seconds between two looks for sealed segments a scavenge rewrote (a file opened per
+segment each time)."""
+
 
 class Follower:
     """Incremental read-only scanning of a store's log (see the module docstring)."""
@@ -99,6 +107,13 @@ class Follower:
         """Ordinals of sealed segments whose files are gone from the directory, in order: the
         store drops them from its index and retires them after each scan
         (``Opener.drop_removed``)."""
+        self.rewritten: list[tuple[int, Segment, dict[int, int], list[tuple[str, int, int]]]] = []
+        """Sealed segments a scavenge rewrote since this reader opened them: (ordinal, the
+        new file opened, then what the rewrite did as ``Index.replace_segment_rows`` takes
+        it); the store re-indexes and swaps them after each scan
+        (``Opener.swap_rewritten``)."""
+        self._rewrite_check = time.monotonic()
+        self._rewrite_seen: dict[int, int] = {}  # ordinal → size of a new file already taken
         self.changed: set[int] = set()
         """Ordinals of segments whose files were removed or rewritten since this reader
         read them: what lets a stream skip versions (see the module docstring). Brought up
@@ -122,6 +137,9 @@ class Follower:
         try:
             self._scan(found)
             self._note_removed()
+            if time.monotonic() - self._rewrite_check >= REWRITE_CHECK:
+                self._note_rewritten()
+                self._rewrite_check = time.monotonic()
             if self.position - start > self._events:  # positions were removed: evidence
                 for ordinal in range(self._oldest, len(self._log.segments)):
                     self.removed_since_read(ordinal)
@@ -307,6 +325,69 @@ class Follower:
                 self.removed.append(ordinal)
                 self.changed.add(ordinal)
 
+    def _note_rewritten(self) -> None:
+        """Add to ``rewritten`` (and ``changed``) the sealed segments whose file is shorter
+        than the one held: a scavenge rewrote it (temp file, sync, rename: the file at the
+        name is whole). A new file whose frames are not the held one's less some (read both
+        whole), or that cannot be read, is left to the writer's next open to judge: this
+        reader reads on from the file it holds."""
+        segs, log = self._log.segments, self._log
+        gone = set(self.removed)
+        for ordinal in range(self._oldest, len(segs) - 1):  # never the tail: still read
+            seg = segs[ordinal]
+            if seg.retired or ordinal in gone:
+                continue
+            held = seg.file.size()
+            now = size_at(log.fs, seg.path)
+            if now is None or now >= held or self._rewrite_seen.get(ordinal) == now:
+                continue
+            self._rewrite_seen[ordinal] = now
+            self.changed.add(ordinal)
+            try:
+                file = log.fs.open(seg.path, write=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile: the next scan lists it in ``removed``
+            new = Segment(seg.path, seg.first_position, file)
+            try:
+                change = self._rewrite(seg, new)
+            except BaseException:
+                new.close()
+                raise
+            if change is None:
+                new.close()
+            else:
+                self.rewritten.append((ordinal, new, *change))
+
+    def _rewrite(
+        self, old: Segment, new: Segment
+    ) -> tuple[dict[int, int], list[tuple[str, int, int]]] | None:
+        """How ``new`` rewrote ``old``, as the writer's scavenge reports it (see
+        ``Index.replace_segment_rows``): the new offset of each kept events frame or
+        container, by old offset, and the removed frames' (stream, first version, count) in
+        position order; None when ``new`` is not such a rewrite or either cannot be read."""
+        try:
+            if new.read_header() != old.first_position:
+                return None
+            before, after = _events_frames(old, self._log), _events_frames(new, self._log)
+        except (ValueError, FrameError):  # (NewerFormat is a ValueError too)
+            return None
+        if before is None or after is None or not after.keys() <= before.keys():
+            return None
+        moved: dict[int, int] = {}
+        removed: list[tuple[str, int, int]] = []
+        for position, was in before.items():
+            now = after.get(position)
+            if now is None:
+                removed.append((was.stream, was.first_version, was.event_count))
+            elif (now.stream, now.first_version, now.event_count, now.length) != (
+                was.stream,
+                was.first_version,
+                was.event_count,
+                was.length,
+            ) or moved.setdefault(was.offset, now.offset) != now.offset:
+                return None
+        return moved, removed
+
     def removed_since_read(self, ordinal: int) -> bool:
         """Whether the file of segment ``ordinal`` was removed, or rewritten (shorter under
         the same name: a scavenge), since this reader opened it. Blocking: the I/O thread
@@ -321,6 +402,28 @@ class Follower:
         if now is None or now < held:
             self.changed.add(ordinal)
         return ordinal in self.changed
+
+
+def _events_frames(seg: Segment, log: Log) -> dict[int, FrameInfo] | None:
+    """A sealed segment's events frames by first position, a container's inner frames
+    pointing at the container as the index does; None when it does not read whole."""
+    frames: dict[int, FrameInfo] = {}
+
+    def sink(info: FrameInfo, buf: bytes, start: int) -> None:
+        if info.kind == FRAME_KIND_EVENTS:
+            frames[info.first_position] = info
+        elif info.kind == FRAME_KIND_COMPRESSED:
+            for inner in inner_frames(expand(buf, start, start + info.length), info):
+                if inner.kind == FRAME_KIND_EVENTS:
+                    frames[inner.first_position] = inner._replace(
+                        offset=info.offset, length=info.length
+                    )
+
+    chunk = log.options.read_chunk_bytes
+    end, _pos, reason = seg.scan(SEGMENT_HEADER_SIZE, seg.first_position, chunk, sink, True)
+    if reason is not None or end != seg.file.size():
+        return None
+    return frames
 
 
 def may_skip(index: Index, stream: str, changed: Callable[[int], bool]) -> bool:

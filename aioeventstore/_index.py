@@ -547,7 +547,11 @@ class Index:
 
     # --- removal: scavenging and retention (loop thread; see "Gaps" above) ------------------
     def replace_segment_rows(
-        self, ordinal: int, moved: dict[int, int], removed: list[tuple[str, int, int]]
+        self,
+        ordinal: int,
+        moved: dict[int, int],
+        removed: list[tuple[str, int, int]],
+        forgotten: bool = False,
     ) -> None:
         """Apply a rewrite (or the removal) of sealed segment ``ordinal``.
 
@@ -555,6 +559,9 @@ class Index:
         (lengths are unchanged); every other row of the segment is dropped. ``removed`` lists
         the dropped frames as (stream, first version, event count), in position order: their
         events leave their streams' position arrays, each one a prefix of its stream.
+        ``forgotten``: a read-only store's index may have forgotten a prefix of a stream
+        already (:meth:`restart_stream`), so a removed frame's versions may be below the
+        stream's base (check with :meth:`fits_rewrite` first).
         """
         lo, hi = self.segment_rows(ordinal)
         self._counted = (0, 0)
@@ -570,9 +577,35 @@ class Index:
             self._sidless[ordinal] = (bisect_left(keep, lo + own[0]), own[1])
         for stream, first_version, count in removed:
             base = self._base.get(stream, 0)
-            assert first_version == base, f"removal of {stream!r} is not a prefix"
-            del self._streams[stream][8 : (count + 1) << 3]
-            self._base[stream] = base + count
+            assert first_version == base or (forgotten and first_version < base), (
+                f"removal of {stream!r} is not a prefix"
+            )
+            drop = first_version + count - base
+            if drop > 0:
+                del self._streams[stream][8 : (drop + 1) << 3]
+                self._base[stream] = base + drop
+
+    def fits_rewrite(
+        self, ordinal: int, moved: dict[int, int], removed: list[tuple[str, int, int]]
+    ) -> bool:
+        """Whether :meth:`replace_segment_rows` can apply this rewrite of segment ``ordinal``
+        with ``forgotten`` (a read-only store's, found by its follower rather than made by
+        this process): every row is kept or removed, and the removed frames are a prefix of
+        each stream's versions, some of which this index may have forgotten already."""
+        lo, hi = self.segment_rows(ordinal)
+        foff = self._frame_off
+        if hi - lo - sum(1 for r in range(lo, hi) if foff[r] in moved) != len(removed):
+            return False
+        bases: dict[str, int] = {}
+        for stream, first_version, count in removed:
+            positions = self._streams.get(stream)
+            base = bases.get(stream, self._base.get(stream, 0))
+            if positions is None or first_version > base:
+                return False
+            bases[stream] = max(base, first_version + count)
+            if bases[stream] - self._base.get(stream, 0) > _count(positions):
+                return False
+        return True
 
     def set_segment_sids(self, ordinal: int, streams: list[str]) -> None:
         """Set the stream of each row of segment ``ordinal`` (rows loaded from a sidecar may

@@ -333,6 +333,7 @@ class Opener:
             self._index.head = self._index.next_position - 1
         self._take_metadata()
         self.drop_removed()
+        self.swap_rewritten()
         self.recovery = Recovery(len(self._log.segments), self._index.next_position)
 
     def drop_removed(self) -> None:
@@ -347,6 +348,25 @@ class Opener:
         for ordinal in removed:
             self._index.forget_segment(ordinal, segs[ordinal + 1].first_position)
             self._log.replace_segment(ordinal, None)
+
+    def swap_rewritten(self) -> None:
+        """A read-only store: re-index the segments its follower found rewritten by the
+        writer's scavenge, and swap in their new files as the writer does
+        (``Maintenance._apply``): reads planned against an old file keep it open until they
+        end, then it is closed and its disk space comes back. A rewrite that does not fit the
+        index (never expected) is not applied: the reader reads on from the old file (loop
+        thread)."""
+        assert self._follower is not None
+        found, self._follower.rewritten = self._follower.rewritten, []
+        for ordinal, new, moved, removed in found:
+            if self._log.segments[ordinal].retired or not self._index.fits_rewrite(
+                ordinal, moved, removed
+            ):
+                log.warning("not re-reading %s: its rewrite does not fit the index", new.path)
+                new.close()
+                continue
+            self._index.replace_segment_rows(ordinal, moved, removed, forgotten=True)
+            self._log.replace_segment(ordinal, new)
 
     def _take_metadata(self) -> None:
         """A read-only store: apply the metadata frames its follower found."""
@@ -385,6 +405,7 @@ class Opener:
                     self._index.head = self._index.next_position - 1
                 self._take_metadata()
                 self.drop_removed()  # (after the frames: some may be in those segments)
+                self.swap_rewritten()
             except (EventStoreError, OSError) as exc:
                 err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
                 if err is not exc:
@@ -395,7 +416,13 @@ class Opener:
                 refresh()
 
     def release(self) -> None:
-        """Give back the directory lock if this opener holds it (blocking; idempotent)."""
+        """Give back the directory lock if this opener holds it, and close the files of
+        rewritten segments a read-only store's last scan found and did not swap in (the
+        store is closing: its I/O thread has stopped). Blocking; idempotent."""
+        if self._follower is not None:
+            found, self._follower.rewritten = self._follower.rewritten, []
+            for _ordinal, new, _moved, _removed in found:
+                new.close()
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -662,8 +662,8 @@ async def test_a_reader_closes_segments_a_scavenge_dropped_from_the_middle(
     store_path: Path,
 ) -> None:
     """A scavenge drops segments from the middle of the log (all their frames went): a
-    reader following the writer closes them too, not only the oldest ones. (The segments
-    the scavenge rewrote under the same name stay open in it, as documented.)"""
+    reader following the writer closes them too, not only the oldest ones. (For the
+    segments it rewrote under the same name, see the next test.)"""
     async with (
         es.EventStore(store_path, segment_bytes=4096) as writer,
         es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader,
@@ -689,6 +689,50 @@ async def test_a_reader_closes_segments_a_scavenge_dropped_from_the_middle(
         for stream in ("keep", "t", "keep2"):
             want = [(r.version, r.position) async for r in writer.read_stream(stream)]
             assert [(r.version, r.position) async for r in reader.read_stream(stream)] == want
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files in /proc")
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+async def test_a_reader_swaps_in_segments_a_scavenge_rewrote(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, compression: es.Compression
+) -> None:
+    """A scavenge rewrites segments under the same name: a reader following the writer
+    re-reads them and swaps them in, so it holds none of the old files (their disk space
+    comes back) and shows what the writer shows, also once the metadata that hid the
+    removed events is cleared; a read that began before the swap reads on. A rewrite of an
+    already rewritten segment is swapped in again."""
+    monkeypatch.setattr("aioeventstore._follow.REWRITE_CHECK", 0.0)
+    async with (
+        es.EventStore(store_path, segment_bytes=4096, compression=compression) as writer,
+        es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader,
+    ):
+        for i in range(120):
+            batch = [Note(text=f"{i}-{k}" + "x" * 100) for k in range(1 + i % 3)]
+            await writer.append(("t", "keep", "u")[i % 3], batch)
+        await _caught_up(reader, writer)
+        began, head = reader.read_all(), reader.head  # (reads to the head when it begins)
+        first = await anext(began)
+        for stream in ("t", "u"):
+            await writer.set_stream_metadata(stream, max_count=3)
+            report = await writer.scavenge()
+            assert report.segments_rewritten >= 2 and report.events_removed > 0
+            await writer.set_stream_metadata(stream, max_count=None)  # nothing hidden now
+            await writer.append("keep", Note(text="after"))
+            await _caught_up(reader, writer)
+            for _ in range(400):
+                if not _deleted_files_held(store_path):
+                    break
+                await asyncio.sleep(0.005)
+            assert not _deleted_files_held(store_path)
+            want = [(r.stream, r.version, r.position) async for r in writer.read_all()]
+            assert [(r.stream, r.version, r.position) async for r in reader.read_all()] == want
+            for name in ("t", "keep", "u"):
+                want = [(r.version, r.position) async for r in writer.read_stream(name)]
+                got = [(r.version, r.position) async for r in reader.read_stream(name)]
+                assert got == want
+            assert reader.statistics().stored_events == writer.statistics().stored_events
+        rest = [first.position] + [r.position async for r in began]
+        assert rest == sorted(set(rest)) and rest[-1] == head
 
 
 async def test_verify_next_to_a_writer_judges_only_the_bytes_there_when_it_began(
