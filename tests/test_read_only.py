@@ -724,8 +724,8 @@ async def test_a_reader_swaps_in_segments_a_scavenge_rewrote(
                     break
                 await asyncio.sleep(0.005)
             assert not _deleted_files_held(store_path)
-            want = [(r.stream, r.version, r.position) async for r in writer.read_all()]
-            assert [(r.stream, r.version, r.position) async for r in reader.read_all()] == want
+            log = [(r.stream, r.version, r.position) async for r in writer.read_all()]
+            assert [(r.stream, r.version, r.position) async for r in reader.read_all()] == log
             for name in ("t", "keep", "u"):
                 want = [(r.version, r.position) async for r in writer.read_stream(name)]
                 got = [(r.version, r.position) async for r in reader.read_stream(name)]
