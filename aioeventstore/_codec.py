@@ -295,10 +295,13 @@ def encode_events(
             name_b, versioned, _own, _flags, plain, _head = _type_fields(cls)
             type_b = versioned if field else name_b
             dump = cls.__pydantic_serializer__.to_python
-        value = event.__dict__
-        if len(value) != plain:  # see plain_fields
-            value = dump(event, mode="json")
-        data = pack(value)
+        try:
+            value = event.__dict__
+            if len(value) != plain:  # see plain_fields
+                value = dump(event, mode="json")
+            data = pack(value)
+        except Exception as exc:  # (only an error costs anything here)
+            raise unstorable(stream, i, event, exc) from exc
         size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(meta) + len(data)
         if size > max_event_bytes:
             raise EventTooLarge(
@@ -336,14 +339,17 @@ def encode_event(
     if fields is None:
         fields = _type_fields(cls)
     _plain, _versioned, type_b, flags, plain, _head = fields
-    value = event.__dict__
-    if len(value) != plain:  # not a plain class (plain is 0), or something added a key
-        value = cls.__pydantic_serializer__.to_python(event, mode="json")
     try:
         pack = _ids.pack  # _packer(), without the call once this thread has one
     except AttributeError:
         pack = _packer()
-    data = pack(value)
+    try:
+        value = event.__dict__
+        if len(value) != plain:  # not a plain class (plain is 0), or something added a key
+            value = cls.__pydantic_serializer__.to_python(event, mode="json")
+        data = pack(value)
+    except Exception as exc:  # (only an error costs anything here)
+        raise unstorable(stream, 0, event, exc) from exc
     size = ENTRY_HEAD_SIZE - 4 + len(type_b) + len(data)
     if size > max_event_bytes:
         raise EventTooLarge(
@@ -355,6 +361,33 @@ def encode_event(
         eid = new_event_id()
     entry = ENTRY_HEAD.pack(size, eid, len(type_b), 0) + type_b + data
     return eid, entry, None, False, flags
+
+
+def unstorable(stream: str, index: int, event: Event, exc: Exception) -> Exception:
+    """The error for an event whose data cannot be stored (its JSON-mode dump failed, or
+    msgpack cannot pack a value of it: an int outside -2**63..2**64-1, a str that is not
+    valid Unicode, a type it does not know): a TypeError or ValueError, as ``exc`` was,
+    naming the stream, the event and, when one value alone fails, its field."""
+    field = ""
+    try:
+        dumped = type(event).__pydantic_serializer__.to_python(event, mode="json")
+    except Exception:
+        dumped = None
+    if isinstance(dumped, dict):
+        for name, value in dumped.items():
+            try:
+                msgpack.packb(value)
+            except Exception:
+                field = f" field {name!r}"
+                break
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, OverflowError):
+        reason += " (stored integers are -2**63 to 2**64-1)"
+    kind = TypeError if isinstance(exc, TypeError) else ValueError
+    return kind(
+        f"append to stream {stream!r}: event {index} ({event.__event_type__}){field} cannot "
+        f"be stored: {reason}"
+    )
 
 
 def _no_dump(obj: Any, **kw: Any) -> Any:  # pragma: no cover - replaced before first use

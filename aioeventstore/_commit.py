@@ -637,8 +637,8 @@ class CommitLoop:
                 key = item.key
                 if key is not None and (exp is ANY or exp is STREAM_EXISTS):
                     hit = window.get(key)
-                    if hit is not None and hit[0] == item.ids:
-                        item.outcome = hit[1]
+                    if hit is not None:  # a retry: the same ids, or the first of them
+                        item.outcome = self._retried(item, hit, last_version(stream))
                         clean = False
                         if plan is None:
                             queued -= item.size
@@ -654,6 +654,7 @@ class CommitLoop:
                 # item.outcome stays None: the producer makes its AppendResult from the item
                 if key is not None and remember:
                     result = _new_tuple(AppendResult, (pos + count - 1, version + count - 1))
+                    window.pop(key, None)  # (a key appended again is the newest)
                     window[key] = (item.ids, result)
                 # pack_frame, inline: the body (from its length on) is one bytes object, so
                 # that its CRC32C is one call; no other copy until the batch's join
@@ -782,6 +783,23 @@ class CommitLoop:
         item.planned_meta = new
         self.metas.plan(stream, new)
         return new
+
+    @staticmethod
+    def _retried(
+        item: PendingAppend, hit: tuple[bytes, AppendResult], last: int
+    ) -> AppendResult | WrongExpectedVersion:
+        """The outcome of an ``ANY``/``STREAM_EXISTS`` append whose first id the window holds
+        for its stream: as for an explicit expected version, the same ids, or the first of
+        them, are a retry (the result of those events, nothing written); more ids, or other
+        ones after the first, conflict with what was written."""
+        ids, result = hit
+        n = len(item.ids)
+        if ids[:n] != item.ids:
+            return WrongExpectedVersion(item.stream, item.expected, last)
+        fewer = (len(ids) - n) >> 4
+        if not fewer:
+            return result
+        return _new_tuple(AppendResult, (result.position - fewer, result.version - fewer))
 
     @staticmethod
     def _mismatch(item: PendingAppend, last: int) -> BaseException | Recheck:

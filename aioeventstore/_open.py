@@ -265,7 +265,9 @@ class Opener:
                 raise CorruptLog(self._log.path(ref.ordinal), ref.offset, exc.reason) from None
             ids = b"".join(frame_event_ids(data, at, info))
             last = info.first_position + info.event_count - 1
-            window[info.stream.encode("utf-8") + ids[:16]] = (
+            key = info.stream.encode("utf-8") + ids[:16]
+            window.pop(key, None)  # (a key appended again is the newest)
+            window[key] = (
                 ids,
                 AppendResult(last, info.first_version + info.event_count - 1),
             )

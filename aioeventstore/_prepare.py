@@ -84,12 +84,14 @@ class Preparer:
                 # encode_event, written out
                 _plain, _versioned, type_b, flags, plain, head = fields
                 value = events.__dict__
-                if len(value) != plain:  # not a plain class (plain is 0), or a key was added
-                    serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
-                    value = serializer.to_python(events, mode="json")
                 try:
+                    if len(value) != plain:  # not a plain class (plain is 0), or a key added
+                        serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
+                        value = serializer.to_python(events, mode="json")
                     data = _packb(value, option=_NATIVE_ONLY)
-                except TypeError:  # not a plain value: msgpack packs it, as it always did
+                except (TypeError, ValueError):
+                    # not a plain value: msgpack packs it, as it always did (and the general
+                    # path says what is wrong with a value neither can store)
                     return self._prepare(stream, events, expected_version)
                 size = _ENTRY_FIXED + len(type_b) + len(data)
                 if size <= self._fast_max:

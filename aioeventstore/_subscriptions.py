@@ -18,13 +18,15 @@ Threads: everything here runs on the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._codec import recorded_at, unpack_metadata
+from ._codec import TYPE_FIELDS, recorded_at, unpack_metadata, unpack_stored
+from ._format import ENTRY_HEAD, ENTRY_HEAD_SIZE
 from ._index import Index
 from ._meta import StreamMetas
 from ._reader import Reader
@@ -38,16 +40,33 @@ _new_tuple = tuple.__new__
 
 
 def build_records(item: PendingAppend, first_position: int, when: datetime) -> list[RecordedEvent]:
-    """The RecordedEvents of one committed append, from what its producer queued."""
+    """The RecordedEvents of one committed append, from what its producer queued.
+
+    An event of a class whose stored form is its instance's fields as they are (str, int,
+    bool, None: ``plain_fields``), immutable and frozen, is handed over as it is: no copy,
+    no decoding. Any other event is made again from the bytes stored, as a read makes it:
+    its JSON-mode dump may differ from the instance (excluded fields, serializers), and the
+    producer may still change a list or dict inside it; live
+    events and replayed ones must be the same. (Should that fail, which a read of it would
+    report, the producer's instance is handed over.)
+    """
     out = []
     metas = item.metas
     version = item.first_version
     source = item.source
     if isinstance(source, Event):  # a one-event append keeps its event as it is
         source = (source,)
+    stored: list[bytes] | None = None
     for k in range(item.count):
         src = source[k]
         event = src if isinstance(src, Event) else src.event
+        cls = type(event)
+        fields = TYPE_FIELDS.get(cls)
+        if fields is None or not fields[4]:  # (not a plain class, see above)
+            if stored is None:
+                stored = _stored_data(item)
+            with contextlib.suppress(Exception):
+                event = cls.model_validate(unpack_stored(stored[k]))
         meta = unpack_metadata(metas[k]) if metas is not None else NO_METADATA
         out.append(
             _new_tuple(
@@ -64,6 +83,19 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
                 ),
             )
         )
+    return out
+
+
+def _stored_data(item: PendingAppend) -> list[bytes]:
+    """Each event's data as the append's frame stores it (its entries follow the stream's
+    name in ``item.tail``; see FORMAT.md)."""
+    tail, at = item.tail, len(item.stream_b)
+    out = []
+    for _ in range(item.count):
+        size, _id, type_len, meta_len = ENTRY_HEAD.unpack_from(tail, at)
+        start = at + ENTRY_HEAD_SIZE + type_len + meta_len
+        at += 4 + size
+        out.append(tail[start:at])
     return out
 
 

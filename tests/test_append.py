@@ -160,6 +160,41 @@ async def test_retry_with_any_is_idempotent_within_the_window(store_path: Path) 
         assert again.position == 8 and again.version == 1
 
 
+async def test_retry_with_any_of_part_of_the_ids(store_path: Path) -> None:
+    """With ANY, as with an explicit version: the first of the ids again is a retry of
+    those events; ids that go on differently, or past what was written, conflict; nothing
+    is written either way (an id names one event). Also after a reopen."""
+    a, b, c = (es.NewEvent(Note(text=t), id=uuid.uuid4()) for t in "abc")
+    async with es.EventStore(store_path) as store:
+        await store.append("s", Note(text="before"))
+        first = await store.append("s", [a, b])
+        assert first == es.AppendResult(position=2, version=2)
+    for _ in range(2):
+        async with es.EventStore(store_path) as store:
+            assert await store.append("s", [a, b]) == first
+            assert await store.append("s", a) == es.AppendResult(position=1, version=1)
+            for other in ([a, b, c], [a, c], [a, es.NewEvent(Note(text="b"), id=c.id)]):
+                with pytest.raises(es.WrongExpectedVersion) as info:
+                    await store.append("s", other)
+                assert info.value.stream == "s" and info.value.actual == 2
+            assert store.head == 2
+
+
+async def test_a_key_appended_again_is_the_newest_in_the_window(store_path: Path) -> None:
+    """An append whose stream and first id are in the window already (a new version, with an
+    explicit expected version) moves the entry to the window's newest end: the next ones
+    push older entries out first."""
+    a = es.NewEvent(Note(text="a"), id=uuid.uuid4())
+    async with es.EventStore(store_path, idempotency_window=2) as store:
+        await store.append("s", a)
+        await store.append("t", es.NewEvent(Note(text="t"), id=uuid.uuid4()))
+        again = await store.append("s", a, expected_version=0)  # (ids compared on mismatch)
+        assert again.version == 1
+        await store.append("u", es.NewEvent(Note(text="u"), id=uuid.uuid4()))
+        assert await store.append("s", a) == again  # still in the window: nothing written
+        assert store.head == 3
+
+
 async def test_duplicates_in_one_batch(store_path: Path) -> None:
     import asyncio
 
@@ -220,6 +255,43 @@ BAD_INPUTS: list[tuple[Any, Any, dict[str, Any], type[Exception], str]] = [
         "metadata cannot be stored",
     ),
 ]
+
+
+class Numbers(es.Event):
+    n: int
+    anything: Any = None
+
+
+UNSTORABLE = [
+    (Numbers(n=2**64), ValueError, r"event 0 \(Numbers\) field 'n' .*-2\*\*63 to 2\*\*64-1"),
+    (Numbers(n=-(2**63) - 1), ValueError, r"field 'n' cannot be stored"),
+    (Numbers(n=1, anything=[1, 2**80]), ValueError, r"field 'anything' cannot be stored"),
+    (Note(text="\ud800"), ValueError, r"event 0 \(Note\) field 'text' cannot be stored"),
+    (Numbers(n=1, anything=object()), ValueError, r"event 0 \(Numbers\) cannot be stored"),
+]
+
+
+@pytest.mark.parametrize(("event", "exc", "message"), UNSTORABLE)
+@pytest.mark.parametrize("how", ["one event", "a list", "append_many"])
+async def test_data_that_cannot_be_stored_fails_in_the_caller_naming_the_field(
+    store_path: Path, event: es.Event, exc: type[Exception], message: str, how: str
+) -> None:
+    """A value msgpack cannot store (an int past 64 bits, a str that is not Unicode) or that
+    pydantic cannot dump is reported with the stream, the event and the field, on every
+    append path, and nothing is written."""
+    async with es.EventStore(store_path) as store:
+        for _ in range(2):  # (the second time, the class may take the fast path)
+            with pytest.raises(exc, match=message) as info:
+                if how == "one event":
+                    await store.append("s-1", event)
+                elif how == "a list":
+                    await store.append("s-1", [event, Note(text="ok")])
+                else:
+                    await store.append_many([("s-1", [event])])
+            assert "stream 's-1'" in str(info.value)
+            await store.append("ok", Numbers(n=1))
+        assert store.head == 1
+        assert [r.stream async for r in store.read_all()] == ["ok", "ok"]
 
 
 @pytest.mark.parametrize(("stream", "events", "kwargs", "exc", "message"), BAD_INPUTS)

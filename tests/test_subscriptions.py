@@ -8,6 +8,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pydantic
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -428,6 +429,34 @@ async def test_callers_list_changes_after_append_do_not_leak(store_path: Path) -
             live = [r.data for r in await take(sub, 2)]
         stored = [r.data async for r in store.read_all()]
         assert live == stored == [Note(text="a"), Note(text="b")]
+
+
+class Basket(es.Event):
+    """Stored otherwise than held: a list the producer may change after its append, and a
+    field never stored."""
+
+    items: list[int]
+    secret: str = pydantic.Field(default="", exclude=True)
+
+
+async def test_live_events_are_the_stored_ones_not_the_producers_objects(
+    store_path: Path,
+) -> None:
+    """A live subscriber gets what a replay of the same events gives, not the producer's
+    instance, when the class's stored form can differ from it; a class of plain fields
+    (str, int, bool, None) is handed over as it is (nothing to decode)."""
+    async with es.EventStore(store_path) as store:
+        async with store.subscribe(from_position=es.END) as sub:
+            basket = Basket(items=[1, 2, 3], secret="hunter2")
+            note = Note(text="plain")
+            await store.append("b", basket)
+            basket.items.clear()  # the producer reuses the list after its append
+            await store.append("b", [Basket(items=[4]), note])
+            live = await take(sub, 3)
+        stored = [r.data async for r in store.read_all()]
+        assert [r.data for r in live] == stored
+        assert stored[0] == Basket(items=[1, 2, 3], secret="")
+        assert live[2].data is note
 
 
 async def test_stream_exists_retry_with_same_ids_is_idempotent(store_path: Path) -> None:
