@@ -382,7 +382,9 @@ class Subscription:
                 if metas.durable and metas.is_hidden(self._index, rec):
                     continue
                 yield rec
-                if self._cur is not cur:  # closed while the consumer held the event
+                # closed while the consumer held the event, or it took the rest of the list
+                # with batches() meanwhile: go on from where the subscription is
+                if self._cur is not cur or self._i != i:
                     break
             if not await self._advance():
                 return
@@ -390,14 +392,16 @@ class Subscription:
     async def batches(self) -> AsyncGenerator[Sequence[RecordedEvent], None]:
         """Deliver events a list at a time (what is ready, in order) instead of one by one.
 
-        The same subscription, cursor and guarantees as ``async for rec in sub``; a consumer
-        that handles events in bulk saves the per-event ``await`` of the async iterator.
+        The same subscription, cursor and guarantees as ``async for rec in sub`` (the two may
+        be used in turn); a consumer that handles events in bulk saves the per-event
+        ``await`` of the async iterator. Each list is a tuple, or a list of its own when
+        stream metadata hid some of its events: copy it to change it.
         """
         while True:
             cur = self._cur
             i = self._i
             if i < len(cur):
-                batch = cur if i == 0 else cur[i:]  # live batches are tuples: safe to share
+                batch = cur if i == 0 else cur[i:]  # (tuples: safe to hand over, see _load)
                 self._i = len(cur)
                 if self._mark_at >= 0:
                     self._mark_caught_up()
@@ -443,7 +447,9 @@ class Subscription:
             records = [r for r in records if self._key(r) >= self._start]
         if filt is not None:
             records = [r for r in records if filt.matches(r)]
-        self._cur = records
+        # a tuple: batches() hands the current list itself to the consumer, who may change a
+        # list (the cursor's bookkeeping indexes it); live lists are shared tuples already
+        self._cur = records if type(records) is tuple else tuple(records)
         self._i = 0
         if self.stream is None:
             self._cur_end = end

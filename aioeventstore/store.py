@@ -710,6 +710,9 @@ class EventStore:
                 version = max(version, visible)
             cap = remaining
             if last is not None:  # forwards: no further than the last version at the start
+                # (retention or a scavenge may have removed versions since the last chunk:
+                # the read goes on at the oldest left, and the cap counts from there)
+                version = max(version, index.first_version(stream))
                 if version > last:
                     return
                 cap = last - version + 1 if cap is None else min(cap, last - version + 1)

@@ -311,6 +311,28 @@ async def test_retention_by_bytes_drops_oldest_segments(store_path: Path) -> Non
         assert (await store.verify()).ok
 
 
+async def test_a_stream_read_ends_at_its_last_version_at_the_start_despite_retention(
+    store_path: Path,
+) -> None:
+    """Retention removes the versions a forward ``read_stream`` was to read next (while its
+    caller works on its first chunk): it goes on at the oldest left and still ends by the
+    stream's last version when it started, never past it (its cap counted from a removed
+    version). Here every version up to that one went: the read ends with its first chunk."""
+    async with es.EventStore(
+        store_path, segment_bytes=8192, read_chunk_bytes=4096, retention_bytes=40_000
+    ) as store:
+        for i in range(300):
+            await store.append(f"s{i % 5}", Note(text=f"{i}" + "y" * 100))
+        last = (await anext(store.read_stream("s3", backwards=True, limit=1))).version
+        read = store.read_stream("s3")
+        got = [(await anext(read)).version]
+        for i in range(300, 600):
+            await store.append(f"s{i % 5}", Note(text=f"{i}" + "y" * 100))
+        got += [r.version async for r in read]
+        assert got == list(range(got[0], got[-1] + 1)) and got[-1] <= last
+        assert store.statistics().stored_events < 300  # (retention removed what was read)
+
+
 async def test_retention_keeps_the_version_of_a_stream_it_empties(store_path: Path) -> None:
     async with es.EventStore(store_path, segment_bytes=4096) as store:
         await store.append("early", [Note(text=str(i)) for i in range(5)])

@@ -355,6 +355,38 @@ async def test_batches_deliver_the_same_events_in_lists(store_path: Path) -> Non
             assert [r.position for r in await take(sub, 1)] == [70]
 
 
+async def test_one_by_one_and_batches_in_turn_deliver_each_event_once(store_path: Path) -> None:
+    """Leaving ``async for`` with a break, taking a list with ``batches()``, then going on
+    one by one: each event exactly once (the iterator resumed used to hand out again what
+    the list had taken), from history and live; lists are tuples, which no consumer can
+    change under the cursor's bookkeeping."""
+
+    async def some(sub: es.Subscription, n: int) -> list[int]:
+        got = []
+        async for rec in sub:
+            got.append(rec.position)
+            if len(got) == n:
+                break
+        return got
+
+    async def a_list(sub: es.Subscription) -> list[int]:
+        async for batch in sub.batches():
+            assert isinstance(batch, tuple)
+            return [r.position for r in batch]
+        raise AssertionError("the subscription ended")
+
+    async with es.EventStore(store_path) as store:
+        await fill(store, 10)
+        async with store.subscribe() as sub:
+            seen = await some(sub, 3) + await a_list(sub)  # history
+            assert seen == list(range(10)) and sub.lag == 0
+            await store.append("s", [Note(text=str(i)) for i in range(6)])  # one live list
+            seen += await some(sub, 2) + await a_list(sub)
+            await store.append("s", [Note(text=str(i)) for i in range(3)])
+            seen += await some(sub, 3)
+            assert seen == list(range(19)) and sub.lag == 0
+
+
 async def test_recorded_event_fields(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
         eid = uuid.uuid4()
