@@ -606,8 +606,8 @@ def decode_frame_events(
         if decode is not None:
             try:
                 data = decode(data)
-            except (ValidationError, UpcastFailed) as exc:
-                raise EventDecodeError(stream, pos, type_name, str(exc)) from exc
+            except Exception as exc:  # (a validator of the class may raise anything)
+                raise EventDecodeError(stream, pos, type_name, _why(exc)) from exc
         out.append(
             _new_tuple(
                 RecordedEvent,
@@ -615,6 +615,14 @@ def decode_frame_events(
             )
         )
         at = nxt
+
+
+def _why(exc: Exception) -> str:
+    """What a failed decode says: pydantic's and the upcasters' own messages; for anything
+    else a validator raised, its type too (a bare ``KeyError('y')`` says little)."""
+    if isinstance(exc, ValidationError | UpcastFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 _SPAN_HEAD = struct.Struct("<4sIIBBHIQQqQ")  # frame header + body head, FORMAT.md
@@ -1355,8 +1363,8 @@ def _span_loop(
                 if decode is not None:
                     try:
                         raw = decode(raw)
-                    except (ValidationError, UpcastFailed) as exc:
-                        raise EventDecodeError(stream, p, type_name, str(exc)) from exc
+                    except Exception as exc:  # (a validator of the class may raise anything)
+                        raise EventDecodeError(stream, p, type_name, _why(exc)) from exc
                 out.append(
                     new_tuple(record, (stream, fver + k, p, eid, type_name, raw, meta, when))
                 )

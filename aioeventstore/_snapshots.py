@@ -43,6 +43,7 @@ from ._format import (
 )
 from ._fs import FileSystem
 from ._index import Index
+from ._meta import StreamMetas
 from ._reader import Reader
 from .aggregate import Snapshot
 from .errors import SnapshotFailed, SnapshotVersionError, StoreClosed
@@ -173,6 +174,20 @@ class SnapshotFiles:
         fs.sync_dir(self.directory)
 
 
+def _state_class(state_type: type[S], name: str) -> type[S] | None:
+    """The class a snapshot saved as ``name`` (a ``__qualname__``) is loaded as: ``state_type``
+    or one of its subclasses (``load_aggregate``'s ``apply`` may return one), else None."""
+    todo: list[type[S]] = [state_type]
+    seen: set[type[S]] = set()
+    while todo:
+        cls = todo.pop()
+        if cls.__qualname__ == name:
+            return cls
+        seen.add(cls)
+        todo += [sub for sub in cls.__subclasses__() if sub not in seen]
+    return None
+
+
 class Snapshots:
     """The store's snapshots, event-loop side (the store checks its arguments first).
 
@@ -181,10 +196,13 @@ class Snapshots:
     is open) for every file call.
     """
 
-    def __init__(self, files: SnapshotFiles, index: Index, reader: Reader) -> None:
+    def __init__(
+        self, files: SnapshotFiles, index: Index, reader: Reader, metas: StreamMetas
+    ) -> None:
         self.files = files
         self._index = index
         self._reader = reader
+        self._metas = metas
         self.executor: Executor | None = None
 
     async def save(self, stream: str, state: BaseModel, version: int) -> bool:
@@ -235,11 +253,24 @@ class Snapshots:
 
     async def _mismatch(self, stream: str, stored: Stored) -> str | None:
         """Why a stored snapshot no longer matches the log, or None when it does: its version
-        must be committed, still in the log, at the position and with the event id it was
-        saved after."""
+        must be committed, still in the log and visible (not hidden by the stream's
+        metadata: a delete, ``truncate_before`` or ``max_count`` past it, or the state
+        would hold events that reads no longer yield), at the position and with the event id
+        it was saved after."""
         last = self._index.committed_last_version(stream)
         if stored.version > last:
             return f"it is for version {stored.version}, the stream's last version is {last}"
+        meta = self._metas.durable.get(stream)
+        if meta is not None:
+            if meta.hard_deleted:
+                return "the stream was deleted for good"
+            visible = meta.first_visible(last)
+            if stored.version < visible:
+                what = "deleted" if meta.deleted else f"hidden below version {visible}"
+                return (
+                    f"its version {stored.version} is {what} by the stream's metadata, so its "
+                    "state holds events that reads no longer yield"
+                )
         first = self._index.first_version(stream)
         if stored.version < first:
             return (
@@ -261,10 +292,11 @@ class Snapshots:
             return f"damaged file {exc.path}: {exc.reason}"
         if fields is None:
             return None
-        if fields.type_name != state_type.__qualname__:
+        cls = _state_class(state_type, fields.type_name)
+        if cls is None:
             return f"it holds a {fields.type_name!r}, not a {state_type.__qualname__!r}"
         try:
-            state = unpack_state(fields.state, state_type)
+            state = unpack_state(fields.state, cls)
         except ValueError as exc:  # pydantic's ValidationError is one
             return f"its state does not validate as {state_type.__qualname__}: {exc}"
         return state, fields.stored

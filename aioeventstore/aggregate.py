@@ -59,7 +59,8 @@ async def load_aggregate(
     ``snapshot_every=N`` saves a snapshot of the result when N or more events were folded in
     on top of the snapshot loaded (or from the start): each load then replays fewer than N
     events plus what was appended since. A snapshot that cannot be saved (``SnapshotFailed``)
-    is logged as a warning and the state is returned all the same.
+    is logged as a warning and the state is returned all the same; a read-only store saves
+    none (it changes nothing on disk).
 
     Raises what ``read_stream`` raises (e.g. ``EventDecodeError``, ``StoreClosed``).
     """
@@ -86,7 +87,7 @@ async def load_aggregate(
             )
         version = rec.version
         folded += 1
-    if snapshot_every is not None and folded >= snapshot_every:
+    if snapshot_every is not None and folded >= snapshot_every and not store.read_only:
         try:
             await store.save_snapshot(stream, state, version)
         except SnapshotFailed as exc:

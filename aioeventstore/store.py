@@ -191,7 +191,9 @@ class EventStore:
             self._metas,
         )
         self._maintenance: Maintenance | None = None
-        self._snapshots = Snapshots(SnapshotFiles(self._fs, self._path), self._index, self._reader)
+        self._snapshots = Snapshots(
+            SnapshotFiles(self._fs, self._path), self._index, self._reader, self._metas
+        )
         self._hub = LiveHub()
         self._sidecars = SidecarWriter(self._log, self._index, self._fs)
         self._opener = Opener(
@@ -497,7 +499,7 @@ class EventStore:
         if self._read_only:
             raise StoreReadOnly(
                 f"store at {self._path} was opened with read_only=True; open it without "
-                "read_only to append or save checkpoints"
+                "read_only to append, or to save checkpoints, snapshots or metadata"
             )
         assert self._commit is not None
         return self._commit
@@ -884,9 +886,10 @@ class EventStore:
         is still in the log (retention and scavenging remove a stream's oldest events; a
         snapshot is checked against its event whenever it is loaded), :class:`SnapshotFailed`
         when the file system refuses (the previous snapshot stays), :class:`StoreClosed`,
-        TypeError/ValueError for a state that is not a model or cannot be stored.
+        TypeError/ValueError for a state that is not a model or cannot be stored, and
+        :class:`StoreReadOnly` for a read-only store (it changes nothing on disk).
         """
-        self._require_open()
+        self._require_writer()
         check_stream(stream)
         check_snapshot(state, version)
         return await self._snapshots.save(stream, state, version)
@@ -897,13 +900,16 @@ class EventStore:
         A snapshot is a cache of what the stream's events define, so whatever makes one
         unusable makes this return None (and log a warning on the ``"aioeventstore"`` logger)
         instead of raising: a damaged file (its CRC32C does not match), a snapshot saved from
-        another model class (by ``__qualname__``) or that ``state_type`` no longer validates,
-        and one that no longer matches the log: past the stream's last committed version, or
-        whose event at ``version`` is not the one it was saved for (after ``repair`` cut the
-        log, or a power cut lost appends acknowledged with ``durability="os"``), or whose
-        event retention or scavenging removed from the log (it can no longer be checked: keep
-        a snapshot's event, truncating a stream before a version at most the snapshot's).
-        The next ``save_snapshot`` of the stream replaces an unusable snapshot.
+        a model class other than ``state_type`` and its subclasses (by ``__qualname__``) or
+        that the class no longer validates, and one that no longer matches the log: past the
+        stream's last committed version, or whose event at ``version`` is not the one it was
+        saved for (after ``repair`` cut the log, or a power cut lost appends acknowledged with
+        ``durability="os"``), or whose event retention or scavenging removed from the log (it
+        can no longer be checked: keep a snapshot's event, truncating a stream before a
+        version at most the snapshot's), or whose event the stream's metadata now hides (a
+        delete, ``truncate_before`` or ``max_count`` past it: its state holds events reads no
+        longer yield; not ``max_age``). The next ``save_snapshot`` of the stream replaces an
+        unusable snapshot.
 
         Raises :class:`SnapshotFailed` when the file cannot be read (an OS error),
         :class:`StoreClosed`, and TypeError when ``state_type`` is not a pydantic model class.

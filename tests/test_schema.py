@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 import aioeventstore as es
@@ -355,6 +356,42 @@ async def test_an_upcaster_that_raises_is_a_decode_error(store_path: Path) -> No
     async with es.EventStore(store_path) as store:
         with pytest.raises(es.EventDecodeError, match=r"upcaster.*broken.*from version 1"):
             await everything(store)
+
+
+async def test_a_validator_that_raises_anything_is_a_decode_error(store_path: Path) -> None:
+    """A release's class whose own validator raises a KeyError on an old payload (a
+    hand-written migration) is an EventDecodeError naming stream, position and type on every
+    read path, as an upcaster's is; not a bare KeyError."""
+
+    class MovedV1(es.Event):
+        __event_type__ = "Moved2"
+        x: int
+
+    async with es.EventStore(store_path) as store:
+        for i in range(3):
+            await store.append("s-1", MovedV1(x=i))
+    forget("Moved2")
+
+    class Moved2(es.Event):
+        x: int
+        y: int
+
+        @pydantic.model_validator(mode="before")
+        @classmethod
+        def need_y(cls, data: Any) -> Any:
+            return {"x": data["x"], "y": data["y"]}
+
+    want = r"position 0 of stream 's-1' as type 'Moved2': KeyError: 'y'"
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(es.EventDecodeError, match=want):
+            await everything(store)
+        for backwards in (False, True):
+            with pytest.raises(es.EventDecodeError, match="KeyError"):
+                _ = [r async for r in store.read_stream("s-1", backwards=backwards)]
+        with pytest.raises(es.EventDecodeError, match=want):
+            async with store.subscribe(from_position=0) as sub:
+                async for _rec in sub:
+                    pass
 
 
 async def test_an_added_optional_field_needs_no_upcaster(store_path: Path) -> None:

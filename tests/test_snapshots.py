@@ -260,6 +260,80 @@ async def test_a_snapshot_whose_event_retention_removed_is_ignored_not_an_error(
         assert await store.load_snapshot("s", Tally) == (Tally(count=99), first)
 
 
+@pytest.mark.parametrize("how", ["soft delete", "hard delete", "truncate_before", "max_count"])
+async def test_a_snapshot_the_streams_metadata_now_hides_is_ignored(
+    store_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """A snapshot whose event a delete, ``truncate_before`` or ``max_count`` now hides holds
+    events reads no longer yield: ``load_snapshot`` ignores it, and ``load_aggregate`` folds
+    only what ``read_stream`` yields, as it does with no snapshot. A snapshot at or past the
+    first visible version stays usable."""
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(5))
+        assert await store.save_snapshot("s", tally_of(deposits(3)), 2)
+        if how == "soft delete":
+            await store.delete_stream("s")
+            await store.append("s", deposits(1, start=5))
+        elif how == "hard delete":
+            await store.delete_stream("s", hard=True)
+        elif how == "truncate_before":
+            await store.set_stream_metadata("s", truncate_before=3)
+        else:
+            await store.set_stream_metadata("s", max_count=2)
+        visible = [r.data async for r in store.read_stream("s") if isinstance(r.data, es.Event)]
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            assert await store.load_snapshot("s", Tally) is None
+        assert "ignoring the snapshot of stream 's'" in caplog.text
+        state, _version = await es.load_aggregate(store, "s", Tally, fold)
+        assert state == tally_of(visible)
+        if how in ("truncate_before", "max_count"):
+            await store.set_stream_metadata("s", truncate_before=2, max_count=None)
+            assert await store.load_snapshot("s", Tally) == (tally_of(deposits(3)), 2)
+
+
+async def test_a_read_only_store_saves_no_snapshot(store_path: Path) -> None:
+    """A read-only store changes nothing on disk: ``save_snapshot`` raises StoreReadOnly and
+    ``load_aggregate(snapshot_every=...)`` loads without saving."""
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(5))
+    before = sorted(p.name for p in store_path.iterdir())
+    async with es.EventStore(store_path, read_only=True) as reader:
+        with pytest.raises(es.StoreReadOnly, match="snapshots"):
+            await reader.save_snapshot("s", Tally(), 1)
+        got = await es.load_aggregate(reader, "s", Tally, fold, snapshot_every=1)
+        assert got == (tally_of(deposits(5)), 4)
+    assert sorted(p.name for p in store_path.iterdir()) == before
+
+
+class Premium(Tally):
+    """What an aggregate's ``apply`` may return: a subclass of its ``state_type``."""
+
+    tier: str = "gold"
+
+
+async def test_a_snapshot_of_a_subclass_of_the_state_type_is_used(store_path: Path) -> None:
+    def fold_premium(state: Tally, rec: es.RecordedEvent) -> Tally:
+        return Premium(**fold(state, rec).model_dump(), tier=f"t{rec.version}")
+
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(20))
+        first = await es.load_aggregate(store, "s", Tally, fold_premium, snapshot_every=5)
+        assert isinstance(first.state, Premium) and first.state.tier == "t19"
+        assert await store.load_snapshot("s", Tally) == first
+        await store.append("s", deposits(1, start=20))
+        seen: list[int] = []
+
+        def counting(state: Tally, rec: es.RecordedEvent) -> Tally:
+            seen.append(rec.version)
+            return fold_premium(state, rec)
+
+        again = await es.load_aggregate(store, "s", Tally, counting)
+        replayed: Tally = Tally()
+        async for rec in store.read_stream("s"):
+            replayed = fold_premium(replayed, rec)
+        assert seen == [20] and again == (replayed, 20)
+
+
 # --- isolation from the log ----------------------------------------------------------------
 async def test_snapshots_are_never_events(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
