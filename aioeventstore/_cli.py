@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from ._checks import check_stream
 from ._verify import RepairReport, SegmentReport, VerifyReport, repair_store, verify_store
 from .errors import (
     CompressionUnavailable,
@@ -180,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     def filters(c: argparse.ArgumentParser) -> None:
-        c.add_argument("--stream", help="only this stream (exact name)")
+        c.add_argument("--stream", type=_stream, help="only this stream (exact name)")
         c.add_argument(
             "--type",
             dest="types",
@@ -277,6 +278,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stream(text: str) -> str:
+    """A --stream argument, checked as the store checks stream names (a usage error, exit 2,
+    rather than a traceback from the read)."""
+    try:
+        check_stream(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -354,20 +365,23 @@ def _check(
             report = verify_store(
                 path, None, options, progress=lambda d, t: progress(d, t, "segments")
             )
-            progress.done()
-            if args.json:
-                json.dump(report.to_json(), stdout, indent=2)
-                print(file=stdout)
-            else:
-                print_report(report, stdout)
-            return EXIT_OK if report.ok else EXIT_PROBLEM
-        rep = repair_store(path, None, options, dry_run=args.dry_run)
+        else:
+            rep = repair_store(path, None, options, dry_run=args.dry_run)
     except (StoreLocked, CompressionUnavailable, UnsupportedFormat) as exc:
         print(f"aioeventstore: {exc}", file=stderr)
         return EXIT_ERROR
     except OSError as exc:
         print(f"aioeventstore: cannot read {path}: {exc}", file=stderr)
         return EXIT_ERROR
+    # (printing comes after: a closed stdout is main's BrokenPipeError, not a read failure)
+    if args.command == "verify":
+        progress.done()
+        if args.json:
+            json.dump(report.to_json(), stdout, indent=2)
+            print(file=stdout)
+        else:
+            print_report(report, stdout)
+        return EXIT_OK if report.ok else EXIT_PROBLEM
     if args.json:
         doc = {
             "before": rep.before.to_json(),

@@ -15,7 +15,7 @@ import math
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from ._format import parse_segment_name
 from ._fs import OsFileSystem
@@ -23,7 +23,15 @@ from ._stats import Histogram, LogStatistics, scan_log_statistics, segment_forma
 from .events import EventFilter, RecordedEvent
 from .store import EventStore
 
-ProgressFn = Callable[[int, int, str], None]
+
+class ProgressFn(Protocol):
+    """The command line's progress line (``_cli.Progress``)."""
+
+    def __call__(self, done: int, total: int, what: str = "") -> None: ...
+
+    def done(self) -> None:
+        """Clear the line before the command prints its result."""
+        ...
 
 
 def run_read_command(
@@ -262,6 +270,7 @@ async def _follow(
 # --- stats ------------------------------------------------------------------------------------
 def _stats(args: argparse.Namespace, path: str, out: TextIO, progress: ProgressFn) -> int:
     st = scan_log_statistics(path, progress=lambda done, total: progress(done, total, "bytes"))
+    progress.done()
     if args.json:
         json.dump(st.to_json(), out, indent=2)
         print(file=out)

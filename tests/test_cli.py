@@ -199,6 +199,47 @@ def test_progress_only_on_a_terminal() -> None:
     assert quiet.getvalue() == ""
 
 
+def test_progress_is_cleared_before_the_result_is_printed(tmp_path: Path) -> None:
+    """On a terminal (stdout and stderr the same one), the progress line is cleared before
+    ``stats``/``verify`` print: their first line is not glued to it."""
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    asyncio.run(make_store(tmp_path / "s"))
+    for command, first in (("stats", "store "), ("verify", "segment ")):
+        term = Tty()
+        assert main([command, str(tmp_path / "s")], term, term) == EXIT_OK
+        shown = term.getvalue()
+        assert "\r\x1b[K" + first in shown and " of " in shown.split(first)[0]
+
+
+def test_a_closed_stdout_is_not_a_read_error(tmp_path: Path) -> None:
+    """``verify | head`` (and the others): stdout closed by the reader is exit 0, not the
+    exit 2 of a store that cannot be read."""
+
+    class Closed(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    asyncio.run(make_store(tmp_path / "s"))
+    path = str(tmp_path / "s")
+    for argv in (["verify"], ["verify", "--json"], ["stats"], ["repair", "--dry-run"]):
+        err = io.StringIO()
+        assert main([*argv, path], Closed(), err) == EXIT_OK, argv
+        assert "cannot read" not in err.getvalue()
+
+
+@pytest.mark.parametrize("name", ["$all", "", "x" * 2000])
+def test_a_bad_stream_name_is_a_usage_error(tmp_path: Path, name: str) -> None:
+    asyncio.run(make_store(tmp_path / "s"))
+    for command in (["dump"], ["tail"], ["tail", "-f"]):
+        code, _, err = cli(*command, "--stream", name, str(tmp_path / "s"))
+        assert code == EXIT_ERROR and "argument --stream: stream name" in err
+        assert "Traceback" not in err
+
+
 def test_quiet_and_non_tty_print_no_progress(tmp_path: Path) -> None:
     asyncio.run(make_store(tmp_path / "s"))
     for argv in (["dump", str(tmp_path / "s")], ["stats", "-q", str(tmp_path / "s")]):
