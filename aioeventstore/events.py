@@ -147,10 +147,14 @@ def _register(cls: type[Event]) -> None:
                 f"is already claimed by {old.__module__}.{old.__qualname__}; "
                 "set __event_type__ or __event_aliases__ on one of them"
             )
-    old = _classes.get(name)
-    if old is not None:  # a reload: forget the names the earlier definition claimed
-        for alias in old.__event_aliases__:
-            _registry.pop(alias, None)
+    # A reload (the same module and name): forget every name the earlier definition claimed,
+    # also when the reload renamed it (another __event_type__): a fresh process would not
+    # know them either.
+    for old_name, old in [(n, c) for n, c in _classes.items() if _same_class(c, cls)]:
+        del _classes[old_name]
+        for claimed in (old_name, *old.__event_aliases__):
+            if _registry.get(claimed) is old:
+                del _registry[claimed]
     _classes[name] = cls
     _registry[name] = cls
     for alias in cls.__event_aliases__:

@@ -41,6 +41,32 @@ def test_redefining_the_same_class_replaces_it() -> None:
     assert first is not second
 
 
+def test_a_reload_that_renames_a_class_frees_its_old_names() -> None:
+    """A reload (the same module and qualname) that changed ``__event_type__`` or the
+    aliases: the earlier definition's names go, as in a fresh process; another class may
+    take them, and nothing decodes to the dead class."""
+    from aioeventstore.events import lookup_event_type
+
+    def make(name: str, aliases: tuple[str, ...]) -> type[es.Event]:
+        class Renamed(es.Event):
+            __event_type__ = name
+            __event_aliases__ = aliases
+            x: int
+
+        return Renamed
+
+    first = make("renamed.v1", ("renamed.old",))
+    second = make("renamed.v2", ())
+    assert lookup_event_type("renamed.v2") is second
+    assert lookup_event_type("renamed.v1") is None and lookup_event_type("renamed.old") is None
+    assert "renamed.v1" not in es.event_types() and first is not second
+
+    class Taker(es.Event):  # the freed name is free
+        __event_type__ = "renamed.v1"
+
+    assert es.event_types()["renamed.v1"] is Taker
+
+
 def test_events_are_immutable() -> None:
     e = Deposited(account="a", amount=1)
     with pytest.raises(pydantic.ValidationError):
