@@ -40,9 +40,11 @@ goes on at the oldest segment left. Sealed segments whose files are gone are lis
 ``removed`` for the store to drop from its index and close: a reader must not keep the disk
 space they held. Nor the space of a segment that a scavenge rewrote under the same name
 (shorter): at most every ``REWRITE_CHECK`` seconds the sealed segments' files are compared
-with the ones held, and a rewritten one is read whole and listed in ``rewritten`` for the
-store to re-index and swap in, as the writer does (reads planned against the old file keep
-it open until they end); what the rewrite removed is then gone for this reader too.
+with the ones held, and a rewritten one is listed in ``rewritten``; the store reads it (and
+the one held) whole with :func:`read_rewrite` on a reader thread, one at a time, so that
+following the tail never waits for it, and re-indexes the segment and swaps the new file in
+as the writer does (reads planned against the old file keep it open until they end); what
+the rewrite removed is then gone for this reader too.
 Metadata frames are collected in ``metadata`` for the store to apply; they are not events.
 
 Threads: one thread at a time calls ``scan`` (the store's I/O thread); the frames it finds are
@@ -107,11 +109,9 @@ class Follower:
         """Ordinals of sealed segments whose files are gone from the directory, in order: the
         store drops them from its index and retires them after each scan
         (``Opener.drop_removed``)."""
-        self.rewritten: list[tuple[int, Segment, dict[int, int], list[tuple[str, int, int]]]] = []
-        """Sealed segments a scavenge rewrote since this reader opened them: (ordinal, the
-        new file opened, then what the rewrite did as ``Index.replace_segment_rows`` takes
-        it); the store re-indexes and swaps them after each scan
-        (``Opener.swap_rewritten``)."""
+        self.rewritten: list[int] = []
+        """Ordinals of sealed segments a scavenge rewrote since this reader opened them, for
+        the store to read and swap in (:func:`read_rewrite`, ``Opener.swap_rewritten``)."""
         self._rewrite_check = time.monotonic()
         self._rewrite_seen: dict[int, int] = {}  # ordinal → size of a new file already taken
         self.changed: set[int] = set()
@@ -328,65 +328,20 @@ class Follower:
     def _note_rewritten(self) -> None:
         """Add to ``rewritten`` (and ``changed``) the sealed segments whose file is shorter
         than the one held: a scavenge rewrote it (temp file, sync, rename: the file at the
-        name is whole). A new file whose frames are not the held one's less some (read both
-        whole), or that cannot be read, is left to the writer's next open to judge: this
-        reader reads on from the file it holds."""
+        name is whole). Each size is taken once: a new file the store could not use (see
+        :func:`read_rewrite`) is not read again until it changes."""
         segs, log = self._log.segments, self._log
         gone = set(self.removed)
         for ordinal in range(self._oldest, len(segs) - 1):  # never the tail: still read
             seg = segs[ordinal]
             if seg.retired or ordinal in gone:
                 continue
-            held = seg.file.size()
             now = size_at(log.fs, seg.path)
-            if now is None or now >= held or self._rewrite_seen.get(ordinal) == now:
+            if now is None or now >= seg.file.size() or self._rewrite_seen.get(ordinal) == now:
                 continue
             self._rewrite_seen[ordinal] = now
             self.changed.add(ordinal)
-            try:
-                file = log.fs.open(seg.path, write=False)
-            except FileNotFoundError:
-                continue  # removed meanwhile: the next scan lists it in ``removed``
-            new = Segment(seg.path, seg.first_position, file)
-            try:
-                change = self._rewrite(seg, new)
-            except BaseException:
-                new.close()
-                raise
-            if change is None:
-                new.close()
-            else:
-                self.rewritten.append((ordinal, new, *change))
-
-    def _rewrite(
-        self, old: Segment, new: Segment
-    ) -> tuple[dict[int, int], list[tuple[str, int, int]]] | None:
-        """How ``new`` rewrote ``old``, as the writer's scavenge reports it (see
-        ``Index.replace_segment_rows``): the new offset of each kept events frame or
-        container, by old offset, and the removed frames' (stream, first version, count) in
-        position order; None when ``new`` is not such a rewrite or either cannot be read."""
-        try:
-            if new.read_header() != old.first_position:
-                return None
-            before, after = _events_frames(old, self._log), _events_frames(new, self._log)
-        except (ValueError, FrameError):  # (NewerFormat is a ValueError too)
-            return None
-        if before is None or after is None or not after.keys() <= before.keys():
-            return None
-        moved: dict[int, int] = {}
-        removed: list[tuple[str, int, int]] = []
-        for position, was in before.items():
-            now = after.get(position)
-            if now is None:
-                removed.append((was.stream, was.first_version, was.event_count))
-            elif (now.stream, now.first_version, now.event_count, now.length) != (
-                was.stream,
-                was.first_version,
-                was.event_count,
-                was.length,
-            ) or moved.setdefault(was.offset, now.offset) != now.offset:
-                return None
-        return moved, removed
+            self.rewritten.append(ordinal)
 
     def removed_since_read(self, ordinal: int) -> bool:
         """Whether the file of segment ``ordinal`` was removed, or rewritten (shorter under
@@ -402,6 +357,61 @@ class Follower:
         if now is None or now < held:
             self.changed.add(ordinal)
         return ordinal in self.changed
+
+
+Rewrite = tuple[Segment, dict[int, int], list[tuple[str, int, int]]]
+"""A rewritten segment as ``read_rewrite`` finds it: the new file opened, and what the rewrite
+did as ``Index.replace_segment_rows`` takes it (kept frames' new offsets by old offset, and
+the removed frames' (stream, first version, count) in position order)."""
+
+
+def read_rewrite(log: Log, old: Segment) -> Rewrite | None:
+    """The file now at ``old``'s path, opened, and how it rewrote ``old`` (blocking: a reader
+    thread, with ``old`` pinned), or None when it is not such a rewrite (not ``old``'s
+    frames less some) or either file cannot be read whole: the reader then reads on from
+    the file it holds, and the writer's next open judges the new one. OSError for an I/O
+    error."""
+    try:
+        file = log.fs.open(old.path, write=False)
+    except FileNotFoundError:
+        return None  # removed meanwhile: a scan lists it in ``removed``
+    new = Segment(old.path, old.first_position, file)
+    try:
+        change = _rewrite(log, old, new)
+    except BaseException:
+        new.close()
+        raise
+    if change is None:
+        new.close()
+        return None
+    return (new, *change)
+
+
+def _rewrite(
+    log: Log, old: Segment, new: Segment
+) -> tuple[dict[int, int], list[tuple[str, int, int]]] | None:
+    try:
+        if new.read_header() != old.first_position:
+            return None
+        before, after = _events_frames(old, log), _events_frames(new, log)
+    except (ValueError, FrameError):  # (NewerFormat is a ValueError too)
+        return None
+    if before is None or after is None or not after.keys() <= before.keys():
+        return None
+    moved: dict[int, int] = {}
+    removed: list[tuple[str, int, int]] = []
+    for position, was in before.items():
+        now = after.get(position)
+        if now is None:
+            removed.append((was.stream, was.first_version, was.event_count))
+        elif (now.stream, now.first_version, now.event_count, now.length) != (
+            was.stream,
+            was.first_version,
+            was.event_count,
+            was.length,
+        ) or moved.setdefault(was.offset, now.offset) != now.offset:
+            return None
+    return moved, removed
 
 
 def _events_frames(seg: Segment, log: Log) -> dict[int, FrameInfo] | None:

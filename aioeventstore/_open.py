@@ -32,10 +32,11 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import cast
 
 from ._codec import frame_event_ids, unpack_stream_metadata
 from ._compress import expand, inner_frames
-from ._follow import Follower, frame_indexer, may_skip
+from ._follow import Follower, Rewrite, frame_indexer, may_skip, read_rewrite
 from ._format import (
     FRAME_KIND_CHECKPOINT,
     FRAME_KIND_COMPRESSED,
@@ -69,6 +70,13 @@ def _collect(frames: list[tuple[int, FrameInfo]]) -> Callable[[int, FrameInfo], 
         frames.append((ordinal, info))
 
     return found
+
+
+def _drop_rewrite(old: Segment, done: asyncio.Future[Rewrite | None]) -> None:
+    """A rewritten segment read while the store closed: unpin the old file, close the new."""
+    old.unpin()
+    if not done.cancelled() and done.exception() is None and (found := done.result()):
+        found[0].close()
 
 
 class Opener:
@@ -335,7 +343,6 @@ class Opener:
             self._index.head = self._index.next_position - 1
         self._take_metadata()
         self.drop_removed()
-        self.swap_rewritten()
         self.recovery = Recovery(len(self._log.segments), self._index.next_position)
 
     def drop_removed(self) -> None:
@@ -351,24 +358,26 @@ class Opener:
             self._index.forget_segment(ordinal, segs[ordinal + 1].first_position)
             self._log.replace_segment(ordinal, None)
 
-    def swap_rewritten(self) -> None:
-        """A read-only store: re-index the segments its follower found rewritten by the
-        writer's scavenge, and swap in their new files as the writer does
-        (``Maintenance._apply``): reads planned against an old file keep it open until they
-        end, then it is closed and its disk space comes back. A rewrite that does not fit the
-        index (never expected) is not applied: the reader reads on from the old file (loop
-        thread)."""
-        assert self._follower is not None
-        found, self._follower.rewritten = self._follower.rewritten, []
-        for ordinal, new, moved, removed in found:
-            if self._log.segments[ordinal].retired or not self._index.fits_rewrite(
-                ordinal, moved, removed
-            ):
-                log.warning("not re-reading %s: its rewrite does not fit the index", new.path)
-                new.close()
-                continue
-            self._index.replace_segment_rows(ordinal, moved, removed, forgotten=True)
-            self._log.replace_segment(ordinal, new)
+    def swap_rewritten(self, ordinal: int, old: Segment, found: Rewrite | None) -> None:
+        """A read-only store: re-index segment ``ordinal``, which the writer's scavenge
+        rewrote (``found``: see :func:`read_rewrite`, which read it from ``old``), and swap
+        in its new file as the writer does (``Maintenance._apply``): reads planned against
+        the old file keep it open until they end, then it is closed and its disk space comes
+        back. Not when the segment was removed or swapped meanwhile, nor a rewrite that does
+        not fit the index (never expected; logged): the reader then reads on from the old
+        file (loop thread)."""
+        if found is None:
+            return
+        new, moved, removed = found
+        if self._log.segments[ordinal] is not old or old.retired:
+            new.close()
+            return
+        if not self._index.fits_rewrite(ordinal, moved, removed):
+            log.warning("not re-reading %s: its rewrite does not fit the index", new.path)
+            new.close()
+            return
+        self._index.replace_segment_rows(ordinal, moved, removed, forgotten=True)
+        self._log.replace_segment(ordinal, new)
 
     def _take_metadata(self) -> None:
         """A read-only store: apply the metadata frames its follower found."""
@@ -382,49 +391,65 @@ class Opener:
             self._metas.commit(stream, StreamMetadata.from_fields(fields, revision))
 
     async def follow(
-        self, io: Executor, poll_interval: float, refresh: Callable[[], None]
+        self, io: Executor, readers: Executor, poll_interval: float, refresh: Callable[[], None]
     ) -> EventStoreError:
         """A read-only store's poller, after :meth:`open_read_only`: every ``poll_interval``
         seconds, scan on ``io`` and add what the writer committed (on the loop thread), then
-        call ``refresh`` when there was any. Runs until cancelled; returns why it stopped
-        following (logged as an error) when a scan fails."""
+        call ``refresh`` when there was any. Segments the writer's scavenge rewrote are read
+        on ``readers``, one at a time, and swapped in at the poll after (following the tail
+        never waits for them). Runs until cancelled; returns why it stopped following (logged
+        as an error) when a scan fails."""
         assert self._follower is not None
         loop = asyncio.get_running_loop()
         follower = self._follower
         # (on the loop thread: what the scan found changed, no I/O here)
         changed = follower.changed.__contains__
         add = frame_indexer(self._index, self._checkpoints, self._log.path, self._seen, changed)
-        while True:
-            await asyncio.sleep(poll_interval)
-            frames: list[tuple[int, FrameInfo]] = []
-            try:
-                # scan on the I/O thread; the index is only touched here, on the loop thread
-                await loop.run_in_executor(io, follower.scan, _collect(frames))
+        rewrite: asyncio.Future[Rewrite | None] | None = None
+        ordinal, old = -1, cast(Segment, None)  # the segment being read, pinned meanwhile
+        try:
+            while True:
+                await asyncio.sleep(poll_interval)
+                frames: list[tuple[int, FrameInfo]] = []
                 try:
-                    for ordinal, info in frames:
-                        add(ordinal, info)
-                finally:
-                    self._index.head = self._index.next_position - 1
-                self._take_metadata()
-                self.drop_removed()  # (after the frames: some may be in those segments)
-                self.swap_rewritten()
-            except (EventStoreError, OSError) as exc:
-                err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
-                if err is not exc:
-                    err.__cause__ = exc
-                log.error("stopped following %s: %s", self._path, exc)
-                return err
-            if frames:
-                refresh()
+                    # scan on the I/O thread; the index is only touched here, on the loop thread
+                    await loop.run_in_executor(io, follower.scan, _collect(frames))
+                    try:
+                        for at, info in frames:
+                            add(at, info)
+                    finally:
+                        self._index.head = self._index.next_position - 1
+                    self._take_metadata()
+                    self.drop_removed()  # (after the frames: some may be in those segments)
+                except (EventStoreError, OSError) as exc:
+                    err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
+                    if err is not exc:
+                        err.__cause__ = exc
+                    log.error("stopped following %s: %s", self._path, exc)
+                    return err
+                if rewrite is not None and rewrite.done():
+                    old.unpin()
+                    found = None
+                    try:
+                        found = rewrite.result()
+                    except OSError as exc:  # (the old file is still read: nothing lost)
+                        log.warning("could not re-read %s: %s", old.path, exc)
+                    rewrite = None
+                    self.swap_rewritten(ordinal, old, found)
+                while rewrite is None and follower.rewritten:
+                    ordinal = follower.rewritten.pop(0)
+                    old = self._log.segments[ordinal]
+                    if not old.retired:
+                        old.pin()
+                        rewrite = loop.run_in_executor(readers, read_rewrite, self._log, old)
+                if frames:
+                    refresh()
+        finally:
+            if rewrite is not None:  # closing while a segment is read: let it go when done
+                rewrite.add_done_callback(functools.partial(_drop_rewrite, old))
 
     def release(self) -> None:
-        """Give back the directory lock if this opener holds it, and close the files of
-        rewritten segments a read-only store's last scan found and did not swap in (the
-        store is closing: its I/O thread has stopped). Blocking; idempotent."""
-        if self._follower is not None:
-            found, self._follower.rewritten = self._follower.rewritten, []
-            for _ordinal, new, _moved, _removed in found:
-                new.close()
+        """Give back the directory lock if this opener holds it (blocking; idempotent)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None

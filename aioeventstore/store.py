@@ -356,9 +356,9 @@ class EventStore:
 
     async def _follow(self) -> None:
         """A read-only store's poller (``Opener.follow``); when it stops, subscriptions end."""
-        assert self._io is not None
+        assert self._io is not None and self._readers is not None
         self.follow_error = await self._opener.follow(
-            self._io, self._poll_interval, self._hub.refresh
+            self._io, self._readers, self._poll_interval, self._hub.refresh
         )
         for sub in list(self._subscriptions):
             sub._end()
