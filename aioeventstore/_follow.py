@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import os
 import time
+from array import array
 from collections.abc import Callable
 
 from ._compress import expand, inner_frames
@@ -86,6 +87,7 @@ FoundFrame = Callable[[int, FrameInfo], None]
 REWRITE_CHECK = 1.0
 """Seconds between two looks for sealed segments a scavenge rewrote (a file opened per
 segment each time)."""
+_REWRITE_TRIES = 3  # rewrites of one segment the index may refuse before it is left alone
 
 
 class Follower:
@@ -114,6 +116,7 @@ class Follower:
         the store to read and swap in (:func:`read_rewrite`, ``Opener.swap_rewritten``)."""
         self._rewrite_check = time.monotonic()
         self._rewrite_seen: dict[int, int] = {}  # ordinal → size of a new file already taken
+        self._rewrite_tries: dict[int, int] = {}  # ordinal → rewrites the index refused
         self.changed: set[int] = set()
         """Ordinals of segments whose files were removed or rewritten since this reader
         read them: what lets a stream skip versions (see the module docstring). Brought up
@@ -343,6 +346,18 @@ class Follower:
             self.changed.add(ordinal)
             self.rewritten.append(ordinal)
 
+    def retry_rewrite(self, ordinal: int) -> bool:
+        """The store could not apply the rewrite of segment ``ordinal`` to its index: a check
+        that ran while the writer's scavenge went on can find a segment rewritten before the
+        ones it rewrote or dropped just before it, whose removals then are not a prefix of
+        each stream yet. Look at it again at the next check, up to ``_REWRITE_TRIES`` times;
+        False once given up."""
+        tries = self._rewrite_tries[ordinal] = self._rewrite_tries.get(ordinal, 0) + 1
+        if tries > _REWRITE_TRIES:
+            return False
+        self._rewrite_seen.pop(ordinal, None)
+        return True
+
     def removed_since_read(self, ordinal: int) -> bool:
         """Whether the file of segment ``ordinal`` was removed, or rewritten (shorter under
         the same name: a scavenge), since this reader opened it. Blocking: the I/O thread
@@ -390,50 +405,72 @@ def read_rewrite(log: Log, old: Segment) -> Rewrite | None:
 def _rewrite(
     log: Log, old: Segment, new: Segment
 ) -> tuple[dict[int, int], list[tuple[str, int, int]]] | None:
+    """Both files read in order, the new one's frames kept as columns (32 bytes a frame,
+    not an object) and the old one's walked against them: a frame of the old file is kept
+    when the new one holds a frame at its first position with its version, count and
+    length, else removed."""
+    kept = (array("q"), array("q"), array("q"), array("q"))  # position, version, count, length
+    offsets = array("q")
+    add_pos, add_ver, add_cnt, add_len = (col.append for col in kept)
+
+    def take(info: FrameInfo) -> None:
+        add_pos(info.first_position)
+        add_ver(info.first_version)
+        add_cnt(info.event_count)
+        add_len(info.length)
+        offsets.append(info.offset)
+
+    moved: dict[int, int] = {}
+    removed: list[tuple[str, int, int]] = []
+    runs: dict[str, int] = {}  # stream → its last entry in ``removed``
+    at = 0  # the next of the new file's frames
+
+    def walk(info: FrameInfo) -> None:
+        nonlocal at
+        if at < len(offsets) and kept[0][at] == info.first_position:
+            now = (kept[1][at], kept[2][at], kept[3][at])
+            if now != (info.first_version, info.event_count, info.length):
+                raise FrameError(f"the frame at position {info.first_position} differs")
+            if moved.setdefault(info.offset, offsets[at]) != offsets[at]:
+                raise FrameError("a container split")
+            at += 1
+        elif at < len(offsets) and kept[0][at] < info.first_position:
+            raise FrameError(f"position {kept[0][at]} is not in the file held")
+        else:  # (a stream's removed frames as one run: a prefix, listed once)
+            run = runs.get(info.stream)
+            if run is not None and sum(removed[run][1:]) == info.first_version:
+                stream, first, count = removed[run]
+                removed[run] = (stream, first, count + info.event_count)
+            else:
+                runs[info.stream] = len(removed)
+                removed.append((info.stream, info.first_version, info.event_count))
+
     try:
         if new.read_header() != old.first_position:
             return None
-        before, after = _events_frames(old, log), _events_frames(new, log)
+        if not (_each_events_frame(new, log, take) and _each_events_frame(old, log, walk)):
+            return None
     except (ValueError, FrameError):  # (NewerFormat is a ValueError too)
         return None
-    if before is None or after is None or not after.keys() <= before.keys():
-        return None
-    moved: dict[int, int] = {}
-    removed: list[tuple[str, int, int]] = []
-    for position, was in before.items():
-        now = after.get(position)
-        if now is None:
-            removed.append((was.stream, was.first_version, was.event_count))
-        elif (now.stream, now.first_version, now.event_count, now.length) != (
-            was.stream,
-            was.first_version,
-            was.event_count,
-            was.length,
-        ) or moved.setdefault(was.offset, now.offset) != now.offset:
-            return None
-    return moved, removed
+    return (moved, removed) if at == len(offsets) else None
 
 
-def _events_frames(seg: Segment, log: Log) -> dict[int, FrameInfo] | None:
-    """A sealed segment's events frames by first position, a container's inner frames
-    pointing at the container as the index does; None when it does not read whole."""
-    frames: dict[int, FrameInfo] = {}
+def _each_events_frame(seg: Segment, log: Log, each: Callable[[FrameInfo], None]) -> bool:
+    """Call ``each`` with a sealed segment's events frames in order, a container's inner
+    frames pointing at the container as the index does; False when it does not read whole.
+    FrameError from ``each`` (or a bad container) stops it."""
 
     def sink(info: FrameInfo, buf: bytes, start: int) -> None:
         if info.kind == FRAME_KIND_EVENTS:
-            frames[info.first_position] = info
+            each(info)
         elif info.kind == FRAME_KIND_COMPRESSED:
             for inner in inner_frames(expand(buf, start, start + info.length), info):
                 if inner.kind == FRAME_KIND_EVENTS:
-                    frames[inner.first_position] = inner._replace(
-                        offset=info.offset, length=info.length
-                    )
+                    each(inner._replace(offset=info.offset, length=info.length))
 
     chunk = log.options.read_chunk_bytes
     end, _pos, reason = seg.scan(SEGMENT_HEADER_SIZE, seg.first_position, chunk, sink, True)
-    if reason is not None or end != seg.file.size():
-        return None
-    return frames
+    return reason is None and end == seg.file.size()
 
 
 def may_skip(index: Index, stream: str, changed: Callable[[int], bool]) -> bool:

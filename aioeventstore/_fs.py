@@ -203,8 +203,8 @@ class OsFileSystem:
             try:
                 os.mkdir(d)
             except FileExistsError:
-                if not os.path.isdir(d):
-                    raise
+                if not os.path.isdir(d):  # a file where a directory should be
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), d) from None
                 # It existed: an earlier call may have created it and failed to sync it, so
                 # sync it into its parent, best effort (that parent may not be readable).
                 with contextlib.suppress(OSError):

@@ -557,33 +557,39 @@ class Index:
 
         ``moved`` maps the old offset of every events frame that was kept to its new offset
         (lengths are unchanged); every other row of the segment is dropped. ``removed`` lists
-        the dropped frames as (stream, first version, event count), in position order: their
-        events leave their streams' position arrays, each one a prefix of its stream.
+        the dropped frames' events as (stream, first version, event count), in position
+        order (a stream's frames may be listed one by one or as one run): they leave their
+        streams' position arrays, each one a prefix of its stream, cut once per stream.
         ``forgotten``: a read-only store's index may have forgotten a prefix of a stream
         already (:meth:`restart_stream`), so a removed frame's versions may be below the
         stream's base (check with :meth:`fits_rewrite` first).
         """
         lo, hi = self.segment_rows(ordinal)
         self._counted = (0, 0)
-        foff = self._frame_off
+        foff, fcnt = self._frame_off, self._frame_cnt
         keep = [r for r in range(lo, hi) if foff[r] in moved]
-        assert hi - lo - len(keep) == len(removed), "the rewrite and the index disagree"
+        assert sum(fcnt[lo:hi]) - sum(map(fcnt.__getitem__, keep)) == sum(
+            c for _, _, c in removed
+        ), "the rewrite and the index disagree"
         cols = (self._frame_pos, self._frame_seg, self._frame_len, self._frame_sid)
-        for col in (*cols, self._frame_cnt):
+        for col in (*cols, fcnt):
             col[lo:hi] = array(col.typecode, [col[r] for r in keep])
         foff[lo:hi] = array("q", [moved[foff[r]] for r in keep])
         own = self._sidless.get(ordinal)
         if own is not None:  # the kept rows that hold their sidecar's ids: still the first
             self._sidless[ordinal] = (bisect_left(keep, lo + own[0]), own[1])
+        ends: dict[str, int] = {}  # stream → the version after its removed prefix
         for stream, first_version, count in removed:
-            base = self._base.get(stream, 0)
+            base = ends.get(stream, self._base.get(stream, 0))
             assert first_version == base or (forgotten and first_version < base), (
                 f"removal of {stream!r} is not a prefix"
             )
-            drop = first_version + count - base
-            if drop > 0:
-                del self._streams[stream][8 : (drop + 1) << 3]
-                self._base[stream] = base + drop
+            ends[stream] = max(base, first_version + count)
+        for stream, end in ends.items():  # (one cut per stream: a cut moves its buffer)
+            base = self._base.get(stream, 0)
+            if end > base:
+                del self._streams[stream][8 : (end - base + 1) << 3]
+                self._base[stream] = end
 
     def fits_rewrite(
         self, ordinal: int, moved: dict[int, int], removed: list[tuple[str, int, int]]
@@ -593,8 +599,9 @@ class Index:
         this process): every row is kept or removed, and the removed frames are a prefix of
         each stream's versions, some of which this index may have forgotten already."""
         lo, hi = self.segment_rows(ordinal)
-        foff = self._frame_off
-        if hi - lo - sum(1 for r in range(lo, hi) if foff[r] in moved) != len(removed):
+        foff, fcnt = self._frame_off, self._frame_cnt
+        gone = sum(fcnt[r] for r in range(lo, hi) if foff[r] not in moved)
+        if gone != sum(c for _, _, c in removed):
             return False
         bases: dict[str, int] = {}
         for stream, first_version, count in removed:

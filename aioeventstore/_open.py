@@ -364,8 +364,8 @@ class Opener:
         in its new file as the writer does (``Maintenance._apply``): reads planned against
         the old file keep it open until they end, then it is closed and its disk space comes
         back. Not when the segment was removed or swapped meanwhile, nor a rewrite that does
-        not fit the index (never expected; logged): the reader then reads on from the old
-        file (loop thread)."""
+        not fit the index (yet: see ``Follower.retry_rewrite``; logged once given up): the
+        reader then reads on from the old file (loop thread)."""
         if found is None:
             return
         new, moved, removed = found
@@ -373,8 +373,10 @@ class Opener:
             new.close()
             return
         if not self._index.fits_rewrite(ordinal, moved, removed):
-            log.warning("not re-reading %s: its rewrite does not fit the index", new.path)
             new.close()
+            assert self._follower is not None
+            if not self._follower.retry_rewrite(ordinal):
+                log.warning("not re-reading %s: its rewrite does not fit the index", new.path)
             return
         self._index.replace_segment_rows(ordinal, moved, removed, forgotten=True)
         self._log.replace_segment(ordinal, new)

@@ -39,7 +39,12 @@ if TYPE_CHECKING:
 _new_tuple = tuple.__new__
 
 
-def build_records(item: PendingAppend, first_position: int, when: datetime) -> list[RecordedEvent]:
+def build_records(
+    item: PendingAppend,
+    first_position: int,
+    when: datetime,
+    keeps: Callable[[str, str], bool] | None = None,
+) -> list[RecordedEvent]:
     """The RecordedEvents of one committed append, from what its producer queued.
 
     An event of a class whose stored form is its instance's fields as they are (str, int,
@@ -48,7 +53,9 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
     its JSON-mode dump may differ from the instance (excluded fields, serializers), and the
     producer may still change a list or dict inside it; live
     events and replayed ones must be the same. (Should that fail, which a read of it would
-    report, the producer's instance is handed over.)
+    report, the producer's instance is handed over.) ``keeps(stream, type name)``: whether
+    some live subscriber may keep such an event (None: all may); the others are never
+    delivered, so they are not made again.
     """
     out = []
     metas = item.metas
@@ -62,7 +69,9 @@ def build_records(item: PendingAppend, first_position: int, when: datetime) -> l
         event = src if isinstance(src, Event) else src.event
         cls = type(event)
         fields = TYPE_FIELDS.get(cls)
-        if fields is None or not fields[4]:  # (not a plain class, see above)
+        if (fields is None or not fields[4]) and (  # (not a plain class, see above)
+            keeps is None or keeps(item.stream, event.__event_type__)
+        ):
             if stored is None:
                 stored = _stored_data(item)
             with contextlib.suppress(Exception):
@@ -144,7 +153,8 @@ class LiveHub:
         for item in appends:
             subs = by_stream.get(item.stream)
             if subs or self._all:
-                records = build_records(item, pos, when)
+                # (a stream subscription keeps all its stream's events)
+                records = build_records(item, pos, when, None if subs else self._keeps)
                 if subs:
                     own = tuple(records)
                     for sub in list(subs):
@@ -155,6 +165,18 @@ class LiveHub:
             shared = tuple(everything)
             for sub in list(self._all):
                 sub._push(shared, last)
+
+    def _keeps(self, stream: str, type_name: str) -> bool:
+        """Whether some whole-store subscription's filter keeps events of this stream and
+        type (see ``build_records``; asked only for events of classes that are not plain)."""
+        for sub in self._all:
+            filt = sub.filter
+            if filt is None:
+                return True
+            names = filt.stored_type_names()
+            if (not names or type_name in names) and filt.matches_stream(stream):
+                return True
+        return False
 
     def refresh(self) -> None:
         """New events were found on disk (a read-only store following the files): every live

@@ -151,8 +151,9 @@ class StoreClosed(EventStoreError):
 
 
 class StoreReadOnly(EventStoreError):
-    """Raised when appending to (or saving a checkpoint in) a store opened with
-    ``read_only=True``."""
+    """Raised by every call that would write to a store opened with ``read_only=True``:
+    appends, checkpoints (``ack``), snapshots, stream metadata and deletes, scavenging and
+    retention."""
 
 
 class StoreNotFound(EventStoreError, FileNotFoundError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal, TypedDict
@@ -125,15 +127,21 @@ class StoreOptions:
                 f"not {self.retention_bytes!r}"
             )
         age = self.retention_age
-        if age is not None and (
-            isinstance(age, bool)
-            or not isinstance(age, (int, float, timedelta))
-            or self.retention_age_seconds <= 0
-        ):
-            raise ValueError(
-                f"StoreOptions.retention_age must be None, a positive timedelta or seconds, "
-                f"not {age!r}"
-            )
+        if age is not None:
+            seconds = math.nan
+            if not isinstance(age, bool) and isinstance(age, (int, float, timedelta)):
+                with contextlib.suppress(OverflowError):  # (an int past a float)
+                    seconds = self.retention_age_seconds
+            if not 0 < seconds < math.inf:  # (NaN, infinity: None means no limit)
+                raise ValueError(
+                    "StoreOptions.retention_age must be None (no limit), a positive timedelta "
+                    f"or a finite number of seconds > 0, not {age!r:.60}"
+                )
+        for name in ("pause_gc_while_decoding", "verify_on_open"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"StoreOptions.{name} must be True or False, not {getattr(self, name)!r}"
+                )
         if self.durability not in ("fsync", "os"):
             raise ValueError(f"durability must be 'fsync' or 'os', not {self.durability!r}")
         if self.compression not in ("none", "zstd"):

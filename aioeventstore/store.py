@@ -27,7 +27,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
-from typing import Final, Literal, TypeVar, Unpack, overload
+from typing import Any, Final, Literal, TypeVar, Unpack, overload
 from weakref import WeakSet
 
 from pydantic import BaseModel
@@ -105,6 +105,10 @@ def _not_open(*args: object) -> PendingAppend:
     raise AssertionError("appends are prepared only on an open, writable store")
 
 
+def _no_future() -> asyncio.Future[Any]:
+    raise AssertionError("futures are made only on an open, writable store")
+
+
 def _forget(fut: asyncio.Future[AppendResult | Recheck | None]) -> None:
     """Retrieve an outcome nobody waits for any more (no "never retrieved" warning)."""
     if not fut.cancelled():
@@ -161,6 +165,11 @@ class EventStore:
         """Why a read-only store stopped following the log (None while it follows)."""
         self._sub_ids = itertools.count(1)
         self._path = os.fspath(path)
+        if options is not None and not isinstance(options, StoreOptions):
+            raise TypeError(
+                f"options must be a StoreOptions, not {type(options).__name__} (give single "
+                "options as keywords: EventStore(path, durability='os'))"
+            )
         base = options if options is not None else StoreOptions()
         self._options = replace(base, **overrides) if overrides else base
         if _fs is None:
@@ -179,6 +188,9 @@ class EventStore:
         made on the loop the store was opened on (an append from another loop then fails
         loudly when it awaits that future, instead of being answered from the wrong
         thread)."""
+        self._new_future: Callable[[], asyncio.Future[Any]] = _no_future
+        """The loop's create_future, bound at open (see ``_prepare``): a checkpoint or
+        metadata write from another loop then fails loudly too, instead of hanging."""
         self._state = "new"  # new → open → closed
         self._closing: asyncio.Task[None] | None = None  # the closing, once close() began
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
@@ -265,7 +277,9 @@ class EventStore:
 
         Raises :class:`StoreLocked` (another writer has the directory), :class:`CorruptLog`
         (damage recovery must not cut), :class:`StoreNotFound` (a read-only open of a missing
-        directory), :class:`OpenFailed` (an OS error: I/O, permissions, a full disk)."""
+        directory), :class:`OpenFailed` (an OS error: I/O, permissions, a full disk), and
+        :class:`StoreClosed` when ``close()`` was called before the open finished (the store
+        is then closed, its lock released)."""
         if self._state != "new":
             raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
         if self._options.compression == "zstd":
@@ -303,6 +317,8 @@ class EventStore:
                 raise OpenFailed(exc.errno, reason, exc.filename) from exc
             raise
         self.recovery = opener.recovery
+        if self._state != "opening":  # close() was called meanwhile: its task cleans up
+            raise StoreClosed(f"store at {self._path} was closed while it was being opened")
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "opened %s%s: %d events, %d streams, %d segments in %.3f s",
@@ -343,6 +359,7 @@ class EventStore:
         )
         if self._options.retention_bytes is not None or self._options.retention_age is not None:
             self._commit.listeners.append(self._maintenance.on_commit)
+        self._new_future = loop.create_future  # (see _prepare)
         self._prepare = Preparer(self._options, loop.create_future).prepare
         self._commit.start()
         self._state = "open"
@@ -861,9 +878,7 @@ class EventStore:
             raise ValueError(f"checkpoint position must be an int in [0, 2**63), not {position!r}")
         if position <= self._checkpoints.get(name, -1):
             return  # not an advance: nothing to write
-        fut: asyncio.Future[AppendResult | Recheck | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        fut: asyncio.Future[AppendResult | Recheck | None] = self._new_future()
         await commit.submit(SpecialAppend(name, name_b, ANY, fut, checkpoint=position))
         await fut  # the commit loop records it in self._checkpoints once durable
 
@@ -987,9 +1002,7 @@ class EventStore:
         expected: ExpectedVersion,
         op: MetaOp,
     ) -> StreamMetadata:
-        fut: asyncio.Future[AppendResult | Recheck | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        fut: asyncio.Future[AppendResult | Recheck | None] = self._new_future()
         await commit.submit(SpecialAppend(stream, stream_b, expected, fut, meta=op))
         await fut  # durable: the commit loop applied it to self._metas
         return self._metas.public(stream, self._index)
@@ -1006,19 +1019,20 @@ class EventStore:
         it starts is applied. Runs on its own thread in the background: appends and reads go
         on meanwhile, and a read planned before a segment is swapped reads the old file.
         Crash-safe (temp file, sync, rename, directory sync). Cancelling the caller does not
-        stop it; closing the store does. A call while one runs waits for that one. Raises
-        :class:`MaintenanceFailed` on an I/O error (what was done stays done), and
-        :class:`StoreFailed` when the sync it makes first with ``durability="os"`` fails (the
-        store is then stopped, as after a failed batch sync).
+        stop it; closing the store does (the caller then gets :class:`StoreClosed`). A call
+        while one runs waits for that one. Raises :class:`MaintenanceFailed` on an I/O error
+        (what was done stays done), :class:`StoreFailed` when the sync it makes first with
+        ``durability="os"`` fails (the store is then stopped, as after a failed batch sync),
+        and :class:`StoreReadOnly` for a read-only store.
         """
-        self._require_open()
+        self._require_writer()
         assert self._maintenance is not None
-        return await asyncio.shield(self._maintenance.start_scavenge())
+        return await self._maintained(self._maintenance.start_scavenge())
 
     def start_scavenge(self) -> asyncio.Future[ScavengeReport]:
         """Start ``scavenge()`` in the background (owned by the store) and return at once;
         await the result for the report."""
-        self._require_open()
+        self._require_writer()
         assert self._maintenance is not None
         return self._maintenance.start_scavenge()
 
@@ -1028,7 +1042,22 @@ class EventStore:
         a time. The current checkpoint and metadata frames in a segment, and the end of every
         stream whose events all go with it, are first written at the end of the log and
         synced, so nothing but events is lost. Raises :class:`MaintenanceFailed` on an I/O
-        error, :class:`StoreFailed` as ``scavenge()`` does."""
-        self._require_open()
+        error, :class:`StoreFailed`, :class:`StoreClosed` and :class:`StoreReadOnly` as
+        ``scavenge()`` does."""
+        self._require_writer()
         assert self._maintenance is not None
-        return await asyncio.shield(self._maintenance.start_retention())
+        return await self._maintained(self._maintenance.start_retention())
+
+    async def _maintained(self, run: asyncio.Future[ScavengeReport]) -> ScavengeReport:
+        """Await a maintenance run (shielded: cancelling the caller does not stop it); one
+        that closing the store stopped raises StoreClosed in the caller, as other calls in
+        flight do, not a CancelledError in a task nobody cancelled."""
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if run.cancelled() and (task is None or not task.cancelling()):
+                raise StoreClosed(
+                    f"the store at {self._path} was closed while the maintenance run went on"
+                ) from None
+            raise

@@ -370,6 +370,17 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
                 asyncio.run(direct())
             except RuntimeError as exc:
                 outcome["direct"] = exc
+            # the other writes too (they used to wait on the caller's loop, which nothing
+            # woke: a hang)
+            for name, call in (
+                ("checkpoint", lambda: store.save_checkpoint("c", 0)),
+                ("metadata", lambda: store.set_stream_metadata("u", max_count=3)),
+                ("delete", lambda: store.delete_stream("u")),
+            ):
+                try:
+                    asyncio.run(asyncio.wait_for(call(), 10))
+                except RuntimeError as exc:
+                    outcome[name] = exc
             handed = asyncio.run_coroutine_threadsafe(
                 store.append("t", es.NewEvent(Note(text="x"), id=eid)), loop
             )
@@ -380,7 +391,8 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
         while thread.is_alive():
             await asyncio.sleep(0.01)
         thread.join()
-        assert "different loop" in str(outcome["direct"])
+        for name in ("direct", "checkpoint", "metadata", "delete"):
+            assert "different loop" in str(outcome[name]), name
         assert outcome["handed"].version == 0
         recs = await stream_of(store, "t")
         assert [r.id for r in recs] == [eid]

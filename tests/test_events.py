@@ -114,3 +114,9 @@ def test_options_are_validated() -> None:
         es.StoreOptions(segment_bytes=10)
     with pytest.raises(ValueError, match="max_event_bytes"):
         es.StoreOptions(max_event_bytes=1 << 20, max_append_bytes=1 << 10)
+    with pytest.raises(ValueError, match="verify_on_open must be True or False"):
+        es.StoreOptions(verify_on_open="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pause_gc_while_decoding"):
+        es.StoreOptions(pause_gc_while_decoding=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="options must be a StoreOptions, not dict"):
+        es.EventStore("unused", {"durability": "os"})  # type: ignore[arg-type]

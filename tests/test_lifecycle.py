@@ -132,6 +132,56 @@ async def test_write_or_sync_error_fails_stop(store_path: Path, fault: str) -> N
         assert r.version == len(texts)
 
 
+@pytest.mark.parametrize("memory", [False, True])
+async def test_close_while_opening_leaves_it_closed_and_lets_go(
+    store_path: Path, memory: bool
+) -> None:
+    """close() before open() finished: the open raises StoreClosed, the store stays closed
+    (it used to turn "open" again, half dead, with its lock released), and the directory
+    can be opened again."""
+    if not memory:
+        async with es.EventStore(store_path) as store:
+            await store.append("s", Note(text="x"))
+    store = es.EventStore.memory() if memory else es.EventStore(store_path)
+    opening = asyncio.ensure_future(store.open())
+    await asyncio.sleep(0)  # the open is under way
+    await store.close()
+    with pytest.raises(es.StoreClosed, match="closed while it was being opened"):
+        await opening
+    with pytest.raises(es.StoreClosed):
+        await store.append("s", Note(text="y"))
+    with pytest.raises(es.StoreClosed):
+        _ = [r async for r in store.read_all()]
+    if not memory:
+        async with es.EventStore(store_path) as again:  # the lock was let go
+            assert again.head == 0
+
+
+@pytest.mark.parametrize("run", ["scavenge", "enforce_retention"])
+async def test_a_maintenance_run_stopped_by_close_raises_store_closed(
+    store_path: Path, run: str
+) -> None:
+    """Awaiting scavenge() or enforce_retention() while the store closes: StoreClosed, as
+    every other call in flight gets, not a CancelledError in a task nobody cancelled."""
+    async with es.EventStore(store_path, segment_bytes=8192, retention_bytes=20000) as store:
+        for i in range(40):
+            await store.append(f"s{i % 3}", [Note(text=f"{i}-{k}".ljust(300)) for k in range(20)])
+        await store.set_stream_metadata("s1", max_count=1)
+        task = asyncio.ensure_future(getattr(store, run)())
+        await asyncio.sleep(0)  # the run has started
+        await store.close()
+        with pytest.raises(es.StoreClosed, match="closed while the maintenance run went on"):
+            await task
+
+
+async def test_a_file_where_the_store_directory_should_be(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    for path in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
+        with pytest.raises(es.OpenFailed, match="Not a directory") as info:
+            await es.EventStore(path).open()
+        assert info.value.errno == errno.ENOTDIR
+
+
 async def test_store_left_open_warns(store_path: Path) -> None:
     store = await es.EventStore(store_path).open()
     await store.append("s", Note(text="x"))

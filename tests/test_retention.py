@@ -402,8 +402,9 @@ async def test_retention_by_age_is_applied_on_rotation(store_path: Path) -> None
 def test_retention_options_are_checked() -> None:
     with pytest.raises(ValueError, match="retention_bytes"):
         es.StoreOptions(retention_bytes=-1)
-    with pytest.raises(ValueError, match="retention_age"):
-        es.StoreOptions(retention_age=0)
+    for bad in (0, -1, float("nan"), float("inf"), 10**400, timedelta(0), "1h", True):
+        with pytest.raises(ValueError, match="retention_age"):
+            es.StoreOptions(retention_age=bad)  # type: ignore[arg-type]
     assert es.StoreOptions(retention_age=timedelta(hours=1)).retention_age_seconds == 3600
 
 

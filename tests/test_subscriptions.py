@@ -491,6 +491,41 @@ async def test_live_events_are_the_stored_ones_not_the_producers_objects(
         assert live[2].data is note
 
 
+VALIDATED: list[int] = []
+
+
+class Counted(es.Event):
+    """Not plain (a list field); counts its validations."""
+
+    items: list[int]
+
+    @pydantic.model_validator(mode="after")
+    def count(self) -> Counted:
+        VALIDATED.append(1)
+        return self
+
+
+async def test_live_events_no_subscriber_keeps_are_not_made_again(store_path: Path) -> None:
+    """Live events of a class that is not plain are made again from their stored bytes only
+    when some subscription may keep them: a subscription filtering them out costs none."""
+    async with es.EventStore(store_path) as store:
+        notes = store.subscribe(from_position=es.END, filter=es.EventFilter(event_types=[Note]))
+        other = store.subscribe(from_position=es.END, filter=es.EventFilter(stream_prefixes="n-"))
+        async with notes, other:
+            events = [Counted(items=[i]) for i in range(5)]
+            VALIDATED.clear()
+            for event in events:
+                await store.append("c-1", event)
+            await store.append("n-1", Note(text="kept"))
+            assert [r.data for r in await take(notes, 1)] == [Note(text="kept")]
+            assert [r.data for r in await take(other, 1)] == [Note(text="kept")]
+            assert VALIDATED == []  # nobody keeps Counted events: none was made again
+        async with store.subscribe(from_position=es.END) as everything:
+            await store.append("c-1", events[0])
+            assert [r.data for r in await take(everything, 1)] == [events[0]]
+            assert VALIDATED == [1]
+
+
 async def test_stream_exists_retry_with_same_ids_is_idempotent(store_path: Path) -> None:
     ev = es.NewEvent(Note(text="x"), id=uuid.uuid4())
     async with es.EventStore(store_path) as store:
