@@ -149,7 +149,7 @@ examples:
   aioeventstore tail -f data/                   follow new events as the writer commits them
   aioeventstore stats data/                     events per frame and per batch, from the files
   aioeventstore verify data/                    check every frame (read-only)
-  aioeventstore repair --dry-run data/          what repair would cut, changing nothing
+  aioeventstore repair --dry-run data/          what repair would cut (only takes the lock)
 
 Events are printed as one JSON object per line: stream, version, position, id, type, data,
 metadata, recorded_at. Progress goes to stderr, only when it is a terminal (--quiet: never).
@@ -263,7 +263,12 @@ def _parser() -> argparse.ArgumentParser:
         "cut damage away into side files (refuses while a writer has the store open)",
         "examples:\n  aioeventstore repair --dry-run data/\n  aioeventstore repair data/",
     )
-    r.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only print what would be done (the directory's LOCK file is still taken, so no "
+        "writer runs meanwhile)",
+    )
     defaults = StoreOptions()
     for cmd in (v, r):
         cmd.add_argument("--json", action="store_true", help="print the report(s) as JSON")

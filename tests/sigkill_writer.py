@@ -1,7 +1,8 @@
 """A writer process for the SIGKILL test: many producers, one line per acknowledged append.
 
-Usage: python sigkill_writer.py STORE_DIR ROUND. Prints ``ack STREAM VERSION ID`` after each
-append returns (so the parent knows it was acknowledged), flushing every line.
+Usage: python sigkill_writer.py STORE_DIR ROUND [DURABILITY]. Prints ``ack STREAM VERSION
+ID`` after each append returns (so the parent knows it was acknowledged), flushing every
+line.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ class Tick(es.Event):
     n: int
 
 
-async def main(path: str, round_no: int) -> None:
-    async with es.EventStore(path) as store:
+async def main(path: str, round_no: int, durability: es.Durability) -> None:
+    async with es.EventStore(path, durability=durability) as store:
         print("ready", flush=True)
 
         async def producer(p: int) -> None:
@@ -36,4 +37,5 @@ async def main(path: str, round_no: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    durability: es.Durability = "os" if sys.argv[3:] == ["os"] else "fsync"
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), durability))

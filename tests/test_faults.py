@@ -358,7 +358,7 @@ def test_makedirs_syncs_every_new_directory_into_its_parent(tmp_path: Path) -> N
     Spy().makedirs(str(tmp_path / "a" / "b"))
     assert synced[-2:] == [str(tmp_path), str(tmp_path / "a")]
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(NotADirectoryError):  # (a file where a directory should be)
         Spy().makedirs(str(tmp_path / "file"))
 
 

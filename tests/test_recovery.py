@@ -11,6 +11,7 @@ import pytest
 
 import aioeventstore as es
 from aioeventstore import OptionOverrides
+from aioeventstore._format import SEGMENT_HEADER_SIZE, check_frame
 from tests.helpers import Note
 
 
@@ -63,6 +64,7 @@ async def test_torn_tail_is_cut_at_every_byte_offset(tmp_path: Path) -> None:
             assert rec is not None
             if cut > last:
                 assert rec.cut_offset == last and rec.cut_bytes == cut - last
+                assert rec.cut_path == str(work / seg.name) and rec.cut_reason
             # the store takes new appends right where the cut left it
             r = await store.append("after", Note(text="after"))
             assert r.position == store.head == len(expected_texts(5))
@@ -140,11 +142,16 @@ async def test_rotation_reopen_and_continue(store_path: Path) -> None:
 async def test_bad_frame_in_an_older_segment_is_corruption(store_path: Path) -> None:
     await write_log(store_path, 60, segment_bytes=4096)
     first = segments(store_path)[0]
+    data = first.read_bytes()
+    at = last = SEGMENT_HEADER_SIZE
+    while at < len(data):  # the last frame's offset
+        last, at = at, at + check_frame(data, at, len(data)).length
     with open(first, "r+b") as f:
         f.truncate(first.stat().st_size - 5)  # a "torn" end, but a later segment exists
     with pytest.raises(es.CorruptLog) as info:
         await es.EventStore(store_path).open()
-    assert info.value.path == str(first)
+    assert info.value.path == str(first) and info.value.offset == last
+    assert f"{first} at byte offset {last}" in str(info.value)
 
 
 async def test_missing_segment_is_corruption(store_path: Path) -> None:

@@ -497,6 +497,8 @@ VALIDATED: list[int] = []
 class Counted(es.Event):
     """Not plain (a list field); counts its validations."""
 
+    __event_type__ = "tests.subscriptions.Counted"
+
     items: list[int]
 
     @pydantic.model_validator(mode="after")
