@@ -38,7 +38,7 @@ from aioeventstore._format import (
 from aioeventstore._fs import FileSystem, OsFileSystem
 from aioeventstore._verify import repair_store, verify_store
 from tests.crashload import STORE, reopen_and_check, run_workload
-from tests.helpers import Deposited, Note
+from tests.helpers import Deposited, Note, take
 from tests.simfs import LOSS_MODES, LossMode, SimFS
 
 ZSTD = es.StoreOptions(compression="zstd")
@@ -237,12 +237,7 @@ async def test_subscriptions_catch_up_over_containers_and_go_live(store_path: Pa
         stream_total = sum(1 for row in expected.rows.values() if row[0] == "s2")
 
         async def follow(sub: es.Subscription, n: int) -> list[int]:
-            out = []
-            async for rec in sub:
-                out.append(rec.position)
-                if len(out) == n:
-                    break
-            return out
+            return [r.position for r in await take(sub, n)]
 
         async with (
             store.subscribe() as whole,

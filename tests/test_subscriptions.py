@@ -361,13 +361,8 @@ async def test_one_by_one_and_batches_in_turn_deliver_each_event_once(store_path
     the list had taken), from history and live; lists are tuples, which no consumer can
     change under the cursor's bookkeeping."""
 
-    async def some(sub: es.Subscription, n: int) -> list[int]:
-        got = []
-        async for rec in sub:
-            got.append(rec.position)
-            if len(got) == n:
-                break
-        return got
+    async def some(sub: es.Subscription, n: int) -> list[int]:  # (async for, then a break)
+        return [r.position for r in await take(sub, n)]
 
     async def a_list(sub: es.Subscription) -> list[int]:
         async for batch in sub.batches():
