@@ -358,6 +358,11 @@ class Follower:
         self._rewrite_seen.pop(ordinal, None)
         return True
 
+    def rewrite_applied(self, ordinal: int) -> None:
+        """The store swapped in a rewrite of segment ``ordinal``: a later scavenge's rewrite
+        of it gets ``_REWRITE_TRIES`` tries of its own."""
+        self._rewrite_tries.pop(ordinal, None)
+
     def removed_since_read(self, ordinal: int) -> bool:
         """Whether the file of segment ``ordinal`` was removed, or rewritten (shorter under
         the same name: a scavenge), since this reader opened it. Blocking: the I/O thread

@@ -380,6 +380,8 @@ class Opener:
             return
         self._index.replace_segment_rows(ordinal, moved, removed, forgotten=True)
         self._log.replace_segment(ordinal, new)
+        assert self._follower is not None
+        self._follower.rewrite_applied(ordinal)
 
     def _take_metadata(self) -> None:
         """A read-only store: apply the metadata frames its follower found."""
@@ -430,13 +432,13 @@ class Opener:
                     log.error("stopped following %s: %s", self._path, exc)
                     return err
                 if rewrite is not None and rewrite.done():
+                    done, rewrite = rewrite, None
                     old.unpin()
                     found = None
                     try:
-                        found = rewrite.result()
-                    except OSError as exc:  # (the old file is still read: nothing lost)
+                        found = done.result()
+                    except Exception as exc:  # (the old file is still read: nothing lost)
                         log.warning("could not re-read %s: %s", old.path, exc)
-                    rewrite = None
                     self.swap_rewritten(ordinal, old, found)
                 while rewrite is None and follower.rewritten:
                     ordinal = follower.rewritten.pop(0)

@@ -69,9 +69,9 @@ def build_records(
         event = src if isinstance(src, Event) else src.event
         cls = type(event)
         fields = TYPE_FIELDS.get(cls)
-        if (fields is None or not fields[4]) and (  # (not a plain class, see above)
-            keeps is None or keeps(item.stream, event.__event_type__)
-        ):
+        if (  # (not a plain, frozen class: see above)
+            fields is None or not fields[4] or not cls.model_config.get("frozen")
+        ) and (keeps is None or keeps(item.stream, event.__event_type__)):
             if stored is None:
                 stored = _stored_data(item)
             with contextlib.suppress(Exception):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal, TypedDict
 
+_MAX_AGE_SECONDS = 9_000_000_000_000  # retention_age in µs must fit a signed 64-bit int
+
 __all__ = ["Compression", "Durability", "OptionOverrides", "StoreOptions"]
 
 Durability = Literal["fsync", "os"]
@@ -132,10 +134,11 @@ class StoreOptions:
             if not isinstance(age, bool) and isinstance(age, (int, float, timedelta)):
                 with contextlib.suppress(OverflowError):  # (an int past a float)
                     seconds = self.retention_age_seconds
-            if not 0 < seconds < math.inf:  # (NaN, infinity: None means no limit)
+            if not 0 < seconds <= _MAX_AGE_SECONDS:  # (NaN, infinity: None means no limit)
                 raise ValueError(
-                    "StoreOptions.retention_age must be None (no limit), a positive timedelta "
-                    f"or a finite number of seconds > 0, not {age!r:.60}"
+                    "StoreOptions.retention_age must be None (no limit) or a positive timedelta "
+                    f"or number of seconds, at most {_MAX_AGE_SECONDS:,} (about 290,000 "
+                    f"years: microseconds in 63 bits), not {age!r:.60}"
                 )
         for name in ("pause_gc_while_decoding", "verify_on_open"):
             if not isinstance(getattr(self, name), bool):

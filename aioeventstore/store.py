@@ -303,15 +303,11 @@ class EventStore:
         except BaseException as exc:
             self.recovery = opener.recovery
             self._state = "closed"
-            chores = self._chores()
-            # a failed open owns no more threads than a closed store (the I/O thread is
-            # running; the pools start theirs on first use, which never came)
-            try:
-                for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):
-                    await loop.run_in_executor(chores, pool.shutdown)
-                await loop.run_in_executor(chores, self._release_blocking)
-            except OSError:  # (the open's own error is the one to raise)
-                log.exception("aioeventstore: cleaning up after a failed open of %s", self._path)
+            # the cleaning up is the store's closing: a close() meanwhile waits for it
+            cleanup = self._closing = loop.create_task(
+                self._after_failed_open(), name="aioeventstore-close"
+            )
+            await asyncio.shield(cleanup)
             if isinstance(exc, OSError) and not isinstance(exc, EventStoreError):
                 reason = f"opening the store at {self._path} failed: {exc.strerror or exc}"
                 raise OpenFailed(exc.errno, reason, exc.filename) from exc
@@ -383,6 +379,19 @@ class EventStore:
     def _release_blocking(self) -> None:
         self._log.close()
         self._opener.release()
+
+    async def _after_failed_open(self) -> None:
+        """A failed open owns no more threads than a closed store (the I/O thread is running;
+        the pools start theirs on first use, which never came), and no lock."""
+        loop = asyncio.get_running_loop()
+        chores = self._chores()
+        try:
+            for pool in dict.fromkeys((self._io, self._readers, self._snapshot_io)):
+                if pool is not None:
+                    await loop.run_in_executor(chores, pool.shutdown)
+            await loop.run_in_executor(chores, self._release_blocking)
+        except OSError:  # (the open's own error is the one to raise)
+            log.exception("aioeventstore: cleaning up after a failed open of %s", self._path)
 
     async def close(self) -> None:
         """Commit what is queued, sync, stop every task and thread, release the lock.

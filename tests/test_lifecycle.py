@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,38 @@ async def test_close_while_opening_leaves_it_closed_and_lets_go(
     if not memory:
         async with es.EventStore(store_path) as again:  # the lock was let go
             assert again.head == 0
+
+
+async def test_close_while_a_failed_open_cleans_up_waits_for_it(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open that failed (damage) is cleaning up when close() is called: close() returns
+    once the lock is let go (it returned at once, and a reopen met StoreLocked)."""
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        for i in range(60):
+            await store.append("s", Note(text=f"{i}".ljust(200)))
+    for sidecar in store_path.glob("*.idx"):
+        sidecar.unlink()
+    first = sorted(store_path.glob("*.seg"))[0]
+    with open(first, "r+b") as f:
+        f.truncate(first.stat().st_size - 5)  # damage before the last segment
+    release = es.EventStore._release_blocking
+
+    def slow_release(self: es.EventStore) -> None:
+        time.sleep(0.2)
+        release(self)
+
+    monkeypatch.setattr(es.EventStore, "_release_blocking", slow_release)
+    store = es.EventStore(store_path, segment_bytes=4096)
+    opening = asyncio.ensure_future(store.open())
+    while not opening.done() and store._state != "closed":  # (the open failed: cleaning up)
+        await asyncio.sleep(0.001)
+    assert not opening.done()
+    await store.close()
+    with pytest.raises(es.CorruptLog):  # not StoreLocked: the lock was let go
+        await es.EventStore(store_path, segment_bytes=4096).open()
+    with pytest.raises(es.CorruptLog):
+        await opening
 
 
 @pytest.mark.parametrize("run", ["scavenge", "enforce_retention"])

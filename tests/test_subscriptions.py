@@ -466,23 +466,34 @@ class Basket(es.Event):
     secret: str = pydantic.Field(default="", exclude=True)
 
 
+class Unfrozen(es.Event):
+    """Plain fields, but not frozen: the producer may change it after its append."""
+
+    model_config = pydantic.ConfigDict(frozen=False)
+    n: int
+
+
 async def test_live_events_are_the_stored_ones_not_the_producers_objects(
     store_path: Path,
 ) -> None:
     """A live subscriber gets what a replay of the same events gives, not the producer's
-    instance, when the class's stored form can differ from it; a class of plain fields
-    (str, int, bool, None) is handed over as it is (nothing to decode)."""
+    instance, when the class's stored form can differ from it or the producer can change
+    it; a frozen class of plain fields (str, int, bool, None) is handed over as it is
+    (nothing to decode)."""
     async with es.EventStore(store_path) as store:
         async with store.subscribe(from_position=es.END) as sub:
             basket = Basket(items=[1, 2, 3], secret="hunter2")
             note = Note(text="plain")
+            unfrozen = Unfrozen(n=1)
             await store.append("b", basket)
             basket.items.clear()  # the producer reuses the list after its append
             await store.append("b", [Basket(items=[4]), note])
-            live = await take(sub, 3)
+            await store.append("b", unfrozen)
+            unfrozen.n = 2
+            live = await take(sub, 4)
         stored = [r.data async for r in store.read_all()]
         assert [r.data for r in live] == stored
-        assert stored[0] == Basket(items=[1, 2, 3], secret="")
+        assert stored[0] == Basket(items=[1, 2, 3], secret="") and stored[3] == Unfrozen(n=1)
         assert live[2].data is note
 
 
