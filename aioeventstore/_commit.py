@@ -777,6 +777,10 @@ class CommitLoop:
             if floor > 0 and last < floor and "truncate_before" in changes:
                 cur = changes["truncate_before"]
                 changes["truncate_before"] = max(floor, cur if isinstance(cur, int) else 0)
+            if base.deleted and not base.hard_deleted and last + 1 > (base.truncate_before or 0):
+                # appended to since its soft delete: no longer deleted (as ``public`` says),
+                # so a later floor at its end does not make it read as deleted again
+                changes["deleted"] = False
             new = replace(base, **changes, revision=revision)  # type: ignore[arg-type]
         item.entries = pack_stream_metadata(new.to_fields())
         item.size = FRAME_OVERHEAD + len(item.stream_b) + len(item.entries)

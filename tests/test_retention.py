@@ -333,6 +333,29 @@ async def test_a_stream_read_ends_at_its_last_version_at_the_start_despite_reten
         assert store.statistics().stored_events < 300  # (retention removed what was read)
 
 
+async def test_a_stream_appended_to_after_its_delete_stays_undeleted_when_emptied(
+    store_path: Path,
+) -> None:
+    """Soft delete, then an append (``deleted`` turns False), then retention removes every
+    event of the stream: its floor keeps its version and it is still not deleted (the floor
+    used to carry the old flag, which read as deleted again), also after a reopen."""
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        await store.append("s", Note(text="a"))
+        await store.delete_stream("s")
+        await store.append("s", Note(text="b"))  # version 1, after the delete
+        assert not store.stream_metadata("s").deleted
+        for i in range(20):  # push the stream's segment out
+            await store.append(f"o-{i}", Note(text="x" * 600))
+    async with es.EventStore(store_path, segment_bytes=4096, retention_bytes=6000) as store:
+        await store.enforce_retention()
+        assert [r.version async for r in store.read_stream("s")] == []
+        meta = store.stream_metadata("s")
+        assert (meta.truncate_before, meta.deleted) == (2, False)
+        assert (await store.append("s", Note(text="c"))).version == 2
+    async with es.EventStore(store_path) as store:
+        assert not store.stream_metadata("s").deleted
+
+
 async def test_retention_keeps_the_version_of_a_stream_it_empties(store_path: Path) -> None:
     async with es.EventStore(store_path, segment_bytes=4096) as store:
         await store.append("early", [Note(text=str(i)) for i in range(5)])
