@@ -584,13 +584,22 @@ class Reader:
         if first < self._index.first_version(stream):
             return ids
         frames = self._index.stream_frames(stream, first, 1 << 20, False, count)
-        for ref, ref_first in zip(frames.refs(), frames.versions, strict=True):
-            seg = self._log.segments[ref.ordinal]
-            data = await self._pinned([seg], seg.read, ref.length, ref.offset)
-            buf, at, info, _ = await self._pinned(
-                [seg], self._locate, data, ref, 0, None, seg, stream
-            )
-            ids += frame_event_ids(buf, at, info)[max(0, first - ref_first) :]
+        # every segment taken and pinned in the step that planned the read: a scavenge may
+        # swap one for its rewrite (new offsets) while an earlier frame is read
+        segs = {ordinal: self._log.segments[ordinal] for ordinal in set(frames.ordinals)}
+        for seg in segs.values():
+            seg.pin()
+        try:
+            for ref, ref_first in zip(frames.refs(), frames.versions, strict=True):
+                seg = segs[ref.ordinal]
+                data = await self._pinned([], seg.read, ref.length, ref.offset)
+                buf, at, info, _ = await self._pinned(
+                    [], self._locate, data, ref, 0, None, seg, stream
+                )
+                ids += frame_event_ids(buf, at, info)[max(0, first - ref_first) :]
+        finally:
+            for seg in segs.values():
+                seg.unpin()
         return ids[:count]
 
     async def _run_blocking(self, fn: Callable[..., T], *args: Any) -> T:

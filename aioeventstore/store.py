@@ -688,9 +688,14 @@ class EventStore:
         conflict."""
         count = len(ids) >> 4
         first, last = outcome.first_version, outcome.first_version + count - 1
+        if first < self._index.first_version(stream):  # removed from the log: not comparable
+            raise WrongExpectedVersion(stream, expected, outcome.actual)
+        # (now: a scavenge or retention may remove those versions while their ids are read
+        # from the files the read pinned)
+        position = self._index.position_of(stream, last)
         stored = await self._reader.stream_ids(stream, first, count)
         if b"".join(stored) == ids:
-            return AppendResult(self._index.position_of(stream, last), last)
+            return AppendResult(position, last)
         raise WrongExpectedVersion(stream, expected, outcome.actual)
 
     # --- reads ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,49 @@ async def test_a_stream_appended_to_after_its_delete_stays_undeleted_when_emptie
         assert (await store.append("s", Note(text="c"))).version == 2
     async with es.EventStore(store_path) as store:
         assert not store.stream_metadata("s").deleted
+
+
+async def test_retries_rechecked_while_a_scavenge_rewrites_segments(tmp_path: Path) -> None:
+    """Appends whose expected version the stream has moved past make the store read the
+    stored ids (a retry, or a conflict?) while a scavenge rewrites those segments: each is
+    answered with the original result or WrongExpectedVersion (the ids were read at the old
+    offsets from the new files, CorruptLog; or the versions left the index during the read,
+    a bare AssertionError). Eight rounds (each failed often before)."""
+    for round_ in range(8):
+        ids = [uuid.UUID(int=i + 1) for i in range(60)]
+        hidden = [uuid.UUID(int=1000 + i) for i in range(60)]
+        async with es.EventStore(
+            tmp_path / str(round_), segment_bytes=4096, durability="os"
+        ) as store:
+            first: list[es.AppendResult] = []
+            for i in range(60):
+                expected = i - 1 if i else es.NO_STREAM
+                event = es.NewEvent(Note(text=f"{i}"), id=ids[i])
+                first.append(await store.append("s", event, expected_version=expected))
+                await store.append("junk", Note(text=f"{i}"))
+                event = es.NewEvent(Note(text=f"{i}"), id=hidden[i])
+                await store.append("h", event, expected_version=expected)
+            await store.delete_stream("junk")
+            await store.set_stream_metadata("h", max_count=1)
+            for i in range(30):
+                await store.append("tail", Note(text=f"{i}"))  # seal the segments
+            scavenge = store.start_scavenge()
+            await asyncio.sleep(0)
+
+            def again(stream: str, v: int, eid: uuid.UUID) -> Any:
+                event = es.NewEvent(Note(text=f"{v}"), id=eid)
+                return store.append(stream, event, expected_version=v - 1 if v else es.NO_STREAM)
+
+            many = [Note(text=f"{k}") for k in range(20)]
+            conflicts = [store.append("s", many, expected_version=es.NO_STREAM) for _ in "abc"]
+            retries = [again("s", v, ids[v]) for v in range(0, 60, 3)]
+            of_hidden = [again("h", v, hidden[v]) for v in range(0, 59, 2)]
+            got = await asyncio.gather(*conflicts, *retries, *of_hidden, return_exceptions=True)
+            await scavenge
+            assert all(isinstance(r, es.WrongExpectedVersion) for r in got[:3]), got[:3]
+            assert got[3 : 3 + len(retries)] == first[::3]
+            for r in got[3 + len(retries) :]:
+                assert isinstance(r, es.AppendResult | es.WrongExpectedVersion), r
 
 
 async def test_retention_keeps_the_version_of_a_stream_it_empties(store_path: Path) -> None:
