@@ -281,16 +281,21 @@ class Follower:
         scavenging may have removed the ones in between), once its header is complete."""
         log = self._log
         after = log.segments[-1].first_position if log.segments else -1
-        names = [parse_segment_name(n) for n in self._listdir()]
-        found = [p for p in names if p is not None and p > after]
-        if not found:  # nothing after the last segment (no rotation yet, or no segment)
-            return None
-        position = min(found)
-        path = os.path.join(log.directory, segment_name(position))
-        try:
-            file = log.fs.open(path, write=False)
-        except FileNotFoundError:
-            return None
+        while True:
+            names = [parse_segment_name(n) for n in self._listdir()]
+            found = [p for p in names if p is not None and p > after]
+            if not found:  # nothing after the last segment (no rotation yet, or no segment)
+                return None
+            position = min(found)
+            path = os.path.join(log.directory, segment_name(position))
+            try:
+                file = log.fs.open(path, write=False)
+                break
+            except FileNotFoundError:
+                # removed since the listing (retention, or a scavenge that dropped it): the
+                # next one is the one to open, not "none yet" (a first scan would end here,
+                # and a read-only open see a store cut short, or empty)
+                self._names = None
         seg = Segment(path, position, file)
         try:
             first = seg.read_header()  # (sets seg.flags)

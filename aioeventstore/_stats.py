@@ -266,11 +266,16 @@ def _size(fs: FileSystem, path: str) -> int:
 
 
 def segment_format_versions(fs: FileSystem, paths: list[str]) -> list[int]:
-    """The format version in each segment header (0 when the header is not readable)."""
+    """The format version in each segment header (0 when the header is not readable), in
+    ``paths`` order (a directory's segments, oldest first). Left out: a segment removed
+    since the listing (the writer's retention), and a last one shorter than its header (a
+    rotation in progress: the header is written right after the file is made)."""
     out = []
-    for p in paths:
+    for i, p in enumerate(paths):
         try:
             f = fs.open(p, write=False)
+        except FileNotFoundError:
+            continue
         except OSError:
             out.append(0)
             continue
@@ -278,6 +283,8 @@ def segment_format_versions(fs: FileSystem, paths: list[str]) -> list[int]:
             raw = f.pread(SEGMENT_HEADER.size, 0)
         finally:
             f.close()
+        if len(raw) < SEGMENT_HEADER.size and i == len(paths) - 1:
+            continue
         if len(raw) < SEGMENT_HEADER.size or raw[:8] != SEGMENT_MAGIC:
             out.append(0)
         else:

@@ -96,6 +96,17 @@ def test_info_counts_the_events_left_after_scavenge_and_retention(tmp_path: Path
             sidecar.unlink()
 
 
+def test_info_during_a_rotation_shows_no_unreadable_header(tmp_path: Path) -> None:
+    """A last segment file still without its header (a rotation between making the file and
+    writing it, or a writer killed there) is not reported as an unreadable header."""
+    asyncio.run(make_store(tmp_path / "s"))
+    path = tmp_path / "s"
+    last = sorted(path.glob("*.seg"))[-1]
+    (path / f"{int(last.stem) + 10_000:020d}.seg").write_bytes(b"")
+    code, out, _ = cli("info", "--json", str(path))
+    assert code == EXIT_OK and json.loads(out)["format_versions"] == [FORMAT_VERSION]
+
+
 def test_dump_filters(tmp_path: Path) -> None:
     written = asyncio.run(make_store(tmp_path / "s"))
     path = str(tmp_path / "s")

@@ -4,6 +4,7 @@ through the public API (reads, ``head``, subscriptions) across segment rotations
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -689,6 +690,39 @@ async def test_a_reader_closes_segments_a_scavenge_dropped_from_the_middle(
         for stream in ("keep", "t", "keep2"):
             want = [(r.version, r.position) async for r in writer.read_stream(stream)]
             assert [(r.version, r.position) async for r in reader.read_stream(stream)] == want
+
+
+async def test_a_segment_removed_between_the_listing_and_its_open_is_stepped_over(
+    store_path: Path,
+) -> None:
+    """The writer's retention removes the oldest segment (and its sidecar) right after a
+    read-only open listed the directory: the open goes on at the next segment (it used to
+    take the missing file for the end of the log and open an empty store, head -1, as
+    ``aioeventstore info``/``dump``/``tail`` then showed)."""
+    from aioeventstore._fs import FileHandle, OsFileSystem
+
+    class Racing(OsFileSystem):
+        def __init__(self, victim: str) -> None:
+            super().__init__()
+            self.victim = victim
+
+        def open(self, path: str, *, write: bool, create: bool = False) -> FileHandle:
+            if os.path.basename(path) == self.victim:
+                self.victim = ""
+                os.remove(path)  # the writer's retention, at this very moment
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path[: -len(".seg")] + ".idx")
+            return super().open(path, write=write, create=create)
+
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for n in range(300):
+            await writer.append(f"s-{n % 5}", Note(text=f"{n}".ljust(40)))
+    oldest = sorted(store_path.glob("*.seg"))[0].name
+    async with es.EventStore(store_path, read_only=True, _fs=Racing(oldest)) as reader:
+        assert reader.head == 299
+        got = [r.position async for r in reader.read_all()]
+    async with es.EventStore(store_path, read_only=True) as fresh:
+        assert got == [r.position async for r in fresh.read_all()] and got[-1] == 299
 
 
 async def test_a_read_only_store_refuses_every_write(store_path: Path) -> None:
