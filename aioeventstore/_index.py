@@ -591,6 +591,13 @@ class Index:
                 del self._streams[stream][8 : (end - base + 1) << 3]
                 self._base[stream] = end
 
+    def forget_segment_entries(self, ordinal: int) -> None:
+        """Segment ``ordinal`` was removed whole (a scavenge left it no frame): drop its
+        checkpoint and metadata entries too (kept per segment for its sidecar)."""
+        self.marks.pop(ordinal, None)
+        self.metas.pop(ordinal, None)
+        self._sidless.pop(ordinal, None)
+
     def fits_rewrite(
         self, ordinal: int, moved: dict[int, int], removed: list[tuple[str, int, int]]
     ) -> bool:

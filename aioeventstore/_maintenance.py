@@ -205,6 +205,8 @@ class Maintenance:
         self._log.replace_segment(result.ordinal, result.new)
         if result.new is not None:
             index.set_segment_sids(result.ordinal, result.streams)
+        else:
+            index.forget_segment_entries(result.ordinal)
 
     def _log_bytes(self) -> int:
         total = 0

@@ -71,40 +71,31 @@ T = TypeVar("T")
 _gc_lock = threading.Lock()
 _gc_pauses = 0  # reader threads decoding right now
 _gc_resume = False  # whether the collector was enabled when the first of them began
-_gc_promote = False  # whether one of them asked for its objects to skip the young generations
-_PROMOTE_BYTES = 64 * 1024  # decodes of this many bytes or more ask for it (see gc_paused)
 _PAUSE_BYTES = 16 * 1024  # decodes of fewer bytes on the loop (a hundred events) are not paused
 _NO_PAUSE = nullcontext()
 
 
 @contextmanager
-def gc_paused(promote: bool = False) -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause CPython's cyclic garbage collector while a reader thread decodes one chunk.
 
     Decoding a chunk creates thousands of container objects that are all still alive, so the
     collector would scan them again and again (it costs replay about a fifth of its speed);
     reference counting still frees everything as usual. The collector is resumed when the last
-    concurrent decode ends, and only if it was enabled when the first began.
+    concurrent decode ends, and only if it was enabled when the first began; its counts go on
+    as they were, so its collections (and their heuristics) are only put off, never skipped.
 
-    ``promote`` (a large chunk): on resuming, the collection its first allocation would set
-    off would only walk the chunk's objects, alive and about to be consumed (a tenth of
-    replay's time). So they are moved to the oldest generation without it (``gc.freeze()``
-    then ``gc.unfreeze()``, which also resets the young generation's count); they die by
-    reference counting there as anywhere. The young generation is collected when such a
-    decode begins, so what is moved is what was made while the collector was paused. Skipped
-    when the process keeps frozen objects of its own (``gc.get_freeze_count()``): unfreezing
-    would thaw them. Small decodes (a short stream's read) resume the collector as it was:
-    for them the collection is cheap and the extra one would not be.
+    (Large chunks' objects were once moved to the oldest generation on resuming, with
+    ``gc.freeze()`` then ``gc.unfreeze()``, to spare the collection that walks them once:
+    8-14% of replay's time. But that moved every young object of the process, and CPython
+    does not count such moves towards a full collection: in a process that read often, the
+    application's dead reference cycles piled up in the oldest generation, never collected.)
     """
-    global _gc_pauses, _gc_resume, _gc_promote
-    if promote and gc.isenabled():
-        gc.collect(0)
+    global _gc_pauses, _gc_resume
     with _gc_lock:
         if _gc_pauses == 0:
             _gc_resume = gc.isenabled()
-            _gc_promote = False
             gc.disable()
-        _gc_promote = _gc_promote or promote
         _gc_pauses += 1
     try:
         yield
@@ -112,9 +103,6 @@ def gc_paused(promote: bool = False) -> Iterator[None]:
         with _gc_lock:
             _gc_pauses -= 1
             if _gc_pauses == 0 and _gc_resume:
-                if _gc_promote and not gc.get_freeze_count():
-                    gc.freeze()
-                    gc.unfreeze()
                 gc.enable()
 
 
@@ -742,8 +730,7 @@ class Reader:
         turned it off, or the decode runs on the loop's thread (``on_loop``: the ``cached``
         of the read) and its frames are too few to set off more than a collection or two (a
         short stream's read: pausing would cost it more than it saves; there a compressed
-        container is never expanded, so ``size`` is what is decoded); a large chunk is
-        promoted (see :func:`gc_paused`)."""
+        container is never expanded, so ``size`` is what is decoded)."""
         if not self._pause_gc or (on_loop and size < _PAUSE_BYTES):
             return _NO_PAUSE
-        return gc_paused(size >= _PROMOTE_BYTES)
+        return gc_paused()

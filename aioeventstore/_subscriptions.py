@@ -322,6 +322,11 @@ class Subscription:
         self._buffered = 0
         self._cur = ()
         self._i = 0
+        # The iterator left suspended (a consumer that broke out of ``async for``) holds the
+        # list it was handing out, and this subscription: let it go, or the two keep each
+        # other (and a whole chunk of records) alive until a full collection. A consumer
+        # still iterating holds it itself, and it ends at its next step.
+        self._gen = None
         self._wake()
         self._caught_up.set()  # release caught_up() waiters; they see _reached_head
         self._on_close(self)

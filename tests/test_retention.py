@@ -400,6 +400,25 @@ async def test_retries_rechecked_while_a_scavenge_rewrites_segments(tmp_path: Pa
                 assert isinstance(r, es.AppendResult | es.WrongExpectedVersion), r
 
 
+async def test_segments_a_scavenge_drops_leave_no_index_entries(store_path: Path) -> None:
+    """The index keeps checkpoint and metadata entries per segment (for its sidecar): a
+    segment a scavenge removes whole takes its entries with it (they piled up, one per
+    dropped segment, for as long as the store ran)."""
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        for i in range(60):
+            batch = [(f"s{j % 4}", Note(text=f"{i} {j}".ljust(60))) for j in range(8)]
+            await store.append_many(batch)
+            if i % 3 == 0:
+                await store.set_stream_metadata(f"s{i % 4}", max_count=2)
+                await store.save_checkpoint("c", store.head)
+            if i % 5 == 4:
+                await store.scavenge()
+        index, segments = store._index, store._log.segments
+        live = {i for i, seg in enumerate(segments) if not seg.retired}
+        assert len(live) < len(segments)  # (some segments were dropped whole)
+        assert set(index.metas) <= live and set(index.marks) <= live
+
+
 async def test_retention_keeps_the_version_of_a_stream_it_empties(store_path: Path) -> None:
     async with es.EventStore(store_path, segment_bytes=4096) as store:
         await store.append("early", [Note(text=str(i)) for i in range(5)])
