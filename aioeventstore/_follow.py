@@ -222,14 +222,14 @@ class Follower:
                     self._events += info.event_count
                 found(ordinal, info)
                 return
-            try:  # the index points every frame inside a container at the container
-                inner = inner_frames(expand(buf, start, start + info.length), info)
+            try:
+                inner = _contained(info, buf, start)
             except FrameError as exc:
                 raise CorruptLog(seg.path, info.offset, exc.reason) from None
             for frame in inner:
                 if frame.kind == FRAME_KIND_EVENTS:
                     self._events += frame.event_count
-                found(ordinal, frame._replace(offset=info.offset, length=info.length))
+                found(ordinal, frame)
 
         self.end, self.position, reason = seg.scan(
             self.end, self.position, self._log.options.read_chunk_bytes, sink, self._gaps
@@ -465,6 +465,13 @@ def _rewrite(
     return (moved, removed) if at == len(offsets) else None
 
 
+def _contained(info: FrameInfo, buf: bytes, start: int) -> list[FrameInfo]:
+    """The frames inside the compressed frame ``info`` (at ``buf[start:]``), as the index
+    records them: pointing at the container (its offset and length). Raises FrameError."""
+    inner = inner_frames(expand(buf, start, start + info.length), info)
+    return [frame._replace(offset=info.offset, length=info.length) for frame in inner]
+
+
 def _each_events_frame(seg: Segment, log: Log, each: Callable[[FrameInfo], None]) -> bool:
     """Call ``each`` with a sealed segment's events frames in order, a container's inner
     frames pointing at the container as the index does; False when it does not read whole.
@@ -474,9 +481,9 @@ def _each_events_frame(seg: Segment, log: Log, each: Callable[[FrameInfo], None]
         if info.kind == FRAME_KIND_EVENTS:
             each(info)
         elif info.kind == FRAME_KIND_COMPRESSED:
-            for inner in inner_frames(expand(buf, start, start + info.length), info):
+            for inner in _contained(info, buf, start):
                 if inner.kind == FRAME_KIND_EVENTS:
-                    each(inner._replace(offset=info.offset, length=info.length))
+                    each(inner)
 
     chunk = log.options.read_chunk_bytes
     end, _pos, reason = seg.scan(SEGMENT_HEADER_SIZE, seg.first_position, chunk, sink, True)
