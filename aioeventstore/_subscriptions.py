@@ -171,10 +171,7 @@ class LiveHub:
         type (see ``build_records``; asked only for events of classes that are not plain)."""
         for sub in self._all:
             filt = sub.filter
-            if filt is None:
-                return True
-            names = filt.stored_type_names()
-            if (not names or type_name in names) and filt.matches_stream(stream):
+            if filt is None or filt.matches_names(stream, type_name):
                 return True
         return False
 

@@ -423,8 +423,12 @@ class EventFilter:
 
     def matches(self, rec: RecordedEvent) -> bool:
         """Whether a recorded event passes the filter."""
-        return (not self._types or rec.type in self.stored_type_names()) and self.matches_stream(
-            rec.stream
+        return self.matches_names(rec.stream, rec.type)
+
+    def matches_names(self, stream: str, type_name: str) -> bool:
+        """Whether an event of ``stream`` stored under ``type_name`` passes the filter."""
+        return (not self._types or type_name in self.stored_type_names()) and self.matches_stream(
+            stream
         )
 
     def __repr__(self) -> str:
