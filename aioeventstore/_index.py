@@ -514,9 +514,7 @@ class Index:
                 if k and _at(positions, k - 1) >= first:
                     del positions[8 : (k + 1) << 3]
                     self._base[stream] = self._base.get(stream, 0) + k
-        self.marks.pop(ordinal, None)
-        self._sidless.pop(ordinal, None)
-        self.metas.pop(ordinal, None)
+        self.forget_segment_entries(ordinal)
 
     def restart_stream(self, stream: str, version: int) -> None:
         """Make ``stream`` continue at ``version``, forgetting the versions before it: a
@@ -592,8 +590,9 @@ class Index:
                 self._base[stream] = end
 
     def forget_segment_entries(self, ordinal: int) -> None:
-        """Segment ``ordinal`` was removed whole (a scavenge left it no frame): drop its
-        checkpoint and metadata entries too (kept per segment for its sidecar)."""
+        """Segment ``ordinal`` was removed whole (retention, or a scavenge that left it no
+        frame): drop its checkpoint and metadata entries too (kept per segment for its
+        sidecar)."""
         self.marks.pop(ordinal, None)
         self.metas.pop(ordinal, None)
         self._sidless.pop(ordinal, None)
@@ -658,9 +657,7 @@ class Index:
                 del positions[8 : (k + 1) << 3]
                 self._base[stream] = self._base.get(stream, 0) + k
         for ordinal in [o for o in (*self.marks, *self.metas, *self._sidless) if o <= last_ordinal]:
-            self.marks.pop(ordinal, None)
-            self._sidless.pop(ordinal, None)
-            self.metas.pop(ordinal, None)
+            self.forget_segment_entries(ordinal)
 
     def frame(self, row: int) -> FrameRef:
         """The frame in row ``row``."""
