@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from ._format import MAX_STREAM_NAME_BYTES
-from .events import Event, EventFilter, NewEvent, StartAt, StreamState
+from .events import NO_STREAM, Event, EventFilter, ExpectedVersion, NewEvent, StartAt, StreamState
 
 
 def check_stream(stream: object) -> bytes:
@@ -50,19 +50,25 @@ def _check_stream(stream: object) -> bytes:
     return b
 
 
-def check_expected(expected: object) -> None:
+def check_expected(expected: object) -> ExpectedVersion:
+    """An ``expected_version`` argument, checked; -1 (the last version of a stream with no
+    events, as ``load_aggregate`` returns it, and KurrentDB's ``NoStream``) is ``NO_STREAM``."""
     if isinstance(expected, StreamState):
-        return
+        return expected
     if not isinstance(expected, int) or isinstance(expected, bool):
         raise TypeError(
             "expected_version must be an int or es.ANY / es.NO_STREAM / es.STREAM_EXISTS, "
-            f"not {expected!r}"
+            f"not {expected!r:.60}"
         )
-    if expected < 0:
+    if expected == -1:
+        return NO_STREAM
+    if not 0 <= expected < 1 << 63:
         raise ValueError(
-            f"expected_version must be >= 0 (the version of the stream's last event), not "
-            f"{expected}; use es.NO_STREAM for a stream that must not exist"
+            f"expected_version must be the version of the stream's last event (an int in "
+            f"[0, 2**63), or -1 for none), not {expected!r:.60}; use es.NO_STREAM for a stream "
+            "that must not exist"
         )
+    return expected
 
 
 def check_index(what: str, value: object) -> None:

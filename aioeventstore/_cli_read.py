@@ -287,8 +287,8 @@ def _print_stats(st: LogStatistics, out: TextIO) -> None:
         ("events", f"{st.events:,} in {st.streams:,} streams"),
         (
             "frames",
-            f"{st.frames:,} ({st.frames - st.checkpoint_frames:,} appends, "
-            f"{st.checkpoint_frames:,} checkpoints)",
+            f"{st.frames:,} ({st.frames - st.checkpoint_frames - st.metadata_frames:,} appends, "
+            f"{st.checkpoint_frames:,} checkpoints, {st.metadata_frames:,} stream metadata)",
         ),
         ("batches", f"{st.batches:,} writes (one sync each with durability='fsync')"),
         ("first", st.first_recorded_at.isoformat() if st.first_recorded_at else "-"),

@@ -56,6 +56,10 @@ def _default(obj: object) -> object:
         return str(obj)
     if isinstance(obj, datetime):
         return obj.isoformat()
+    if isinstance(obj, int):  # (MessagePack calls this for ints it cannot hold)
+        raise OverflowError(
+            f"the int {obj!r:.40} is out of range: stored ints fit in 64 bits, [-2**63, 2**64)"
+        )
     raise TypeError(f"cannot store a value of type {type(obj).__name__}")
 
 
@@ -107,6 +111,11 @@ def _type_fields(cls: type[Event]) -> TypeFields:
     an entry's head followed by that field, in one call."""
     b = TYPE_FIELDS.get(cls)
     if b is None:
+        if not cls.__event_type__:  # es.Event itself
+            raise TypeError(
+                "es.Event itself has no event type and cannot be appended: append instances "
+                "of a subclass (class Deposited(es.Event): ...)"
+            )
         name = cls.__event_type__.encode("utf-8")
         if len(name) > MAX_TYPE_NAME_BYTES - SCHEMA_VERSION_SIZE:
             raise ValueError(

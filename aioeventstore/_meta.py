@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["StreamMetadata"]
 
 _NEVER: Final = -(1 << 63)  # an oldest-visible timestamp that hides nothing
+MAX_AGE_SECONDS: Final = 9_000_000_000_000
+"""The longest ``max_age`` (and ``StoreOptions.retention_age``): its microseconds fit 63 bits."""
+_MAX_AGE: Final = timedelta(seconds=MAX_AGE_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,22 +103,31 @@ class StreamMetadata:
 
 
 def check_max_count(value: object) -> int | None:
-    """A ``max_count`` argument: None or an int >= 1."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"max_count must be None or an int >= 1, not {value!r}")
+    """A ``max_count`` argument: None or an int in [1, 2**63) (stored as a 64-bit int)."""
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 1 << 63
+    ):
+        raise ValueError(f"max_count must be None or an int in [1, 2**63), not {value!r:.60}")
     return value
 
 
 def check_max_age(value: object) -> timedelta | None:
-    """A ``max_age`` argument as a timedelta (seconds may be given as int/float)."""
+    """A ``max_age`` argument as a timedelta (seconds may be given as int/float), positive and
+    at most ``MAX_AGE_SECONDS`` (stored in microseconds as a 64-bit int)."""
     if value is None:
         return None
+    given = value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = timedelta(seconds=value)
-    if not isinstance(value, timedelta):
-        raise TypeError(f"max_age must be a timedelta, seconds or None, not {value!r}")
-    if value < timedelta(microseconds=1):
-        raise ValueError(f"max_age must be positive, not {value!r}")
+        # (NaN and infinity are out of range too)
+        value = timedelta(seconds=value) if 0 < value <= MAX_AGE_SECONDS else None
+    elif not isinstance(value, timedelta):
+        raise TypeError(f"max_age must be a timedelta, seconds or None, not {value!r:.60}")
+    if value is None or not timedelta(microseconds=1) <= value <= _MAX_AGE:
+        raise ValueError(
+            f"max_age must be None or a positive timedelta or number of seconds, at most "
+            f"{MAX_AGE_SECONDS:,} (about 290,000 years: microseconds in 63 bits), "
+            f"not {given!r:.60}"
+        )
     return value
 
 
@@ -186,7 +198,12 @@ class StreamMetas:
             return False
         if event.version < rec.first_visible(index.committed_last_version(event.stream)):
             return True
-        return rec.max_age is not None and event.recorded_at < datetime.now(UTC) - rec.max_age
+        if rec.max_age is None:
+            return False
+        try:
+            return event.recorded_at < datetime.now(UTC) - rec.max_age
+        except OverflowError:  # a limit reaching back before the year 1 hides nothing
+            return False
 
     def public(self, stream: str, index: Index) -> StreamMetadata:
         """What ``stream_metadata`` returns: ``deleted`` holds only until the next append."""

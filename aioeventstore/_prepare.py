@@ -134,7 +134,7 @@ class Preparer:
         """:meth:`prepare` for every append (and the errors)."""
         stream_b = check_stream(stream)
         if expected_version is not ANY:
-            check_expected(expected_version)
+            expected_version = check_expected(expected_version)
         source: Event | Sequence[Event | NewEvent]
         if isinstance(events, Event):
             source = events

@@ -72,13 +72,21 @@ class ScavengeReport:
     """
 
     segments_scanned: int
+    """Sealed segments examined (the segment being written is never scavenged)."""
     segments_rewritten: int
+    """Segments copied without their removable frames and swapped in atomically."""
     segments_dropped: int
+    """Segments deleted whole: every frame in them was removable."""
     frames_removed: int
+    """Frames removed from disk (of events, and checkpoints or metadata superseded)."""
     events_removed: int
+    """Events whose frames were removed from disk."""
     bytes_before: int
+    """Bytes in all segment files before the run."""
     bytes_after: int
+    """Bytes in all segment files after the run."""
     duration: float
+    """Seconds the run took."""
 
     @property
     def bytes_freed(self) -> int:

@@ -16,7 +16,13 @@ from datetime import datetime
 from typing import Any
 
 from ._codec import recorded_at
-from ._format import FRAME_KIND_CHECKPOINT, SEGMENT_HEADER, SEGMENT_MAGIC, FrameInfo
+from ._format import (
+    FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_METADATA,
+    SEGMENT_HEADER,
+    SEGMENT_MAGIC,
+    FrameInfo,
+)
 from ._fs import FileSystem, OsFileSystem
 
 __all__ = ["Histogram", "LogStatistics", "scan_log_statistics"]
@@ -116,9 +122,10 @@ def empty_histogram(finite: int, unit: str) -> Histogram:
 class LogStatistics:
     """What a store's files hold, computed by reading every frame (``aioeventstore stats``).
 
-    ``batches`` counts commit batches (frames that share one write); ``incomplete_bytes`` are
-    bytes at the end of the last segment that do not (yet) form a whole frame: a write in
-    progress, or a torn tail a crash left.
+    ``frames`` counts appends', checkpoints' and stream metadata's frames (the latter two hold
+    no events). ``batches`` counts commit batches (frames that share one write);
+    ``incomplete_bytes`` are bytes at the end of the last segment that do not (yet) form a
+    whole frame: a write in progress, or a torn tail a crash left.
     """
 
     path: str
@@ -126,6 +133,7 @@ class LogStatistics:
     bytes: int
     frames: int
     checkpoint_frames: int
+    metadata_frames: int
     events: int
     streams: int
     batches: int
@@ -157,6 +165,7 @@ class LogStatistics:
             "bytes": self.bytes,
             "frames": self.frames,
             "checkpoint_frames": self.checkpoint_frames,
+            "metadata_frames": self.metadata_frames,
             "events": self.events,
             "streams": self.streams,
             "batches": self.batches,
@@ -194,7 +203,7 @@ def scan_log_statistics(
     frame_events = Recorder(COUNT_BUCKETS)
     batch_events = Recorder(COUNT_BUCKETS)
     streams: set[str] = set()
-    counts = {"frames": 0, "checkpoints": 0, "events": 0, "batches": 0}
+    counts = {"frames": 0, "checkpoints": 0, "metadata": 0, "events": 0, "batches": 0}
     batch: list[int] = [-1, -1, 0]  # ordinal, write offset, events of the batch being counted
     times: list[int] = []  # recorded_at of the first and the last event (µs)
     total = sum(
@@ -218,6 +227,9 @@ def scan_log_statistics(
             counts["batches"] += 1
         if info.kind == FRAME_KIND_CHECKPOINT:
             counts["checkpoints"] += 1
+            return
+        if info.kind == FRAME_KIND_METADATA:  # no events, and not an append
+            counts["metadata"] += 1
             return
         batch[2] += info.event_count
         counts["events"] += info.event_count
@@ -243,6 +255,7 @@ def scan_log_statistics(
         sum(sizes),
         counts["frames"],
         counts["checkpoints"],
+        counts["metadata"],
         counts["events"],
         len(streams),
         counts["batches"],

@@ -30,6 +30,7 @@ class StoreStatistics:
     head: int
     """Position of the last durable event, -1 when the store is empty."""
     streams: int
+    """Streams the index knows (every stream ever appended to, hidden or deleted ones too)."""
     stored_events: int
     """Events the log holds now, up to ``head``: unlike ``head + 1``, not counting those
     removed by retention or scavenging (events hidden by stream metadata or a delete count
@@ -43,6 +44,7 @@ class StoreStatistics:
     syncs: int
     """fdatasync/F_FULLFSYNC calls made for batches."""
     bytes_written: int
+    """Bytes written to the log since open (frames of events, checkpoints and metadata)."""
     queued: int
     """Appends waiting for the commit loop right now (queued or waiting for queue space)."""
     queued_bytes: int

@@ -369,8 +369,13 @@ class Subscription:
         """
         if self.name is None:
             raise ValueError("ack() needs a named subscription: store.subscribe(name=...)")
-        position = rec if isinstance(rec, int) else rec.position
-        if not isinstance(position, int) or position < 0:
+        if isinstance(rec, RecordedEvent):
+            position = rec.position
+        elif isinstance(rec, int) and not isinstance(rec, bool):
+            position = rec
+        else:
+            raise TypeError(f"ack takes a RecordedEvent or a position (an int), not {rec!r:.60}")
+        if position < 0:
             raise ValueError(f"ack position must be an int >= 0, not {position!r}")
         if position <= self._acked:
             return

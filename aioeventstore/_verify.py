@@ -76,8 +76,11 @@ class SegmentProblem:
     """
 
     kind: ProblemKind
+    """``"torn_tail"`` or ``"corruption"`` (see above)."""
     offset: int
+    """Byte offset of the first bad frame in the file (0: the segment header)."""
     reason: str
+    """What is wrong, for people (e.g. "bad checksum")."""
 
     @property
     def torn(self) -> bool:
@@ -95,12 +98,19 @@ class SegmentReport:
     """
 
     path: str
+    """The segment file."""
     frames: int
+    """Good frames before the first problem."""
     events: int
+    """Events in those frames."""
     first_position: int | None
+    """Position of the first good event (None: none)."""
     last_position: int | None
+    """Position of the last good event (None: none)."""
     bytes: int
+    """The file's size."""
     problem: SegmentProblem | None = None
+    """The first thing wrong in the file (None: it is whole)."""
 
     @property
     def ok(self) -> bool:
@@ -123,7 +133,9 @@ class VerifyReport:
     """
 
     path: str
+    """The store directory."""
     segments: tuple[SegmentReport, ...]
+    """One report per segment file, in log order."""
     streams: int
     """Streams seen in the good frames before the first problem."""
 

@@ -28,13 +28,17 @@ log = logging.getLogger("aioeventstore")
 
 
 class Snapshot(NamedTuple, Generic[S]):
-    """A state and the version of the last event of its stream folded into it.
-
-    ``version`` is -1 for the initial state of a stream with no events (``load_aggregate``).
+    """A state and the version of its stream it stands for: that of the last event folded
+    into it (``save_snapshot``), or, from ``load_aggregate``, past it when the stream's later
+    events are hidden; -1 for the initial state of a stream with no events.
     """
 
     state: S
     version: int
+
+
+vars(Snapshot)["state"].__doc__ = "The state: a model of the caller's state type."
+vars(Snapshot)["version"].__doc__ = "The stream version the state stands for (-1: no events)."
 
 
 async def load_aggregate(
@@ -48,8 +52,10 @@ async def load_aggregate(
 ) -> Snapshot[S]:
     """The state of ``stream``: its latest usable snapshot (``store.load_snapshot``) with the
     events after it folded in by ``apply``, or, without one, every event folded into the
-    initial state. Returns the state and the version of the last event folded in (-1: none);
-    pass that version as ``expected_version`` to append the aggregate's next events.
+    initial state. Returns the state and the stream's version it stands for: that of the last
+    event folded in, or past it when the events after it are hidden (deleted, truncated,
+    expired), -1 for a stream with no events. Pass that version as ``expected_version`` to
+    append the aggregate's next events.
 
     ``apply(state, record)`` returns the next state (a new model, or the one it was given,
     changed); it must return a ``state_type`` (TypeError otherwise). ``initial`` is the state
@@ -72,6 +78,9 @@ async def load_aggregate(
         or snapshot_every < 1
     ):
         raise ValueError(f"snapshot_every must be None or an int >= 1, not {snapshot_every!r}")
+    # The stream's version now: if what is read ends below it, the versions in between are
+    # hidden (the read goes at least this far), and appending at this version is right.
+    head = store.stream_version(stream)
     snap = await store.load_snapshot(stream, state_type)
     if snap is not None:
         state, version = snap
@@ -92,7 +101,7 @@ async def load_aggregate(
             await store.save_snapshot(stream, state, version)
         except SnapshotFailed as exc:
             log.warning("could not save a snapshot of stream %r: %s", stream, exc)
-    return Snapshot(state, version)
+    return Snapshot(state, max(version, head))
 
 
 def _initial(state_type: type[S], initial: S | Callable[[], S] | None) -> S:
@@ -102,6 +111,11 @@ def _initial(state_type: type[S], initial: S | Callable[[], S] | None) -> S:
         if not isinstance(initial, state_type):
             raise TypeError(f"initial must be a {state_type.__name__}, not {type(initial)!r}")
         return initial.model_copy(deep=True)
+    if not callable(initial):
+        raise TypeError(
+            f"initial must be a {state_type.__name__}, a callable making one, or None, "
+            f"not {initial!r:.60}"
+        )
     made = initial()
     if not isinstance(made, state_type):
         raise TypeError(f"initial() returned a {type(made).__name__}, not a {state_type.__name__}")

@@ -231,6 +231,9 @@ class AppendResult(NamedTuple):
     version: int
 
 
+AppendResult.position.__doc__ = "Global position of the append's last event (0-based, dense)."
+AppendResult.version.__doc__ = "Stream version of the append's last event (0-based)."
+
 _UUID = uuid.UUID
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 _new_object = object.__new__
@@ -372,7 +375,8 @@ class EventFilter:
     """Which events a read or a subscription delivers.
 
     ``stream_prefixes``: stream names starting with any of these; ``event_types``: type names
-    (or Event classes) to keep. An empty axis does not restrict; with both, both must match.
+    (or Event classes; one alone, or an iterable of them) to keep. An empty axis does not
+    restrict; with both, both must match.
     Filtering happens before decoding: events thrown away are never decoded. A type name
     matches the events of its class whatever name they were stored under (its current name or
     one of its ``__event_aliases__``), resolved against the classes registered when reading.
@@ -384,15 +388,30 @@ class EventFilter:
         self,
         *,
         stream_prefixes: Iterable[str] = (),
-        event_types: Iterable[str | type[Event]] = (),
+        event_types: str | type[Event] | Iterable[str | type[Event]] = (),
     ) -> None:
         prefixes = (stream_prefixes,) if isinstance(stream_prefixes, str) else stream_prefixes
-        self.stream_prefixes: tuple[str, ...] = tuple(prefixes)
+        try:
+            self.stream_prefixes: tuple[str, ...] = tuple(prefixes)
+        except TypeError:
+            raise TypeError(
+                f"EventFilter stream_prefixes must be a str or an iterable of str, "
+                f"not {stream_prefixes!r:.60}"
+            ) from None
         for p in self.stream_prefixes:
             if not isinstance(p, str):
                 raise TypeError(f"EventFilter stream prefixes must be str, not {p!r}")
         names: list[str] = []
-        for t in (event_types,) if isinstance(event_types, str) else event_types:
+        if isinstance(event_types, (str, type)):  # one name or one class
+            event_types = (event_types,)
+        try:
+            given = tuple(event_types)
+        except TypeError:
+            raise TypeError(
+                f"EventFilter event_types must be a type name, an Event class or an iterable "
+                f"of them, not {event_types!r:.60}"
+            ) from None
+        for t in given:
             if isinstance(t, type) and issubclass(t, Event):
                 names.append(t.__event_type__)
             elif isinstance(t, str):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal, TypedDict
 
-_MAX_AGE_SECONDS = 9_000_000_000_000  # retention_age in µs must fit a signed 64-bit int
+from ._meta import MAX_AGE_SECONDS as _MAX_AGE_SECONDS  # (retention_age in µs: 63 bits)
 
 __all__ = ["Compression", "Durability", "OptionOverrides", "StoreOptions"]
 

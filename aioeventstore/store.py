@@ -20,6 +20,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import math
 import os
 import time
 import warnings
@@ -156,8 +157,10 @@ class EventStore:
         _fs: FileSystem | None = None,
         **overrides: Unpack[OptionOverrides],
     ) -> None:
-        if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
+        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)):
+            raise TypeError(f"poll_interval must be a number of seconds, not {poll_interval!r:.60}")
+        if not 0 < poll_interval < math.inf:
+            raise ValueError(f"poll_interval must be > 0 seconds and finite, not {poll_interval!r}")
         self._read_only = bool(read_only)
         self._poll_interval = float(poll_interval)
         self._follow_task: asyncio.Task[None] | None = None
@@ -272,6 +275,16 @@ class EventStore:
         """Position of the last durable event, or -1 when the store is empty."""
         return self._index.head
 
+    def stream_version(self, stream: str) -> int:
+        """The version of ``stream``'s last durable event, -1 when it has none: what an append
+        with an int ``expected_version`` is checked against. Events hidden by retention or a
+        delete count (a soft-deleted stream's next event gets the next version), so this can
+        be past the last event ``read_stream`` yields.
+        """
+        self._require_open()
+        check_stream(stream)
+        return self._index.committed_last_version(stream)
+
     async def open(self) -> EventStore:
         """Lock the directory, recover the log, and start the commit loop. Returns self.
 
@@ -281,7 +294,8 @@ class EventStore:
         :class:`StoreClosed` when ``close()`` was called before the open finished (the store
         is then closed, its lock released)."""
         if self._state != "new":
-            raise StoreClosed(f"store at {self._path} was already opened; create a new EventStore")
+            done = "was closed" if self._state == "closed" else "was already opened"
+            raise StoreClosed(f"store at {self._path} {done}; create a new EventStore")
         if self._options.compression == "zstd":
             require("StoreOptions.compression is 'zstd'")
         self._state = "opening"
@@ -592,7 +606,7 @@ class EventStore:
         if type(outcome) is AppendResult:
             return outcome
         assert isinstance(outcome, Recheck)
-        return await self._recheck(stream, expected_version, pending.ids, outcome)
+        return await self._recheck(stream, pending.expected, pending.ids, outcome)
 
     @overload
     async def append_many(
@@ -635,7 +649,14 @@ class EventStore:
         """
         commit = self._require_writer()
         pendings: list[PendingAppend] = []
-        for i, spec in enumerate(appends):
+        try:
+            specs = iter(appends)
+        except TypeError:
+            raise TypeError(
+                "append_many takes an iterable of (stream, events) or (stream, events, "
+                f"expected_version) tuples, not {type(appends).__name__}"
+            ) from None
+        for i, spec in enumerate(specs):
             if not isinstance(spec, tuple) or len(spec) not in (2, 3):
                 raise TypeError(
                     f"append_many: item {i} must be a (stream, events) or (stream, events, "
@@ -884,12 +905,19 @@ class EventStore:
         """Durably record a named consumer's position (what ``Subscription.ack`` calls).
 
         Goes through the group commit as a checkpoint frame: cheap, durable on return, never
-        seen by reads. A lower position than the saved one is ignored.
+        seen by reads. A lower position than the saved one is ignored. Raises ValueError for a
+        position past the store's head (no event there was ever delivered: a consumer resuming
+        after it would skip the events appended up to it).
         """
         commit = self._require_writer()
         name_b = check_consumer_name(name)
-        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < 2**63:
-            raise ValueError(f"checkpoint position must be an int in [0, 2**63), not {position!r}")
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise TypeError(f"checkpoint position must be an int, not {position!r:.60}")
+        if not 0 <= position <= self._index.head:
+            raise ValueError(
+                f"checkpoint position for consumer {name!r} must be the position of an event "
+                f"in the store, in [0, {self._index.head}] (the head), not {position!r:.60}"
+            )
         if position <= self._checkpoints.get(name, -1):
             return  # not an advance: nothing to write
         fut: asyncio.Future[AppendResult | Recheck | None] = self._new_future()
@@ -1004,7 +1032,7 @@ class EventStore:
         """
         commit = self._require_writer()
         stream_b = check_stream(stream)
-        check_expected(expected_version)
+        expected_version = check_expected(expected_version)
         op = MetaOp("delete", hard=bool(hard))
         return await self._write_meta(commit, stream, stream_b, expected_version, op)
 

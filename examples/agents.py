@@ -6,7 +6,7 @@ concurrency: read the board's last version, append a claim expecting that versio
 ``WrongExpectedVersion`` re-read and retry. At the end a replay of the whole log rebuilds every
 balance and every board and checks them against what the agents believe.
 
-    python examples/agents.py [--agents 300] [--rounds 20] [--dir PATH]
+    python examples/agents.py [--agents 300] [--rounds 50] [--dir PATH]
 
 ``make demo`` runs it against a fresh store in a temporary directory.
 """

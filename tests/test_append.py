@@ -210,6 +210,15 @@ async def test_duplicates_in_one_batch(store_path: Path) -> None:
 
 
 BAD_INPUTS: list[tuple[Any, Any, dict[str, Any], type[Exception], str]] = [
+    ("s", es.Event(), {}, TypeError, r"es\.Event itself has no event type"),
+    (
+        "s",
+        es.NewEvent(Note(text="x"), metadata={"n": 2**64}),
+        {},
+        ValueError,
+        r"event 0 metadata cannot be stored: the int 18446744073709551616 is out of range",
+    ),
+    ("s", Deposited(account="a", amount=1), {"expected_version": 2**63}, ValueError, "2\\*\\*63"),
     (42, Deposited(account="a", amount=1), {}, TypeError, "must be a str"),
     ("", Deposited(account="a", amount=1), {}, ValueError, "must not be empty"),
     (
@@ -225,7 +234,7 @@ BAD_INPUTS: list[tuple[Any, Any, dict[str, Any], type[Exception], str]] = [
     ("s", [], {}, ValueError, "empty"),
     ("s", {"a": 1}, {}, TypeError, "not dict"),
     ("s", [Deposited(account="a", amount=1), "nope"], {}, TypeError, "item 1 is a str"),
-    ("s", Deposited(account="a", amount=1), {"expected_version": -1}, ValueError, "NO_STREAM"),
+    ("s", Deposited(account="a", amount=1), {"expected_version": -2}, ValueError, "NO_STREAM"),
     (
         "s",
         Deposited(account="a", amount=1),
@@ -361,6 +370,7 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
     async with es.EventStore(store_path) as store:
         loop = asyncio.get_running_loop()
         outcome: dict[str, Any] = {}
+        await store.append("before", Note(text="a position to checkpoint"))
 
         def other_thread() -> None:
             async def direct() -> None:

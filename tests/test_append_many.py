@@ -51,6 +51,8 @@ async def test_bad_input_writes_nothing(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
         with pytest.raises(ValueError, match="stream name"):
             await store.append_many([("a", Note(text="ok")), ("", Note(text="bad"))])
+        with pytest.raises(TypeError, match="append_many takes an iterable of"):
+            await store.append_many(5)  # type: ignore[call-overload]
         with pytest.raises(TypeError, match="item 1"):
             await store.append_many([("a", Note(text="ok")), "not a tuple"])  # type: ignore[list-item]
         assert store.head == -1

@@ -168,6 +168,30 @@ def test_stats_from_disk(tmp_path: Path) -> None:
     assert "35 in 11 streams" in out and "events per batch" in out and "3-4" in out
 
 
+def test_stats_counts_stream_metadata_apart_from_appends(tmp_path: Path) -> None:
+    """Metadata frames (no events) were counted as appends of one event, their streams as
+    streams, and their time as the last event's."""
+
+    async def build() -> str:
+        async with es.EventStore(tmp_path / "s") as store:
+            await store.append("a", [Note(text="1"), Note(text="2"), Note(text="3")])
+            r = await store.append("a", [Note(text="4"), Note(text="5"), Note(text="6")])
+            last = await anext(store.read_all(from_position=r.position))
+            await store.set_stream_metadata("a", max_count=10)
+            await store.set_stream_metadata("sensor-7", max_count=1000)
+            await store.delete_stream("cart-3")
+            return last.recorded_at.isoformat()
+
+    last = asyncio.run(build())
+    _, out, _ = cli("stats", "--json", str(tmp_path / "s"))
+    doc = json.loads(out)
+    assert (doc["events"], doc["streams"], doc["frames"], doc["metadata_frames"]) == (6, 1, 5, 3)
+    assert doc["events_per_frame"]["buckets"] == {"4": 2}
+    assert doc["last_recorded_at"] == last
+    _, out, _ = cli("stats", str(tmp_path / "s"))
+    assert "6 in 1 streams" in out and "(2 appends, 0 checkpoints, 3 stream metadata)" in out
+
+
 def test_verify_and_exit_codes(tmp_path: Path) -> None:
     asyncio.run(make_store(tmp_path / "s"))
     path = str(tmp_path / "s")

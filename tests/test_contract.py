@@ -470,7 +470,7 @@ BAD_APPENDS: list[tuple[Any, Any, dict[str, Any], type[Exception], str]] = [
     ("$system", Note(text="x"), {}, ValueError, "reserved"),
     ("s", [], {}, ValueError, "empty"),
     ("s", {"a": 1}, {}, TypeError, "not dict"),
-    ("s", Note(text="x"), {"expected_version": -1}, ValueError, "NO_STREAM"),
+    ("s", Note(text="x"), {"expected_version": -2}, ValueError, "NO_STREAM"),
     ("s", Note(text="x"), {"expected_version": "3"}, TypeError, "expected_version"),
     ("s", es.NewEvent(Note(text="x"), metadata={"a": object()}), {}, ValueError, "metadata"),
     ("s", Note(text="x" * 2000), {}, es.EventTooLarge, "max_event_bytes"),

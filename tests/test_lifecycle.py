@@ -52,8 +52,20 @@ async def test_use_outside_open_raises_store_closed(store_path: Path) -> None:
         _ = [r async for r in store.read_stream("s")]
     with pytest.raises(es.StoreClosed):
         await anext(reader)
-    with pytest.raises(es.StoreClosed, match="already opened"):
+    with pytest.raises(es.StoreClosed, match="was closed; create a new EventStore"):
         await store.open()
+    never = es.EventStore(store_path)
+    await never.close()  # (it said "was already opened")
+    with pytest.raises(es.StoreClosed, match="was closed; create a new EventStore"):
+        await never.open()
+
+
+def test_poll_interval_must_be_a_positive_finite_number(store_path: Path) -> None:
+    with pytest.raises(TypeError, match="poll_interval must be a number of seconds, not 'x'"):
+        es.EventStore(store_path, read_only=True, poll_interval="x")  # type: ignore[arg-type]
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="poll_interval must be > 0 seconds and finite"):
+            es.EventStore(store_path, read_only=True, poll_interval=bad)
 
 
 async def test_second_writer_in_this_process_is_locked_out(store_path: Path) -> None:

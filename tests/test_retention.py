@@ -93,6 +93,54 @@ async def test_metadata_argument_checks(store_path: Path) -> None:
         assert meta.max_age == timedelta(seconds=60)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_count": 2**64},
+        {"max_count": 2**63},
+        {"max_age": timedelta.max},
+        {"max_age": timedelta(days=300_000_000)},
+        {"max_age": 9_000_000_000_001},
+        {"max_age": float("inf")},
+        {"max_age": float("nan")},
+        {"max_age": 1e30},
+    ],
+)
+async def test_a_limit_too_large_to_store_fails_in_the_caller_and_the_store_goes_on(
+    store_path: Path, changes: dict[str, Any]
+) -> None:
+    """Out-of-range limits used to reach the commit loop, where packing them failed as a
+    write: the store stopped for every writer."""
+    name = next(iter(changes))
+    async with es.EventStore(store_path) as store:
+        await fill(store, 1, 2)
+        others = [asyncio.ensure_future(store.append("other", Note(text="x"))) for _ in range(5)]
+        with pytest.raises(ValueError, match=f"{name} must be None or"):
+            await store.set_stream_metadata("s-0", **changes)
+        await asyncio.gather(*others)  # (the appends batched with it are written)
+        assert not store.statistics().failed
+        assert store.stream_metadata("s-0") == es.StreamMetadata()
+        assert (await store.append("s-0", Note(text="y"))).version == 2
+
+
+async def test_a_max_age_reaching_back_before_the_year_1_hides_nothing(store_path: Path) -> None:
+    """Up to the limit (about 290,000 years) a max_age is kept; one longer than the calendar
+    (3,000 years) made every read raise a bare OverflowError, also after a reopen."""
+    async with es.EventStore(store_path) as store:
+        await fill(store, 1, 2)
+        for age in (timedelta(days=365 * 3000), 9_000_000_000_000):
+            await store.set_stream_metadata("s-0", max_age=age)
+            assert [r.version async for r in store.read_stream("s-0")] == [0, 1]
+            assert [r.version async for r in store.read_all()] == [0, 1]
+            async with store.subscribe() as sub:
+                assert [(await anext(sub)).version, (await anext(sub)).version] == [0, 1]
+    async with es.EventStore(store_path) as store:
+        assert store.stream_metadata("s-0").max_age == timedelta(seconds=9_000_000_000_000)
+        assert [r.version async for r in store.read_stream("s-0")] == [0, 1]
+        await store.enforce_retention()
+        assert [r.version async for r in store.read_all()] == [0, 1]
+
+
 async def test_max_age_hides_old_events(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
         await fill(store, 1, 3)

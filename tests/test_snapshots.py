@@ -577,6 +577,55 @@ async def test_load_aggregate_initial_state(store_path: Path) -> None:
             await es.load_aggregate(store, "s", Tally, fold, initial=Other())  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="snapshot_every"):
             await es.load_aggregate(store, "s", Tally, fold, snapshot_every=0)
+        with pytest.raises(TypeError, match="initial must be a Tally, a callable making one"):
+            await es.load_aggregate(store, "s", Tally, fold, initial=5)  # type: ignore[arg-type]
+
+
+async def test_the_version_load_aggregate_returns_is_the_one_to_append_at(
+    store_path: Path,
+) -> None:
+    """The aggregate pattern (load, decide, append at the version loaded) works for a new
+    stream (-1, which append takes as NO_STREAM) and for one whose last events are hidden
+    (a soft delete, truncate_before): the version is the stream's, not the last folded."""
+    async with es.EventStore(store_path) as store:
+        got = await es.load_aggregate(store, "new", Tally, fold)
+        assert got == (Tally(), -1) and store.stream_version("new") == -1
+        r = await store.append("new", deposits(2), expected_version=got.version)
+        assert r.version == 1
+        with pytest.raises(es.WrongExpectedVersion) as info:  # -1 is NO_STREAM: it exists now
+            await store.append("new", deposits(1), expected_version=-1)
+        assert info.value.expected == es.NO_STREAM and info.value.actual == 1
+
+        await store.append("gone", deposits(5))
+        await store.delete_stream("gone")
+        got = await es.load_aggregate(store, "gone", Tally, fold)
+        assert got == (Tally(), 4) and store.stream_version("gone") == 4
+        assert (await store.append("gone", deposits(1), expected_version=got.version)).version == 5
+
+        await store.append("cut", deposits(3))
+        await store.set_stream_metadata("cut", truncate_before=3)
+        got = await es.load_aggregate(store, "cut", Tally, fold)
+        assert got == (Tally(), 2)
+        await store.append("cut", deposits(1), expected_version=got.version)
+        got = await es.load_aggregate(store, "cut", Tally, fold)
+        assert got == (tally_of(deposits(1)), 3)
+
+
+async def test_stream_version_counts_what_an_expected_version_is_checked_against(
+    store_path: Path,
+) -> None:
+    async with es.EventStore(store_path) as store:
+        assert store.stream_version("s") == -1
+        await store.append("s", deposits(3))
+        await store.set_stream_metadata("s", max_count=1)
+        assert store.stream_version("s") == 2
+        assert [r.version async for r in store.read_stream("s")] == [2]
+        with pytest.raises(ValueError, match="reserved"):
+            store.stream_version("$all")
+    async with es.EventStore(store_path, read_only=True) as reader:
+        assert reader.stream_version("s") == 2
+    with pytest.raises(es.StoreClosed):
+        reader.stream_version("s")
 
 
 async def test_load_aggregate_survives_a_failed_snapshot_save(

@@ -439,25 +439,54 @@ async def test_checkpoint_only_batches_never_start_a_segment(store_path: Path) -
     # instead of rotating to a second file with the same name.
     async with es.EventStore(store_path, segment_bytes=4096) as store:
         await store.append("s", Note(text="x"))
-        for i in range(200):
-            await store.save_checkpoint("c", i)
+        for i in range(200):  # (a checkpoint is at most the head: 200 consumers at 0)
+            await store.save_checkpoint(f"c{i}", 0)
         for i in range(50):
             await store.append("s", Note(text=f"y{i}" * 20))
-        assert store.checkpoint("c") == 199
+        assert store.checkpoint("c199") == 0
     async with es.EventStore(store_path, segment_bytes=4096) as store:
-        assert store.checkpoint("c") == 199 and store.head == 50
+        assert store.checkpoint("c199") == 0 and store.head == 50
         await store.append("s", Note(text="after"))
         assert [r.position async for r in store.read_all()] == list(range(52))
+
+
+def test_event_filter_takes_one_class_or_name_and_names_what_is_wrong() -> None:
+    assert es.EventFilter(event_types=Deposited).event_types == ("Deposited",)
+    assert es.EventFilter(event_types="Note").event_types == ("Note",)
+    with pytest.raises(TypeError, match="stream_prefixes must be a str or an iterable of str"):
+        es.EventFilter(stream_prefixes=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="event_types must be a type name, an Event class or"):
+        es.EventFilter(event_types=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be str or Event classes, not <class 'int'>"):
+        es.EventFilter(event_types=int)  # type: ignore[arg-type]
+
+
+async def test_ack_takes_a_record_or_an_int(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", Note(text="x"))
+        async with store.subscribe(name="p") as sub:
+            with pytest.raises(TypeError, match="ack takes a RecordedEvent or a position"):
+                await sub.ack("0")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="ack takes"):
+                await sub.ack(True)
+            await sub.ack(await anext(sub))
+        assert store.checkpoint("p") == 0
 
 
 async def test_bad_checkpoint_positions_are_rejected_and_the_store_goes_on(
     store_path: Path,
 ) -> None:
     async with es.EventStore(store_path) as store:
-        for bad in (2**64, -1, "3"):
+        for bad in (2**64, -1, 0):  # (0: past the head of an empty store)
             with pytest.raises(ValueError, match="checkpoint position"):
-                await store.save_checkpoint("c", bad)  # type: ignore[arg-type]
+                await store.save_checkpoint("c", bad)
+        with pytest.raises(TypeError, match="checkpoint position"):
+            await store.save_checkpoint("c", "3")  # type: ignore[arg-type]
         assert (await store.append("s", Note(text="ok"))).position == 0
+        with pytest.raises(ValueError, match=r"in \[0, 0\] \(the head\), not 1"):
+            await store.save_checkpoint("c", 1)  # would skip the next event after a restart
+        await store.save_checkpoint("c", 0)
+        assert store.checkpoint("c") == 0
 
 
 async def test_highest_checkpoint_wins_also_after_reopen(store_path: Path) -> None:
