@@ -166,16 +166,22 @@ class OsFile:
 
 class OsLock:
     """``flock(LOCK_EX | LOCK_NB)`` on a lock file: per open file, so it excludes other
-    processes and other stores in this process alike."""
+    processes and other stores in this process alike.
+
+    A process forked from the one that took it shares that open file: there, ``release``
+    only closes the child's descriptor (unlocking would release the parent's lock, and let
+    a second writer in while the parent writes)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._pid = os.getpid()
 
     def release(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                if os.getpid() == self._pid:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)
 

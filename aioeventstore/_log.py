@@ -391,7 +391,17 @@ class Log:
         reopen in the same boot would otherwise take them for committed data, append after
         them, and a later power cut would leave a hole in the middle of the log. Best effort:
         if the clean-up fails too, recovery still treats the batch as an unacknowledged write.
+
+        Once a sync failed (this batch's, or a maintenance sync's with ``durability="os"``,
+        which fails the store while batches may already be queued here), nothing is written:
+        a write after it would be cut off by nobody, and a reopen would show an append whose
+        caller was told it failed.
         """
+        if self._sync_failed is not None:
+            failed = self._sync_failed
+            raise OSError(
+                failed.errno, f"an earlier sync of the log failed: {failed}", self.directory
+            )
         if plan.new_segment_at is not None:
             self._sync(self.segments[-1])
             created = self._create(plan.new_segment_at)

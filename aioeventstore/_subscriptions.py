@@ -230,6 +230,7 @@ class Subscription:
         name: str | None,
         buffer_events: int,
         metas: StreamMetas | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.stream = stream
         """The stream followed, or None for the whole store."""
@@ -242,6 +243,7 @@ class Subscription:
         self._hub = hub
         self._checkpoints = checkpoints
         self._on_close = on_close
+        self._loop = loop  # the store's: live events are handed over on it
         self._from_position = from_position
         self._from_version = from_version
         self._cap = buffer_events
@@ -541,7 +543,13 @@ class Subscription:
         self._caught_up.set()
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:  # nothing would wake it
+            raise RuntimeError(
+                "a subscription belongs to the event loop that opened its store, not this "
+                "one (a different loop): consume it on the store's loop"
+            )
+        self._waiter = loop.create_future()
         try:
             await self._waiter
         finally:

@@ -110,7 +110,7 @@ def _no_future() -> asyncio.Future[Any]:
     raise AssertionError("futures are made only on an open, writable store")
 
 
-def _forget(fut: asyncio.Future[AppendResult | Recheck | None]) -> None:
+def _forget(fut: asyncio.Future[Any]) -> None:
     """Retrieve an outcome nobody waits for any more (no "never retrieved" warning)."""
     if not fut.cancelled():
         fut.exception()
@@ -194,6 +194,7 @@ class EventStore:
         self._new_future: Callable[[], asyncio.Future[Any]] = _no_future
         """The loop's create_future, bound at open (see ``_prepare``): a checkpoint or
         metadata write from another loop then fails loudly too, instead of hanging."""
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one that opened it
         self._state = "new"  # new → open → closed
         self._closing: asyncio.Task[None] | None = None  # the closing, once close() began
         self._checkpoints: dict[str, int] = {}  # named consumer → last acknowledged position
@@ -305,7 +306,7 @@ class EventStore:
             self._io = IoThread("aioeventstore-io")
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="aioeventstore-read")
             self._snapshot_io = ThreadPoolExecutor(2, thread_name_prefix="aioeventstore-snapshot")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         opener = self._opener  # the work is in _open.py
         window: dict[bytes, tuple[bytes, AppendResult]] = {}
         started = time.perf_counter()
@@ -534,6 +535,16 @@ class EventStore:
                 "'async with EventStore(...)' or after 'await store.open()'"
             )
 
+    def _require_loop(self) -> None:
+        """RuntimeError when the caller runs on another event loop than the store's (whose
+        futures would never wake it there): for calls that would otherwise hang or race."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(
+                f"store at {self._path} belongs to the event loop that opened it, not this one "
+                "(a different loop): hand the call over with "
+                "asyncio.run_coroutine_threadsafe(..., store_loop)"
+            )
+
     def _require_writer(self) -> CommitLoop:
         self._require_open()
         if self._read_only:
@@ -554,6 +565,7 @@ class EventStore:
         reading the files raises :class:`ReadFailed`.
         """
         self._require_open()
+        self._require_loop()
         assert self._io is not None
         run = asyncio.get_running_loop().run_in_executor
         try:
@@ -648,6 +660,7 @@ class EventStore:
         :meth:`append`: appends already being written may still be committed.
         """
         commit = self._require_writer()
+        self._require_loop()  # (asyncio.wait below would wait forever on another loop)
         pendings: list[PendingAppend] = []
         try:
             specs = iter(appends)
@@ -743,6 +756,7 @@ class EventStore:
         readable whatever the registered classes say).
         """
         self._require_open()
+        self._require_loop()
         check_stream(stream)
         check_limit(limit)
         if from_version is None:
@@ -803,6 +817,7 @@ class EventStore:
         sees only committed events. ``raw=True``: ``rec.data`` is the stored dict, no model.
         """
         self._require_open()
+        self._require_loop()
         check_limit(limit)
         check_filter(filter)
         if from_position is None:
@@ -892,6 +907,7 @@ class EventStore:
             filter=filter,
             name=name,
             buffer_events=buffer_events,
+            loop=self._loop,
         )
         sub.id = next(self._sub_ids)
         self._subscriptions.add(sub)
@@ -947,6 +963,7 @@ class EventStore:
         :class:`StoreReadOnly` for a read-only store (it changes nothing on disk).
         """
         self._require_writer()
+        self._require_loop()
         check_stream(stream)
         check_snapshot(state, version)
         return await self._snapshots.save(stream, state, version)
@@ -972,6 +989,7 @@ class EventStore:
         :class:`StoreClosed`, and TypeError when ``state_type`` is not a pydantic model class.
         """
         self._require_open()
+        self._require_loop()
         check_stream(stream)
         check_state_type(state_type)
         return await self._snapshots.load(stream, state_type)
@@ -1068,15 +1086,22 @@ class EventStore:
         and :class:`StoreReadOnly` for a read-only store.
         """
         self._require_writer()
+        self._require_loop()
         assert self._maintenance is not None
         return await self._maintained(self._maintenance.start_scavenge())
 
     def start_scavenge(self) -> asyncio.Future[ScavengeReport]:
         """Start ``scavenge()`` in the background (owned by the store) and return at once;
-        await the result for the report."""
+        await the result for the report. Each call gets a future of its own: cancelling it
+        (a timeout around the await, say) does not stop the run, and it raises what
+        ``scavenge()`` raises (:class:`StoreClosed` when closing the store stopped the run).
+        Its failure need not be retrieved: the store logs it."""
         self._require_writer()
+        self._require_loop()
         assert self._maintenance is not None
-        return self._maintenance.start_scavenge()
+        result = asyncio.ensure_future(self._maintained(self._maintenance.start_scavenge()))
+        result.add_done_callback(_forget)
+        return result
 
     async def enforce_retention(self) -> ScavengeReport:
         """Apply ``StoreOptions.retention_bytes``/``retention_age`` now: drop whole oldest
@@ -1087,6 +1112,7 @@ class EventStore:
         error, :class:`StoreFailed`, :class:`StoreClosed` and :class:`StoreReadOnly` as
         ``scavenge()`` does."""
         self._require_writer()
+        self._require_loop()
         assert self._maintenance is not None
         return await self._maintained(self._maintenance.start_retention())
 

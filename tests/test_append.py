@@ -382,10 +382,27 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
                 outcome["direct"] = exc
             # the other writes too (they used to wait on the caller's loop, which nothing
             # woke: a hang)
+            async def consume(it: Any) -> None:
+                async for _ in it:
+                    pass
+
+            async def live() -> None:
+                async with store.subscribe(from_position=es.END) as sub:
+                    await anext(sub)
+
             for name, call in (
                 ("checkpoint", lambda: store.save_checkpoint("c", 0)),
                 ("metadata", lambda: store.set_stream_metadata("u", max_count=3)),
                 ("delete", lambda: store.delete_stream("u")),
+                # these hung (a future of the store's loop awaited with asyncio.wait, or a
+                # subscription's waiter woken from the store's thread) or raced the loop
+                ("append_many", lambda: store.append_many([("m", Note(text="m"))])),
+                ("subscribe", live),
+                ("read_all", lambda: consume(store.read_all())),
+                ("read_stream", lambda: consume(store.read_stream("before"))),
+                ("verify", store.verify),
+                ("scavenge", store.scavenge),
+                ("snapshot", lambda: store.save_snapshot("before", Note(text="s"), 0)),
             ):
                 try:
                     asyncio.run(asyncio.wait_for(call(), 10))
@@ -401,7 +418,9 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
         while thread.is_alive():
             await asyncio.sleep(0.01)
         thread.join()
-        for name in ("direct", "checkpoint", "metadata", "delete"):
+        for name in ("direct", "checkpoint", "metadata", "delete", "append_many", "subscribe"):
+            assert "different loop" in str(outcome[name]), name
+        for name in ("read_all", "read_stream", "verify", "scavenge", "snapshot"):
             assert "different loop" in str(outcome[name]), name
         assert outcome["handed"].version == 0
         recs = await stream_of(store, "t")

@@ -523,6 +523,15 @@ async def test_a_failed_maintenance_sync_with_durability_os_stops_the_store() ->
     with pytest.raises(es.StoreFailed, match="may not be durable"):
         await store.close()  # what was acknowledged since the last good sync may be lost
     await store.close()  # (a later close returns quietly)
+    # The append told StoreFailed was never written: a reopen in the same boot does not show
+    # it (its batch was written after the failed sync, and nothing cut it off again), so
+    # the caller's retry does not make it twice.
+    async with es.EventStore(STORE, opts, _fs=fs) as again:
+        assert [r.stream async for r in again.read_all()] == ["a"] * 5
+        await again.append("late", Note(text="x"))
+    fs.power_cut("lost")
+    async with es.EventStore(STORE, opts, _fs=fs) as again:
+        assert [r.stream async for r in again.read_all()] == ["a"] * 5 + ["late"]
 
 
 async def test_close_during_a_failing_maintenance_sync_loses_no_acknowledged_append() -> None:

@@ -4,6 +4,7 @@ retention; what reads, subscriptions, reopening and verification see afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -316,16 +317,46 @@ async def test_scavenge_is_owned_by_the_store(store_path: Path) -> None:
         await fill(store, 4, 30)
         await store.delete_stream("s-0")
         task = store.start_scavenge()
-        assert store.start_scavenge() is task  # one at a time
+        same = store.start_scavenge()  # one at a time: the same run
         caller = asyncio.create_task(store.scavenge())
         await asyncio.sleep(0)
         caller.cancel()  # a cancelled caller does not stop the store's scavenge
+        with pytest.raises(TimeoutError):  # nor does one that gave up waiting
+            await asyncio.wait_for(store.start_scavenge(), 0.0001)
         report = await task
-        assert report.events_removed > 0
-        store.start_scavenge()  # left running: close cancels and awaits it
+        assert report.events_removed > 0 and await same is report
+        left = store.start_scavenge()  # left running: close cancels and awaits it
+    with contextlib.suppress(es.StoreClosed):  # (or done first), never a CancelledError
+        await left
     async with es.EventStore(store_path, SMALL) as store:
         assert await versions(store, "s-0") == []
         assert len(await versions(store, "s-1")) == 30
+
+
+async def test_a_caller_of_start_scavenge_who_gives_up_does_not_stop_the_run(
+    store_path: Path,
+) -> None:
+    """Awaiting start_scavenge() under a timeout cancelled the store's job itself: a
+    concurrent scavenge() raised StoreClosed on an open store, and the rewrite it had made
+    was left out of the index (the open store and a reopened one read different events)."""
+    async with es.EventStore(store_path, segment_bytes=4096, durability="os") as store:
+        for i in range(200):
+            await store.append(f"s-{i % 5}", Note(text=f"{i}" + "x" * 100))
+        for i in range(5):
+            await store.delete_stream(f"s-{i}")
+        patient = asyncio.ensure_future(store.scavenge())
+        waiting = store.start_scavenge()
+        await asyncio.sleep(0)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.start_scavenge(), 0.0005)
+        report = await patient
+        assert report.segments_dropped > 0 and await waiting is report
+        await store.set_stream_metadata("s-0", truncate_before=None)
+        before = [r.version async for r in store.read_stream("s-0")]
+        await store.scavenge()  # (raised MaintenanceFailed: a segment file gone from disk)
+        assert [r.version async for r in store.read_stream("s-0")] == before
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        assert [r.version async for r in store.read_stream("s-0")] == before
 
 
 # --- store-wide retention ---------------------------------------------------------------------
