@@ -297,22 +297,25 @@ class Follower:
                 # and a read-only open see a store cut short, or empty)
                 self._names = None
         seg = Segment(path, position, file)
-        try:
-            first = seg.read_header()  # (sets seg.flags)
-        except NewerFormat as exc:  # the writer is a newer build: never read past this point
+        try:  # (closed on any error, an I/O error too: nobody else holds it)
+            try:
+                first = seg.read_header()  # (sets seg.flags)
+            except NewerFormat as exc:  # the writer is a newer build: never read past here
+                raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
+            except ValueError as exc:
+                # A rotation in progress (the header is written right after the file is
+                # created), unless frames follow the header or a later segment exists: then
+                # it is damaged.
+                later = later_write_at(seg, 0, -1)
+                if later is not None or any(p > position for p in found):
+                    raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
+                seg.close()
+                return None
+            if first != position:
+                raise CorruptLog(path, 0, f"segment starts at position {first} (named {position})")
+        except BaseException:
             seg.close()
-            raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
-        except ValueError as exc:
-            # A rotation in progress (the header is written right after the file is created),
-            # unless frames follow the header or a later segment exists: then it is damaged.
-            later = later_write_at(seg, 0, -1)
-            seg.close()
-            if later is not None or any(p > position for p in found):
-                raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
-            return None
-        if first != position:
-            seg.close()
-            raise CorruptLog(path, 0, f"segment starts at position {first} (named {position})")
+            raise
         return seg
 
     def _note_removed(self) -> None:

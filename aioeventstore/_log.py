@@ -179,37 +179,38 @@ class Log:
             path = os.path.join(self.directory, name)
             last = i == len(names) - 1
             seg = Segment(path, first, self.fs.open(path, write=last))
-            try:
-                header_first, flags = seg.read_header_flags()
-            except NewerFormat as exc:
+            try:  # (closed on any error: it is not in self.segments yet)
+                try:
+                    header_first, flags = seg.read_header_flags()
+                except NewerFormat as exc:
+                    raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
+                except ValueError as exc:
+                    if last and later_write_at(seg, 0, -1) is None:
+                        log.warning("removing segment %s whose header was never completed", path)
+                        seg.close()
+                        self.fs.remove(path)
+                        self.fs.sync_dir(self.directory)
+                        if self.segments:  # the previous segment becomes the writable tail
+                            prev = self.segments.pop()
+                            prev.close()
+                            writable = Segment(
+                                prev.path, prev.first_position, self.fs.open(prev.path, write=True)
+                            )
+                            writable.format_version = prev.format_version
+                            self.segments.append(writable)
+                        break
+                    raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
+                # a segment may start past the previous one's end: removed segments (see above)
+                if header_first != first or first < position:
+                    raise CorruptLog(
+                        path,
+                        0,
+                        f"segment starts at position {header_first} (named {first}); "
+                        f"expected {position} or later",
+                    )
+            except BaseException:
                 seg.close()
-                raise UnsupportedFormat(path, exc.found, FORMAT_VERSION) from None
-            except ValueError as exc:
-                if last and later_write_at(seg, 0, -1) is None:
-                    log.warning("removing segment %s whose header was never completed", path)
-                    seg.close()
-                    self.fs.remove(path)
-                    self.fs.sync_dir(self.directory)
-                    if self.segments:  # the previous segment becomes the writable tail
-                        prev = self.segments.pop()
-                        prev.close()
-                        writable = Segment(
-                            prev.path, prev.first_position, self.fs.open(prev.path, write=True)
-                        )
-                        writable.format_version = prev.format_version
-                        self.segments.append(writable)
-                    break
-                seg.close()
-                raise CorruptLog(path, 0, f"bad segment header: {exc}") from None
-            # a segment may start past the previous one's end: removed segments (see above)
-            if header_first != first or first < position:
-                seg.close()
-                raise CorruptLog(
-                    path,
-                    0,
-                    f"segment starts at position {header_first} (named {first}); "
-                    f"expected {position} or later",
-                )
+                raise
             self.segments.append(seg)
             position = first  # past a gap (removed segments), if there is one
             start = SEGMENT_HEADER_SIZE

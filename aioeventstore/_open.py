@@ -55,7 +55,7 @@ from ._log import LOCK_NAME, Log, Recovery
 from ._meta import StreamMetadata, StreamMetas
 from ._segment import FrameSink, Segment
 from ._snapshots import SnapshotFiles
-from .errors import CorruptLog, EventStoreError, StoreLocked, StoreNotFound
+from .errors import CorruptLog, EventStoreError, ReadFailed, StoreLocked, StoreNotFound
 from .events import AppendResult
 from .options import StoreOptions
 
@@ -426,8 +426,12 @@ class Opener:
                     self._take_metadata()
                     self.drop_removed()  # (after the frames: some may be in those segments)
                 except (EventStoreError, OSError) as exc:
-                    err = exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
-                    if err is not exc:
+                    err: EventStoreError
+                    if isinstance(exc, EventStoreError):
+                        err = exc
+                    else:  # an I/O error reading the log, as reads report it
+                        reason = f"following the log failed: {exc.strerror or exc}"
+                        err = ReadFailed(exc.errno, reason, exc.filename)
                         err.__cause__ = exc
                     log.error("stopped following %s: %s", self._path, exc)
                     return err
@@ -438,7 +442,15 @@ class Opener:
                     try:
                         found = done.result()
                     except Exception as exc:  # (the old file is still read: nothing lost)
-                        log.warning("could not re-read %s: %s", old.path, exc)
+                        # (looked at again at the next check: a transient error must not
+                        # leave the old file held, nor the next rewrites unfit, for good)
+                        again = follower.retry_rewrite(ordinal)
+                        log.warning(
+                            "could not re-read %s: %s%s",
+                            old.path,
+                            exc,
+                            "" if again else " (given up: reading on from the old file)",
+                        )
                     self.swap_rewritten(ordinal, old, found)
                 while rewrite is None and follower.rewritten:
                     ordinal = follower.rewritten.pop(0)

@@ -266,8 +266,12 @@ def _remove_sidecar(fs: FileSystem, seg: Segment) -> None:
 
 
 def segment_newest_us(seg: Segment, offset: int, length: int) -> int:
-    """recorded_at (µs) of the events frame at ``offset`` of ``seg`` (its last one)."""
-    from ._format import check_frame  # local: only retention needs it
+    """recorded_at (µs) of the events frame at ``offset`` of ``seg`` (its last one).
+    Raises CorruptLog when that frame is damaged (on disk since the index was built)."""
+    from ._format import FrameError, check_frame  # local: only retention needs them
 
     data = seg.read(length, offset)
-    return check_frame(data, 0, len(data)).recorded_at_us
+    try:
+        return check_frame(data, 0, len(data)).recorded_at_us
+    except FrameError as exc:
+        raise CorruptLog(seg.path, offset, exc.reason) from None

@@ -240,8 +240,11 @@ class Segment:
                 need = chunk
                 if len(buf) - rel >= FRAME_HEADER_SIZE:
                     need = max(chunk, FRAME_HEADER_SIZE + FRAME_HEADER.unpack_from(buf, rel)[2])
-                buf = self.read(min(need, size - off), off)
+                want = min(need, size - off)
+                buf = self.read(want, off)
                 buf_off = off
+                if len(buf) < want:  # the file is shorter now (its writer cut a failed write)
+                    size = off + len(buf)
                 continue
             # with ``gaps`` (a scavenged segment) a frame may skip positions forwards
             if info.first_position != pos and not (gaps and info.first_position > pos):

@@ -380,6 +380,7 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
                 asyncio.run(direct())
             except RuntimeError as exc:
                 outcome["direct"] = exc
+
             # the other writes too (they used to wait on the caller's loop, which nothing
             # woke: a hang)
             async def consume(it: Any) -> None:

@@ -1013,3 +1013,142 @@ async def test_verify_next_to_a_writer_that_scavenges(
             go.set()
         result = await verifying
         assert not result.corrupt, result.first_problem
+
+
+def test_a_scan_of_a_file_cut_shorter_meanwhile_stops_at_its_new_end(store_path: Path) -> None:
+    """A reader's scan took the tail's size, then the writer cut a failed batch off: each
+    read past the new end came back short, and the scan read the same offset again forever
+    (a core at 100%, ``close()`` never returned). It now stops where the file ends."""
+    import asyncio as aio
+
+    from aioeventstore._format import SEGMENT_HEADER_SIZE
+    from aioeventstore._fs import OsFileSystem
+    from aioeventstore._segment import Segment
+
+    async def build() -> None:
+        async with es.EventStore(store_path) as writer:
+            for i in range(20):
+                await writer.append("s", Note(text=f"{i}" + "x" * 200))
+
+    aio.run(build())
+    path = str(sorted(store_path.glob("*.seg"))[-1])
+    real = OsFileSystem().open(path, write=False)
+    reads = [0]
+
+    class Grown:  # the size the scan took: a batch of 10,000 bytes that was then cut off
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def size(self) -> int:
+            return real.size() + 10_000
+
+        def pread(self, size: int, offset: int) -> bytes:
+            reads[0] += 1
+            if reads[0] > 1000:
+                raise AssertionError("the scan reads the same bytes again and again")
+            return real.pread(size, offset)
+
+    seg = Segment(path, 0, Grown())
+    seen: list[int] = []
+    try:
+        seg.read_header()
+        end, position, reason = seg.scan(
+            SEGMENT_HEADER_SIZE, 0, 512, lambda info, buf, at: seen.append(info.first_position)
+        )
+    finally:
+        real.close()
+    assert seen == list(range(20)) and position == 20
+    assert (end, reason) == (os.path.getsize(path), None)  # (the end of the file as it is)
+
+
+async def test_a_transient_error_re_reading_a_rewrite_is_retried(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error while a reader re-read a segment the writer's scavenge rewrote was only
+    logged: that segment was never looked at again (its old file held for good), the next
+    rewrites no longer fitted the index and were given up, and once the metadata hiding the
+    removed events was cleared the reader showed events the writer no longer had."""
+    from aioeventstore import _follow, _open
+
+    monkeypatch.setattr(_follow, "REWRITE_CHECK", 0.0)
+    failures = [1]
+
+    def flaky(log: Any, old: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError(5, "injected EIO", old.path)
+        return _follow.read_rewrite(log, old)
+
+    monkeypatch.setattr(_open, "read_rewrite", flaky)
+    async with (
+        es.EventStore(store_path, segment_bytes=4096) as writer,
+        es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader,
+    ):
+        for i in range(120):
+            await writer.append(("t", "keep")[i % 2], Note(text=f"{i}" + "x" * 100))
+        await _caught_up(reader, writer)
+        await writer.set_stream_metadata("t", max_count=3)
+        assert (await writer.scavenge()).segments_rewritten >= 2
+        await writer.set_stream_metadata("t", max_count=None)  # nothing hidden now
+        await writer.append("keep", Note(text="after"))
+        await _caught_up(reader, writer)
+        want = [(r.stream, r.version, r.position) async for r in writer.read_all()]
+        for _ in range(600):
+            got = [(r.stream, r.version, r.position) async for r in reader.read_all()]
+            if got == want and not _deleted_files_held(store_path):
+                break
+            await asyncio.sleep(0.005)
+        assert failures == [0] and reader.follow_error is None
+        assert got == want and not _deleted_files_held(store_path)
+        assert reader.statistics().stored_events == writer.statistics().stored_events
+
+
+async def test_an_io_error_while_following_is_a_read_failed(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was a plain EventStoreError without errno or file name."""
+    from aioeventstore._follow import Follower
+
+    async with es.EventStore(store_path) as writer:
+        await writer.append("s", Note(text="x"))
+        async with es.EventStore(store_path, read_only=True, poll_interval=0.002) as reader:
+
+            def scan(self: Any, sink: Any) -> None:
+                raise OSError(5, "injected EIO", "/the/segment.seg")
+
+            monkeypatch.setattr(Follower, "scan", scan)
+            for _ in range(1000):
+                if reader.follow_error is not None:
+                    break
+                await asyncio.sleep(0.005)
+            err = reader.follow_error
+            assert isinstance(err, es.ReadFailed) and isinstance(err, OSError)
+            assert (err.errno, err.filename) == (5, "/the/segment.seg")
+            assert "following the log failed" in str(err)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_an_io_error_on_a_segment_header_leaves_no_file_open(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
+) -> None:
+    """An open that failed reading a segment's header left that segment's file open."""
+    from aioeventstore import _segment
+
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for i in range(40):
+            await writer.append("s", Note(text=f"{i}" + "x" * 200))
+
+    def failing(self: Any, *args: Any) -> Any:
+        raise OSError(5, "injected EIO", self.path)
+
+    monkeypatch.setattr(_segment.Segment, "read_header", failing)
+    monkeypatch.setattr(_segment.Segment, "read_header_flags", failing)
+    for _ in range(3):
+        with pytest.raises(es.OpenFailed):
+            await es.EventStore(store_path, read_only=read_only).open()
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).endswith(".seg"):
+                held.append(target)
+    assert held == []

@@ -958,3 +958,24 @@ async def test_a_metadata_change_during_retention_keeps_a_stream_s_version() -> 
         await store.close()
     async with es.EventStore(path, _fs=fs) as again:
         assert (await again.append("victim", Note(text="next"), expected_version=4)).version == 5
+
+
+async def test_damage_in_the_frame_retention_dates_a_segment_by_is_maintenance_failed() -> None:
+    """``retention_age`` dates a sealed segment by its newest frame: damage there found
+    after open raised the internal FrameError, not an EventStoreError."""
+    from tests.simfs import SimFS
+
+    fs = SimFS(3)
+    async with es.EventStore("/s", _fs=fs, segment_bytes=4096, retention_age=3600) as store:
+        for _ in range(40):
+            await store.append("s", Note(text="x" * 200))
+        seg0 = store._log.segments[0]
+        ref = store._index.frame(store._index.segment_rows(0)[1] - 1)  # its newest frame
+        data = bytearray(fs.read_file(seg0.path))
+        data[ref.offset + 40] ^= 0xFF  # bit rot inside that frame, after open
+        fs.write_file(seg0.path, bytes(data))
+        with pytest.raises(es.MaintenanceFailed, match="frame checksum mismatch") as info:
+            await store.enforce_retention()
+        assert isinstance(info.value.__cause__, es.CorruptLog)
+        assert info.value.__cause__.path == seg0.path
+        assert (await store.append("s", Note(text="still written"))).version == 40
