@@ -116,7 +116,8 @@ class Follower:
         the store to read and swap in (:func:`read_rewrite`, ``Opener.swap_rewritten``)."""
         self._rewrite_check = time.monotonic()
         self._rewrite_seen: dict[int, int] = {}  # ordinal → size of a new file already taken
-        self._rewrite_tries: dict[int, int] = {}  # ordinal → rewrites the index refused
+        # ordinal → (the file size they were for, tries the index refused or could not read)
+        self._rewrite_tries: dict[int, tuple[int | None, int]] = {}
         self.changed: set[int] = set()
         """Ordinals of segments whose files were removed or rewritten since this reader
         read them: what lets a stream skip versions (see the module docstring). Brought up
@@ -355,12 +356,16 @@ class Follower:
             self.rewritten.append(ordinal)
 
     def retry_rewrite(self, ordinal: int) -> bool:
-        """The store could not apply the rewrite of segment ``ordinal`` to its index: a check
+        """The store could not apply the rewrite of segment ``ordinal`` to its index (a check
         that ran while the writer's scavenge went on can find a segment rewritten before the
         ones it rewrote or dropped just before it, whose removals then are not a prefix of
-        each stream yet. Look at it again at the next check, up to ``_REWRITE_TRIES`` times;
-        False once given up."""
-        tries = self._rewrite_tries[ordinal] = self._rewrite_tries.get(ordinal, 0) + 1
+        each stream yet), or could not read it (an I/O error). Look at it again at the next
+        check, up to ``_REWRITE_TRIES`` times for one rewrite (a file of a new size is
+        another: it gets tries of its own); False once given up."""
+        size = self._rewrite_seen.get(ordinal)
+        was_for, tries = self._rewrite_tries.get(ordinal, (size, 0))
+        tries = tries + 1 if was_for == size else 1  # (a new rewrite: tries of its own)
+        self._rewrite_tries[ordinal] = (size, tries)
         if tries > _REWRITE_TRIES:
             return False
         self._rewrite_seen.pop(ordinal, None)

@@ -392,7 +392,13 @@ class Opener:
                 fields = unpack_stream_metadata(packed)
             except FrameError as exc:
                 raise CorruptLog(self._path, 0, f"stream {stream!r}: {exc.reason}") from None
-            self._metas.commit(stream, StreamMetadata.from_fields(fields, revision))
+            rec = StreamMetadata.from_fields(fields, revision)
+            self._metas.commit(stream, rec)
+            # a stream whose events were all removed ends where its truncate_before says, as
+            # the writer's open finds (its versions go on from there: ``stream_version``)
+            end = (rec.truncate_before or 0) - 1
+            if end >= 0 and self._index.last_version(stream) < 0:
+                self._index.set_stream_floor(stream, end)
 
     async def follow(
         self, io: Executor, readers: Executor, poll_interval: float, refresh: Callable[[], None]

@@ -357,6 +357,7 @@ class Subscription:
         (its first ``lag == 0``): right after the last historical event was handed out, or when
         it switched to live. Returns at once if that already happened. Raises StoreClosed if
         the subscription ends before it catches up."""
+        self._check_loop()
         await self._caught_up.wait()
         if not self._reached_head:
             raise StoreClosed("the subscription ended before it caught up")
@@ -447,6 +448,7 @@ class Subscription:
 
     async def _advance(self) -> bool:
         """Make the next non-empty list of events current; False once the subscription ended."""
+        self._check_loop()  # (once a list: it may wait, or read)
         if self._state == "new":
             self._open()
         while True:
@@ -542,14 +544,17 @@ class Subscription:
         self._reached_head = True
         self._caught_up.set()
 
-    async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not None and loop is not self._loop:  # nothing would wake it
+    def _check_loop(self) -> None:
+        """RuntimeError on another loop than the store's: nothing would wake a wait there,
+        and its reads would race the store's loop."""
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(
                 "a subscription belongs to the event loop that opened its store, not this "
                 "one (a different loop): consume it on the store's loop"
             )
-        self._waiter = loop.create_future()
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
             await self._waiter
         finally:

@@ -22,8 +22,9 @@ class EventStoreError(Exception):
 class WrongExpectedVersion(EventStoreError):
     """Raised when an append's expected version does not match the stream; nothing is written.
 
-    ``expected`` is what the caller passed; ``actual`` is the version of the stream's last
-    event at the moment the commit loop checked it (-1 when the stream does not exist).
+    ``expected`` is what the caller passed (-1 as ``NO_STREAM``, which it means); ``actual``
+    is the version of the stream's last event at the moment the commit loop checked it (-1
+    when the stream does not exist).
     """
 
     def __init__(self, stream: str, expected: int | StreamState, actual: int) -> None:

@@ -893,6 +893,8 @@ class EventStore:
         Use as ``async with store.subscribe(...) as sub: async for rec in sub: ...``.
         """
         self._require_open()
+        if asyncio._get_running_loop() not in (None, self._loop):  # (made outside one: fine)
+            self._require_loop()
         check_subscription(stream, from_position, from_version, filter, name, buffer_events)
         sub = Subscription(
             metas=self._metas,
@@ -926,6 +928,7 @@ class EventStore:
         after it would skip the events appended up to it).
         """
         commit = self._require_writer()
+        self._require_loop()
         name_b = check_consumer_name(name)
         if not isinstance(position, int) or isinstance(position, bool):
             raise TypeError(f"checkpoint position must be an int, not {position!r:.60}")
@@ -1022,6 +1025,7 @@ class EventStore:
         ``max_age`` that is not a timedelta or a number.
         """
         commit = self._require_writer()
+        self._require_loop()
         stream_b = check_stream(stream)
         changes: dict[str, object] = {}
         if not isinstance(max_count, _Unset):
@@ -1049,6 +1053,7 @@ class EventStore:
         (:class:`WrongExpectedVersion`, nothing written).
         """
         commit = self._require_writer()
+        self._require_loop()
         stream_b = check_stream(stream)
         expected_version = check_expected(expected_version)
         op = MetaOp("delete", hard=bool(hard))

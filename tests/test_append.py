@@ -371,6 +371,7 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
         loop = asyncio.get_running_loop()
         outcome: dict[str, Any] = {}
         await store.append("before", Note(text="a position to checkpoint"))
+        made_here = store.subscribe()  # made on the store's loop, iterated on another
 
         def other_thread() -> None:
             async def direct() -> None:
@@ -404,6 +405,8 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
                 ("verify", store.verify),
                 ("scavenge", store.scavenge),
                 ("snapshot", lambda: store.save_snapshot("before", Note(text="s"), 0)),
+                ("iterate", lambda: consume(made_here)),
+                ("caught_up", made_here.caught_up),
             ):
                 try:
                     asyncio.run(asyncio.wait_for(call(), 10))
@@ -421,8 +424,16 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
         thread.join()
         for name in ("direct", "checkpoint", "metadata", "delete", "append_many", "subscribe"):
             assert "different loop" in str(outcome[name]), name
-        for name in ("read_all", "read_stream", "verify", "scavenge", "snapshot"):
+        for name in ("read_all", "read_stream", "verify", "scavenge", "snapshot", "iterate"):
             assert "different loop" in str(outcome[name]), name
+        assert "different loop" in str(outcome["caught_up"])
+        assert (await anext(made_here)).stream == "before"  # (nothing was delivered there)
+        await made_here.aclose()
+        # nothing of the refused writes was queued (they used to be, unwoken, and written
+        # at the next batch although their callers had been told they failed)
+        await store.append("after", Note(text="a batch"))
+        assert store.checkpoint("c") is None and store.stream_metadata("u").revision == -1
+        assert [r.stream async for r in store.read_all()] == ["before", "t", "after"]
         assert outcome["handed"].version == 0
         recs = await stream_of(store, "t")
         assert [r.id for r in recs] == [eid]

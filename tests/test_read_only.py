@@ -1152,3 +1152,49 @@ async def test_an_io_error_on_a_segment_header_leaves_no_file_open(
             if (target := os.readlink(fd)).endswith(".seg"):
                 held.append(target)
     assert held == []
+
+
+async def test_a_read_only_open_knows_where_a_stream_scavenged_away_ends(store_path: Path) -> None:
+    """A soft-deleted stream whose events a scavenge removed ends where its truncate_before
+    says: the writer's open knew it, a read-only open said -1 (so a replica's
+    ``load_aggregate`` gave a version the writer refuses)."""
+    async with es.EventStore(store_path, segment_bytes=4096) as writer:
+        for i in range(5):
+            await writer.append("s", Note(text=f"{i}" + "x" * 1000))
+        await writer.delete_stream("s")
+        for _ in range(10):
+            await writer.append("other", Note(text="y" * 1000))
+        assert (await writer.scavenge()).events_removed == 5
+        assert writer.stream_version("s") == 4
+    async with es.EventStore(store_path, read_only=True) as reader:
+        assert reader.stream_version("s") == 4
+        assert reader.stream_metadata("s").deleted
+        got = await es.load_aggregate(reader, "s", Tally, lambda st, rec: st)
+        assert got.version == 4 and [r async for r in reader.read_stream("s")] == []
+    async with es.EventStore(store_path) as writer:
+        assert (await writer.append("s", Note(text="again"), expected_version=4)).version == 5
+
+
+class Tally(es.Event):
+    n: int = 0
+
+
+def test_a_new_rewrite_of_a_segment_given_up_on_gets_tries_of_its_own(store_path: Path) -> None:
+    """The tries a reader gives a segment's rewrite (refused by its index, or unreadable)
+    were counted for the segment's whole life: after one rewrite was given up, every later
+    rewrite of that segment got none."""
+    from aioeventstore._follow import _REWRITE_TRIES, Follower
+    from aioeventstore._fs import OsFileSystem
+    from aioeventstore._log import Log
+
+    store_path.mkdir()
+    follower = Follower(Log(OsFileSystem(), str(store_path), es.StoreOptions()))
+
+    def tried(size: int) -> bool:  # a check saw the rewrite (at this size), which failed
+        follower._rewrite_seen[0] = size
+        return follower.retry_rewrite(0)
+
+    assert all(tried(1000) for _ in range(_REWRITE_TRIES))
+    assert tried(1000) is False  # given up: left alone while it is this file
+    assert tried(900) is True  # a later scavenge rewrote it again
+    assert all(tried(900) for _ in range(_REWRITE_TRIES - 1)) and tried(900) is False
