@@ -956,8 +956,9 @@ class Index:
 
     def rows_problem(
         self, rows: SegmentRows, missing: int, skips: Callable[[str], bool] | None = None
-    ) -> str | None:
-        """Why a sidecar's rows cannot continue the index (as a scan would have found), or
+    ) -> tuple[str, int] | None:
+        """Why a sidecar's rows cannot continue the index (as a scan would have found), and
+        the offset of the frame where it shows (the stream's first in the segment), or
         None. ``missing``: positions missing from the log before these rows. A stream may
         start past version 0 with at least as many positions missing before it; a read-only
         store (see ``frame_indexer``) passes ``skips``, which says whether a stream it has
@@ -969,14 +970,15 @@ class Index:
             want = self.last_version(name) + 1
             if first != want:
                 problem = f"stream {name!r} continues at version {first}, expected {want}"
+                p = rows.positions[at] if count else rows.pos[0]  # its first position here
+                where = (problem, rows.off[bisect_right(rows.pos, p) - 1])
                 if first < want or not count or (want != 0 and not (skips and skips(name))):
-                    return problem
-                p = rows.positions[at]  # the stream's first position in this segment
+                    return where
                 if cum is None:
                     cum = list(itertools.accumulate(rows.cnt, initial=0))
                 gap = missing + (p - rows.pos[0]) - cum[bisect_left(rows.pos, p)]
                 if first - want > gap:  # fewer positions missing before it than versions
-                    return problem
+                    return where
             at += count
         return None
 

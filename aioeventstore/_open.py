@@ -299,7 +299,7 @@ class Opener:
             skips = functools.partial(may_skip, index, changed=follower.removed_since_read)
         problem = index.rows_problem(rows, rows.pos[0] - seen[0], skips)
         if problem is not None:  # what a scan would have found: the log is damaged
-            raise CorruptLog(seg.path, SEGMENT_HEADER_SIZE, problem)
+            raise CorruptLog(seg.path, problem[1], problem[0])
         if skips is not None:
             for name, first in zip(rows.names, rows.firsts, strict=True):
                 if first != index.last_version(name) + 1:

@@ -501,3 +501,36 @@ async def test_an_older_prefix_sidecar_over_containers_is_written_again_as_a_sca
     for p in sidecars(path):
         p.unlink()
     assert await snapshot(path) == with_sidecars
+
+
+async def test_a_break_found_through_a_sidecar_is_reported_at_the_frame_a_scan_names(
+    tmp_path: Path,
+) -> None:
+    """A stream's versions break across a segment deleted by hand: ``verify`` and an open
+    without sidecars name the frame where the stream goes on; an open with sidecars named
+    byte 32 (the segment header) of that file."""
+    from aioeventstore._verify import verify_store
+
+    path = tmp_path / "s"
+    async with es.EventStore(path, segment_bytes=4096) as store:
+        await store.append("A", Note(text="0"))
+        for i in range(60):
+            await store.append(f"u-{i}", Note(text="p" * 200))
+            if i in (25, 45):
+                await store.append("A", Note(text=str(i)))
+        second = [r.position async for r in store.read_stream("A")][1]
+    segs = sorted(path.glob("*.seg"))
+    victim = [p for p in segs if int(p.name[:20]) <= second][-1]
+    victim.unlink()
+    victim.with_suffix(".idx").unlink()
+    report = verify_store(str(path))
+    bad = next(s for s in report.segments if s.problem is not None)
+    assert bad.problem is not None and bad.problem.offset > 32
+    found = []
+    for _ in range(2):  # with the sidecars, then without
+        with pytest.raises(es.CorruptLog) as info:
+            await es.EventStore(path).open()
+        found.append((info.value.path, info.value.offset))
+        for idx in path.glob("*.idx"):
+            idx.unlink()
+    assert found == [(bad.path, bad.problem.offset)] * 2
