@@ -160,6 +160,15 @@ class PendingAppend:
         return _new_tuple(AppendResult, (self.position + n, self.first_version + n))
 
 
+_LONGEST = 2**64 - 1
+META_BODY_MAX = len(
+    pack_stream_metadata(
+        {"max_count": _LONGEST, "max_age_us": _LONGEST, "truncate_before": _LONGEST, "deleted": 2}
+    )
+)
+"""The longest body a metadata frame can have after its stream name (StreamMetadata.to_fields)."""
+
+
 class SpecialAppend(PendingAppend):
     """A write through the commit loop that is not an append of events: a named consumer's
     checkpoint (``checkpoint`` >= 0) or a stream metadata write (``meta``). It is batched,
@@ -186,6 +195,9 @@ class SpecialAppend(PendingAppend):
         self.meta = meta
         self.planned_meta = None
         self.special = True
+        if meta is not None:  # the most its body can take (made when planned, see above):
+            self.size += META_BODY_MAX  # a batch is cut at max_batch_bytes by these sizes,
+            # and recovery takes a damaged tail longer than that for damage, not a torn write
 
 
 @dataclass(slots=True)

@@ -59,7 +59,8 @@ class Preparer:
         self._max_event_bytes = options.max_event_bytes
         self._max_append_bytes = options.max_append_bytes
         self._new_future = new_future
-        self._fast_max = min(options.max_event_bytes, FAST_MAX_BYTES)
+        # (an entry is its size field and the size: the append's limit counts both)
+        self._fast_max = min(options.max_event_bytes, options.max_append_bytes - 4, FAST_MAX_BYTES)
         self._fast: dict[type, TypeFields] = {}
         """The event classes the fast path takes (its own ``TYPE_FIELDS``): those appended
         once through the general path, unless one of their events was ever over
@@ -139,7 +140,7 @@ class Preparer:
         if isinstance(events, Event):
             source = events
             ids, entries, metas, own_ids, flags = encode_event(
-                stream, events, self._max_event_bytes
+                stream, events, self._max_event_bytes, self._max_append_bytes
             )
             cls = type(events)
             if expected_version is ANY and cls not in self._big and cls in TYPE_FIELDS:

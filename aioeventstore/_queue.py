@@ -84,8 +84,19 @@ class ByteBoundedQueue(Generic[T]):
             self._push(item)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._putters.append((fut, item))
-        await fut  # _admit() enqueues the item and then resolves fut
+        entry = (fut, item)
+        self._putters.append(entry)
+        try:
+            await fut  # _admit() enqueues the item and then resolves fut
+        except asyncio.CancelledError:
+            if fut.cancelled():  # not admitted: let go of it now (a producer that retries
+                putters = self._putters  # after each timeout must not pile up items)
+                if putters and putters[0] is entry:
+                    putters.popleft()
+                    self._admit()  # (those behind it may fit)
+                elif entry in putters:  # (_admit may have dropped it meanwhile)
+                    putters.remove(entry)
+            raise
 
     def _admit(self) -> None:
         while self._putters:

@@ -657,7 +657,10 @@ class EventStore:
         Returns the results in order once every append is resolved. Raises the first
         failure then, or with ``return_exceptions=True`` puts each failure (an
         :class:`EventStoreError`) in its place in the list. Cancellation is as for
-        :meth:`append`: appends already being written may still be committed.
+        :meth:`append`: appends already being written may still be committed. When the
+        store is closed (or stops) while the call waits for queue space, the appends already
+        queued are written and answered, and the rest get that :class:`StoreClosed` (or
+        :class:`StoreFailed`).
         """
         commit = self._require_writer()
         self._require_loop()  # (asyncio.wait below would wait forever on another loop)
@@ -678,18 +681,26 @@ class EventStore:
             expected = spec[2] if len(spec) == 3 else ANY
             pendings.append(self._prepare(spec[0], spec[1], expected))
         queued = 0
+        refused: EventStoreError | None = None
         try:
             for pending in pendings:
                 if not commit.try_submit(pending):
-                    await commit.submit(pending)
+                    try:
+                        await commit.submit(pending)
+                    except EventStoreError as exc:  # closed or stopped while it waited:
+                        refused = exc  # this one and the rest were never queued, and those
+                        break  # queued are written and answered (close commits them)
                 queued += 1
-            if pendings:
-                await asyncio.wait([p.future for p in pendings])
+            if queued:
+                await asyncio.wait([p.future for p in pendings[:queued]])
         except BaseException:
             for pending in pendings[:queued]:  # as a cancelled append: dropped unless the
                 pending.future.cancel()  # commit loop already took it into a batch
                 pending.future.add_done_callback(_forget)
             raise
+        if refused is not None:  # each in its place, as single appends would have been told
+            for pending in pendings[queued:]:
+                pending.future.set_exception(refused)
         results: list[AppendResult | EventStoreError] = []
         try:
             for pending in pendings:

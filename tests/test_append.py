@@ -330,6 +330,34 @@ async def test_size_limits(store_path: Path) -> None:
             await store.append("big", [Note(text="x" * 900) for _ in range(5)])
         assert (await store.append("big", Note(text="x" * 900))).position == 0
         assert store.head == 0
+        with pytest.raises(es.EventTooLarge, match="append of 10 events") as info:
+            await store.append("big", [Note(text="x" * 900) for _ in range(10)])
+        assert info.value.size > 9000  # the append's size (it said where it crossed 4096)
+
+
+async def test_one_event_at_the_event_limit_is_held_to_the_append_limit_in_every_form(
+    store_path: Path,
+) -> None:
+    """An entry is its 4-byte size field and ``size`` bytes: with ``max_event_bytes`` equal
+    to ``max_append_bytes`` an event of exactly that size is over the append's limit. A bare
+    event skipped that check (refused in a list or a NewEvent, accepted alone), and its
+    frame could be longer than recovery takes one write to be."""
+    from aioeventstore._codec import encode_event
+
+    limit = 2048
+    text = next(
+        "x" * n
+        for n in range(1900, 2100)
+        if len(encode_event("s", Note(text="x" * n), 1 << 30)[1]) - 4 == limit
+    )
+    async with es.EventStore(store_path, max_event_bytes=limit, max_append_bytes=limit) as store:
+        for events in (Note(text=text), [Note(text=text)], es.NewEvent(Note(text=text))):
+            for _ in range(2):  # (the second time a bare event may take the fast path)
+                with pytest.raises(es.EventTooLarge, match="max_append_bytes"):
+                    await store.append("s", events)
+        await store.append("s", Note(text=text[:-10]))
+        await store.append("s", Note(text=text[:-10]))  # (the fast path, under the limits)
+        assert store.head == 1
 
 
 @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork.*:DeprecationWarning")

@@ -110,3 +110,42 @@ async def test_a_raised_failure_leaves_no_outcome_unretrieved(store_path: Path) 
     finally:
         loop.set_exception_handler(None)
     assert reported == []
+
+
+async def test_close_while_it_waits_for_queue_space_answers_each_append_in_its_place(
+    tmp_path: Path,
+) -> None:
+    """``close()`` while append_many waited for queue space: it raised StoreClosed even with
+    ``return_exceptions=True``, some of its appends were written all the same, and one that
+    was waiting when close began was dropped. As single appends are: the queued ones are
+    committed and answered, the rest get StoreClosed in their places."""
+    import threading
+
+    from tests.helpers import FaultyFileSystem
+
+    fs = FaultyFileSystem()
+    store = await es.EventStore(tmp_path / "s", _fs=fs, max_queue_bytes=4000).open()
+    fs.faults.gate = threading.Event()  # the next write waits: a slow disk
+    first = asyncio.create_task(store.append("first", Note(text="-")))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    many = asyncio.create_task(
+        store.append_many(
+            [(f"s{i}", Note(text=f"{i}" + "x" * 900)) for i in range(10)], return_exceptions=True
+        )
+    )
+    for _ in range(50):
+        await asyncio.sleep(0)
+    closing = asyncio.create_task(store.close())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    fs.faults.gate.set()
+    got = await many
+    await first
+    await closing
+    written = [r for r in got if isinstance(r, es.AppendResult)]
+    assert 0 < len(written) < 10
+    assert all(isinstance(r, es.StoreClosed) for r in got[len(written) :])
+    async with es.EventStore(tmp_path / "s") as again:
+        streams = [r.stream async for r in again.read_all()]
+    assert streams == ["first"] + [f"s{i}" for i in range(len(written))]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
-from typing import Unpack
+from typing import Any, Unpack
 
 import pytest
 
@@ -211,3 +212,66 @@ async def test_store_verify_reports_every_segment_while_open(store_path: Path) -
         assert report.segments[0].first_position == 0
         assert report.segments[-1].last_position == 159
         assert isinstance(report, es.VerifyReport)
+
+
+class Padded(es.Event):
+    pad: str
+
+
+def _event_with_frame(frame: int, stream: str) -> Padded:
+    """An event whose one-event frame in ``stream`` is ``frame`` bytes."""
+    from aioeventstore._codec import encode_event
+    from aioeventstore._format import BODY_HEAD_SIZE, FRAME_HEADER_SIZE
+
+    target = frame - FRAME_HEADER_SIZE - BODY_HEAD_SIZE - len(stream)
+    for n in range(max(0, target - 200), target + 10):
+        _, entry, *_ = encode_event(stream, Padded(pad="x" * n), 1 << 30)
+        if len(entry) == target:
+            return Padded(pad="x" * n)
+    raise AssertionError(frame)
+
+
+async def test_a_batch_with_a_metadata_write_is_never_longer_than_one_write_can_be(
+    tmp_path: Path,
+) -> None:
+    """A metadata frame's body is made when its batch is planned, after the queue cut the
+    batch at max_batch_bytes by the sizes queued: a batch could be written a few bytes
+    longer than recovery assumes one write can be, and a torn copy of it was then
+    CorruptLog instead of a torn tail to cut."""
+    opts: dict[str, Any] = {
+        "max_event_bytes": 1024,
+        "max_append_bytes": 1024,
+        "max_batch_bytes": 8192,
+    }
+    path = tmp_path / "s"
+    crashed = tmp_path / "crashed"
+    store = await es.EventStore(path, **opts).open()
+    await store.append("m", Note(text="first"))
+    seg = next(path.glob("*.seg"))
+    writes: list[tuple[int, int]] = []  # (offset, bytes) of each batch's write
+    real = store._log.write
+
+    def write(plan: Any, data: bytes, sync: bool) -> None:
+        writes.append((plan.offset, len(data)))
+        real(plan, data, sync)
+
+    store._log.write = write  # type: ignore[method-assign]
+    events = [_event_with_frame(1077, "a")] * 7 + [_event_with_frame(600, "a")]
+    appends = [store.append("a", e) for e in events]  # 8,139 bytes of frames, and a metadata
+    await asyncio.gather(*appends, store.set_stream_metadata("m", max_count=5))  # write's
+    assert max(n for _, n in writes) <= store._log.max_write_bytes()
+    assert len(writes) == 2  # (the metadata write did not fit the appends' batch)
+    pristine = tmp_path / "before-close"
+    shutil.copytree(path, pristine)  # (as a crash would leave it: no sidecar for the tail)
+    await store.close()
+    (first, _), (last, n2) = writes
+    whole = (last - first) // 2 // 1077  # appends wholly in the first write's first half
+    for torn, ends, head in ((last, last + n2, 8), (first, last, whole)):  # a crash in each
+        shutil.rmtree(crashed, ignore_errors=True)
+        shutil.copytree(pristine, crashed)
+        with open(crashed / seg.name, "r+b") as f:  # the write's second half never got there
+            f.truncate(ends)
+            f.seek(torn + (ends - torn) // 2)
+            f.write(bytes(ends - torn - (ends - torn) // 2))
+        async with es.EventStore(crashed, **opts) as again:  # a torn tail, cut
+            assert again.stream_metadata("m").max_count is None and again.head == head
