@@ -320,7 +320,9 @@ def encode_events(
                 max_event_bytes,
                 "max_event_bytes",
             )
-        total += size + 4  # (checked after the last: the error gives the append's size)
+        total += size + 4
+        if total > max_append_bytes:  # (summed on, to give the append's size, not kept)
+            continue
         ids.append(eid)
         metas.append(meta)
         parts.append(pack_head(size, eid, len(type_b), len(meta)))

@@ -337,7 +337,7 @@ class CommitLoop:
     def check_open(self) -> None:
         """Raise if appends are no longer accepted."""
         if self.failure is not None:
-            raise _failed_again(self.failure)
+            raise failed_again(self.failure)
         if self._closing:
             raise StoreClosed("the store is closed; appends are no longer accepted")
 
@@ -356,7 +356,7 @@ class CommitLoop:
         try:
             await asyncio.shield(syncing)
         except OSError as exc:
-            raise _failed_again(self.failure or StoreClosed("the store is closed")) from exc
+            raise failed_again(self.failure or StoreClosed("the store is closed")) from exc
 
     def _after_sync(self, syncing: asyncio.Future[Any]) -> None:
         """A maintenance sync's outcome: a failure stops the store (batches handed to the
@@ -902,7 +902,7 @@ class CommitLoop:
         pending += self._queue.take_all()
         for item in pending:
             if not item.future.done():
-                item.future.set_exception(_failed_again(failure))
+                item.future.set_exception(failed_again(failure))
         if failure is self.failure and exc is not failure:
             with contextlib.suppress(Exception):  # a broken handler must not break fail-stop
                 log.error("%s", failure, exc_info=exc)
@@ -917,7 +917,7 @@ def _refuse(item: PendingAppend) -> bool:
     return False
 
 
-def _failed_again(failure: BaseException) -> BaseException:
+def failed_again(failure: BaseException) -> BaseException:
     """A fresh exception for each raiser, so tracebacks do not pile up on one instance."""
     if isinstance(failure, StoreFailed):
         again = StoreFailed(*failure.args)

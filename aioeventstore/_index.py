@@ -424,6 +424,11 @@ class Index:
             return -1
         return self._base.get(stream, 0) + (len(positions) >> 3) - 2  # - 1 for the stream id
 
+    def holds_events(self, stream: str) -> bool:
+        """Whether any event of ``stream`` is in the index (planned or durable)."""
+        positions = self._streams.get(stream)
+        return positions is not None and _count(positions) > 0
+
     def committed_last_version(self, stream: str) -> int:
         """Version of the stream's last durable event, or -1."""
         positions = self._streams.get(stream)

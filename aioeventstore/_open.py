@@ -392,12 +392,13 @@ class Opener:
                 fields = unpack_stream_metadata(packed)
             except FrameError as exc:
                 raise CorruptLog(self._path, 0, f"stream {stream!r}: {exc.reason}") from None
-            rec = StreamMetadata.from_fields(fields, revision)
-            self._metas.commit(stream, rec)
-            # a stream whose events were all removed ends where its truncate_before says, as
-            # the writer's open finds (its versions go on from there: ``stream_version``)
-            end = (rec.truncate_before or 0) - 1
-            if end >= 0 and self._index.last_version(stream) < 0:
+            self._metas.commit(stream, StreamMetadata.from_fields(fields, revision))
+        # A stream whose events were all removed ends where its (newest) truncate_before
+        # says, as the writer's open finds: its versions go on from there (``stream_version``).
+        for stream in {stream for stream, _, _ in found}:
+            rec = self._metas.durable.get(stream)
+            end = (rec.truncate_before or 0) - 1 if rec is not None else -1
+            if end > self._index.last_version(stream) and not self._index.holds_events(stream):
                 self._index.set_stream_floor(stream, end)
 
     async def follow(

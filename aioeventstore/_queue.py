@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Sized(Protocol):
@@ -28,7 +28,10 @@ class ByteBoundedQueue(Generic[T]):
         self._items: deque[T] = deque()
         self._bytes = 0
         self._max = max_bytes
-        self._putters: deque[tuple[asyncio.Future[None], T]] = deque()
+        # Waiting producers, in order: [future, item]; a cancelled one's item is None (it is
+        # let go at once, and the entry dropped when it reaches the head, or compacted away)
+        self._putters: deque[list[Any]] = deque()
+        self._dead = 0  # entries of cancelled producers still in _putters
         self._getter: asyncio.Future[None] | None = None
         self.drained_bytes = 0
         """Bytes of the items the last :meth:`drain` returned."""
@@ -44,7 +47,7 @@ class ByteBoundedQueue(Generic[T]):
     @property
     def waiting(self) -> int:
         """Producers waiting for space."""
-        return len(self._putters)
+        return len(self._putters) - self._dead
 
     def _fits(self, item: T) -> bool:
         return not self._items or self._bytes + item.size <= self._max
@@ -84,25 +87,33 @@ class ByteBoundedQueue(Generic[T]):
             self._push(item)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (fut, item)
+        entry: list[Any] = [fut, item]
         self._putters.append(entry)
         try:
             await fut  # _admit() enqueues the item and then resolves fut
         except asyncio.CancelledError:
-            if fut.cancelled():  # not admitted: let go of it now (a producer that retries
-                putters = self._putters  # after each timeout must not pile up items)
-                if putters and putters[0] is entry:
-                    putters.popleft()
+            if fut.cancelled() and entry[1] is not None:  # not admitted: let go of the item
+                entry[1] = None  # now (a producer retrying after each timeout while the disk
+                self._dead += 1  # is slow must not pile up appends), in O(1)
+                putters = self._putters
+                if putters[0] is entry:
                     self._admit()  # (those behind it may fit)
-                elif entry in putters:  # (_admit may have dropped it meanwhile)
-                    putters.remove(entry)
+                elif self._dead > 64 and self._dead * 2 > len(putters):
+                    self._putters = deque(e for e in putters if e[1] is not None)
+                    self._dead = 0
             raise
 
     def _admit(self) -> None:
         while self._putters:
-            fut, item = self._putters[0]
-            if fut.done():  # its producer was cancelled while waiting
+            entry = self._putters[0]
+            fut, item = entry
+            if item is None:  # its producer was cancelled while waiting (see put)
                 self._putters.popleft()
+                self._dead -= 1
+                continue
+            if fut.done():  # cancelled, and its producer not told yet: put sees None
+                self._putters.popleft()
+                entry[1] = None
                 continue
             if not self._fits(item):
                 return
@@ -154,7 +165,8 @@ class ByteBoundedQueue(Generic[T]):
         self._bytes = 0
         while self._putters:
             fut, item = self._putters.popleft()
-            if not fut.done():
+            if item is not None and not fut.done():
                 out.append(item)
                 fut.set_result(None)
+        self._dead = 0
         return out

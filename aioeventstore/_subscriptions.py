@@ -270,6 +270,7 @@ class Subscription:
 
     # --- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Subscription:
+        self._check_loop()
         self._open()
         return self
 
@@ -308,7 +309,9 @@ class Subscription:
         self._go_live()  # with no history to read, it is live (and caught up) from the start
 
     async def aclose(self) -> None:
-        """End the subscription and release what it holds (idempotent)."""
+        """End the subscription and release what it holds (idempotent). RuntimeError on
+        another event loop than the store's."""
+        self._check_loop()
         self._end()
 
     def _end(self) -> None:

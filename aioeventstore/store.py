@@ -44,7 +44,7 @@ from ._checks import (
     check_stream,
     check_subscription,
 )
-from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck, SpecialAppend
+from ._commit import CommitLoop, MetaOp, PendingAppend, Recheck, SpecialAppend, failed_again
 from ._compress import require
 from ._fs import FileSystem, OsFileSystem
 from ._index import Index
@@ -659,8 +659,8 @@ class EventStore:
         :class:`EventStoreError`) in its place in the list. Cancellation is as for
         :meth:`append`: appends already being written may still be committed. When the
         store is closed (or stops) while the call waits for queue space, the appends already
-        queued are written and answered, and the rest get that :class:`StoreClosed` (or
-        :class:`StoreFailed`).
+        queued are answered (written, when it was closed), and the rest get that
+        :class:`StoreClosed` (or :class:`StoreFailed`).
         """
         commit = self._require_writer()
         self._require_loop()  # (asyncio.wait below would wait forever on another loop)
@@ -700,7 +700,7 @@ class EventStore:
             raise
         if refused is not None:  # each in its place, as single appends would have been told
             for pending in pendings[queued:]:
-                pending.future.set_exception(refused)
+                pending.future.set_exception(failed_again(refused))
         results: list[AppendResult | EventStoreError] = []
         try:
             for pending in pendings:

@@ -335,6 +335,27 @@ async def test_size_limits(store_path: Path) -> None:
         assert info.value.size > 9000  # the append's size (it said where it crossed 4096)
 
 
+async def test_an_append_over_its_limit_is_not_held_whole_in_memory_to_say_so(
+    store_path: Path,
+) -> None:
+    """To report an append's whole size, the events past the limit are encoded one at a
+    time and only summed: its encoded bytes are never all held at once."""
+    import tracemalloc
+
+    events = [Note(text="x" * 60_000) for _ in range(200)]  # 12 MB encoded
+    async with es.EventStore(
+        store_path, max_event_bytes=1 << 20, max_append_bytes=1 << 20
+    ) as store:
+        tracemalloc.start()
+        try:
+            with pytest.raises(es.EventTooLarge) as info:
+                await store.append("s", events)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert info.value.size > 12_000_000 and peak < 4_000_000
+
+
 async def test_one_event_at_the_event_limit_is_held_to_the_append_limit_in_every_form(
     store_path: Path,
 ) -> None:
@@ -400,6 +421,7 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
         outcome: dict[str, Any] = {}
         await store.append("before", Note(text="a position to checkpoint"))
         made_here = store.subscribe()  # made on the store's loop, iterated on another
+        entered_there = store.subscribe()  # and one entered there
 
         def other_thread() -> None:
             async def direct() -> None:
@@ -435,6 +457,7 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
                 ("snapshot", lambda: store.save_snapshot("before", Note(text="s"), 0)),
                 ("iterate", lambda: consume(made_here)),
                 ("caught_up", made_here.caught_up),
+                ("enter", entered_there.__aenter__),
             ):
                 try:
                     asyncio.run(asyncio.wait_for(call(), 10))
@@ -455,6 +478,7 @@ async def test_a_store_belongs_to_the_loop_that_opened_it(store_path: Path) -> N
         for name in ("read_all", "read_stream", "verify", "scavenge", "snapshot", "iterate"):
             assert "different loop" in str(outcome[name]), name
         assert "different loop" in str(outcome["caught_up"])
+        assert "different loop" in str(outcome["enter"]) and not entered_there.is_live
         assert (await anext(made_here)).stream == "before"  # (nothing was delivered there)
         await made_here.aclose()
         # nothing of the refused writes was queued (they used to be, unwoken, and written

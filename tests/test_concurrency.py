@@ -209,3 +209,17 @@ async def test_a_producer_cancelled_while_waiting_for_queue_space_lets_go_of_its
     head.cancel()  # the one ahead gives up: the one behind it fits and is admitted at once
     await asyncio.wait_for(behind, 5)
     assert q.waiting == 0 and [i.size for i in q.drain(1000)] == [90, 5]
+    # many giving up behind one that waits on: each lets go in O(1), and their entries do
+    # not pile up either
+    assert q.put_nowait(Item(100))
+    first = asyncio.ensure_future(q.put(Item(50)))
+    for _ in range(500):
+        waiter = asyncio.ensure_future(q.put(Item(60)))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert q.waiting == 1 and len(q._putters) < 200
+    q.drain(1000)
+    await first
+    assert q.waiting == 0 and [i.size for i in q.drain(1000)] == [50]
