@@ -185,13 +185,17 @@ async def test_a_producer_cancelled_while_waiting_for_queue_space_lets_go_of_its
             self.size = size
 
     q: ByteBoundedQueue[Item] = ByteBoundedQueue(100)
+
+    async def give_up(times: int) -> None:  # producers that wait for space, then give up
+        for _ in range(times):
+            waiter = asyncio.ensure_future(q.put(Item(60)))
+            await asyncio.sleep(0)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+
     assert q.put_nowait(Item(100))  # full
-    for _ in range(50):
-        waiter = asyncio.ensure_future(q.put(Item(60)))
-        await asyncio.sleep(0)
-        waiter.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
+    await give_up(50)
     assert q.waiting == 0
     head = asyncio.ensure_future(q.put(Item(60)))
     behind = asyncio.ensure_future(q.put(Item(30)))
@@ -213,12 +217,7 @@ async def test_a_producer_cancelled_while_waiting_for_queue_space_lets_go_of_its
     # not pile up either
     assert q.put_nowait(Item(100))
     first = asyncio.ensure_future(q.put(Item(50)))
-    for _ in range(500):
-        waiter = asyncio.ensure_future(q.put(Item(60)))
-        await asyncio.sleep(0)
-        waiter.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
+    await give_up(500)
     assert q.waiting == 1 and len(q._putters) < 200
     q.drain(1000)
     await first
