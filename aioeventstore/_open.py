@@ -30,7 +30,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import cast
 
@@ -232,19 +232,7 @@ class Opener:
             log.info("removed %d index sidecar file(s) a crash left half-written", removed)
         index.next_position = max(index.next_position, self.recovery.next_position)
         index.head = index.next_position - 1
-        for stream, rec in metas.durable.items():
-            # a stream whose events were all removed ends where its truncate_before says
-            end = (rec.truncate_before or 0) - 1
-            last = index.last_version(stream)
-            if end > last:
-                if last >= 0:
-                    raise CorruptLog(
-                        self._path,
-                        0,
-                        f"stream {stream!r} ends at version {last} in the log, but its "
-                        f"metadata truncates it before version {end + 1}",
-                    )
-                index.set_stream_floor(stream, end)
+        self._set_floors(metas.durable, short_is_damage=True)
         # The idempotency window: the last appends on disk, oldest first.
         rows = index.row_count()
         # the last container decompressed: (ordinal, offset), its bytes, its event frames
@@ -393,13 +381,29 @@ class Opener:
             except FrameError as exc:
                 raise CorruptLog(self._path, 0, f"stream {stream!r}: {exc.reason}") from None
             self._metas.commit(stream, StreamMetadata.from_fields(fields, revision))
-        # A stream whose events were all removed ends where its (newest) truncate_before
-        # says, as the writer's open finds: its versions go on from there (``stream_version``).
-        for stream in {stream for stream, _, _ in found}:
+        self._set_floors({stream for stream, _, _ in found}, short_is_damage=False)
+
+    def _set_floors(self, streams: Iterable[str], short_is_damage: bool) -> None:
+        """A stream whose events were all removed ends where its (newest) ``truncate_before``
+        says: its versions go on from there (``stream_version``, the next append). A stream
+        that still has events in the log, ending below that, is damage for a writer's open
+        (``short_is_damage``: CorruptLog); a reader following the writer leaves it alone."""
+        index = self._index
+        for stream in streams:
             rec = self._metas.durable.get(stream)
             end = (rec.truncate_before or 0) - 1 if rec is not None else -1
-            if end > self._index.last_version(stream) and not self._index.holds_events(stream):
-                self._index.set_stream_floor(stream, end)
+            last = index.last_version(stream)
+            if end <= last:
+                continue
+            if not index.holds_events(stream):
+                index.set_stream_floor(stream, end)
+            elif short_is_damage:
+                raise CorruptLog(
+                    self._path,
+                    0,
+                    f"stream {stream!r} ends at version {last} in the log, but its "
+                    f"metadata truncates it before version {end + 1}",
+                )
 
     async def follow(
         self, io: Executor, readers: Executor, poll_interval: float, refresh: Callable[[], None]

@@ -200,6 +200,10 @@ class Checkpointer(Protocol):
     def save_checkpoint(self, name: str, position: int) -> Awaitable[None]: ...
 
 
+def _anywhere() -> None:
+    """No loop check (a subscription made without a store's)."""
+
+
 class Subscription:
     """An async iterator of RecordedEvent: history first, then live events, never a gap.
 
@@ -230,7 +234,7 @@ class Subscription:
         name: str | None,
         buffer_events: int,
         metas: StreamMetas | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
+        check_loop: Callable[[], None] | None = None,
     ) -> None:
         self.stream = stream
         """The stream followed, or None for the whole store."""
@@ -243,7 +247,9 @@ class Subscription:
         self._hub = hub
         self._checkpoints = checkpoints
         self._on_close = on_close
-        self._loop = loop  # the store's: live events are handed over on it
+        # the store's check that the caller runs on its loop (live events are handed over on
+        # it: nothing would wake a wait on another, and reads there would race it)
+        self._check_loop: Callable[[], None] = check_loop if check_loop is not None else _anywhere
         self._from_position = from_position
         self._from_version = from_version
         self._cap = buffer_events
@@ -546,15 +552,6 @@ class Subscription:
     def _mark_caught_up(self) -> None:
         self._reached_head = True
         self._caught_up.set()
-
-    def _check_loop(self) -> None:
-        """RuntimeError on another loop than the store's: nothing would wake a wait there,
-        and its reads would race the store's loop."""
-        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
-            raise RuntimeError(
-                "a subscription belongs to the event loop that opened its store, not this "
-                "one (a different loop): consume it on the store's loop"
-            )
 
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()

@@ -920,7 +920,7 @@ class EventStore:
             filter=filter,
             name=name,
             buffer_events=buffer_events,
-            loop=self._loop,
+            check_loop=self._require_loop,
         )
         sub.id = next(self._sub_ids)
         self._subscriptions.add(sub)
