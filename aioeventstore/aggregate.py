@@ -82,12 +82,40 @@ async def load_aggregate(
     # hidden (the read goes at least this far), and appending at this version is right.
     head = store.stream_version(stream)
     snap = await store.load_snapshot(stream, state_type)
+    folded = None
     if snap is not None:
-        state, version = snap
-    else:
-        state, version = _initial(state_type, initial), -1
-    folded = 0
+        folded = await _fold(store, stream, state_type, apply, snap.state, snap.version, head)
+    if folded is None:  # no snapshot, or hidden since it was checked: every visible event
+        folded = await _fold(store, stream, state_type, apply, _initial(state_type, initial), -1)
+        assert folded is not None
+    state, version, count = folded
+    if snapshot_every is not None and count >= snapshot_every and not store.read_only:
+        try:
+            await store.save_snapshot(stream, state, version)
+        except SnapshotFailed as exc:
+            log.warning("could not save a snapshot of stream %r: %s", stream, exc)
+    return Snapshot(state, max(version, head))
+
+
+async def _fold(
+    store: EventStore,
+    stream: str,
+    state_type: type[S],
+    apply: Callable[[S, RecordedEvent], S],
+    state: S,
+    version: int,
+    head: int | None = None,
+) -> tuple[S, int, int] | None:
+    """Fold the visible events after ``version`` into ``state``: the state, the version of
+    the last event folded, and how many were. With ``head`` (on a snapshot at ``version``):
+    None, having folded nothing, when the stream's visible floor moved past the snapshot
+    after it was checked (a delete, ``truncate_before``, or appends past ``max_count``
+    meanwhile): its next event is not the next one read, and gluing the two would skip
+    events, and save that as a snapshot."""
+    count = 0
     async for rec in store.read_stream(stream, from_version=version + 1):
+        if head is not None and not count and rec.version != version + 1:
+            return None
         state = apply(state, rec)
         if not isinstance(state, state_type):
             raise TypeError(
@@ -95,13 +123,10 @@ async def load_aggregate(
                 f"{stream!r}; it must return the next {state_type.__name__}"
             )
         version = rec.version
-        folded += 1
-    if snapshot_every is not None and folded >= snapshot_every and not store.read_only:
-        try:
-            await store.save_snapshot(stream, state, version)
-        except SnapshotFailed as exc:
-            log.warning("could not save a snapshot of stream %r: %s", stream, exc)
-    return Snapshot(state, max(version, head))
+        count += 1
+    if head is not None and not count and head > version:  # all after it hidden: so is it
+        return None
+    return state, version, count
 
 
 def _initial(state_type: type[S], initial: S | Callable[[], S] | None) -> S:

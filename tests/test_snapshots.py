@@ -640,3 +640,27 @@ async def test_load_aggregate_survives_a_failed_snapshot_save(
         assert got == (tally_of(deposits(4)), 3)
         assert "could not save a snapshot of stream 's'" in caplog.text
         assert await store.load_snapshot("s", Tally) is None
+
+
+async def test_a_snapshot_hidden_while_it_is_loaded_is_not_glued_to_later_events(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``truncate_before`` (or appends past ``max_count``) landing between the snapshot's
+    check and the read after it: the fold glued the old snapshot to the events past the new
+    floor, skipping those between, and ``snapshot_every`` saved that for every later load."""
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(2))
+        await store.save_snapshot("s", tally_of(deposits(2)), 1)
+        await store.append("s", deposits(4, start=2))  # versions 2..5
+        real = store.load_snapshot
+
+        async def load_snapshot(stream: str, state_type: type[Tally]) -> es.Snapshot[Tally] | None:
+            snap = await real(stream, state_type)  # checked: version 1 is visible
+            await store.set_stream_metadata("s", truncate_before=4)  # another task, meanwhile
+            return snap
+
+        monkeypatch.setattr(store, "load_snapshot", load_snapshot)
+        got = await es.load_aggregate(store, "s", Tally, fold, snapshot_every=1)
+        monkeypatch.undo()
+        assert got == (tally_of(deposits(2, start=4)), 5)  # the visible events, 4 and 5
+        assert await es.load_aggregate(store, "s", Tally, fold) == got
