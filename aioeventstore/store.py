@@ -944,9 +944,14 @@ class EventStore:
         if not isinstance(position, int) or isinstance(position, bool):
             raise TypeError(f"checkpoint position must be an int, not {position!r:.60}")
         if not 0 <= position <= self._index.head:
+            where = (
+                f"in [0, {self._index.head}] (the head)"
+                if self._index.head >= 0
+                else "and the store has no events yet"
+            )
             raise ValueError(
                 f"checkpoint position for consumer {name!r} must be the position of an event "
-                f"in the store, in [0, {self._index.head}] (the head), not {position!r:.60}"
+                f"in the store, {where}, not {position!r:.60}"
             )
         if position <= self._checkpoints.get(name, -1):
             return  # not an advance: nothing to write

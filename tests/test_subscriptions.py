@@ -478,8 +478,9 @@ async def test_bad_checkpoint_positions_are_rejected_and_the_store_goes_on(
 ) -> None:
     async with es.EventStore(store_path) as store:
         for bad in (2**64, -1, 0):  # (0: past the head of an empty store)
-            with pytest.raises(ValueError, match="checkpoint position"):
+            with pytest.raises(ValueError, match="checkpoint position") as info:
                 await store.save_checkpoint("c", bad)
+            assert "the store has no events yet" in str(info.value)
         with pytest.raises(TypeError, match="checkpoint position"):
             await store.save_checkpoint("c", "3")  # type: ignore[arg-type]
         assert (await store.append("s", Note(text="ok"))).position == 0
