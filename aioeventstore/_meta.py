@@ -35,6 +35,8 @@ _NEVER: Final = -(1 << 63)  # an oldest-visible timestamp that hides nothing
 MAX_AGE_SECONDS: Final = 9_000_000_000_000
 """The longest ``max_age`` (and ``StoreOptions.retention_age``): its microseconds fit 63 bits."""
 _MAX_AGE: Final = timedelta(seconds=MAX_AGE_SECONDS)
+MAX_AGE_LIMIT: Final = f"at most {MAX_AGE_SECONDS:,} (about 290,000 years: microseconds in 63 bits)"
+"""How errors about either limit state the bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +126,8 @@ def check_max_age(value: object) -> timedelta | None:
         raise TypeError(f"max_age must be a timedelta, seconds or None, not {value!r:.60}")
     if value is None or not timedelta(microseconds=1) <= value <= _MAX_AGE:
         raise ValueError(
-            f"max_age must be None or a positive timedelta or number of seconds, at most "
-            f"{MAX_AGE_SECONDS:,} (about 290,000 years: microseconds in 63 bits), "
-            f"not {given!r:.60}"
+            f"max_age must be None or a positive timedelta or number of seconds, "
+            f"{MAX_AGE_LIMIT}, not {given!r:.60}"
         )
     return value
 

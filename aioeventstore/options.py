@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal, TypedDict
 
+from ._meta import MAX_AGE_LIMIT as _MAX_AGE_LIMIT
 from ._meta import MAX_AGE_SECONDS as _MAX_AGE_SECONDS  # (retention_age in µs: 63 bits)
 
 __all__ = ["Compression", "Durability", "OptionOverrides", "StoreOptions"]
@@ -137,8 +138,7 @@ class StoreOptions:
             if not 0 < seconds <= _MAX_AGE_SECONDS:  # (NaN, infinity: None means no limit)
                 raise ValueError(
                     "StoreOptions.retention_age must be None (no limit) or a positive timedelta "
-                    f"or number of seconds, at most {_MAX_AGE_SECONDS:,} (about 290,000 "
-                    f"years: microseconds in 63 bits), not {age!r:.60}"
+                    f"or number of seconds, {_MAX_AGE_LIMIT}, not {age!r:.60}"
                 )
         for name in ("pause_gc_while_decoding", "verify_on_open"):
             if not isinstance(getattr(self, name), bool):
