@@ -39,7 +39,7 @@ from ._format import (
     FrameInfo,
     crc32c,
 )
-from ._schema import Decoder, UpcastFailed, build_decoder, many_validator
+from ._schema import Decoder, UpcastFailed, build_decoder, many_validator, validator
 from .errors import EventDecodeError, EventTooLarge
 from .events import NO_METADATA, Event, NewEvent, RecordedEvent, _generation
 
@@ -307,7 +307,7 @@ def encode_events(
         try:
             value = event.__dict__
             if len(value) != plain:  # see plain_fields
-                value = dump(event, mode="json")
+                value = dump(event, mode="json", exclude_computed_fields=True)
             data = pack(value)
         except Exception as exc:  # (only an error costs anything here)
             raise unstorable(stream, i, event, exc) from exc
@@ -354,7 +354,9 @@ def encode_event(
     try:
         value = event.__dict__
         if len(value) != plain:  # not a plain class (plain is 0), or something added a key
-            value = cls.__pydantic_serializer__.to_python(event, mode="json")
+            value = cls.__pydantic_serializer__.to_python(
+                event, mode="json", exclude_computed_fields=True
+            )
         data = pack(value)
     except Exception as exc:  # (only an error costs anything here)
         raise unstorable(stream, 0, event, exc) from exc
@@ -382,7 +384,9 @@ def unstorable(stream: str, index: int, event: Event, exc: Exception) -> Excepti
     naming the stream, the event and, when one value alone fails, its field."""
     field = ""
     try:
-        dumped = type(event).__pydantic_serializer__.to_python(event, mode="json")
+        dumped = type(event).__pydantic_serializer__.to_python(
+            event, mode="json", exclude_computed_fields=True
+        )
     except Exception:
         dumped = None
     if isinstance(dumped, dict):
@@ -1413,7 +1417,7 @@ def pack_state(stream: str, state: BaseModel) -> bytes:
     """A snapshot's state as stored: the model's JSON-mode dump, as MessagePack (the same
     encoding as event data). Raises ValueError when it cannot be stored."""
     try:
-        return msgpack.packb(state.model_dump(mode="json"))  # type: ignore[no-any-return]
+        return msgpack.packb(state.model_dump(mode="json", exclude_computed_fields=True))  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(
             f"snapshot of stream {stream!r}: state {type(state).__qualname__} cannot be "
@@ -1422,10 +1426,17 @@ def pack_state(stream: str, state: BaseModel) -> bytes:
 
 
 def unpack_state(data: bytes, state_type: type[S]) -> S:
-    """The state a snapshot stored, validated by ``state_type``. Raises ValueError (for
-    undecodable bytes) or pydantic's ValidationError (a ValueError too)."""
+    """The state a snapshot stored, validated by ``state_type`` as event data is (by field
+    name and alias, lax: :func:`validator`). Raises ValueError when the bytes do not decode
+    or the class does not accept them: its validation error, or whatever else one of its
+    validators raised (a state class changed since the snapshot was saved)."""
     try:
         raw = msgpack.unpackb(data)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ValueError(f"undecodable snapshot state: {exc}") from exc
-    return state_type.model_validate(raw)
+    try:
+        return validator(state_type)(raw)  # type: ignore[no-any-return]
+    except ValueError:  # pydantic's ValidationError is one
+        raise
+    except Exception as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc

@@ -88,7 +88,9 @@ class Preparer:
                 try:
                     if len(value) != plain:  # not a plain class (plain is 0), or a key added
                         serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
-                        value = serializer.to_python(events, mode="json")
+                        value = serializer.to_python(
+                            events, mode="json", exclude_computed_fields=True
+                        )
                     data = _packb(value, option=_NATIVE_ONLY)
                 except (TypeError, ValueError):
                     # not a plain value: msgpack packs it, as it always did (and the general

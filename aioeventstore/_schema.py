@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any, TypeVar
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from .errors import EventDecodeError, MissingUpcaster
 from .events import Event, _generation, lookup_event_type
@@ -28,7 +29,7 @@ Decoder = tuple[str, Callable[[Any], Any] | None, bool]
 U = TypeVar("U", bound=Upcaster)
 
 _upcasters: dict[tuple[str, int], Upcaster] = {}
-_validators: dict[type[Event], Any] = {}
+_validators: dict[type[BaseModel], Any] = {}
 _many: dict[Any, Callable[[list[Any]], list[Any]]] = {}  # by validator: its list form
 
 
@@ -86,15 +87,79 @@ def upcaster(type_name: str | type[Event], *, from_version: int) -> Callable[[U]
     return register
 
 
-def validator(cls: type[Event]) -> Any:
-    """The compiled pydantic-core validator of an Event class (cached)."""
+def validator(cls: type[BaseModel]) -> Any:
+    """The validator that turns a class's stored data (its JSON-mode dump, by field name,
+    unpacked) back into an instance: the class's compiled pydantic-core validator, cached.
+
+    For most classes that is the validator itself, called with the stored dict alone. A
+    class whose schema has aliases (which pydantic validates by alias by default, while the
+    dump is by field name) is validated by name and by alias; one with a strict setting is
+    validated lax, since a JSON-mode dump holds UUIDs, datetimes and the like as strings that
+    strict Python-mode validation refuses; and one with computed fields and
+    ``extra="forbid"`` or ``"allow"`` first loses those keys, which earlier builds stored
+    (they are derived: the model computes them again). Without this, such events were
+    refused on read, or read back with their aliased fields at their defaults.
+    """
     v = _validators.get(cls)
     if v is None:
-        v = _validators[cls] = cls.__pydantic_validator__.validate_python
+        v = _validators[cls] = _read_validator(cls.__pydantic_validator__.validate_python, cls)
         # a class pydantic cannot put in a list schema is validated one event at a time
+        # (and so is one whose stored keys :func:`_read_validator` drops first)
         with suppress(Exception):
-            _many[v] = TypeAdapter(list[cls]).validator.validate_python  # type: ignore[valid-type]
+            many = TypeAdapter(list[cls]).validator.validate_python  # type: ignore[valid-type]
+            if v is cls.__pydantic_validator__.validate_python:
+                _many[v] = many
+            elif not _derived_keys(cls):
+                _many[v] = partial(many, **_LAX_BY_NAME)
     return v
+
+
+_LAX_BY_NAME: dict[str, Any] = {"strict": False, "by_alias": True, "by_name": True}
+
+
+def _read_validator(validate: Callable[..., Any], cls: type[BaseModel]) -> Callable[[Any], Any]:
+    """See :func:`validator`: ``validate``, or a wrapper that adds what the class needs."""
+    if not _needs_options(cls.__pydantic_core_schema__):
+        return validate
+    derived = _derived_keys(cls)
+    with_options = partial(validate, **_LAX_BY_NAME)
+    if not derived:
+        return with_options
+
+    def drop_derived(raw: Any) -> Any:
+        if isinstance(raw, dict) and not derived.isdisjoint(raw):
+            raw = {k: v for k, v in raw.items() if k not in derived}
+        return with_options(raw)
+
+    return drop_derived
+
+
+def _derived_keys(cls: type[BaseModel]) -> frozenset[str]:
+    """The computed fields' keys an old dump may hold that the class would refuse
+    (``extra="forbid"``) or keep as extra data (``extra="allow"``)."""
+    if cls.model_config.get("extra") not in ("forbid", "allow"):
+        return frozenset()
+    computed = cls.model_computed_fields
+    return frozenset(computed) | {info.alias for info in computed.values() if info.alias}
+
+
+def _needs_options(schema: Any) -> bool:
+    """Whether a pydantic-core schema (searched whole: nested models, definitions) has an
+    alias, a strict setting or a computed field, which :func:`validator` must allow for."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if (
+                "validation_alias" in node
+                or node.get("strict") is True
+                or node.get("computed_fields")
+            ):
+                return True
+            stack += node.values()
+        elif isinstance(node, list | tuple):
+            stack += node
+    return False
 
 
 def many_validator(decode: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]] | None:

@@ -30,6 +30,7 @@ from ._format import ENTRY_HEAD, ENTRY_HEAD_SIZE
 from ._index import Index
 from ._meta import StreamMetas
 from ._reader import Reader
+from ._schema import validator
 from .errors import StoreClosed
 from .events import END, NO_METADATA, Event, EventFilter, RecordedEvent, StartAt
 
@@ -75,7 +76,7 @@ def build_records(
             if stored is None:
                 stored = _stored_data(item)
             with contextlib.suppress(Exception):
-                event = cls.model_validate(unpack_stored(stored[k]))
+                event = validator(cls)(unpack_stored(stored[k]))
         meta = unpack_metadata(metas[k]) if metas is not None else NO_METADATA
         out.append(
             _new_tuple(

@@ -1,0 +1,246 @@
+"""Event and snapshot models of every pydantic shape read back as they were appended.
+
+Data is stored as the model's JSON-mode dump by field name (FORMAT.md). Reads validate it by
+name and alias, lax, and without the computed fields that earlier builds stored: aliased,
+strict, and computed-field models come back equal on every path: live, replayed, after a
+reopen, and as snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+from pydantic.alias_generators import to_camel
+
+import aioeventstore as es
+from tests.test_schema import forget, registry  # noqa: F401  (registry: autouse fixture)
+
+
+class _Camel(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(alias_generator=to_camel, frozen=True)
+    line_count: int = 0
+
+
+class OrderNoted(es.Event):
+    """Aliased fields with defaults: read by alias they came back as the defaults."""
+
+    __event_type__ = "shapes.OrderNoted"
+
+    model_config = pydantic.ConfigDict(alias_generator=to_camel)
+    order_id: str = ""
+    total_cents: int = 0
+    detail: _Camel = _Camel()
+
+
+class TicketNoted(es.Event):
+    """A required aliased field: read by alias every replay was refused."""
+
+    __event_type__ = "shapes.TicketNoted"
+
+    ticket_ref: str = pydantic.Field(alias="ticketRef")
+
+
+class PaymentNoted(es.Event):
+    """Strict: its dump holds the UUID and datetime as strings."""
+
+    __event_type__ = "shapes.PaymentNoted"
+
+    model_config = pydantic.ConfigDict(strict=True)
+    payment_id: uuid.UUID
+    at: datetime
+
+
+async def replayed(store: es.EventStore, stream: str) -> list[Any]:
+    return [r.data async for r in store.read_stream(stream)]
+
+
+async def test_aliased_and_strict_events_read_back_on_every_path(store_path: Path) -> None:
+    events: list[es.Event] = []
+    for i in range(20):  # runs long enough for the list validator, and short ones
+        events.append(
+            OrderNoted.model_validate(
+                {"orderId": f"A-{i}", "totalCents": i, "detail": {"lineCount": i}}
+            )
+        )
+        if i % 3 == 0:
+            events.append(TicketNoted(ticketRef=f"T-{i}"))
+            events.append(PaymentNoted(payment_id=uuid.uuid4(), at=datetime.now(UTC)))
+    async with es.EventStore(store_path) as store:
+        async with store.subscribe(from_position=es.END) as live:
+            for event in events:
+                await store.append("orders", event)
+            got_live = [r.data for r in await take(live, len(events))]
+        assert got_live == events
+        assert await replayed(store, "orders") == events
+        assert [r.data async for r in store.read_all()] == events
+        raw = [r.data async for r in store.read_all(raw=True)]
+        assert raw[0] == {"order_id": "A-0", "total_cents": 0, "detail": {"line_count": 0}}
+    async with es.EventStore(store_path) as store:
+        assert await replayed(store, "orders") == events
+        async with store.subscribe(from_position=0) as catch_up:
+            assert [r.data for r in await take(catch_up, len(events))] == events
+
+
+class Priced(es.Event):
+    """Computed field with extra="forbid": its key in the dump was refused on read."""
+
+    __event_type__ = "shapes.Priced"
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    net: int
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def gross(self) -> int:
+        return self.net * 2
+
+
+class Tagged(es.Event):
+    """Computed field with extra="allow": its key came back as extra data (unequal)."""
+
+    __event_type__ = "shapes.Tagged"
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    name: str
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def upper(self) -> str:
+        return self.name.upper()
+
+
+async def test_computed_fields_are_not_stored_and_models_read_back_equal(
+    store_path: Path,
+) -> None:
+    events: list[es.Event] = [
+        Priced(net=1),
+        Tagged.model_validate({"name": "a", "colour": "red"}),
+        Priced(net=2),
+    ]
+    async with es.EventStore(store_path) as store:
+        for event in events:
+            await store.append("s", event)
+        assert await replayed(store, "s") == events
+        raw = [r.data async for r in store.read_all(raw=True)]
+        assert raw == [{"net": 1}, {"name": "a", "colour": "red"}, {"net": 2}]
+        got = await replayed(store, "s")
+        assert got[1].model_extra == {"colour": "red"}  # and no "upper"
+
+
+async def test_computed_fields_stored_by_earlier_builds_are_dropped_on_read(
+    store_path: Path,
+) -> None:
+    """An earlier build stored computed fields in the dump: played here by classes with a
+    plain field of that name, replaced by the computed-field classes."""
+
+    class PricedV1(es.Event):
+        __event_type__ = "shapes.PricedOld"
+        net: int
+        gross: int
+
+    class TaggedV1(es.Event):
+        __event_type__ = "shapes.TaggedOld"
+        name: str
+        upper: str
+
+    async with es.EventStore(store_path) as store:
+        for i in range(10):  # (a run long enough for the list validator)
+            await store.append("s", PricedV1(net=i, gross=2 * i))
+        await store.append("s", TaggedV1(name="a", upper="A"))
+    forget("shapes.PricedOld", "shapes.TaggedOld")
+
+    class PricedOld(Priced):
+        __event_type__ = "shapes.PricedOld"
+
+    class TaggedOld(Tagged):
+        __event_type__ = "shapes.TaggedOld"
+
+    async with es.EventStore(store_path) as store:
+        got = await replayed(store, "s")
+    assert got == [PricedOld(net=i) for i in range(10)] + [TaggedOld(name="a")]
+    assert got[-1].model_extra == {}
+
+
+class Balance(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(alias_generator=to_camel)
+    total_balance: int = 0
+
+
+class Deposit(es.Event):
+    __event_type__ = "shapes.Deposit"
+    amount: int
+
+
+def deposit(state: Balance, rec: es.RecordedEvent) -> Balance:
+    assert isinstance(rec.data, Deposit)
+    return Balance.model_validate({"totalBalance": state.total_balance + rec.data.amount})
+
+
+async def test_a_snapshot_of_an_aliased_state_loads_its_values(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        for _ in range(4):
+            await store.append("acct", Deposit(amount=5))
+        await store.save_snapshot("acct", Balance.model_validate({"totalBalance": 15}), 2)
+        snap = await store.load_snapshot("acct", Balance)
+        assert snap is not None and snap.state == Balance.model_validate({"totalBalance": 15})
+        loaded = await es.load_aggregate(store, "acct", Balance, deposit)
+        assert (loaded.state.total_balance, loaded.version) == (20, 3)
+
+
+class Tags(pydantic.BaseModel):
+    tags: list[str] = []
+
+
+async def test_a_snapshot_state_class_whose_validator_raises_is_not_an_error(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A later release's state class whose "before" validator raises a non-ValueError on
+    the old state: the snapshot is a cache, so the load warns and folds every event."""
+
+    class Count(es.Event):
+        __event_type__ = "shapes.Count"
+
+        tag: str
+
+    async with es.EventStore(store_path) as store:
+        for tag in "aba":
+            await store.append("t", Count(tag=tag))
+        await store.save_snapshot("t", Tags(tags=["a", "b"]), 1)
+
+    class Tags2(pydantic.BaseModel):
+        tags: dict[str, int] = {}
+
+        @pydantic.model_validator(mode="before")
+        @classmethod
+        def counted(cls, data: Any) -> Any:
+            return {"tags": dict(data["tags"].items())}  # AttributeError on a list
+
+    Tags2.__qualname__ = Tags.__qualname__  # the same class, as the next release has it
+
+    def count(state: Tags2, rec: es.RecordedEvent) -> Tags2:
+        assert isinstance(rec.data, Count)
+        tags = dict(state.tags)
+        tags[rec.data.tag] = tags.get(rec.data.tag, 0) + 1
+        return Tags2(tags={"x": 0}).model_copy(update={"tags": tags})
+
+    async with es.EventStore(store_path) as store:
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            assert await store.load_snapshot("t", Tags2) is None
+        assert "AttributeError" in caplog.text
+        loaded = await es.load_aggregate(store, "t", Tags2, count, initial=Tags2.model_construct)
+        assert (loaded.state.tags, loaded.version) == ({"a": 2, "b": 1}, 2)
+
+
+async def take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
+    got: list[es.RecordedEvent] = []
+    async for rec in sub:
+        got.append(rec)
+        if len(got) == n:
+            break
+    return got
