@@ -84,7 +84,10 @@ def check_filter(filt: object) -> None:
 def check_consumer_name(name: object) -> bytes:
     if not isinstance(name, str) or not name:
         raise ValueError(f"a consumer name must be a non-empty str, not {name!r}")
-    b = name.encode("utf-8", "surrogatepass")
+    try:
+        b = name.encode("utf-8")
+    except UnicodeEncodeError as exc:  # (a lone surrogate: stored names are UTF-8)
+        raise ValueError(f"consumer name {name[:64]!r} is not valid UTF-8: {exc}") from None
     if len(b) > MAX_STREAM_NAME_BYTES:
         raise ValueError(f"consumer name {name[:64]!r}... is over {MAX_STREAM_NAME_BYTES} bytes")
     return b

@@ -46,8 +46,8 @@ def run_read_command(
     if args.command == "dump":
         return asyncio.run(_dump(args, path, out, progress))
     assert args.command == "tail"
-    if not args.interval > 0:
-        print("aioeventstore: --interval must be > 0", file=err)
+    if not 0 < args.interval < math.inf:
+        print("aioeventstore: --interval must be > 0 seconds and finite", file=err)
         return 2
     return asyncio.run(_tail(args, path, out, err))
 
@@ -108,11 +108,21 @@ async def _info(args: argparse.Namespace, path: str, out: TextIO) -> int:
         rows.append(("consumers", "none"))
     for i, (name, c) in enumerate(doc["consumers"].items()):
         rows.append(
-            ("consumers" if i == 0 else "", f"{name}: at {c['position']:,} (lag {c['lag']:,})")
+            (
+                "consumers" if i == 0 else "",
+                f"{_shown(name)}: at {c['position']:,} (lag {c['lag']:,})",
+            )
         )
     for key, value in rows:
         print(f"{key:<10} {value}", file=out)
     return 0
+
+
+def _shown(name: str) -> str:
+    """A name as a terminal may show it: as it is when every character is printable, else
+    quoted with escapes (a newline would forge a row, an escape sequence reach the
+    terminal, a lone surrogate fail to print)."""
+    return name if name.isprintable() else repr(name)
 
 
 # --- dump -------------------------------------------------------------------------------------

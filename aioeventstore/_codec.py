@@ -427,7 +427,9 @@ def unpack_stored(packed: bytes | memoryview) -> Any:
     try:
         return _unpack_fast(packed)
     except Exception:
-        return msgpack.unpackb(packed)
+        # (map keys other than str and bytes are read too: earlier builds let nested
+        # metadata keys of any type through)
+        return msgpack.unpackb(packed, strict_map_key=False)
 
 
 def unpack_metadata(packed: bytes) -> Mapping[str, Any]:
@@ -436,17 +438,41 @@ def unpack_metadata(packed: bytes) -> Mapping[str, Any]:
 
 
 def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> bytes:
-    for key in metadata:
-        if not isinstance(key, str):
-            raise ValueError(
-                f"append to stream {stream!r}: event {index} metadata key {key!r} is not a str"
-            )
+    """An event's metadata as stored. Every map key must be a str, also in nested maps: reads
+    (and live subscribers) unpack metadata as JSON-like data, where any other key was
+    refused after the append had been acknowledged."""
+    bad = _non_str_key(metadata)
+    if bad is not None:
+        where, key = bad
+        raise ValueError(
+            f"append to stream {stream!r}: event {index} metadata key {key!r}{where} is not a str"
+        )
     try:
         return msgpack.packb(dict(metadata), default=_default)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(
             f"append to stream {stream!r}: event {index} metadata cannot be stored: {exc}"
         ) from exc
+
+
+def _non_str_key(value: Any, where: str = "") -> tuple[str, Any] | None:
+    """The first map key in ``value`` (a metadata map and what it holds) that is not a str,
+    with where it is (``" in ['a'][0]"``); None when there is none."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return where and f" in {where}", key
+            if isinstance(item, Mapping | list | tuple):
+                found = _non_str_key(item, f"{where}[{key!r}]")
+                if found is not None:
+                    return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if isinstance(item, Mapping | list | tuple):
+                found = _non_str_key(item, f"{where}[{i}]")
+                if found is not None:
+                    return found
+    return None
 
 
 def pack_stream_metadata(fields: Mapping[str, int]) -> bytes:

@@ -267,7 +267,11 @@ def check_frame(buf: bytes | memoryview, off: int, end: int) -> FrameInfo:
         raise FrameError(f"unknown frame kind {kind}")
     s0 = body_start + BODY_HEAD_SIZE
     try:
-        stream = bytes(buf[s0 : s0 + slen]).decode("utf-8")
+        # (earlier builds let a checkpoint name with a lone surrogate through, encoded with
+        # "surrogatepass": read it back, rather than refuse every event written after it)
+        stream = bytes(buf[s0 : s0 + slen]).decode(
+            "utf-8", "surrogatepass" if kind == FRAME_KIND_CHECKPOINT else "strict"
+        )
     except UnicodeDecodeError as exc:
         raise FrameError("stream name is not UTF-8") from exc
     return FrameInfo(

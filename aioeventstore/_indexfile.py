@@ -103,7 +103,7 @@ def pack(car: Sidecar) -> bytes:
     """The bytes of a sidecar file (native byte order, recorded in the header)."""
     rows = car.rows
     names_b = [n.encode("utf-8") for n in rows.names]
-    mark_names = [n.encode("utf-8") for n in car.marks]
+    mark_names = [n.encode("utf-8", "surrogatepass") for n in car.marks]  # (see check_frame)
     meta_names = [n.encode("utf-8") for n in car.metas]
     head = HEAD.pack(
         MAGIC,
@@ -229,7 +229,7 @@ def unpack(raw: bytes) -> Sidecar:
     marks: dict[str, int] = {}
     i = 0
     for n, p in zip(mark_lens, mark_pos, strict=True):
-        marks[mark_blob[i : i + n].decode("utf-8")] = p
+        marks[mark_blob[i : i + n].decode("utf-8", "surrogatepass")] = p
         i += n
     # (each row's stream id is checked only where it is used: the last segment's, on load)
     if nrows and (total != _total(cnt) or pos[-1] + cnt[-1] != end_pos):

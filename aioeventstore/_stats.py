@@ -144,7 +144,11 @@ class LogStatistics:
     incomplete_bytes: int
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (RFC 8259: a percentile past the last bucket bound is the str
+        ``"+Inf"``, as that bucket's key is)."""
+
+        def finite(p: float | None) -> float | str | None:
+            return "+Inf" if p == math.inf else p  # (past the last bound, as its bucket's key)
 
         def hist(h: Histogram) -> dict[str, Any]:
             return {
@@ -155,8 +159,8 @@ class LogStatistics:
                 },
                 "count": h.count,
                 "sum": h.sum,
-                "p50": h.percentile(50),
-                "p99": h.percentile(99),
+                "p50": finite(h.percentile(50)),
+                "p99": finite(h.percentile(99)),
             }
 
         return {

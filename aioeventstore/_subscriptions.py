@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
@@ -37,6 +38,7 @@ from .events import END, NO_METADATA, Event, EventFilter, RecordedEvent, StartAt
 if TYPE_CHECKING:
     from ._commit import PendingAppend
 
+log = logging.getLogger("aioeventstore")
 _new_tuple = tuple.__new__
 
 
@@ -143,10 +145,21 @@ class LiveHub:
         """Push a durable batch to every live subscription (the commit loop's listener).
 
         Records are built once per batch and shared; a stream subscription only gets (and
-        only costs) the appends of its own stream.
+        only costs) the appends of its own stream. Should building them fail, every live
+        subscription goes back to reading from disk (as after a buffer overflow), where it
+        reads these events or the error that stops it: never a silent gap.
         """
         if not self._all and not self._by_stream:
             return
+        try:
+            self._fan_out(first, last, appends, recorded_us)
+        except Exception:
+            log.exception("aioeventstore: live fan-out failed; subscriptions read from disk")
+            self.refresh()
+
+    def _fan_out(
+        self, first: int, last: int, appends: list[PendingAppend], recorded_us: int
+    ) -> None:
         when = recorded_at(recorded_us)
         everything: list[RecordedEvent] = []  # shared by every subscriber, as a tuple
         by_stream = self._by_stream

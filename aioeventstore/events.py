@@ -10,8 +10,10 @@ brought up to date by upcasters (``_schema.py``).
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
+import msgpack
 from pydantic import BaseModel, ConfigDict
 
 from .errors import DuplicateEventType
@@ -126,6 +129,11 @@ class Event(BaseModel):
                 f"{cls.__qualname__}.__event_aliases__ must be a tuple of type names, "
                 f"not {aliases!r}"
             )
+        for n in (name, *aliases):
+            try:
+                n.encode("utf-8")
+            except UnicodeEncodeError:  # (a lone surrogate: the type field is UTF-8)
+                raise TypeError(f"{cls.__qualname__}: type name {n!r} is not valid UTF-8") from None
         cls.__event_type__ = name
         cls.__schema_version__ = version
         cls.__event_aliases__ = tuple(a for a in aliases if a != name)
@@ -353,22 +361,54 @@ class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], dat
         return (RecordedEvent, tuple(self))
 
     def to_json(self) -> str:
-        """The event as one line of JSON, for people and tools (not the storage format)."""
+        """The event as one line of JSON (RFC 8259), for people and tools (not the storage
+        format). Values JSON has no form for are written so that they cannot be mistaken
+        for others: bytes as ``{"$base64": "..."}``, a MessagePack extension type as
+        ``{"$ext": code, "$base64": "..."}``, a float that is not finite as the str
+        ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, a bytes map key as the str
+        ``"$base64:..."``."""
         data = self.data.model_dump(mode="json") if isinstance(self.data, Event) else self.data
-        return json.dumps(
-            {
-                "stream": self.stream,
-                "version": self.version,
-                "position": self.position,
-                "id": str(self.id),
-                "type": self.type,
-                "data": data,
-                "metadata": dict(self.metadata),
-                "recorded_at": self.recorded_at.isoformat(),
-            },
-            default=str,
-            separators=(",", ":"),
-        )
+        doc = {
+            "stream": self.stream,
+            "version": self.version,
+            "position": self.position,
+            "id": str(self.id),
+            "type": self.type,
+            "data": data,
+            "metadata": dict(self.metadata),
+            "recorded_at": self.recorded_at.isoformat(),
+        }
+        try:  # (the common case: nothing to convert)
+            return json.dumps(doc, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return json.dumps(_json_ready(doc), allow_nan=False, separators=(",", ":"))
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with what JSON cannot hold written as :meth:`RecordedEvent.to_json` says."""
+    if isinstance(value, dict):
+        return {_json_key(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, msgpack.ExtType):  # (a named tuple: before the tuples)
+        return {"$ext": value.code, "$base64": base64.b64encode(value.data).decode("ascii")}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, msgpack.Timestamp):
+        return value.to_datetime().isoformat()
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return str(value)
+
+
+def _json_key(key: Any) -> Any:
+    if isinstance(key, bytes):
+        return "$base64:" + base64.b64encode(key).decode("ascii")
+    if key is None or isinstance(key, str | int | float):
+        return key  # (json writes these as strs; a NaN key as "NaN")
+    return str(key)
 
 
 class EventFilter:
