@@ -438,14 +438,20 @@ def unpack_metadata(packed: bytes) -> Mapping[str, Any]:
 
 
 def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> bytes:
-    """An event's metadata as stored. Every map key must be a str, also in nested maps: reads
-    (and live subscribers) unpack metadata as JSON-like data, where any other key was
-    refused after the append had been acknowledged."""
-    bad = _non_str_key(metadata)
+    """An event's metadata as stored. Its keys must be strs, and those of the maps inside it
+    strs or bytes: what MessagePack reads back as map keys (any other key was stored, then
+    refused by every read, and by live subscribers, after the append was acknowledged)."""
+    for key in metadata:
+        if not isinstance(key, str):
+            raise ValueError(
+                f"append to stream {stream!r}: event {index} metadata key {key!r} is not a str"
+            )
+    bad = _odd_key(metadata)
     if bad is not None:
         where, key = bad
         raise ValueError(
-            f"append to stream {stream!r}: event {index} metadata key {key!r}{where} is not a str"
+            f"append to stream {stream!r}: event {index} metadata key {key!r} in {where} is "
+            "not a str or bytes"
         )
     try:
         return msgpack.packb(dict(metadata), default=_default)  # type: ignore[no-any-return]
@@ -455,21 +461,21 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
         ) from exc
 
 
-def _non_str_key(value: Any, where: str = "") -> tuple[str, Any] | None:
-    """The first map key in ``value`` (a metadata map and what it holds) that is not a str,
-    with where it is (``" in ['a'][0]"``); None when there is none."""
+def _odd_key(value: Any, where: str = "") -> tuple[str, Any] | None:
+    """The first key of a map inside ``value`` (a metadata map) that is neither a str nor
+    bytes, with where that map is (``"['a'][0]"``); None when there is none."""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if not isinstance(key, str):
-                return where and f" in {where}", key
+            if where and not isinstance(key, str | bytes):
+                return where, key
             if isinstance(item, Mapping | list | tuple):
-                found = _non_str_key(item, f"{where}[{key!r}]")
+                found = _odd_key(item, f"{where}[{key!r}]")
                 if found is not None:
                     return found
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             if isinstance(item, Mapping | list | tuple):
-                found = _non_str_key(item, f"{where}[{i}]")
+                found = _odd_key(item, f"{where}[{i}]")
                 if found is not None:
                     return found
     return None

@@ -102,12 +102,16 @@ def validator(cls: type[BaseModel]) -> Any:
     """
     v = _validators.get(cls)
     if v is None:
-        v = _validators[cls] = _read_validator(cls.__pydantic_validator__.validate_python, cls)
+        v = cls.__pydantic_validator__.validate_python
+        needs = _needs_options(cls.__pydantic_core_schema__)
+        if needs:
+            v = _read_validator(v, cls)
+        _validators[cls] = v
         # a class pydantic cannot put in a list schema is validated one event at a time
         # (and so is one whose stored keys :func:`_read_validator` drops first)
         with suppress(Exception):
             many = TypeAdapter(list[cls]).validator.validate_python  # type: ignore[valid-type]
-            if v is cls.__pydantic_validator__.validate_python:
+            if not needs:
                 _many[v] = many
             elif not _derived_keys(cls):
                 _many[v] = partial(many, **_LAX_BY_NAME)
@@ -118,9 +122,9 @@ _LAX_BY_NAME: dict[str, Any] = {"strict": False, "by_alias": True, "by_name": Tr
 
 
 def _read_validator(validate: Callable[..., Any], cls: type[BaseModel]) -> Callable[[Any], Any]:
-    """See :func:`validator`: ``validate``, or a wrapper that adds what the class needs."""
-    if not _needs_options(cls.__pydantic_core_schema__):
-        return validate
+    """See :func:`validator`: ``validate`` with the options a class with aliases, a strict
+    setting or computed fields needs (and the computed keys dropped first, when it would
+    refuse them or keep them as extra data)."""
     derived = _derived_keys(cls)
     with_options = partial(validate, **_LAX_BY_NAME)
     if not derived:

@@ -8,6 +8,7 @@ reopen, and as snapshots.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -244,3 +245,16 @@ async def take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
         if len(got) == n:
             break
     return got
+
+
+def test_an_ordinary_class_is_validated_by_its_compiled_validator_alone() -> None:
+    """The options above cost a call per event: classes that need none do without them."""
+    from aioeventstore._schema import many_validator, validator
+
+    plain = validator(Deposit)
+    assert plain == Deposit.__pydantic_validator__.validate_python
+    many = many_validator(plain)
+    assert many is not None and not isinstance(many, functools.partial)
+    assert isinstance(validator(PaymentNoted), functools.partial)
+    assert isinstance(many_validator(validator(PaymentNoted)), functools.partial)
+    assert many_validator(validator(Priced)) is None  # (its stored keys are dropped one by one)

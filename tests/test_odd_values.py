@@ -111,20 +111,21 @@ async def test_info_escapes_consumer_names_a_terminal_would_act_on(store_path: P
 # --- metadata keys ----------------------------------------------------------------------------
 async def test_metadata_keys_that_are_not_str_are_refused_at_any_depth(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
-        cases: list[tuple[dict[str, Any], str]] = [
-            ({"h": {1: "x"}}, "key 1 in ['h']"),
-            ({"h": [{"a": 1}, {None: 2}]}, "key None in ['h'][1]"),
-            ({"h": {"ok": {b"k": 1}}}, "key b'k' in ['h']['ok']"),
+        cases: list[tuple[dict[Any, Any], str]] = [
+            ({"h": {1: "x"}}, "key 1 in ['h'] is not a str or bytes"),
+            ({"h": [{"a": 1}, {None: 2}]}, "key None in ['h'][1] is not a str or bytes"),
+            ({"h": {b"ok": {1.5: 1}}}, "key 1.5 in ['h'][b'ok'] is not a str or bytes"),
+            ({b"k": 1}, "key b'k' is not a str"),  # (at the top: str keys only)
         ]
         for metadata, where in cases:
             with pytest.raises(
                 ValueError, match=re.escape(f"stream 's': event 0 metadata {where}")
             ):
                 await store.append("s", es.NewEvent(Note(text="x"), metadata=metadata))
-        deep = {"h": {"a": [{"b": (1, {"c": "d"})}]}, "n": None}
+        deep = {"h": {"a": [{"b": (1, {"c": "d", b"e": b"f"})}]}, "n": None}
         await store.append("s", es.NewEvent(Note(text="y"), metadata=deep))
         assert [r.metadata async for r in store.read_all()] == [
-            {"h": {"a": [{"b": [1, {"c": "d"}]}]}, "n": None}
+            {"h": {"a": [{"b": [1, {"c": "d", b"e": b"f"}]}]}, "n": None}
         ]
 
 
