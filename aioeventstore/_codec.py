@@ -39,7 +39,7 @@ from ._format import (
     FrameInfo,
     crc32c,
 )
-from ._schema import Decoder, UpcastFailed, build_decoder, many_validator, validator
+from ._schema import Decoder, UpcastFailed, build_decoder, many_validator, state_validator
 from .errors import EventDecodeError, EventTooLarge
 from .events import NO_METADATA, Event, NewEvent, RecordedEvent, _generation
 
@@ -307,7 +307,7 @@ def encode_events(
         try:
             value = event.__dict__
             if len(value) != plain:  # see plain_fields
-                value = dump(event, mode="json", exclude_computed_fields=True)
+                value = dump(event, mode="json", by_alias=False, exclude_computed_fields=True)
             data = pack(value)
         except Exception as exc:  # (only an error costs anything here)
             raise unstorable(stream, i, event, exc) from exc
@@ -355,7 +355,7 @@ def encode_event(
         value = event.__dict__
         if len(value) != plain:  # not a plain class (plain is 0), or something added a key
             value = cls.__pydantic_serializer__.to_python(
-                event, mode="json", exclude_computed_fields=True
+                event, mode="json", by_alias=False, exclude_computed_fields=True
             )
         data = pack(value)
     except Exception as exc:  # (only an error costs anything here)
@@ -385,7 +385,7 @@ def unstorable(stream: str, index: int, event: Event, exc: Exception) -> Excepti
     field = ""
     try:
         dumped = type(event).__pydantic_serializer__.to_python(
-            event, mode="json", exclude_computed_fields=True
+            event, mode="json", by_alias=False, exclude_computed_fields=True
         )
     except Exception:
         dumped = None
@@ -441,12 +441,15 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
     """An event's metadata as stored. Its keys must be strs, and those of the maps inside it
     strs or bytes: what MessagePack reads back as map keys (any other key was stored, then
     refused by every read, and by live subscribers, after the append was acknowledged)."""
-    for key in metadata:
+    nested = False
+    for key, value in metadata.items():
         if not isinstance(key, str):
             raise ValueError(
                 f"append to stream {stream!r}: event {index} metadata key {key!r} is not a str"
             )
-    bad = _odd_key(metadata)
+        if type(value) not in _SCALARS:
+            nested = True
+    bad = _odd_key(metadata) if nested else None
     if bad is not None:
         where, key = bad
         raise ValueError(
@@ -461,24 +464,31 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
         ) from exc
 
 
-def _odd_key(value: Any, where: str = "") -> tuple[str, Any] | None:
-    """The first key of a map inside ``value`` (a metadata map) that is neither a str nor
-    bytes, with where that map is (``"['a'][0]"``); None when there is none."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if where and not isinstance(key, str | bytes):
-                return where, key
-            if isinstance(item, Mapping | list | tuple):
-                found = _odd_key(item, f"{where}[{key!r}]")
-                if found is not None:
-                    return found
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            if isinstance(item, Mapping | list | tuple):
-                found = _odd_key(item, f"{where}[{i}]")
-                if found is not None:
-                    return found
+def _odd_key(metadata: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """The first key found of a map inside ``metadata`` that is neither a str nor bytes,
+    with where that map is (``"['a'][0]"``); None when there is none. (Iterative, and only
+    ``_MAX_DEPTH`` deep: msgpack refuses deeper data, and a container that holds itself,
+    with a ValueError of its own.)"""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [
+        (v, (k,)) for k, v in metadata.items() if type(v) not in _SCALARS
+    ]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > _MAX_DEPTH:
+            continue
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(k, str | bytes):
+                    return "".join(f"[{step!r}]" for step in path), k
+                if type(v) not in _SCALARS:
+                    stack.append((v, (*path, k)))
+        elif isinstance(value, list | tuple):
+            stack += [(v, (*path, i)) for i, v in enumerate(value) if type(v) not in _SCALARS]
     return None
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_MAX_DEPTH = 512  # (msgpack's own limit)
 
 
 def pack_stream_metadata(fields: Mapping[str, int]) -> bytes:
@@ -1449,7 +1459,8 @@ def pack_state(stream: str, state: BaseModel) -> bytes:
     """A snapshot's state as stored: the model's JSON-mode dump, as MessagePack (the same
     encoding as event data). Raises ValueError when it cannot be stored."""
     try:
-        return msgpack.packb(state.model_dump(mode="json", exclude_computed_fields=True))  # type: ignore[no-any-return]
+        dump = state.model_dump(mode="json", by_alias=False, exclude_computed_fields=True)
+        return msgpack.packb(dump)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(
             f"snapshot of stream {stream!r}: state {type(state).__qualname__} cannot be "
@@ -1458,8 +1469,8 @@ def pack_state(stream: str, state: BaseModel) -> bytes:
 
 
 def unpack_state(data: bytes, state_type: type[S]) -> S:
-    """The state a snapshot stored, validated by ``state_type`` as event data is (by field
-    name and alias, lax: :func:`validator`). Raises ValueError when the bytes do not decode
+    """The state a snapshot stored, validated by ``state_type`` as event data is
+    (:func:`state_validator`). Raises ValueError when the bytes do not decode
     or the class does not accept them: its validation error, or whatever else one of its
     validators raised (a state class changed since the snapshot was saved)."""
     try:
@@ -1467,7 +1478,7 @@ def unpack_state(data: bytes, state_type: type[S]) -> S:
     except Exception as exc:  # msgpack raises several unrelated types
         raise ValueError(f"undecodable snapshot state: {exc}") from exc
     try:
-        return validator(state_type)(raw)  # type: ignore[no-any-return]
+        return state_validator(state_type)(raw)
     except ValueError:  # pydantic's ValidationError is one
         raise
     except Exception as exc:

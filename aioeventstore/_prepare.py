@@ -89,7 +89,7 @@ class Preparer:
                     if len(value) != plain:  # not a plain class (plain is 0), or a key added
                         serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
                         value = serializer.to_python(
-                            events, mode="json", exclude_computed_fields=True
+                            events, mode="json", by_alias=False, exclude_computed_fields=True
                         )
                     data = _packb(value, option=_NATIVE_ONLY)
                 except (TypeError, ValueError):

@@ -10,12 +10,14 @@ current name, gets the model's compiled validator itself: nothing is added per e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import json
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from functools import partial
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import EventDecodeError, MissingUpcaster
 from .events import Event, _generation, lookup_event_type
@@ -27,6 +29,7 @@ Decoder = tuple[str, Callable[[Any], Any] | None, bool]
 """(type name to report, payload → data function or None for the dict itself, kept by filter)"""
 
 U = TypeVar("U", bound=Upcaster)
+S = TypeVar("S", bound=BaseModel)
 
 _upcasters: dict[tuple[str, int], Upcaster] = {}
 _validators: dict[type[BaseModel], Any] = {}
@@ -91,79 +94,149 @@ def validator(cls: type[BaseModel]) -> Any:
     """The validator that turns a class's stored data (its JSON-mode dump, by field name,
     unpacked) back into an instance: the class's compiled pydantic-core validator, cached.
 
-    For most classes that is the validator itself, called with the stored dict alone. A
-    class whose schema has aliases (which pydantic validates by alias by default, while the
-    dump is by field name) is validated by name and by alias; one with a strict setting is
-    validated lax, since a JSON-mode dump holds UUIDs, datetimes and the like as strings that
-    strict Python-mode validation refuses; and one with computed fields and
-    ``extra="forbid"`` or ``"allow"`` first loses those keys, which earlier builds stored
-    (they are derived: the model computes them again). Without this, such events were
-    refused on read, or read back with their aliased fields at their defaults.
+    For most classes that is the validator itself, called with the stored dict alone; for
+    the others, see :func:`_reader`. Without it, models with aliases read back with their
+    aliased fields at their defaults (or were refused), strict ones and those an earlier
+    build stored computed fields of were refused.
     """
     v = _validators.get(cls)
     if v is None:
-        v = cls.__pydantic_validator__.validate_python
-        needs = _needs_options(cls.__pydantic_core_schema__)
-        if needs:
-            v = _read_validator(v, cls)
-        _validators[cls] = v
+        compiled = cls.__pydantic_validator__
+        special = _reader(cls, compiled.validate_python, compiled.validate_json)
+        v = _validators[cls] = special or compiled.validate_python
         # a class pydantic cannot put in a list schema is validated one event at a time
-        # (and so is one whose stored keys :func:`_read_validator` drops first)
+        # (and so is one whose data may need a second try, or JSON's rules)
         with suppress(Exception):
             many = TypeAdapter(list[cls]).validator.validate_python  # type: ignore[valid-type]
-            if not needs:
+            if special is None:
                 _many[v] = many
-            elif not _derived_keys(cls):
-                _many[v] = partial(many, **_LAX_BY_NAME)
+            elif _features(cls.__pydantic_core_schema__) == (True, False, frozenset()):
+                _many[v] = partial(many, **_BY_NAME)
     return v
 
 
-_LAX_BY_NAME: dict[str, Any] = {"strict": False, "by_alias": True, "by_name": True}
+def state_validator(cls: type[S]) -> Callable[[Any], S]:
+    """:func:`validator` for a snapshot's state class, through its ``model_validate`` (which
+    a state class may override, e.g. to migrate an older state) or ``model_validate_json``."""
+    special = _reader(cls, cls.model_validate, cls.model_validate_json)
+    return special or cls.model_validate
 
 
-def _read_validator(validate: Callable[..., Any], cls: type[BaseModel]) -> Callable[[Any], Any]:
-    """See :func:`validator`: ``validate`` with the options a class with aliases, a strict
-    setting or computed fields needs (and the computed keys dropped first, when it would
-    refuse them or keep them as extra data)."""
-    derived = _derived_keys(cls)
-    with_options = partial(validate, **_LAX_BY_NAME)
-    if not derived:
-        return with_options
-
-    def drop_derived(raw: Any) -> Any:
-        if isinstance(raw, dict) and not derived.isdisjoint(raw):
-            raw = {k: v for k, v in raw.items() if k not in derived}
-        return with_options(raw)
-
-    return drop_derived
+_BY_NAME: dict[str, Any] = {"by_alias": True, "by_name": True}
 
 
-def _derived_keys(cls: type[BaseModel]) -> frozenset[str]:
-    """The computed fields' keys an old dump may hold that the class would refuse
-    (``extra="forbid"``) or keep as extra data (``extra="allow"``)."""
-    if cls.model_config.get("extra") not in ("forbid", "allow"):
-        return frozenset()
-    computed = cls.model_computed_fields
-    return frozenset(computed) | {info.alias for info in computed.values() if info.alias}
+def _reader(
+    cls: type[BaseModel], validate_python: Callable[..., Any], validate_json: Callable[..., Any]
+) -> Callable[[Any], Any] | None:
+    """How to validate stored data of a class that needs more than ``validate_python(raw)``
+    (None for one that does not: the common case, which then costs nothing more).
+
+    * Aliases anywhere in its schema: pydantic validates by alias by default, and the dump
+      is by field name; validated by name and by alias.
+    * A strict setting anywhere: a JSON-mode dump holds UUIDs, datetimes and the like as
+      strings, which strict Python-mode validation refuses; validated as JSON (strict mode
+      takes those strings from JSON), so that values come back as
+      ``model_validate_json(model_dump_json())`` gives them.
+    * Computed fields anywhere: earlier builds stored them, at every depth; a model with
+      ``extra="forbid"`` refused them and one with ``extra="allow"`` kept them as extra
+      data. Data refused for those keys alone is validated again without them, and they are
+      taken out of the extra data of the models read.
+    """
+    aliases, strict, computed = _features(cls.__pydantic_core_schema__)
+    if not (aliases or strict or computed):
+        return None
+    validate: Callable[[Any], Any]
+    if strict:
+
+        def validate(raw: Any) -> Any:
+            try:
+                text = json.dumps(raw)
+            except (TypeError, ValueError):  # (not from a JSON-mode dump: bytes, say)
+                return validate_python(raw, strict=False, **_BY_NAME)
+            return validate_json(text, **_BY_NAME)
+
+    else:
+        validate = partial(validate_python, **_BY_NAME)
+    if not computed:
+        return validate
+
+    def without_computed(raw: Any) -> Any:
+        try:
+            model = validate(raw)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if not errors or any(
+                e["type"] != "extra_forbidden" or not e["loc"] or e["loc"][-1] not in computed
+                for e in errors
+            ):
+                raise
+            try:
+                raw = _without(raw, [e["loc"] for e in errors])
+            except (LookupError, TypeError):  # a path through a union: not a plain one
+                raise exc from None
+            model = validate(raw)
+        _drop_computed_extras(model)
+        return model
+
+    return without_computed
 
 
-def _needs_options(schema: Any) -> bool:
-    """Whether a pydantic-core schema (searched whole: nested models, definitions) has an
-    alias, a strict setting or a computed field, which :func:`validator` must allow for."""
+def _without(raw: Any, paths: list[tuple[int | str, ...]]) -> Any:
+    """A copy of stored data without the keys at these paths (validation errors' ``loc``)."""
+    raw = copy.deepcopy(raw)
+    for path in paths:
+        node = raw
+        for step in path[:-1]:
+            node = node[step]
+        del node[path[-1]]
+    return raw
+
+
+def _drop_computed_extras(value: Any) -> None:
+    """Take the computed fields' keys out of the extra data of every model in ``value``."""
+    if isinstance(value, BaseModel):
+        extra = value.__pydantic_extra__
+        if extra:
+            for name, info in type(value).model_computed_fields.items():
+                extra.pop(name, None)
+                if info.alias:
+                    extra.pop(info.alias, None)
+        for item in value.__dict__.values():
+            _drop_computed_extras(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _drop_computed_extras(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _drop_computed_extras(item)
+
+
+def _features(schema: Any) -> tuple[bool, bool, frozenset[str]]:
+    """What :func:`_reader` looks for in a pydantic-core schema (searched whole: nested
+    models, definitions): whether it has an alias, a strict setting, and the names (and
+    aliases) of its computed fields."""
+    aliases = strict = False
+    computed: set[str] = set()
+    for node in _nodes(schema):
+        aliases = aliases or "validation_alias" in node
+        strict = strict or node.get("strict") is True
+        for field in node.get("computed_fields") or ():
+            computed.add(field["property_name"])
+            if field.get("alias"):
+                computed.add(field["alias"])
+    return aliases, strict, frozenset(computed)
+
+
+def _nodes(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in a pydantic-core schema, nested models and definitions included."""
     stack = [schema]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if (
-                "validation_alias" in node
-                or node.get("strict") is True
-                or node.get("computed_fields")
-            ):
-                return True
+            yield node
             stack += node.values()
         elif isinstance(node, list | tuple):
             stack += node
-    return False
 
 
 def many_validator(decode: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]] | None:

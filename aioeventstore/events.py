@@ -406,8 +406,10 @@ def _json_ready(value: Any) -> Any:
 def _json_key(key: Any) -> Any:
     if isinstance(key, bytes):
         return "$base64:" + base64.b64encode(key).decode("ascii")
+    if isinstance(key, float) and not math.isfinite(key):
+        return _json_ready(key)
     if key is None or isinstance(key, str | int | float):
-        return key  # (json writes these as strs; a NaN key as "NaN")
+        return key  # (json writes these as strs)
     return str(key)
 
 

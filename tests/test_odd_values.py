@@ -138,17 +138,39 @@ async def test_metadata_keys_earlier_builds_stored_read_back(
     def unchecked(stream: str, index: int, metadata: Any) -> bytes:
         return msgpack.packb(dict(metadata))  # type: ignore[no-any-return]
 
+    odd = {"h": {1: "x", math.nan: 2, -math.inf: 3}}
     async with es.EventStore(store_path) as store:
         with monkeypatch.context() as patch:
             patch.setattr(_codec, "_pack_metadata", unchecked)
-            await store.append("s", es.NewEvent(Note(text="a"), metadata={"h": {1: "x"}}))
+            await store.append("s", es.NewEvent(Note(text="a"), metadata=odd))
         await store.append("s", Note(text="b"))
     async with es.EventStore(store_path) as store:
         got = [(r.data, r.metadata) async for r in store.read_all()]
-    assert got == [(Note(text="a"), {"h": {1: "x"}}), (Note(text="b"), {})]
+    assert [d for d, _m in got] == [Note(text="a"), Note(text="b")]
+    assert [sorted(map(str, m.get("h", {}).items())) for _d, m in got] == [
+        ["(-inf, 3)", "(1, 'x')", "(nan, 2)"],
+        [],
+    ]
     code, out, _ = await asyncio.to_thread(cli, "dump", str(store_path))
     assert code == EXIT_OK
-    assert [strict_json(line)["metadata"] for line in out.splitlines()] == [{"h": {"1": "x"}}, {}]
+    assert [strict_json(line)["metadata"] for line in out.splitlines()] == [
+        {"h": {"1": "x", "NaN": 2, "-Infinity": 3}},
+        {},
+    ]
+
+
+async def test_metadata_too_deep_or_holding_itself_is_a_value_error(store_path: Path) -> None:
+    deep: dict[str, Any] = {"v": 1}
+    for _ in range(3000):
+        deep = {"d": [deep]}
+    loop: list[Any] = []
+    loop.append(loop)
+    async with es.EventStore(store_path) as store:
+        for metadata in (deep, {"loop": loop}):
+            with pytest.raises(ValueError, match="stream 's': event 0 metadata cannot be stored"):
+                await store.append("s", es.NewEvent(Note(text="x"), metadata=metadata))
+        await store.append("s", Note(text="ok"))
+        assert store.head == 0
 
 
 async def test_a_live_subscriber_reads_from_disk_when_the_fan_out_fails(

@@ -189,7 +189,7 @@ def test_classes_that_may_dump_differently_use_the_serializer(cls: type[es.Event
 )
 def test_stored_data_is_the_serializers_dump(event: es.Event) -> None:
     expected = type(event).__pydantic_serializer__.to_python(
-        event, mode="json", exclude_computed_fields=True
+        event, mode="json", by_alias=False, exclude_computed_fields=True
     )
     assert stored_data(event) == expected
     ids, entries, _m, _own, _flags = encode_events("s", [event, event], 1 << 20, 1 << 21)
