@@ -8,7 +8,8 @@ balance and every board and checks them against what the agents believe.
 
     python examples/agents.py [--agents 300] [--rounds 50] [--dir PATH]
 
-``make demo`` runs it against a fresh store in a temporary directory.
+``make demo`` runs it against a fresh store in a temporary directory. ``--dir`` must be new or
+empty: every agent starts its stream expecting it not to exist yet.
 """
 
 from __future__ import annotations
@@ -156,5 +157,8 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--dir", default=None, help="store directory (default: a new temp dir)")
     args = ap.parse_args()
+    given = Path(args.dir) if args.dir is not None else None
+    if given is not None and given.exists() and (not given.is_dir() or any(given.iterdir())):
+        ap.error(f"--dir {given} is not empty: the demo needs a new or empty directory")
     directory = args.dir or tempfile.mkdtemp(prefix="aioeventstore-demo-")
     asyncio.run(main(directory, args.agents, args.rounds))

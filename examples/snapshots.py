@@ -11,6 +11,7 @@ Run: python examples/snapshots.py [--dir PATH] [--events N]
 2. more events arrive; the next load folds only those (on top of the snapshot);
 3. the store is reopened: the snapshot is still there;
 4. every state is checked against a full replay of the stream (no snapshot).
+``--dir`` must be new or empty: the demo starts from an empty store.
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ if __name__ == "__main__":
     ap.add_argument("--dir", default=None)
     ap.add_argument("--events", type=int, default=5000)
     args = ap.parse_args()
+    given = Path(args.dir) if args.dir is not None else None
+    if given is not None and given.exists() and (not given.is_dir() or any(given.iterdir())):
+        ap.error(f"--dir {given} is not empty: the demo needs a new or empty directory")
     asyncio.run(
         main(Path(args.dir or tempfile.mkdtemp(prefix="aioeventstore-snapshots-")), args.events)
     )

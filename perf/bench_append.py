@@ -40,6 +40,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -74,8 +75,15 @@ def make_event(i: int) -> Deposited:
     return Deposited(account=f"acct-{i % STREAMS:04d}", amount=i, currency="EUR", memo="m" * 80)
 
 
+def data_size() -> int:
+    """Bytes of one event's data, msgpack-packed (the payload alone)."""
+    return len(msgpack.packb(make_event(1).model_dump(mode="json")))
+
+
 def encoded_size() -> int:
-    return len(msgpack.packb(make_event(1).model_dump(mode="json"))) + len("Deposited") + 26
+    """Bytes of one event's entry in the log (FORMAT.md "Event entry": length, event id, type
+    name, data); the frame's own header (stream, position, CRC) is not counted."""
+    return data_size() + len("Deposited") + 26
 
 
 NAMES = [f"acct-{k:04d}" for k in range(STREAMS)]
@@ -386,6 +394,29 @@ async def bench(
         ]
     if "postgres" in systems:
         plan += [(p, 1, "postgres") for p in args.producers]
+    # SIGTERM during any row cancels this task, which unwinds every row's store and temporary
+    # directory (and the PostgreSQL server) and ends the run with CancelledError. A handler
+    # that raised from wherever the loop happens to be could kill a store's internal task
+    # and leave the clean-up waiting on it for ever.
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    assert me is not None
+    loop.add_signal_handler(signal.SIGTERM, me.cancel)
+    try:
+        return await bench_rows(args, systems, server, show, notes, plan)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def bench_rows(
+    args: argparse.Namespace,
+    systems: list[str],
+    server: Callable[[], contextlib.AbstractContextManager[str]] | None,
+    show: Callable[[dict[str, Any]], None],
+    notes: list[str],
+    plan: list[tuple[int, int, str]],
+) -> list[dict[str, Any]]:
+    """``bench``'s rows, in the order of ``plan`` ((P, events per append, system))."""
     rows = []
     with contextlib.ExitStack() as stack:
         dsn: str | None = None
@@ -447,8 +478,10 @@ def print_header(info: dict[str, Any], args: argparse.Namespace, systems: list[s
         f"# disk: {info['directory']} on {info['filesystem'] or '?'}; load average "
         + (" ".join(f"{x:.2f}" for x in load) if load else "?"),
         f"# versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items())}",
-        f"# workload: ≈{encoded_size()}-byte events over {STREAMS:,} streams, durable before "
-        f"each await returns; {args.seconds:g} s per row after a {args.warmup:g} s warm-up",
+        f"# workload: events of {data_size()} bytes of msgpack data ({encoded_size()}-byte log "
+        "entries: data, event id and type name; frame headers not counted) over "
+        f"{STREAMS:,} streams, durable before each await returns; {args.seconds:g} s per row "
+        f"after a {args.warmup:g} s warm-up",
         f"# systems: {', '.join(systems) or 'none'}",
     ]
     lines += [f"# note: {note}" for note in info["notes"]]
@@ -532,7 +565,8 @@ def main() -> int:
         document = {
             "machine": {k: v for k, v in info.items() if k != "notes"},
             "workload": {
-                "event_bytes": encoded_size(),
+                "event_bytes": encoded_size(),  # the log entry: data, event id, type name
+                "event_data_bytes": data_size(),  # the data alone, msgpack-packed
                 "streams": STREAMS,
                 "seconds": args.seconds,
                 "warmup": args.warmup,
@@ -592,6 +626,9 @@ def parse() -> argparse.Namespace:
 if __name__ == "__main__":
     try:
         sys.exit(main())
+    except asyncio.CancelledError:  # SIGTERM (see bench): every row's directory is removed
+        print("terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:  # everything started has been stopped and deleted by now
         print("interrupted", file=sys.stderr)
         sys.exit(130)

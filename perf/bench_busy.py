@@ -4,7 +4,8 @@
 one more task that keeps the event loop's thread busy:
 
 * ``cpu-N``:  pure Python computation in steps of about N µs, ``await asyncio.sleep(0)``
-  between them (ours, and the bare group-commit loop of ``_bare.py`` for comparison);
+  between them (ours, and the bare group-commit loop of ``_bare.py`` for comparison, whose
+  producers msgpack each event per append as ``bench_append.py``'s bare row does);
 * ``loads``:  ``read_stream`` of 10-event streams, one after another (ours);
 * ``replay``: ``read_all`` of the store over and over (ours).
 
@@ -35,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import msgpack
 from _bare import BareLog
 from _common import emit_json, machine_info, machine_line, percentile, print_table, run
 from bench_append import make_event
@@ -153,10 +155,12 @@ async def bare(
     directory: str, busy_kind: str | None, seconds: float, streams: int
 ) -> dict[str, Any]:
     async with BareLog(os.path.join(directory, "bare.log")) as log:
-        record = make_event(0).model_dump_json().encode()
+        events = [make_event(i) for i in range(PRODUCERS)]  # the events ours appends
+        packb = msgpack.packb
 
         async def append(p: int, i: int) -> None:
-            await log.append(record)
+            # encoded per append, as in bench_append.bench_bare (one event per append)
+            await log.append(packb((f"w-{p}", "Deposited", events[p].model_dump(mode="json"))))
 
         busy = cpu_task(int(busy_kind[4:])) if busy_kind is not None else None
         return await measure(append, busy, seconds)

@@ -7,7 +7,10 @@ cache and allocator state included). This script grows one store of ``--events``
 measures durable single-event appends at P=1024 (``bench_append.py``'s workload: 0.5 s
 warm-up, ``--seconds`` measured), and one that does the same on an empty store, in turns
 (empty first in odd rounds, big first in even ones). It prints the open time, each rate, the
-ratio of the big store's rate to the empty store's, and the mean ratio.
+ratio of the big store's rate to the empty store's, and the mean ratio. Each process's
+warm-up and measured appends go into the big store too (as a restarted service's would), so
+each round opens a bigger store than the round before (the first, ``--events`` events); each
+round's line gives the event count the big store had when it was opened.
 
     python perf/bench_reopen.py [--events 10000000] [--rounds 2] [--seconds 3]
 """
@@ -35,11 +38,13 @@ STREAMS = 1_000
 NAMES = [f"s-{k}" for k in range(STREAMS)]  # the streams bench_scale.grow appends to
 
 
-async def measure(directory: str, seconds: float) -> dict[str, float]:
-    """In this (fresh) process: open ``directory``, then P=1024 durable appends."""
+async def measure(directory: str, seconds: float) -> dict[str, float | int]:
+    """In this (fresh) process: open ``directory``, then P=1024 durable appends; the open
+    time, the event count at open and the append rate."""
     started = time.perf_counter()
     async with es.EventStore(directory) as store:
         opened = time.perf_counter() - started
+        at_open = store.head + 1
         singles = [b.make_event(k) for k in range(STREAMS)]
 
         async def append(p: int, i: int) -> None:
@@ -48,10 +53,10 @@ async def measure(directory: str, seconds: float) -> dict[str, float]:
 
         await b.drive(append, 1024, 0.5, 1)
         row = await b.drive(append, 1024, seconds, 1)
-    return {"open_s": opened, "events_per_s": row["events_per_s"]}
+    return {"open_s": opened, "events": at_open, "events_per_s": row["events_per_s"]}
 
 
-def child(directory: str, seconds: float) -> dict[str, float]:
+def child(directory: str, seconds: float) -> dict[str, float | int]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", directory, "--seconds", str(seconds)],
         check=True,
@@ -99,7 +104,7 @@ def main() -> int:
             first = "empty" if r % 2 == 0 else "big"
             print(
                 f"round {r + 1} ({first} first): empty store {e['events_per_s']:,.0f} appends/s; "
-                f"{args.events:,}-event store opened in {g['open_s']:.2f} s, "
+                f"{int(g['events']):,}-event store opened in {g['open_s']:.2f} s, "
                 f"{g['events_per_s']:,.0f} appends/s ({ratio:.2f} of the empty store's)",
                 flush=True,
             )

@@ -7,7 +7,10 @@ the store is closed and reopened with the default ``durability="fsync"``, and th
 prints: how long opening took (loading the index sidecars a clean close leaves), how long it
 takes without them (every ``.idx`` removed: a full rescan, which also rewrites them), the
 durable single-event append rate at P=1024 over ``--appends`` appends, the index's bytes per
-event, and the process's peak RSS.
+event, and the process's peak RSS. A row's "events" is the store's size at open (what the open
+times and the append rate start from); the measured appends add to it ("events_after"), and the
+next step grows from there (a step the store is already past is measured without growing).
+``--streams-curve`` runs each point in its own process, so each row's peak RSS is its own.
 
     python perf/bench_scale.py [--steps 10000,100000,1000000,10000000] [--streams 1000]
                                [--per-append 1] [--json]
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +70,7 @@ async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     store = await es.EventStore(directory).open()
     opened = time.perf_counter() - t0
+    at_open = store.head + 1  # the size both open times and the append rate start from
     rec = store.recovery
     assert rec is not None
     try:
@@ -83,7 +89,8 @@ async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
         rate = count / (time.perf_counter() - t1)
         stats = store.statistics()
         return {
-            "events": stats.head + 1,
+            "events": at_open,
+            "events_after": stats.head + 1,
             "streams": stats.streams,
             "open_s": opened,
             "open_rescan_s": rescanned,
@@ -97,45 +104,69 @@ async def measure(directory: str, streams: int, appends: int) -> dict[str, Any]:
         await store.close()
 
 
-async def streams_curve(args: argparse.Namespace) -> None:
-    """A fresh store of ``--curve-events`` events per stream count: append rate, index bytes
-    per event and RSS as the number of streams grows (the events stay the same)."""
+async def curve_point(args: argparse.Namespace, streams: int) -> dict[str, Any]:
+    """One point of the streams curve, in this (fresh) process: grow a store of
+    ``--curve-events`` events over ``streams`` streams and measure it."""
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        t0 = time.perf_counter()
+        await grow(d, 0, args.curve_events, streams, 1)
+        grown = time.perf_counter() - t0
+        row = await measure(d, streams, args.appends)
+        row["grow_s"] = grown
+        return row
+
+
+def run_curve_child(args: argparse.Namespace, streams: int) -> dict[str, Any]:
+    """Run one curve point in a fresh process of this script, so its peak RSS is its own
+    (``ru_maxrss`` is the lifetime peak of a process); its row."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-curve", str(streams)]
+    cmd += ["--curve-events", str(args.curve_events), "--appends", str(args.appends)]
+    cmd += ["--loop", args.loop]
+    if args.dir is not None:
+        cmd += ["--dir", args.dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"curve point {streams} streams failed (exit {out.returncode})")
+    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
+def streams_curve(args: argparse.Namespace) -> None:
+    """A fresh store of ``--curve-events`` events per stream count, each in its own process:
+    append rate, index bytes per event and peak RSS as the number of streams grows (the
+    events stay the same)."""
     rows: list[dict[str, Any]] = []
     for streams in [int(s) for s in args.streams_curve.split(",")]:
-        with tempfile.TemporaryDirectory(dir=args.dir) as d:
-            t0 = time.perf_counter()
-            await grow(d, 0, args.curve_events, streams, 1)
-            grown = time.perf_counter() - t0
-            row = await measure(d, streams, args.appends)
-            row["grow_s"] = grown
-            rows.append(row)
-            if args.json:
-                emit_json([row])
-            else:
-                print(
-                    f"  {streams:>9,} streams: {row['appends_per_s']:,.0f} appends/s, open "
-                    f"{row['open_s']:.2f} s, {row['index_bytes_per_event']:.1f} index "
-                    f"bytes/event, peak RSS {row['peak_rss_mb']:.0f} MB",
-                    flush=True,
-                )
+        row = run_curve_child(args, streams)
+        rows.append(row)
+        if args.json:
+            emit_json([row])
+        else:
+            print(
+                f"  {streams:>9,} streams: {row['appends_per_s']:,.0f} appends/s, open "
+                f"{row['open_s']:.2f} s, {row['index_bytes_per_event']:.1f} index "
+                f"bytes/event, peak RSS {row['peak_rss_mb']:.0f} MB (own process)",
+                flush=True,
+            )
     if not args.json:
         print()
         print_table(
             rows,
             [
                 ("streams", "streams", ",d"),
-                ("events", "events in store", ",d"),
+                ("events", "events in store at open", ",d"),
                 ("open_s", "open s", ".2f"),
                 ("appends_per_s", "durable appends/s (P=1024)", ",.0f"),
                 ("index_bytes_per_event", "index B/event", ".1f"),
-                ("peak_rss_mb", "peak RSS MB", ".0f"),
+                ("peak_rss_mb", "peak RSS MB (own process)", ".0f"),
             ],
         )
 
 
 async def main(args: argparse.Namespace) -> None:
-    if args.streams_curve:
-        await streams_curve(args)
+    if args.child_curve is not None:
+        emit_json([await curve_point(args, args.child_curve)])
         return
     steps = [int(s) for s in args.steps.split(",")]
     rows: list[dict[str, Any]] = []
@@ -146,22 +177,27 @@ async def main(args: argparse.Namespace) -> None:
             flush=True,
         )
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
-        size = 0
+        size = 0  # events in the store now (the measured appends included)
         for target in steps:
-            t0 = time.perf_counter()
-            await grow(d, size, target, args.streams, args.per_append)
-            grown = time.perf_counter() - t0
+            grown: float | None = None
+            if size < target:
+                t0 = time.perf_counter()
+                await grow(d, size, target, args.streams, args.per_append)
+                grown = time.perf_counter() - t0
             row = await measure(d, args.streams, args.appends)
-            size = row["events"]
+            size = row["events_after"]
+            row["step"] = target
             row["grow_s"] = grown
             rows.append(row)
             if args.json:
                 emit_json([row])
             else:
+                past = "" if grown is not None else f" (already past step {target:,}: not grown)"
                 print(
-                    f"  {row['events']:>12,} events: open {row['open_s']:.2f} s "
+                    f"  {row['events']:>12,} events at open{past}: open {row['open_s']:.2f} s "
                     f"(rescanning {row['open_rescan_s']:.2f} s), "
-                    f"{row['appends_per_s']:,.0f} appends/s, "
+                    f"{row['appends_per_s']:,.0f} appends/s "
+                    f"(-> {row['events_after']:,} events), "
                     f"{row['index_bytes_per_event']:.1f} index bytes/event, "
                     f"peak RSS {row['peak_rss_mb']:.0f} MB",
                     flush=True,
@@ -172,7 +208,9 @@ async def main(args: argparse.Namespace) -> None:
     print_table(
         rows,
         [
-            ("events", "events in store", ",d"),
+            ("step", "step", ",d"),
+            ("events", "events in store at open", ",d"),
+            ("events_after", "after measured appends", ",d"),
             ("streams", "streams", ",d"),
             ("disk_mb", "log MB", ",.0f"),
             ("open_s", "open s", ".2f"),
@@ -201,6 +239,7 @@ def parse() -> argparse.Namespace:
         help="instead of growing one store: a store per stream count, e.g. 10,1000,100000,1000000",
     )
     ap.add_argument("--curve-events", type=int, default=2_000_000)
+    ap.add_argument("--child-curve", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dir", default=None)
     return ap.parse_args()
@@ -208,4 +247,7 @@ def parse() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse()
-    run(main(arguments), arguments.loop)
+    if arguments.streams_curve and arguments.child_curve is None:
+        streams_curve(arguments)  # each point runs in its own process, started from here
+    else:
+        run(main(arguments), arguments.loop)

@@ -44,7 +44,7 @@ async def fill(directory: str, streams: int, events: int, segment_bytes: int) ->
         await asyncio.gather(*(writer(w) for w in range(64)))
 
 
-async def measure(directory: str, streams: int, segment_bytes: int) -> dict[str, Any]:
+async def measure(directory: str, streams: int, events: int, segment_bytes: int) -> dict[str, Any]:
     async with es.EventStore(directory, segment_bytes=segment_bytes) as store:
         segments = len(store._log.segments)
         t0 = time.perf_counter()
@@ -59,6 +59,10 @@ async def measure(directory: str, streams: int, segment_bytes: int) -> dict[str,
                 raise AssertionError(f"hidden event {rec.stream}@{rec.version} was read")
             survivors += 1
         replay = time.perf_counter() - t0
+        # the even streams (s-0, s-2, ...) were deleted: the odd ones, events each, survive
+        expected = streams // 2 * events
+        if survivors != expected:
+            raise AssertionError(f"read {survivors:,} surviving events, expected {expected:,}")
         return {
             "segments": segments,
             "rewritten": report.segments_rewritten,
@@ -80,7 +84,7 @@ async def main(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         await fill(directory, args.streams, args.events, args.segment_bytes)
         filled = time.perf_counter() - t0
-        row = await measure(directory, args.streams, args.segment_bytes)
+        row = await measure(directory, args.streams, args.events, args.segment_bytes)
         row["fill_s"] = filled
         row["events"] = args.streams * args.events
     if args.json:

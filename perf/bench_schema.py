@@ -150,9 +150,11 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aioes-schema-") as root:
         for name in cases:
             rows.append(await case(name, root, args.events, args.repeat))
+    # the ratios are to the "v1 current" row; without it (--only) they are None, printed "-"
+    base = next((r for r in rows if r["case"] == "v1 current"), None)
     for row in rows:
-        row["ratio"] = row["rate"] / rows[0]["rate"]
-        row["cpu_ratio"] = row["cpu"] / rows[0]["cpu"]
+        row["ratio"] = row["rate"] / base["rate"] if base is not None else None
+        row["cpu_ratio"] = row["cpu"] / base["cpu"] if base is not None else None
     if args.json:
         emit_json(rows)
     else:

@@ -12,8 +12,9 @@ bench_append.py's plain-file peer writes per event: no id, type, stream, positio
 ``disk/raw`` is the store's segment bytes (headers included) over that; the design goal for
 compression is below 1.20 at realistic concurrency.
 
-Replay: the store is closed and reopened (open time includes the recovery scan, which
-decompresses every container to rebuild the index), then ``read_all()`` into models,
+Replay: the store is closed and reopened (the open time is loading the index sidecars that
+the clean close left, one per segment: nothing is scanned or decompressed, so it says little
+about compression), then ``read_all()`` into models,
 ``read_all(raw=True)``, and ``read_stream`` of 50 streams (the worst case for compression: a
 stream's events are spread over many containers, each decompressed to read one event).
 

@@ -13,7 +13,11 @@ service that loads aggregates); the median is printed with the ratio to the full
 time to save the snapshot (encode, write, fsync, rename, fsync the directory) and its size are
 printed too. Every load's state is checked against the full replay's.
 
+The store goes in a temporary directory, removed at the end, or in ``--dir``, which must be
+empty or new (a previous run's store would be measured instead).
+
     python perf/bench_snapshot.py [--events N] [--tail K] [--repeat R] [--loop uvloop] [--json]
+                                  [--dir EMPTY_DIR]
 """
 
 from __future__ import annotations
@@ -79,8 +83,7 @@ async def load(store: es.EventStore, repeat: int) -> tuple[float, es.Snapshot[Ac
     return median(times), result
 
 
-async def main(args: argparse.Namespace) -> None:
-    directory = Path(args.dir or tempfile.mkdtemp(prefix="aioeventstore-bench-snapshot-"))
+async def main(args: argparse.Namespace, directory: Path) -> None:
     rows: list[dict[str, Any]] = []
     async with es.EventStore(directory / "store") as store:
         t = time.perf_counter()
@@ -144,4 +147,16 @@ def parse() -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse()
-    run(main(args), args.loop)
+    if args.dir is not None:
+        given = Path(args.dir)
+        if given.exists() and (not given.is_dir() or any(given.iterdir())):
+            print(
+                f"bench_snapshot: --dir {given} is not empty (or not a directory): give a "
+                "new or empty one (a previous run's store would be measured instead)",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        run(main(args, given), args.loop)
+    else:
+        with tempfile.TemporaryDirectory(prefix="aioeventstore-bench-snapshot-") as tmp:
+            run(main(args, Path(tmp)), args.loop)

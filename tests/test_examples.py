@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parent.parent
 
@@ -69,9 +72,20 @@ def test_bench_subscribe_catchup_only(tmp_path: Path) -> None:
 
 def test_bench_scale_runs(tmp_path: Path) -> None:
     out = run_script(
-        "perf/bench_scale.py", "--steps", "2000,5000", "--appends", "2000", "--dir", str(tmp_path)
+        "perf/bench_scale.py", "--steps", "2000,3000", "--appends", "2000", "--dir", str(tmp_path)
     )
-    assert "index B/event" in out
+    assert "index B/event" in out and "events in store at open" in out
+    # 2,000 events + 2,000 measured appends: the store is past the second step already
+    assert "4,000 events at open (already past step 3,000: not grown)" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_scale_rows_count_the_events_at_open(tmp_path: Path) -> None:
+    args = ["--steps", "2000,3000,7000", "--appends", "2000", "--json", "--dir", str(tmp_path)]
+    out = run_script("perf/bench_scale.py", *args)
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    got = [(r["step"], r["events"], r["events_after"], r["grow_s"] is None) for r in rows]
+    assert got == [(2000, 2000, 4000, False), (3000, 4000, 6000, True), (7000, 7000, 9000, False)]
 
 
 def test_bench_scale_streams_curve_runs(tmp_path: Path) -> None:
@@ -89,6 +103,8 @@ def test_bench_scale_streams_curve_runs(tmp_path: Path) -> None:
     )
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert [r["streams"] for r in rows] == [10, 3000]
+    assert all(r["events"] == 6000 and r["peak_rss_mb"] > 0 for r in rows)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_append_many_runs() -> None:
@@ -117,3 +133,32 @@ def test_bench_snapshot_runs(tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert "full replay / snapshot load =" in out and "snapshot + 50" in out
+
+
+def test_bench_snapshot_without_dir_leaves_no_temp_dir(tmp_path: Path) -> None:
+    args = ["--events", "500", "--tail", "10", "--repeat", "1"]
+    subprocess.run(
+        [sys.executable, str(ROOT / "perf" / "bench_snapshot.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "script", ["examples/agents.py", "examples/snapshots.py", "perf/bench_snapshot.py"]
+)
+def test_refuses_a_non_empty_dir(tmp_path: Path, script: str) -> None:
+    (tmp_path / "left-over").write_text("a previous run")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / script), "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2 and "not empty" in out.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["left-over"]

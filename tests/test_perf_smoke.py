@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import crc32c
 import pytest
@@ -181,3 +182,35 @@ def test_bench_busy_reports_every_row_against_appends_alone(tmp_path: Path) -> N
         else:
             assert row["busy_work_per_s"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_reopen_reports_the_size_each_round_opened(tmp_path: Path) -> None:
+    args = ["--events", "2000", "--rounds", "2", "--seconds", "0.1", "--dir", str(tmp_path)]
+    out = run_perf(str(ROOT / "perf" / "bench_reopen.py"), *args)
+    sizes = [
+        int(line.split("; ")[1].split("-event store")[0].replace(",", ""))
+        for line in out.stdout.splitlines()
+        if line.startswith("round ")
+    ]
+    # each child appends into the big store: the second round opens a bigger one
+    assert len(sizes) == 2 and sizes[0] == 2000 and sizes[1] > 2000
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_scavenge_counts_the_survivors_with_odd_streams() -> None:
+    args = ["--streams", "7", "--events", "30", "--segment-bytes", "4096", "--json"]
+    row = json.loads(run_perf(str(ROOT / "perf" / "bench_scavenge.py"), *args).stdout)
+    assert row["survivors"] == 3 * 30 and row["events_removed"] == 4 * 30
+
+
+def test_bench_schema_only_prints_no_ratio_without_its_baseline() -> None:
+    bench = str(ROOT / "perf" / "bench_schema.py")
+
+    def rows(*only: str) -> list[dict[str, Any]]:
+        out = run_perf(bench, "--events", "300", "--repeat", "1", "--json", *only).stdout
+        return [json.loads(line) for line in out.splitlines() if line]
+
+    without = rows("--only", "v2")  # "v2 current" and "v1 → v2 upcast": no "v1 current"
+    assert without and all(r["ratio"] is None and r["cpu_ratio"] is None for r in without)
+    full = rows()
+    assert full[0]["case"] == "v1 current" and full[0]["ratio"] == 1.0
