@@ -466,16 +466,18 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
 
 def _odd_key(metadata: Mapping[str, Any]) -> tuple[str, Any] | None:
     """The first key found of a map inside ``metadata`` that is neither a str nor bytes,
-    with where that map is (``"['a'][0]"``); None when there is none. (Iterative, and only
-    ``_MAX_DEPTH`` deep: msgpack refuses deeper data, and a container that holds itself,
-    with a ValueError of its own.)"""
+    with where that map is (``"['a'][0]"``); None when there is none. (Iterative, each
+    container once, and only ``_MAX_DEPTH`` deep: msgpack refuses deeper data, and a
+    container that holds itself, with a ValueError of its own.)"""
     stack: list[tuple[Any, tuple[Any, ...]]] = [
         (v, (k,)) for k, v in metadata.items() if type(v) not in _SCALARS
     ]
+    seen: set[int] = set()  # (a container met again, by another path, is not walked again)
     while stack:
         value, path = stack.pop()
-        if len(path) > _MAX_DEPTH:
+        if len(path) > _MAX_DEPTH or id(value) in seen:
             continue
+        seen.add(id(value))
         if isinstance(value, Mapping):
             for k, v in value.items():
                 if not isinstance(k, str | bytes):

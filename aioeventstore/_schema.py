@@ -11,13 +11,15 @@ current name, gets the model's compiled validator itself: nothing is added per e
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_json
 
 from .errors import EventDecodeError, MissingUpcaster
 from .events import Event, _generation, lookup_event_type
@@ -102,98 +104,144 @@ def validator(cls: type[BaseModel]) -> Any:
     v = _validators.get(cls)
     if v is None:
         compiled = cls.__pydantic_validator__
-        special = _reader(cls, compiled.validate_python, compiled.validate_json)
+        features = _features(cls.__pydantic_core_schema__)
+        special = _reader(compiled.validate_python, compiled.validate_json, features)
         v = _validators[cls] = special or compiled.validate_python
         # a class pydantic cannot put in a list schema is validated one event at a time
-        # (and so is one whose data may need a second try, or JSON's rules)
+        # (and so is one read as JSON, or whose old data may need a second try)
         with suppress(Exception):
             many = TypeAdapter(list[cls]).validator.validate_python  # type: ignore[valid-type]
             if special is None:
                 _many[v] = many
-            elif _features(cls.__pydantic_core_schema__) == (True, False, frozenset()):
+            elif not features.strict and not features.legacy:
                 _many[v] = partial(many, **_BY_NAME)
     return v
 
 
 def state_validator(cls: type[S]) -> Callable[[Any], S]:
-    """:func:`validator` for a snapshot's state class, through its ``model_validate`` (which
-    a state class may override, e.g. to migrate an older state) or ``model_validate_json``."""
-    special = _reader(cls, cls.model_validate, cls.model_validate_json)
-    return special or cls.model_validate
+    """:func:`validator` for a snapshot's state class. A class that overrides
+    ``model_validate`` (to migrate an older state, say) gets the stored dict through it, as
+    it is, with ``by_alias``/``by_name`` when the class has aliases and its override takes
+    them; a strict one's UUIDs and the like are then strings, which it must accept."""
+    own = cls.model_validate
+    if getattr(own, "__func__", None) is getattr(BaseModel.model_validate, "__func__", None):
+        return validator(cls)  # type: ignore[no-any-return]
+    if not _features(cls.__pydantic_core_schema__).aliases:
+        return own
+    try:
+        params = inspect.signature(own).parameters.values()
+    except (TypeError, ValueError):
+        return own
+    if any(p.name == "by_name" or p.kind is p.VAR_KEYWORD for p in params):
+        return partial(own, **_BY_NAME)
+    return own
 
 
 _BY_NAME: dict[str, Any] = {"by_alias": True, "by_name": True}
 
 
+@dataclass(frozen=True, slots=True)
+class _Features:
+    """What :func:`_reader` looks for in a class's pydantic-core schema, nested models and
+    definitions included."""
+
+    aliases: bool
+    strict: bool
+    computed: frozenset[str]  # computed fields' names and aliases
+    forbids: bool  # some model refuses extra keys
+    allows: bool  # some model keeps extra keys
+
+    @property
+    def legacy(self) -> bool:
+        """Whether stored computed fields (earlier builds) would be refused or kept."""
+        return bool(self.computed) and (self.forbids or self.allows)
+
+
 def _reader(
-    cls: type[BaseModel], validate_python: Callable[..., Any], validate_json: Callable[..., Any]
+    validate_python: Callable[..., Any], validate_json: Callable[..., Any], f: _Features
 ) -> Callable[[Any], Any] | None:
     """How to validate stored data of a class that needs more than ``validate_python(raw)``
     (None for one that does not: the common case, which then costs nothing more).
 
-    * Aliases anywhere in its schema: pydantic validates by alias by default, and the dump
-      is by field name; validated by name and by alias.
-    * A strict setting anywhere: a JSON-mode dump holds UUIDs, datetimes and the like as
-      strings, which strict Python-mode validation refuses; validated as JSON (strict mode
-      takes those strings from JSON), so that values come back as
-      ``model_validate_json(model_dump_json())`` gives them.
-    * Computed fields anywhere: earlier builds stored them, at every depth; a model with
-      ``extra="forbid"`` refused them and one with ``extra="allow"`` kept them as extra
-      data. Data refused for those keys alone is validated again without them, and they are
-      taken out of the extra data of the models read.
+    * Aliases: pydantic validates by alias by default, and the dump is by field name;
+      validated by name and by alias.
+    * A strict setting: a JSON-mode dump holds UUIDs, datetimes and the like as strings,
+      which strict Python-mode validation refuses; validated as JSON (strict mode takes those
+      strings from JSON), so that values come back as ``model_validate_json(model_dump_json())``
+      gives them. (Data nested deeper than the JSON parser goes is validated lax instead.)
+    * Computed fields in a class with a model that refuses or keeps extra keys: earlier
+      builds stored them, at every depth. Data refused for those keys is validated again
+      without the ones found, and they are taken out of the extra data of the models read.
     """
-    aliases, strict, computed = _features(cls.__pydantic_core_schema__)
-    if not (aliases or strict or computed):
+    if not (f.aliases or f.strict or f.legacy):
         return None
     validate: Callable[[Any], Any]
-    if strict:
+    if f.strict:
 
         def validate(raw: Any) -> Any:
             try:
-                text = json.dumps(raw)
-            except (TypeError, ValueError):  # (not from a JSON-mode dump: bytes, say)
+                text = to_json(raw, inf_nan_mode="constants")
+            except (PydanticSerializationError, ValueError, TypeError):
                 return validate_python(raw, strict=False, **_BY_NAME)
-            return validate_json(text, **_BY_NAME)
+            try:
+                return validate_json(text, **_BY_NAME)
+            except ValidationError as exc:
+                if any(e["type"] != "json_invalid" for e in exc.errors()):
+                    raise
+                return validate_python(raw, strict=False, **_BY_NAME)  # (too deep for it)
 
     else:
         validate = partial(validate_python, **_BY_NAME)
-    if not computed:
+    if not f.legacy:
         return validate
+    computed, allows = f.computed, f.allows
 
     def without_computed(raw: Any) -> Any:
         try:
             model = validate(raw)
         except ValidationError as exc:
-            errors = exc.errors()
-            if not errors or any(
-                e["type"] != "extra_forbidden" or not e["loc"] or e["loc"][-1] not in computed
-                for e in errors
-            ):
+            paths = [
+                e["loc"]
+                for e in exc.errors()
+                if e["type"] == "extra_forbidden" and e["loc"] and e["loc"][-1] in computed
+            ]
+            trimmed = _without(raw, paths) if paths else None
+            if trimmed is None:
                 raise
-            try:
-                raw = _without(raw, [e["loc"] for e in errors])
-            except (LookupError, TypeError):  # a path through a union: not a plain one
-                raise exc from None
-            model = validate(raw)
-        _drop_computed_extras(model)
+            model = validate(trimmed)
+        if allows:
+            _drop_computed_extras(model, set())
         return model
 
     return without_computed
 
 
 def _without(raw: Any, paths: list[tuple[int | str, ...]]) -> Any:
-    """A copy of stored data without the keys at these paths (validation errors' ``loc``)."""
+    """A copy of stored data without the keys at these paths (validation errors' ``loc``,
+    where a step that is not in the data, a union member's tag, is passed over); None when
+    none of them is there."""
     raw = copy.deepcopy(raw)
+    found = False
     for path in paths:
-        node = raw
+        node: Any = raw
         for step in path[:-1]:
-            node = node[step]
-        del node[path[-1]]
-    return raw
+            if (isinstance(node, dict) and step in node) or (
+                isinstance(node, list) and isinstance(step, int) and -len(node) <= step < len(node)
+            ):
+                node = node[step]  # type: ignore[index]
+        if isinstance(node, dict) and path[-1] in node:
+            del node[path[-1]]
+            found = True
+    return raw if found else None
 
 
-def _drop_computed_extras(value: Any) -> None:
-    """Take the computed fields' keys out of the extra data of every model in ``value``."""
+def _drop_computed_extras(value: Any, seen: set[int]) -> None:
+    """Take the computed fields' keys out of the extra data of every model in ``value``
+    (each container once: models may link back to their parents)."""
+    if isinstance(value, BaseModel | list | tuple | set | frozenset | dict):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, BaseModel):
         extra = value.__pydantic_extra__
         if extra:
@@ -202,41 +250,43 @@ def _drop_computed_extras(value: Any) -> None:
                 if info.alias:
                     extra.pop(info.alias, None)
         for item in value.__dict__.values():
-            _drop_computed_extras(item)
+            _drop_computed_extras(item, seen)
     elif isinstance(value, list | tuple | set | frozenset):
         for item in value:
-            _drop_computed_extras(item)
+            _drop_computed_extras(item, seen)
     elif isinstance(value, dict):
         for item in value.values():
-            _drop_computed_extras(item)
+            _drop_computed_extras(item, seen)
 
 
-def _features(schema: Any) -> tuple[bool, bool, frozenset[str]]:
-    """What :func:`_reader` looks for in a pydantic-core schema (searched whole: nested
-    models, definitions): whether it has an alias, a strict setting, and the names (and
-    aliases) of its computed fields."""
-    aliases = strict = False
+def _features(schema: Any) -> _Features:
+    """Search a pydantic-core schema: its schema nodes are the dicts with a str ``type``
+    (not a map of fields, which may name a field "type", nor a ``metadata`` dict, which holds
+    ``json_schema_extra``); a model's ``config`` holds its model-wide settings."""
+    aliases = strict = forbids = allows = False
     computed: set[str] = set()
-    for node in _nodes(schema):
-        aliases = aliases or "validation_alias" in node
-        strict = strict or node.get("strict") is True
-        for field in node.get("computed_fields") or ():
-            computed.add(field["property_name"])
-            if field.get("alias"):
-                computed.add(field["alias"])
-    return aliases, strict, frozenset(computed)
-
-
-def _nodes(schema: Any) -> Iterator[dict[str, Any]]:
-    """Every dict in a pydantic-core schema, nested models and definitions included."""
     stack = [schema]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            yield node
-            stack += node.values()
+            if isinstance(node.get("type"), str):
+                config = node.get("config")
+                if not isinstance(config, dict):
+                    config = {}
+                aliases = aliases or "validation_alias" in node
+                strict = strict or node.get("strict") is True or config.get("strict") is True
+                extra = node.get("extra_behavior") or config.get("extra_fields_behavior")
+                forbids = forbids or extra == "forbid"
+                allows = allows or extra == "allow"
+                for field in node.get("computed_fields") or ():
+                    if isinstance(field, dict) and field.get("type") == "computed-field":
+                        computed.add(field["property_name"])
+                        if field.get("alias"):
+                            computed.add(field["alias"])
+            stack += [v for k, v in node.items() if k not in ("metadata", "config")]
         elif isinstance(node, list | tuple):
             stack += node
+    return _Features(aliases, strict, frozenset(computed), forbids, allows)
 
 
 def many_validator(decode: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]] | None:

@@ -231,6 +231,7 @@ class Subscription:
       positions; stream subscriptions: versions of that stream).
     * ``await sub.ack(rec)`` (named subscriptions only) durably saves ``rec.position`` so that a
       subscription with the same name resumes after it, also after a restart.
+    * ``sub.filter``: the EventFilter it was created with (None: every event).
     """
 
     def __init__(

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
 
 import msgpack
 from pydantic import BaseModel, ConfigDict
@@ -265,8 +265,30 @@ except ImportError:  # pragma: no cover - other Pythons
         return property(itemgetter(index), doc=doc)
 
 
-NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
-"""The (read-only, shared) metadata of events that were appended without any."""
+class _NoMetadata(dict[str, Any]):
+    """The type of :data:`NO_METADATA`: an empty dict (so ``json.dumps``, ``pickle`` and
+    ``isinstance(m, dict)`` treat it as the metadata of any other event) that refuses to be
+    changed, since every record without metadata shares it."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("the metadata of an event appended without any is read-only (shared)")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_no_metadata, ())
+
+
+def _no_metadata() -> Mapping[str, Any]:
+    return NO_METADATA
+
+
+NO_METADATA: Final[Mapping[str, Any]] = _NoMetadata()
+"""The (read-only, shared) metadata of events that were appended without any: an empty
+dict that raises TypeError when changed."""
 
 
 class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], datetime]):
@@ -275,7 +297,8 @@ class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], dat
     Fields: ``stream``, ``version``, ``position``, ``id`` (a UUID), ``type`` (the type name),
     ``data``, ``metadata``, ``recorded_at``. ``data`` is an instance of the registered ``Event``
     subclass for ``type``, or a plain dict when this process has no class registered under that
-    name. ``metadata`` is a read-only empty mapping for events appended without metadata.
+    name. ``metadata`` is a dict; for events appended without metadata, a shared empty one
+    that cannot be changed.
     ``recorded_at`` is the commit time of the append that wrote it, an aware UTC datetime
     (microsecond precision).
 

@@ -593,7 +593,9 @@ class EventStore:
         version of the last one. Raises :class:`WrongExpectedVersion` (nothing written) when
         ``expected_version`` does not match, :class:`StoreFailed` after a write or sync error,
         :class:`StoreClosed` after close, and TypeError/ValueError/:class:`EventTooLarge` for bad
-        input, in the caller's task, before anything is queued.
+        input, in the caller's task, before anything is queued. An empty sequence is bad
+        input (ValueError): an append has a position to return, and a version check alone is
+        :meth:`stream_version`.
 
         Idempotent retries: re-appending the same event ids (``NewEvent(id=...)``) to the same
         stream returns the first result and writes nothing. With an explicit expected version

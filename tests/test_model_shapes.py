@@ -1,7 +1,8 @@
 """Event and snapshot models of every pydantic shape read back as they were appended.
 
 Data is stored as the model's JSON-mode dump by field name (FORMAT.md). Reads validate it by
-name and alias, lax, and without the computed fields that earlier builds stored: aliased,
+name and alias (strict models as JSON), and without the computed fields that earlier builds
+stored: aliased,
 strict, and computed-field models come back equal on every path: live, replayed, after a
 reopen, and as snapshots.
 """
@@ -13,7 +14,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 import pytest
@@ -410,3 +411,154 @@ async def test_a_snapshot_goes_through_its_state_classs_model_validate(store_pat
     finally:
         AccountV1.__qualname__ = "AccountV1"
     assert snap is not None and snap.state == Account(total_cents=301)
+
+
+class _LineOld(pydantic.BaseModel):
+    kind: Literal["line"] = "line"
+    qty: int
+    total: int
+
+
+class _FeeOld(pydantic.BaseModel):
+    kind: Literal["fee"] = "fee"
+    cents: int
+
+
+class _Fee(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    kind: Literal["fee"] = "fee"
+    cents: int
+
+
+class _TaggedLine(_Line):
+    kind: Literal["line"] = "line"
+
+
+async def test_old_computed_fields_inside_unions_are_dropped_too(store_path: Path) -> None:
+    """The error locations of union members name the member (a tag), not a key: passed
+    over, and a plain union's other member's errors do not stop the second try."""
+
+    class BillV1(es.Event):
+        __event_type__ = "shapes.Bill"
+        tagged: list[Annotated[_LineOld | _FeeOld, pydantic.Field(discriminator="kind")]]
+        plain: _LineOld | _FeeOld
+
+    async with es.EventStore(store_path) as store:
+        await store.append(
+            "b",
+            BillV1(
+                tagged=[_LineOld(qty=2, total=20), _FeeOld(cents=5)],
+                plain=_LineOld(qty=3, total=30),
+            ),
+        )
+    forget("shapes.Bill")
+
+    class Bill(es.Event):
+        __event_type__ = "shapes.Bill"
+        tagged: list[Annotated[_TaggedLine | _Fee, pydantic.Field(discriminator="kind")]]
+        plain: _TaggedLine | _Fee
+
+    async with es.EventStore(store_path) as store:
+        assert await replayed(store, "b") == [
+            Bill(tagged=[_TaggedLine(qty=2), _Fee(cents=5)], plain=_TaggedLine(qty=3))
+        ]
+
+
+class _Tree(pydantic.BaseModel):
+    """Children linked back to their parent after validation: a cycle in the instance."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    name: str
+    children: list[_Tree] = []
+    parent: Any = pydantic.Field(default=None, exclude=True, repr=False)
+
+    @pydantic.model_validator(mode="after")
+    def _link(self) -> _Tree:
+        for child in self.children:
+            child.parent = self
+        return self
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def size(self) -> int:
+        return len(self.children)
+
+
+class TreeGrown(es.Event):
+    __event_type__ = "shapes.TreeGrown"
+    root: _Tree
+    computed_fields: int = 0  # (a field of that name is not a schema's list of them)
+    tag: str = pydantic.Field(
+        default="t", json_schema_extra={"strict": True, "validation_alias": "x"}
+    )
+
+
+async def test_odd_shapes_read_back_and_ordinary_ones_pay_nothing(store_path: Path) -> None:
+    leaf = _Tree.model_validate({"name": "a", "colour": "red"})
+    tree = _Tree(name="r", children=[leaf, _Tree(name="b")])
+    event = TreeGrown.model_validate({"root": tree, "computed_fields": 3})
+    async with es.EventStore(store_path) as store:
+        await store.append("t", event)
+        (got,) = await replayed(store, "t")
+    assert isinstance(got, TreeGrown)
+    assert got.model_dump() == event.model_dump() and got.computed_fields == 3
+    assert got.root.children[0].parent is got.root
+    assert got.root.children[0].model_extra == {"colour": "red"}
+
+    from aioeventstore._schema import _features
+
+    f = _features(TreeGrown.__pydantic_core_schema__)
+    assert (f.aliases, f.strict, f.computed, f.allows, f.forbids) == (
+        False,
+        False,
+        frozenset({"size"}),
+        True,
+        False,
+    )
+    g = _features(TicketNoted.__pydantic_core_schema__)
+    assert (g.aliases, g.strict, g.legacy) == (True, False, False)
+
+
+async def test_metadata_holding_one_dict_many_times_is_walked_once(store_path: Path) -> None:
+    shared: dict[str, Any] = {}
+    shared["a"] = shared
+    shared["b"] = shared  # (2**512 paths, if each were walked)
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(ValueError, match="metadata cannot be stored"):
+            await store.append("s", es.NewEvent(Deposit(amount=1), metadata={"m": shared}))
+
+
+class Deep(es.Event):
+    """Strict, nested deeper than the JSON parser goes (200): read lax instead."""
+
+    __event_type__ = "shapes.Deep"
+    model_config = pydantic.ConfigDict(strict=True)
+    inner: Any
+
+
+async def test_a_strict_model_nested_deeper_than_json_reads_back(store_path: Path) -> None:
+    nested: Any = 1
+    for _ in range(210):
+        nested = [nested]
+    async with es.EventStore(store_path) as store:
+        await store.append("d", Deep(inner=nested))
+        assert await replayed(store, "d") == [Deep(inner=nested)]
+
+
+class Narrow(pydantic.BaseModel):
+    """An aliased state class overriding ``model_validate`` without ``**kwargs``."""
+
+    model_config = pydantic.ConfigDict(alias_generator=to_camel, validate_by_name=True)
+    total_cents: int = 0
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Narrow:  # type: ignore[override]
+        return super().model_validate(obj)
+
+
+async def test_a_state_class_with_a_narrow_model_validate_loads(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("n", Deposit(amount=1))
+        await store.save_snapshot("n", Narrow(total_cents=7), 0)
+        snap = await store.load_snapshot("n", Narrow)
+    assert snap is not None and snap.state == Narrow(total_cents=7)

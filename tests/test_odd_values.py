@@ -256,3 +256,19 @@ async def test_tail_refuses_an_interval_that_is_not_finite(store_path: Path) -> 
             cli, "tail", "--interval", interval, str(store_path)
         )
         assert code == EXIT_ERROR and "--interval must be > 0 seconds and finite" in err
+
+
+async def test_records_without_metadata_pickle_and_dump_as_json(store_path: Path) -> None:
+    """DESIGN.md: each event has a metadata dict. Without metadata it was a MappingProxyType:
+    pickle and json.dumps refused it."""
+    import pickle
+
+    async with es.EventStore(store_path) as store:
+        await store.append("s", Note(text="a"))
+        (rec,) = [r async for r in store.read_all()]
+    assert isinstance(rec.metadata, dict) and json.dumps(rec.metadata) == "{}"
+    again = pickle.loads(pickle.dumps(rec))
+    assert again == rec and again.metadata is rec.metadata
+    with pytest.raises(TypeError, match="read-only"):
+        rec.metadata["k"] = 1
+    assert rec.metadata == {}
