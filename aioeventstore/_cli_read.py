@@ -102,7 +102,10 @@ async def _info(args: argparse.Namespace, path: str, out: TextIO) -> int:
         ("segments", f"{st.segments:,} ({st.disk_bytes:,} bytes)"),
         ("events", _events_row(st.stored_events, st.head)),
         ("streams", f"{st.streams:,}"),
-        ("head", f"{st.head} (last event recorded {last_at})" if last_at else str(st.head)),
+        (
+            "head",
+            f"{st.head} (last visible event recorded {last_at})" if last_at else str(st.head),
+        ),
     ]
     if not consumers:
         rows.append(("consumers", "none"))

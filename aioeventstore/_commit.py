@@ -841,7 +841,8 @@ class CommitLoop:
                 self.checkpoints[name] = position
         for stream, rec in batch.metas:  # reads honour it from now on
             self.metas.commit(stream, rec)
-        self.stats.appends += len(batch.items)
+        items = batch.items  # (checkpoint and metadata writes are not append calls)
+        self.stats.appends += len(items) if batch.clean else sum(not i.special for i in items)
 
     @staticmethod
     def _answer_clean(items: list[PendingAppend]) -> None:

@@ -27,6 +27,7 @@ the event loop and touches the index only there (its scans run on the I/O thread
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -307,10 +308,13 @@ class Opener:
         follower = self._follower
         seen = self._seen
 
+        starts: dict[int, int] = {}  # where the scan of each segment began (for Recovery)
+
         def resume(ordinal: int, seg: Segment, position: int) -> tuple[int, int, int | None]:
             car = load_sidecar(self._fs, seg, position, self._options.verify_on_open)
             if car is None:
                 return SEGMENT_HEADER_SIZE, position, None
+            starts[ordinal] = car.covered_end
             self._apply_sidecar(ordinal, seg, car, seen, "never")  # never exported
             for stream, (revision, packed) in car.metas.items():
                 follower.metadata.append((stream, revision, packed))
@@ -331,7 +335,16 @@ class Opener:
             self._index.head = self._index.next_position - 1
         self._take_metadata()
         self.drop_removed()
-        self.recovery = Recovery(len(self._log.segments), self._index.next_position)
+        scanned = 0
+        for ordinal, seg in enumerate(self._log.segments):
+            with contextlib.suppress(OSError):  # (as the writer's: what the scan read)
+                scanned += max(0, seg.file.size() - starts.get(ordinal, SEGMENT_HEADER_SIZE))
+        self.recovery = Recovery(
+            len(self._log.segments),
+            self._index.next_position,
+            indexed_segments=len(starts),
+            scanned_bytes=scanned,
+        )
 
     def drop_removed(self) -> None:
         """A read-only store: forget the segments its follower found removed (by the writer's

@@ -30,7 +30,9 @@ class StoreStatistics:
     head: int
     """Position of the last durable event, -1 when the store is empty."""
     streams: int
-    """Streams the index knows (every stream ever appended to, hidden or deleted ones too)."""
+    """Streams the index knows (every stream ever appended to, hidden or deleted ones too;
+    also one whose first append is being written, or whose first append's write failed:
+    see ``failed``)."""
     stored_events: int
     """Events the log holds now, up to ``head``: unlike ``head + 1``, not counting those
     removed by retention or scavenging (events hidden by stream metadata or a delete count
@@ -59,7 +61,8 @@ class StoreStatistics:
     ``durability="os"``)."""
     subscribers: Mapping[str, int]
     """Each open subscription's lag (committed events it has not examined yet), keyed by its
-    name, or ``"#<id>"`` for an unnamed one (``Subscription.id``)."""
+    name, or ``"#<id>"`` for an unnamed one (``Subscription.id``); a key already taken gets
+    ``"#<id>"`` added."""
     segments: int
     """Segment files of the log."""
     disk_bytes: int
@@ -84,11 +87,12 @@ def gather(
     open (not entered yet, or closed) are left out."""
     st = commit.stats if commit is not None else None
     subscribers: dict[str, int] = {}
-    for sub in list(subscriptions):
+    # (oldest first, so that a key stays with its subscription from one call to the next)
+    for sub in sorted(subscriptions, key=lambda s: s.id):
         if sub._state != "open":  # not entered yet, or closed
             continue
         key = sub.name if sub.name is not None else f"#{sub.id}"
-        if key in subscribers:
+        while key in subscribers:  # (a name used twice, or one that looks like a made key)
             key = f"{key}#{sub.id}"
         subscribers[key] = sub.lag
     segments = [seg for seg in log.segments if not seg.retired]  # (not the removed ones)

@@ -171,3 +171,51 @@ async def test_prometheus_text(store_path: Path) -> None:
     for line in text.splitlines():
         if line.startswith("# TYPE"):
             assert line.split()[-1] in ("gauge", "counter", "histogram")
+
+
+async def test_appends_counts_append_calls_only(store_path: Path) -> None:
+    """Checkpoints, stream metadata and retention's own writes went through the append
+    counter: one append and five acks counted six append calls."""
+    async with es.EventStore(store_path) as store:
+        await store.append("s", [Note(text="a"), Note(text="b")])
+        async with store.subscribe(name="c") as sub:
+            async for rec in sub:
+                await sub.ack(rec)
+                if rec.position == 1:
+                    break
+        await store.set_stream_metadata("s", max_count=1)
+        st = store.statistics()
+        assert (st.appends, st.events) == (1, 2)
+        assert "aioeventstore_appends_total 1" in es.prometheus_text(st)
+
+
+async def test_subscriber_keys_never_collide(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("s", Note(text="a"))
+        a = store.subscribe(name="x")
+        b = store.subscribe(name="x")
+        async with a, b:
+            c = store.subscribe(name=f"x#{b.id}")
+            d = store.subscribe(name=f"x#{a.id}")
+            async with c, d:
+                keys = store.statistics().subscribers
+                assert len(keys) == 4 and keys["x"] == 1
+                assert store.statistics().subscribers == keys  # (the same keys each time)
+
+
+async def test_a_read_only_store_says_what_opening_read(store_path: Path) -> None:
+    async with es.EventStore(store_path, segment_bytes=4096) as store:
+        for i in range(200):
+            await store.append(f"s-{i % 7}", Note(text="x" * 40))
+    segments = sorted(store_path.glob("*.seg"))
+    assert len(segments) > 2
+    async with es.EventStore(store_path, read_only=True) as reader:
+        rec = reader.recovery
+        assert rec is not None
+        assert (rec.indexed_segments, rec.scanned_bytes) == (len(segments), 0)
+    for sidecar in store_path.glob("*.idx"):
+        sidecar.unlink()
+    async with es.EventStore(store_path, read_only=True) as reader:
+        rec = reader.recovery
+        assert rec is not None and rec.indexed_segments == 0
+        assert rec.scanned_bytes == sum(p.stat().st_size - 32 for p in segments)
