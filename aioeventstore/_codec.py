@@ -449,13 +449,9 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
             )
         if type(value) not in _SCALARS:
             nested = True
-    bad = _odd_key(metadata) if nested else None
-    if bad is not None:
-        where, key = bad
-        raise ValueError(
-            f"append to stream {stream!r}: event {index} metadata key {key!r} in {where} is "
-            "not a str or bytes"
-        )
+    problem = _nested_problem(metadata) if nested else None
+    if problem is not None:
+        raise ValueError(f"append to stream {stream!r}: event {index} metadata {problem}")
     try:
         return msgpack.packb(dict(metadata), default=_default)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
@@ -464,24 +460,29 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
         ) from exc
 
 
-def _odd_key(metadata: Mapping[str, Any]) -> tuple[str, Any] | None:
-    """The first key found of a map inside ``metadata`` that is neither a str nor bytes,
-    with where that map is (``"['a'][0]"``); None when there is none. (Iterative, each
-    container once, and only ``_MAX_DEPTH`` deep: msgpack refuses deeper data, and a
-    container that holds itself, with a ValueError of its own.)"""
+def _nested_problem(metadata: Mapping[str, Any]) -> str | None:
+    """What is wrong inside ``metadata`` (a map of str keys), if anything: a key of a map
+    inside it that is neither a str nor bytes (``"key 1 in ['a'][0] is not a str or
+    bytes"``), or maps and lists nested deeper than ``_MAX_DEPTH`` (msgpack packs 1,025
+    levels but reads 1,024: deeper metadata was stored, then refused by every read).
+    Iterative, and each container once (one held twice, or holding itself, is not walked
+    again: msgpack refuses a cycle with a ValueError of its own)."""
     stack: list[tuple[Any, tuple[Any, ...]]] = [
         (v, (k,)) for k, v in metadata.items() if type(v) not in _SCALARS
     ]
-    seen: set[int] = set()  # (a container met again, by another path, is not walked again)
+    seen: set[int] = set()
     while stack:
         value, path = stack.pop()
-        if len(path) > _MAX_DEPTH or id(value) in seen:
+        if id(value) in seen:
             continue
         seen.add(id(value))
+        if len(path) >= _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
+            return f"is nested more than {_MAX_DEPTH} maps and lists deep"
         if isinstance(value, Mapping):
             for k, v in value.items():
                 if not isinstance(k, str | bytes):
-                    return "".join(f"[{step!r}]" for step in path), k
+                    where = "".join(f"[{step!r}]" for step in path)
+                    return f"key {k!r} in {where} is not a str or bytes"
                 if type(v) not in _SCALARS:
                     stack.append((v, (*path, k)))
         elif isinstance(value, list | tuple):
@@ -490,7 +491,7 @@ def _odd_key(metadata: Mapping[str, Any]) -> tuple[str, Any] | None:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
-_MAX_DEPTH = 512  # (msgpack's own limit)
+_MAX_DEPTH = 512  # (counting the metadata map itself; far under what msgpack reads)
 
 
 def pack_stream_metadata(fields: Mapping[str, int]) -> bytes:

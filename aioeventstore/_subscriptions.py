@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
@@ -117,6 +119,8 @@ class LiveHub:
     def __init__(self) -> None:
         self._all: set[Subscription] = set()
         self._by_stream: dict[str, set[Subscription]] = {}
+        self._failures = 0  # fan-out failures not logged yet (see publish)
+        self._logged_at = -math.inf
 
     def __len__(self) -> int:
         return len(self._all) + sum(len(s) for s in self._by_stream.values())
@@ -154,8 +158,17 @@ class LiveHub:
         try:
             self._fan_out(first, last, appends, recorded_us)
         except Exception:
-            log.exception("aioeventstore: live fan-out failed; subscriptions read from disk")
             self.refresh()
+            self._failures += 1
+            now = time.monotonic()
+            if now - self._logged_at >= 60.0:  # (once a minute: it may fail for every batch)
+                self._logged_at = now
+                log.exception(
+                    "aioeventstore: live fan-out failed (%d times since the last such "
+                    "message); subscriptions read from disk",
+                    self._failures,
+                )
+                self._failures = 0
 
     def _fan_out(
         self, first: int, last: int, appends: list[PendingAppend], recorded_us: int

@@ -272,6 +272,9 @@ class _NoMetadata(dict[str, Any]):
 
     __slots__ = ()
 
+    def __init__(self) -> None:  # (no arguments: ``__init__(k=1)`` would fill it)
+        super().__init__()
+
     def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("the metadata of an event appended without any is read-only (shared)")
 
@@ -385,11 +388,11 @@ class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], dat
 
     def to_json(self) -> str:
         """The event as one line of JSON (RFC 8259), for people and tools (not the storage
-        format). Values JSON has no form for are written so that they cannot be mistaken
-        for others: bytes as ``{"$base64": "..."}``, a MessagePack extension type as
-        ``{"$ext": code, "$base64": "..."}``, a float that is not finite as the str
-        ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, a bytes map key as the str
-        ``"$base64:..."``."""
+        format). Values JSON has no form for are written as: bytes, ``{"$base64": "..."}``;
+        a MessagePack extension type, ``{"$ext": code, "$base64": "..."}``; a MessagePack
+        timestamp, its ISO 8601 text; a float that is not finite, the str ``"NaN"``,
+        ``"Infinity"`` or ``"-Infinity"``; a bytes map key, the str ``"$base64:..."``. (So a
+        str or map that looks like one of these reads the same: the JSON is for reading.)"""
         data = self.data.model_dump(mode="json") if isinstance(self.data, Event) else self.data
         doc = {
             "stream": self.stream,
