@@ -22,6 +22,7 @@ from pydantic import StrictInt
 from pydantic.alias_generators import to_camel
 
 import aioeventstore as es
+from tests.helpers import take
 from tests.test_schema import forget, registry  # noqa: F401  (registry: autouse fixture)
 
 
@@ -312,15 +313,6 @@ async def test_a_snapshot_state_class_whose_validator_raises_is_not_an_error(
         assert "AttributeError" in caplog.text
         loaded = await es.load_aggregate(store, "t", Tags2, count, initial=Tags2.model_construct)
         assert (loaded.state.tags, loaded.version) == ({"a": 2, "b": 1}, 2)
-
-
-async def take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
-    got: list[es.RecordedEvent] = []
-    async for rec in sub:
-        got.append(rec)
-        if len(got) == n:
-            break
-    return got
 
 
 def test_an_ordinary_class_is_validated_by_its_compiled_validator_alone() -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 import aioeventstore as es
 from aioeventstore._format import SNAPSHOT_TEMP_SUFFIX
 from aioeventstore._verify import repair_store, verify_store
-from tests.helpers import Deposited, Note
+from tests.helpers import Deposited, Note, take
 from tests.simfs import LOSS_MODES, Fault, LossMode, SimFS
 
 STORE = "/sim/store"
@@ -345,7 +345,7 @@ async def test_snapshots_are_never_events(store_path: Path) -> None:
             after = store.statistics()
             assert (after.batches, after.syncs, after.head) == (before.batches, before.syncs, 4)
             await store.append("s", Note(text="after"))
-            seen = await _take(sub, 6)
+            seen = await take(sub, 6)
         assert [r.version for r in seen] == list(range(6))
         assert [r.position async for r in store.read_all()] == list(range(6))
         assert [r.version async for r in store.read_stream("s", backwards=True)] == [
@@ -359,15 +359,6 @@ async def test_snapshots_are_never_events(store_path: Path) -> None:
     async with es.EventStore(store_path) as store:
         assert store.head == 5
         assert store.recovery is not None and store.recovery.cut_path is None
-
-
-async def _take(sub: es.Subscription, n: int) -> list[es.RecordedEvent]:
-    out: list[es.RecordedEvent] = []
-    async for rec in sub:
-        out.append(rec)
-        if len(out) == n:
-            break
-    return out
 
 
 async def test_verify_and_repair_ignore_snapshot_files(store_path: Path) -> None:
