@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgpack
 import ormsgpack
@@ -223,6 +223,16 @@ def plain_fields(cls: type[Event]) -> int:
         return 0
 
 
+STORED_DUMP: Final[dict[str, Any]] = {
+    "mode": "json",
+    "by_alias": False,
+    "exclude_computed_fields": True,
+}
+"""How event data and snapshot states are dumped to be stored (FORMAT.md): JSON mode, by
+field name (also for ``serialize_by_alias`` models: reads validate by name), without
+computed fields (derived; and a model with ``extra="forbid"`` would refuse them on read)."""
+
+
 def _packer() -> Callable[[Any], bytes]:
     """This thread's msgpack packer: ``msgpack.packb`` builds a new Packer per call, which
     costs as much as the packing itself for a small event."""
@@ -307,7 +317,7 @@ def encode_events(
         try:
             value = event.__dict__
             if len(value) != plain:  # see plain_fields
-                value = dump(event, mode="json", by_alias=False, exclude_computed_fields=True)
+                value = dump(event, **STORED_DUMP)
             data = pack(value)
         except Exception as exc:  # (only an error costs anything here)
             raise unstorable(stream, i, event, exc) from exc
@@ -354,9 +364,7 @@ def encode_event(
     try:
         value = event.__dict__
         if len(value) != plain:  # not a plain class (plain is 0), or something added a key
-            value = cls.__pydantic_serializer__.to_python(
-                event, mode="json", by_alias=False, exclude_computed_fields=True
-            )
+            value = cls.__pydantic_serializer__.to_python(event, **STORED_DUMP)
         data = pack(value)
     except Exception as exc:  # (only an error costs anything here)
         raise unstorable(stream, 0, event, exc) from exc
@@ -384,9 +392,7 @@ def unstorable(stream: str, index: int, event: Event, exc: Exception) -> Excepti
     naming the stream, the event and, when one value alone fails, its field."""
     field = ""
     try:
-        dumped = type(event).__pydantic_serializer__.to_python(
-            event, mode="json", by_alias=False, exclude_computed_fields=True
-        )
+        dumped = type(event).__pydantic_serializer__.to_python(event, **STORED_DUMP)
     except Exception:
         dumped = None
     if isinstance(dumped, dict):
@@ -1462,8 +1468,7 @@ def pack_state(stream: str, state: BaseModel) -> bytes:
     """A snapshot's state as stored: the model's JSON-mode dump, as MessagePack (the same
     encoding as event data). Raises ValueError when it cannot be stored."""
     try:
-        dump = state.model_dump(mode="json", by_alias=False, exclude_computed_fields=True)
-        return msgpack.packb(dump)  # type: ignore[no-any-return]
+        return msgpack.packb(state.model_dump(**STORED_DUMP))  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(
             f"snapshot of stream {stream!r}: state {type(state).__qualname__} cannot be "

@@ -22,7 +22,15 @@ from typing import Any
 import ormsgpack
 
 from ._checks import as_event_list, check_expected, check_stream
-from ._codec import ID_POOL, TYPE_FIELDS, TypeFields, encode_event, encode_events, new_event_id
+from ._codec import (
+    ID_POOL,
+    STORED_DUMP,
+    TYPE_FIELDS,
+    TypeFields,
+    encode_event,
+    encode_events,
+    new_event_id,
+)
 from ._commit import FRAME_OVERHEAD, PendingAppend
 from ._format import ENTRY_HEAD_SIZE, MAX_STREAM_NAME_BYTES
 from .events import ANY, AppendResult, Event, ExpectedVersion, NewEvent
@@ -88,9 +96,7 @@ class Preparer:
                 try:
                     if len(value) != plain:  # not a plain class (plain is 0), or a key added
                         serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
-                        value = serializer.to_python(
-                            events, mode="json", by_alias=False, exclude_computed_fields=True
-                        )
+                        value = serializer.to_python(events, **STORED_DUMP)
                     data = _packb(value, option=_NATIVE_ONLY)
                 except (TypeError, ValueError):
                     # not a plain value: msgpack packs it, as it always did (and the general
