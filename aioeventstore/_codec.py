@@ -7,6 +7,8 @@ off the event loop. Snapshot states go through :func:`pack_state` / :func:`unpac
 
 from __future__ import annotations
 
+import base64
+import math
 import os
 import struct
 import threading
@@ -498,6 +500,37 @@ def _nested_problem(metadata: Mapping[str, Any]) -> str | None:
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 _MAX_DEPTH = 512  # (counting the metadata map itself; far under what msgpack reads)
+
+
+# --- the JSON view of stored values (RecordedEvent.to_json) ---------------------------------
+def json_ready(value: Any) -> Any:
+    """``value`` with what JSON cannot hold written as :meth:`RecordedEvent.to_json` says
+    (here: the only module that imports msgpack)."""
+    if isinstance(value, dict):
+        return {_json_key(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, msgpack.ExtType):  # (a named tuple: before the tuples)
+        return {"$ext": value.code, "$base64": base64.b64encode(value.data).decode("ascii")}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, msgpack.Timestamp):
+        return value.to_datetime().isoformat()
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return str(value)
+
+
+def _json_key(key: Any) -> Any:
+    if isinstance(key, bytes):
+        return "$base64:" + base64.b64encode(key).decode("ascii")
+    if isinstance(key, float) and not math.isfinite(key):
+        return json_ready(key)
+    if key is None or isinstance(key, str | int | float):
+        return key  # (json writes these as strs)
+    return str(key)
 
 
 def pack_stream_metadata(fields: Mapping[str, int]) -> bytes:

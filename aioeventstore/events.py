@@ -10,10 +10,8 @@ brought up to date by upcasters (``_schema.py``).
 
 from __future__ import annotations
 
-import base64
 import enum
 import json
-import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +19,6 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
 
-import msgpack
 from pydantic import BaseModel, ConfigDict
 
 from .errors import DuplicateEventType
@@ -407,36 +404,9 @@ class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], dat
         try:  # (the common case: nothing to convert)
             return json.dumps(doc, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError):
-            return json.dumps(_json_ready(doc), allow_nan=False, separators=(",", ":"))
+            from ._codec import json_ready  # (the codec imports this module)
 
-
-def _json_ready(value: Any) -> Any:
-    """``value`` with what JSON cannot hold written as :meth:`RecordedEvent.to_json` says."""
-    if isinstance(value, dict):
-        return {_json_key(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, msgpack.ExtType):  # (a named tuple: before the tuples)
-        return {"$ext": value.code, "$base64": base64.b64encode(value.data).decode("ascii")}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$base64": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, msgpack.Timestamp):
-        return value.to_datetime().isoformat()
-    if value is None or isinstance(value, str | int | float):
-        return value
-    return str(value)
-
-
-def _json_key(key: Any) -> Any:
-    if isinstance(key, bytes):
-        return "$base64:" + base64.b64encode(key).decode("ascii")
-    if isinstance(key, float) and not math.isfinite(key):
-        return _json_ready(key)
-    if key is None or isinstance(key, str | int | float):
-        return key  # (json writes these as strs)
-    return str(key)
+            return json.dumps(json_ready(doc), allow_nan=False, separators=(",", ":"))
 
 
 class EventFilter:
