@@ -150,7 +150,8 @@ _NEUTRAL_KEYS = frozenset(
 
 def plain_fields(cls: type[Event]) -> int:
     """The number of fields of ``cls`` when its JSON-mode dump is its instance ``__dict__``
-    as it is, else 0.
+    as it is, else -1 (not 0: a class with no fields of its own, whose ``__dict__`` is
+    empty, may dump extra fields or a serializer's output, which were then stored as ``{}``).
 
     That holds for a model whose every field is a ``str``, ``int``, ``bool``, ``None``, a
     ``Literal`` of those or an optional one, with no serializer, exclusion, computed field,
@@ -171,7 +172,7 @@ def plain_fields(cls: type[Event]) -> int:
             or cls.model_config.get("extra") == "allow"
             or cls.model_config.get("serialize_by_alias")
         ):
-            return 0
+            return -1
         inner = schema["schema"]
         if (
             inner.get("type") != "model-fields"
@@ -179,7 +180,7 @@ def plain_fields(cls: type[Event]) -> int:
             or inner.get("extra_behavior") == "allow"
             or "serialization" in inner
         ):
-            return 0
+            return -1
         fields = inner["fields"]
         for f in fields.values():
             if f.get("type") != "model-field" or not set(f) <= {
@@ -189,17 +190,17 @@ def plain_fields(cls: type[Event]) -> int:
                 "validation_alias",
                 "frozen",
             }:
-                return 0
+                return -1
             node = f["schema"]
             default: Any = _NO_DEFAULT  # a default pydantic stores without validating it
             while True:
                 if not set(node) <= _NEUTRAL_KEYS:
-                    return 0
+                    return -1
                 kind = node["type"]
                 if kind == "default":
                     if not node.get("validate_default"):
                         if "default_factory" in node:  # its values are stored as they come
-                            return 0
+                            return -1
                         default = node.get("default")
                     node = node["schema"]
                     continue
@@ -210,19 +211,19 @@ def plain_fields(cls: type[Event]) -> int:
                     continue
                 if kind == "literal":
                     if not all(type(v) in _PLAIN_VALUES for v in node["expected"]):
-                        return 0
+                        return -1
                     if default is not _NO_DEFAULT and not any(
                         type(v) is type(default) and v == default for v in node["expected"]
                     ):
-                        return 0
+                        return -1
                 elif kind not in _PLAIN_TYPES:
-                    return 0
+                    return -1
                 elif default is not _NO_DEFAULT and type(default) is not _PLAIN_TYPES[kind]:
-                    return 0  # e.g. ``n: int = True``: stored True, dumped 1
+                    return -1  # e.g. ``n: int = True``: stored True, dumped 1
                 break
         return len(fields)
     except (AttributeError, KeyError, TypeError):  # a schema shape we do not know
-        return 0
+        return -1
 
 
 STORED_DUMP: Final[dict[str, Any]] = {
@@ -283,7 +284,7 @@ def encode_events(
     pack = _packer()
     pack_head = ENTRY_HEAD.pack
     last_cls: type | None = None
-    plain = 0
+    plain = -1
     type_b = b""
     dump: Callable[..., Any] = _no_dump
     event: Event
@@ -365,7 +366,7 @@ def encode_event(
         pack = _packer()
     try:
         value = event.__dict__
-        if len(value) != plain:  # not a plain class (plain is 0), or something added a key
+        if len(value) != plain:  # not a plain class (plain is -1), or something added a key
             value = cls.__pydantic_serializer__.to_python(event, **STORED_DUMP)
         data = pack(value)
     except Exception as exc:  # (only an error costs anything here)

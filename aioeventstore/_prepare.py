@@ -94,7 +94,7 @@ class Preparer:
                 _plain, _versioned, type_b, flags, plain, head = fields
                 value = events.__dict__
                 try:
-                    if len(value) != plain:  # not a plain class (plain is 0), or a key added
+                    if len(value) != plain:  # not a plain class (plain is -1), or a key added
                         serializer = type(events).__pydantic_serializer__  # type: ignore[union-attr]
                         value = serializer.to_python(events, **STORED_DUMP)
                     data = _packb(value, option=_NATIVE_ONLY)

@@ -75,7 +75,7 @@ def build_records(
         cls = type(event)
         fields = TYPE_FIELDS.get(cls)
         if (  # (not a plain, frozen class: see above)
-            fields is None or not fields[4] or not cls.model_config.get("frozen")
+            fields is None or fields[4] < 0 or not cls.model_config.get("frozen")
         ) and (keeps is None or keeps(item.stream, event.__event_type__)):
             if stored is None:
                 stored = _stored_data(item)
