@@ -474,17 +474,18 @@ def _nested_problem(metadata: Mapping[str, Any]) -> str | None:
     inside it that is neither a str nor bytes (``"key 1 in ['a'][0] is not a str or
     bytes"``), or maps and lists nested deeper than ``_MAX_DEPTH`` (msgpack packs 1,025
     levels but reads 1,024: deeper metadata was stored, then refused by every read).
-    Iterative, and each container once (one held twice, or holding itself, is not walked
-    again: msgpack refuses a cycle with a ValueError of its own)."""
+    Iterative; a container held in several places is walked again only where it lies
+    deeper than where it was walked (so one held twice at every level costs a walk per
+    level, not one per path, and a container holding itself ends as too deep)."""
     stack: list[tuple[Any, tuple[Any, ...]]] = [
         (v, (k,)) for k, v in metadata.items() if type(v) not in _SCALARS
     ]
-    seen: set[int] = set()
+    walked: dict[int, int] = {}  # container id -> the deepest path length it was walked at
     while stack:
         value, path = stack.pop()
-        if id(value) in seen:
+        if walked.get(id(value), -1) >= len(path):
             continue
-        seen.add(id(value))
+        walked[id(value)] = len(path)
         if len(path) >= _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
             return f"is nested more than {_MAX_DEPTH} maps and lists deep"
         if isinstance(value, Mapping):
@@ -506,13 +507,20 @@ _MAX_DEPTH = 512  # (counting the metadata map itself; far under what msgpack re
 # --- the JSON view of stored values (RecordedEvent.to_json) ---------------------------------
 def json_ready(value: Any) -> Any:
     """``value`` with what JSON cannot hold written as :meth:`RecordedEvent.to_json` says
-    (here: the only module that imports msgpack)."""
+    (here: the only module that imports msgpack). One Python frame per level, no
+    comprehension: metadata may be 512 levels deep, under the interpreter's 1,000 frames."""
     if isinstance(value, dict):
-        return {_json_key(k): json_ready(v) for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            out[_json_key(k)] = json_ready(v)
+        return out
     if isinstance(value, msgpack.ExtType):  # (a named tuple: before the tuples)
         return {"$ext": value.code, "$base64": base64.b64encode(value.data).decode("ascii")}
     if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
+        items: list[Any] = []
+        for v in value:
+            items.append(json_ready(v))
+        return items
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, bytes | bytearray | memoryview):

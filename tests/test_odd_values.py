@@ -167,6 +167,21 @@ def nested(levels: int) -> dict[str, Any]:
     return deep
 
 
+def shared_chain() -> dict[str, Any]:
+    """1,024 levels through "a", built of three 341-level chains that "b" and "c" also hold
+    (met first where they lie shallower: each must be walked again where it lies deeper)."""
+    x3: Any = b"leaf"
+    for _ in range(341):
+        x3 = [x3]
+    x2: Any = x3
+    for _ in range(341):
+        x2 = [x2]
+    x1: Any = x2
+    for _ in range(341):
+        x1 = [x1]
+    return {"a": x1, "b": x2, "c": x3}
+
+
 async def test_metadata_too_deep_or_holding_itself_is_a_value_error(store_path: Path) -> None:
     """msgpack packs 1,025 levels but reads 1,024: such metadata was acknowledged, then every
     read of its chunk raised CorruptLog (and verify said ok)."""
@@ -177,13 +192,20 @@ async def test_metadata_too_deep_or_holding_itself_is_a_value_error(store_path: 
             (nested(1025), "is nested more than 512 maps and lists deep"),
             (nested(513), "is nested more than 512 maps and lists deep"),
             (nested(3000), "is nested more than 512 maps and lists deep"),
-            ({"loop": loop}, "cannot be stored"),
+            ({"loop": loop}, "is nested more than 512 maps and lists deep"),
+            (shared_chain(), "is nested more than 512 maps and lists deep"),
         ]:
             with pytest.raises(ValueError, match=f"stream 's': event 0 metadata {problem}"):
                 await store.append("s", es.NewEvent(Note(text="x"), metadata=metadata))
-        await store.append("s", es.NewEvent(Note(text="ok"), metadata=nested(512)))
+        deepest = nested(511)
+        deepest["bytes"] = b"\x00"  # (to_json then converts it all, one frame per level)
+        await store.append("s", es.NewEvent(Note(text="ok"), metadata=deepest))
         assert store.head == 0
-        assert [r.data async for r in store.read_all()] == [Note(text="ok")]
+        (rec,) = [r async for r in store.read_all()]
+        assert rec.data == Note(text="ok")
+        assert strict_json(rec.to_json())["metadata"]["bytes"] == {"$base64": "AA=="}
+    code, out, _ = await asyncio.to_thread(cli, "dump", str(store_path))
+    assert code == EXIT_OK and len(out.splitlines()) == 1
 
 
 async def test_a_live_subscriber_reads_from_disk_when_the_fan_out_fails(
