@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import SnapshotFailed
+from .errors import SnapshotFailed, SnapshotVersionError, StreamDeleted
 from .events import RecordedEvent
 
 if TYPE_CHECKING:
@@ -64,9 +64,10 @@ async def load_aggregate(
 
     ``snapshot_every=N`` saves a snapshot of the result when N or more events were folded in
     on top of the snapshot loaded (or from the start): each load then replays fewer than N
-    events plus what was appended since. A snapshot that cannot be saved (``SnapshotFailed``)
-    is logged as a warning and the state is returned all the same; a read-only store saves
-    none (it changes nothing on disk).
+    events plus what was appended since. A snapshot that cannot be read or saved
+    (``SnapshotFailed``, or a delete, retention or scavenge that came in while the events
+    were folded) is logged as a warning and the state is returned all the same; a read-only
+    store saves none (it changes nothing on disk).
 
     Raises what ``read_stream`` raises (e.g. ``EventDecodeError``, ``StoreClosed``).
     """
@@ -81,7 +82,13 @@ async def load_aggregate(
     # The stream's version now: if what is read ends below it, the versions in between are
     # hidden (the read goes at least this far), and appending at this version is right.
     head = store.stream_version(stream)
-    snap = await store.load_snapshot(stream, state_type)
+    try:
+        snap = await store.load_snapshot(stream, state_type)
+    except SnapshotFailed as exc:  # a cache: the events are the truth
+        log.warning(
+            "could not read the snapshot of stream %r (folding every event): %s", stream, exc
+        )
+        snap = None
     folded = None
     if snap is not None:
         folded = await _fold(store, stream, state_type, apply, snap.state, snap.version, head)
@@ -92,7 +99,9 @@ async def load_aggregate(
     if snapshot_every is not None and count >= snapshot_every and not store.read_only:
         try:
             await store.save_snapshot(stream, state, version)
-        except SnapshotFailed as exc:
+        except (SnapshotFailed, SnapshotVersionError, StreamDeleted) as exc:
+            # (the file system refused, or a delete, retention or scavenge came in while
+            # the events were folded: the state read is returned all the same)
             log.warning("could not save a snapshot of stream %r: %s", stream, exc)
     return Snapshot(state, max(version, head))
 

@@ -979,9 +979,10 @@ class EventStore:
         committed version (a stream with no events has no snapshot) and that version's event
         is still in the log (retention and scavenging remove a stream's oldest events; a
         snapshot is checked against its event whenever it is loaded), :class:`SnapshotFailed`
-        when the file system refuses (the previous snapshot stays), :class:`StoreClosed`,
-        TypeError/ValueError for a state that is not a model or cannot be stored, and
-        :class:`StoreReadOnly` for a read-only store (it changes nothing on disk).
+        when the file system refuses (the previous snapshot stays), :class:`StreamDeleted`
+        for a hard-deleted stream, :class:`StoreClosed`, TypeError/ValueError for a state that
+        is not a model or cannot be stored, and :class:`StoreReadOnly` for a read-only store
+        (it changes nothing on disk).
         """
         self._require_writer()
         self._require_loop()

@@ -655,3 +655,64 @@ async def test_a_snapshot_hidden_while_it_is_loaded_is_not_glued_to_later_events
         monkeypatch.undo()
         assert got == (tally_of(deposits(2, start=4)), 5)  # the visible events, 4 and 5
         assert await es.load_aggregate(store, "s", Tally, fold) == got
+
+
+# --- a snapshot is a cache: its troubles never stop a load or an open ---------------------------
+async def test_an_unreadable_snapshot_makes_load_aggregate_fold_every_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bad sector under the snapshot file: load_aggregate raised SnapshotFailed although
+    every event could be read."""
+    fs = SimFS(1)
+    async with es.EventStore("/sim/s", _fs=fs) as store:
+        await store.append("x", [Deposited(account="a", amount=i) for i in range(5)])
+        await store.save_snapshot("x", Tally(count=5, total=10), 4)
+        fs.inject(Fault(op="pread", path=".snap", times=0))
+        with pytest.raises(es.SnapshotFailed):
+            await store.load_snapshot("x", Tally)  # (documented: the call itself says so)
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            loaded = await es.load_aggregate(store, "x", Tally, fold)
+        assert (loaded.state.count, loaded.version) == (5, 4)
+        assert "could not read the snapshot of stream 'x'" in caplog.text
+
+
+async def test_a_save_that_a_race_refuses_is_logged_by_load_aggregate(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delete and scavenge (or retention) landing while the events are folded make the
+    save refuse the folded version: load_aggregate raised SnapshotVersionError."""
+    async with es.EventStore(store_path) as store:
+        await store.append("x", [Deposited(account="a", amount=i) for i in range(3)])
+
+        async def refused(stream: str, state: BaseModel, version: int) -> bool:
+            raise es.SnapshotVersionError(stream, version, 9, 9)
+
+        monkeypatch.setattr(store, "save_snapshot", refused)
+        with caplog.at_level(logging.WARNING, logger="aioeventstore"):
+            loaded = await es.load_aggregate(store, "x", Tally, fold, snapshot_every=1)
+        assert (loaded.state.count, loaded.version) == (3, 2)
+        assert "could not save a snapshot of stream 'x'" in caplog.text
+
+
+async def test_a_hard_deleted_stream_takes_no_snapshot(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        await store.append("gone", [Deposited(account="a", amount=i) for i in range(3)])
+        await store.delete_stream("gone", hard=True)
+        with pytest.raises(es.StreamDeleted):
+            await store.save_snapshot("gone", Tally(count=3), 2)
+        assert sorted(p.suffix for p in store_path.iterdir() if "snap" in p.suffix) == []
+
+
+async def test_a_leftover_temporary_file_that_cannot_be_removed_does_not_stop_the_open() -> None:
+    fs = SimFS(2)
+    async with es.EventStore("/sim/s", _fs=fs) as store:
+        await store.append("x", Deposited(account="a", amount=1))
+    tmp = f"/sim/s/{'ab' * 16}.{'cd' * 8}{SNAPSHOT_TEMP_SUFFIX}"
+    f = fs.open(tmp, write=True, create=True)
+    f.pwrite(b"junk", 0)
+    f.sync()
+    f.close()
+    fs.sync_dir("/sim/s")
+    fs.inject(Fault(op="remove", path=SNAPSHOT_TEMP_SUFFIX, times=0))
+    async with es.EventStore("/sim/s", _fs=fs) as store:
+        assert [r.version async for r in store.read_stream("x")] == [0]
