@@ -160,14 +160,18 @@ def plain_fields(cls: type[Event]) -> int:
     The append path then packs ``event.__dict__`` without calling the serializer, the largest
     single cost of encoding a small event. Decided once per class from the pydantic-core
     schema, which is where every one of those features shows; anything not recognised as
-    neutral answers 0 (the serializer is used, as for every other class). ``float`` is left
-    out on purpose: the serializer turns ``inf``/``nan`` into ``None`` in JSON mode.
+    neutral answers -1 (the serializer is used, as for every other class). ``float`` is left
+    out on purpose (the rule keeps to types every value of which is a JSON value; a NaN or
+    an infinity is not). So is a class with its own ``__init__`` or ``model_post_init``:
+    they may set values that were never validated.
     """
     try:
         schema: Any = cls.__pydantic_core_schema__
         if (
             schema.get("type") != "model"
             or schema.get("root_model")
+            or schema.get("custom_init")  # its own __init__ may set anything, unvalidated
+            or schema.get("post_init")  # so may model_post_init (a PrivateAttr's too: slower)
             or "serialization" in schema
             or cls.model_config.get("extra") == "allow"
             or cls.model_config.get("serialize_by_alias")

@@ -117,6 +117,21 @@ class SnapshotFiles:
             raise SnapshotDamaged(path, f"the file holds stream {fields.stream!r}, not {stream!r}")
         return fields
 
+    def remove(self, stream: str) -> bool:
+        """Remove ``stream``'s snapshot file (a hard-deleted stream's: no load would use it),
+        after any save of it in progress; whether there was one. No directory sync: a file a
+        crash brings back is ignored as before. Raises OSError."""
+        with self._mu:
+            lock = self._locks.setdefault(stream, threading.Lock())
+        with lock:
+            with self._mu:
+                self._stored.pop(stream, None)
+            try:
+                self.fs.remove(self.path(stream))
+            except FileNotFoundError:
+                return False
+            return True
+
     def forget(self, stream: str) -> None:
         """Drop what is remembered about ``stream``'s file: the next save reads it again (after
         a load found it damaged, so that any later save replaces it)."""
@@ -242,6 +257,14 @@ class Snapshots:
             return False  # a newer snapshot that still matches the log: keep it
         # the stored snapshot no longer matches the log (see load): replace it
         return await self._call(stream, save, stream, this, data, kept) is None
+
+    async def drop(self, stream: str) -> None:
+        """Remove the snapshot of a stream just hard-deleted; a failure is logged (the file
+        stays, and every load ignores it)."""
+        try:
+            await self._call(stream, self.files.remove, stream)
+        except SnapshotFailed as exc:
+            log.warning("could not remove the snapshot of hard-deleted stream %r: %s", stream, exc)
 
     async def load(self, stream: str, state_type: type[S]) -> Snapshot[S] | None:
         """See ``EventStore.load_snapshot``."""

@@ -1067,16 +1067,20 @@ class EventStore:
         can be appended to again: the next event gets the next version (e.g. 5 after versions
         0..4 were deleted), ``read_stream`` shows only the new events, and ``deleted`` turns
         False. ``hard=True`` writes a permanent tombstone: reads yield nothing (they do not
-        raise), later appends and metadata changes raise :class:`StreamDeleted`. Either way
-        ``scavenge()`` frees the space. ``expected_version`` is checked as for ``append``
-        (:class:`WrongExpectedVersion`, nothing written).
+        raise), later appends and metadata changes raise :class:`StreamDeleted`, and the
+        stream's snapshot file is removed. Either way ``scavenge()`` frees the space.
+        ``expected_version`` is checked as for ``append`` (:class:`WrongExpectedVersion`,
+        nothing written).
         """
         commit = self._require_writer()
         self._require_loop()
         stream_b = check_stream(stream)
         expected_version = check_expected(expected_version)
         op = MetaOp("delete", hard=bool(hard))
-        return await self._write_meta(commit, stream, stream_b, expected_version, op)
+        meta = await self._write_meta(commit, stream, stream_b, expected_version, op)
+        if hard:  # its snapshot can never be used again: its file goes too
+            await self._snapshots.drop(stream)
+        return meta
 
     async def _write_meta(
         self,

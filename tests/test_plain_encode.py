@@ -251,3 +251,37 @@ async def test_classes_without_fields_of_their_own_store_their_dump(tmp_path: An
         raw = [r.data async for r in store.read_all(raw=True)]
     extras = {"user": "alice", "amount": 10}
     assert raw == [extras, extras, {}, extras, {"kind": "ping"}]
+
+
+class PEPostInit(es.Event):
+    """Plain fields, but model_post_init sets values nobody validated."""
+
+    hits: int
+    perfect: int = 0
+
+    def model_post_init(self, context: Any) -> None:
+        object.__setattr__(self, "perfect", self.hits > 0)  # a bool in an int field
+
+
+class PEOwnInit(es.Event):
+    """Plain fields, but its own __init__ sets one after validation."""
+
+    order: str = ""
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        object.__setattr__(self, "order", uuid.UUID(int=7))  # a UUID in a str field
+
+
+def test_classes_with_their_own_init_or_post_init_use_the_serializer() -> None:
+    """They were taken for plain: a bool was stored where the serializer gives 1, and a
+    UUID made the append fail where the serializer gives its text."""
+    assert (plain_fields(PEPostInit), plain_fields(PEOwnInit)) == (-1, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the serializer warns about the unexpected types)
+        for event in (PEPostInit(hits=3), PEOwnInit()):
+            expected = type(event).__pydantic_serializer__.to_python(
+                event, mode="json", by_alias=False, exclude_computed_fields=True
+            )
+            assert stored_data(event) == expected
+    assert stored_data(PEPostInit(hits=3)) == {"hits": 3, "perfect": 1}
