@@ -22,6 +22,7 @@ import msgpack
 import ormsgpack
 from pydantic import BaseModel, ValidationError
 
+from . import events
 from ._format import (
     BODY_HEAD_SIZE,
     ENTRY_HEAD,
@@ -544,6 +545,9 @@ def _json_key(key: Any) -> Any:
     if key is None or isinstance(key, str | int | float):
         return key  # (json writes these as strs)
     return str(key)
+
+
+events._json_ready = json_ready  # (events cannot import the codec: the codec imports it)
 
 
 def pack_stream_metadata(fields: Mapping[str, int]) -> bytes:

@@ -226,8 +226,7 @@ class Snapshots:
 
     async def save(self, stream: str, state: BaseModel, version: int) -> bool:
         """See ``EventStore.save_snapshot``."""
-        meta = self._metas.durable.get(stream)
-        if meta is not None and meta.hard_deleted:  # (no load would ever use it)
+        if self._deleted_meanwhile(stream):  # (no load would ever use it)
             raise StreamDeleted(stream)
         last = self._index.committed_last_version(stream)
         first = self._index.first_version(stream)
@@ -251,12 +250,21 @@ class Snapshots:
         )
         save, this = self.files.save, Stored(version, position, event_id)
         kept = await self._call(stream, save, stream, this, data, None)
+        if self._deleted_meanwhile(stream):
+            await self.drop(stream)  # (the delete's own drop may have run before the write)
+            raise StreamDeleted(stream)
         if kept is None:
             return True
         if await self._mismatch(stream, kept) is None:
             return False  # a newer snapshot that still matches the log: keep it
         # the stored snapshot no longer matches the log (see load): replace it
         return await self._call(stream, save, stream, this, data, kept) is None
+
+    def _deleted_meanwhile(self, stream: str) -> bool:
+        """Whether ``stream`` is hard-deleted (checked before a save and after its write: a
+        delete may land while the save awaits)."""
+        meta = self._metas.durable.get(stream)
+        return meta is not None and meta.hard_deleted
 
     async def drop(self, stream: str) -> None:
         """Remove the snapshot of a stream just hard-deleted; a failure is logged (the file

@@ -262,6 +262,10 @@ except ImportError:  # pragma: no cover - other Pythons
         return property(itemgetter(index), doc=doc)
 
 
+def _json_ready(value: Any) -> Any:  # (replaced by _codec.json_ready when it is imported)
+    raise NotImplementedError
+
+
 class _NoMetadata(dict[str, Any]):
     """The type of :data:`NO_METADATA`: an empty dict (so ``json.dumps``, ``pickle`` and
     ``isinstance(m, dict)`` treat it as the metadata of any other event) that refuses to be
@@ -404,9 +408,7 @@ class RecordedEvent(tuple[str, int, int, bytes, str, Any, Mapping[str, Any], dat
         try:  # (the common case: nothing to convert)
             return json.dumps(doc, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError):
-            from ._codec import json_ready  # (the codec imports this module)
-
-            return json.dumps(json_ready(doc), allow_nan=False, separators=(",", ":"))
+            return json.dumps(_json_ready(doc), allow_nan=False, separators=(",", ":"))
 
 
 class EventFilter:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -679,6 +681,22 @@ async def test_an_unreadable_snapshot_makes_load_aggregate_fold_every_event(
         assert "could not read the snapshot of stream 'x'" in caplog.text
 
 
+async def test_an_unreadable_snapshot_of_a_truncated_stream_is_an_error() -> None:
+    """The snapshot is then the only record of the events before the floor: folding what is
+    left returned a wrong state as if right, and snapshot_every saved it over the good one."""
+    fs = SimFS(1)
+    events = deposits(10)
+    async with es.EventStore("/sim/s", _fs=fs) as store:
+        await store.append("x", events)
+        assert await store.save_snapshot("x", tally_of(events), 9)
+        await store.set_stream_metadata("x", truncate_before=9)  # (keeps the snapshot's event)
+        fs.inject(Fault(op="pread", path=".snap", errno=errno.EMFILE, times=1))
+        with pytest.raises(es.SnapshotFailed):
+            await es.load_aggregate(store, "x", Tally, fold, snapshot_every=1)
+        after = await es.load_aggregate(store, "x", Tally, fold)  # (the fault has passed)
+        assert (after.state, after.version) == (tally_of(events), 9)
+
+
 async def test_a_save_that_a_race_refuses_is_logged_by_load_aggregate(
     store_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -712,6 +730,27 @@ async def test_a_hard_deleted_stream_takes_no_snapshot(store_path: Path) -> None
         with pytest.raises(es.StreamDeleted):
             await store.save_snapshot("gone", Tally(count=3), 2)
         assert len([p for p in store_path.iterdir() if p.suffix == ".snap"]) == 1
+
+
+async def test_a_save_a_hard_delete_overtakes_leaves_no_file(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete lands while the save awaits the event id: the save found the stream alive,
+    then wrote its file after the delete had removed the stream's."""
+    async with es.EventStore(store_path) as store:
+        await store.append("gone", deposits(3))
+        reader = store._snapshots._reader
+        real = reader.stream_ids
+
+        async def overtaken(*args: Any) -> list[bytes]:
+            ids = await real(*args)
+            await store.delete_stream("gone", hard=True)
+            return ids
+
+        monkeypatch.setattr(reader, "stream_ids", overtaken)
+        with pytest.raises(es.StreamDeleted):
+            await store.save_snapshot("gone", Tally(count=3), 2)
+        assert not [p for p in store_path.iterdir() if p.suffix == ".snap"]
 
 
 async def test_a_leftover_temporary_file_that_cannot_be_removed_does_not_stop_the_open() -> None:
