@@ -463,7 +463,12 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
             )
         if type(value) not in _SCALARS:
             nested = True
-    problem = _nested_problem(metadata) if nested else None
+    problem = None
+    if nested:
+        try:  # (ormsgpack takes only str keys, 255 levels at most: then all is well)
+            ormsgpack.packb(metadata)
+        except Exception:
+            problem = _nested_problem(metadata)
     if problem is not None:
         raise ValueError(f"append to stream {stream!r}: event {index} metadata {problem}")
     try:
@@ -477,35 +482,124 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
 def _nested_problem(metadata: Mapping[str, Any]) -> str | None:
     """What is wrong inside ``metadata`` (a map of str keys), if anything: a key of a map
     inside it that is neither a str nor bytes (``"key 1 in ['a'][0] is not a str or
-    bytes"``), or maps and lists nested deeper than ``_MAX_DEPTH`` (msgpack packs 1,025
-    levels but reads 1,024: deeper metadata was stored, then refused by every read).
-    Iterative; a container held in several places is walked again only where it lies
-    deeper than where it was walked (so one held twice at every level costs a walk per
-    level, not one per path, and a container holding itself ends as too deep)."""
-    stack: list[tuple[Any, tuple[Any, ...]]] = [
-        (v, (k,)) for k, v in metadata.items() if type(v) not in _SCALARS
+    bytes"``), maps and lists nested deeper than ``_MAX_DEPTH`` (msgpack packs 1,025 levels
+    but reads 1,024: deeper metadata was stored, then refused by every read), or a map or
+    list that holds itself.
+
+    The usual metadata, a small tree, is looked over in one cheap pass, each container
+    once; anything it meets out of the ordinary (a bad key, great depth, a container held
+    twice) is left to :func:`_looked_closer`, which names it.
+    """
+    # (exact type tests first: isinstance with an ABC costs ten times as much)
+    stack = [
+        (v, 1)
+        for v in metadata.values()
+        if type(v) in _PLAIN_CONTAINERS
+        or (type(v) not in _SCALARS and isinstance(v, Mapping | list | tuple))
     ]
-    walked: dict[int, int] = {}  # container id -> the deepest path length it was walked at
+    seen: set[int] = set()
     while stack:
-        value, path = stack.pop()
-        if walked.get(id(value), -1) >= len(path):
-            continue
-        walked[id(value)] = len(path)
-        if len(path) >= _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
-            return f"is nested more than {_MAX_DEPTH} maps and lists deep"
-        if isinstance(value, Mapping):
+        value, depth = stack.pop()
+        if depth >= _MAX_DEPTH or id(value) in seen:
+            return _looked_closer(metadata)
+        seen.add(id(value))
+        if type(value) is dict or isinstance(value, Mapping):
             for k, v in value.items():
-                if not isinstance(k, str | bytes):
-                    where = "".join(f"[{step!r}]" for step in path)
-                    return f"key {k!r} in {where} is not a str or bytes"
-                if type(v) not in _SCALARS:
-                    stack.append((v, (*path, k)))
-        elif isinstance(value, list | tuple):
-            stack += [(v, (*path, i)) for i, v in enumerate(value) if type(v) not in _SCALARS]
+                if type(k) is not str and not isinstance(k, str | bytes):
+                    return _looked_closer(metadata)
+                if type(v) in _PLAIN_CONTAINERS or (
+                    type(v) not in _SCALARS and isinstance(v, Mapping | list | tuple)
+                ):
+                    stack.append((v, depth + 1))
+        else:
+            for v in value:
+                if type(v) in _PLAIN_CONTAINERS or (
+                    type(v) not in _SCALARS and isinstance(v, Mapping | list | tuple)
+                ):
+                    stack.append((v, depth + 1))
     return None
 
 
+def _looked_closer(metadata: Mapping[str, Any]) -> str | None:
+    """:func:`_nested_problem`, exactly: each container is walked once, depth first,
+    iteratively, and its height (the levels of maps and lists in it, itself included) kept,
+    so that one held in several places is judged by where it lies deepest without being
+    walked again (walking it again at every depth cost seconds, or gigabytes)."""
+    heights: dict[int, int] = {}
+    for key, top in metadata.items():
+        if not isinstance(top, Mapping | list | tuple):
+            continue
+        height = heights.get(id(top))
+        if height is None:
+            problem = _walk(top, key, heights)
+            if problem is not None:
+                return problem
+            height = heights[id(top)]
+        if 1 + height > _MAX_DEPTH:
+            return f"is nested more than {_MAX_DEPTH} maps and lists deep"
+    return None
+
+
+def _walk(top: Any, key: Any, heights: dict[int, int]) -> str | None:
+    """:func:`_nested_problem` for one value of the metadata map: fills ``heights``."""
+    bad = _odd_key(top)
+    if bad is not _NO_KEY:
+        return f"key {bad!r} in {_where([key])} is not a str or bytes"
+    path = [key]  # the keys down to the container on top of the stack
+    stack = [(top, _containers(top), 0)]
+    on_path = {id(top)}
+    while stack:
+        node, children, i = stack[-1]
+        if i < len(children):
+            stack[-1] = (node, children, i + 1)
+            step, child = children[i]
+            if id(child) in on_path:
+                return f"holds itself (at {_where([*path, step])})"
+            known = heights.get(id(child))
+            if known is not None:  # (walked already, from elsewhere: its height stands)
+                if len(stack) + 1 + known > _MAX_DEPTH:
+                    return f"is nested more than {_MAX_DEPTH} maps and lists deep"
+                continue
+            if len(stack) + 1 >= _MAX_DEPTH:
+                return f"is nested more than {_MAX_DEPTH} maps and lists deep"
+            bad = _odd_key(child)
+            if bad is not _NO_KEY:
+                return f"key {bad!r} in {_where([*path, step])} is not a str or bytes"
+            path.append(step)
+            on_path.add(id(child))
+            stack.append((child, _containers(child), 0))
+            continue
+        stack.pop()
+        path.pop()
+        on_path.discard(id(node))
+        heights[id(node)] = 1 + max((heights[id(c)] for _, c in children), default=0)
+    return None
+
+
+def _containers(value: Any) -> list[tuple[Any, Any]]:
+    """The maps and lists a map or list holds, with their keys or indexes."""
+    items = value.items() if isinstance(value, Mapping) else enumerate(value)
+    return [(k, v) for k, v in items if isinstance(v, Mapping | list | tuple)]
+
+
+def _odd_key(value: Any) -> Any:
+    """A key of ``value`` (when a map) that is neither a str nor bytes, else ``_NO_KEY``."""
+    if isinstance(value, Mapping):
+        for k in value:
+            if not isinstance(k, str | bytes):
+                return k
+    return _NO_KEY
+
+
+_NO_KEY = object()  # (None is a key that can be wrong)
+
+
+def _where(path: list[Any]) -> str:
+    return "".join(f"[{step!r}]" for step in path)
+
+
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_PLAIN_CONTAINERS = frozenset({dict, list, tuple})
 _MAX_DEPTH = 512  # (counting the metadata map itself; far under what msgpack reads)
 
 

@@ -516,9 +516,7 @@ async def test_metadata_holding_one_dict_many_times_is_refused_at_once(store_pat
     shared["a"] = shared
     shared["b"] = shared  # (2**512 paths, if each were walked: a walk per level instead)
     async with es.EventStore(store_path) as store:
-        with pytest.raises(
-            ValueError, match="metadata is nested more than 512 maps and lists deep"
-        ):
+        with pytest.raises(ValueError, match=r"metadata holds itself \(at \['m'\]\['\w'\]\)"):
             await store.append("s", es.NewEvent(Deposit(amount=1), metadata={"m": shared}))
 
 

@@ -167,6 +167,17 @@ def nested(levels: int) -> dict[str, Any]:
     return deep
 
 
+def ladder(width: int) -> dict[str, Any]:
+    """600 levels, each holding the level below and one list of ``width`` items shared by
+    all: walked again at every level it cost seconds (and a dict holding itself under many
+    keys, gigabytes)."""
+    shared = list(range(width))
+    rung: Any = [shared]
+    for _ in range(600):
+        rung = [rung, shared]
+    return {"l": rung}
+
+
 def shared_chain() -> dict[str, Any]:
     """1,024 levels through "a", built of three 341-level chains that "b" and "c" also hold
     (met first where they lie shallower: each must be walked again where it lies deeper)."""
@@ -192,7 +203,8 @@ async def test_metadata_too_deep_or_holding_itself_is_a_value_error(store_path: 
             (nested(1025), "is nested more than 512 maps and lists deep"),
             (nested(513), "is nested more than 512 maps and lists deep"),
             (nested(3000), "is nested more than 512 maps and lists deep"),
-            ({"loop": loop}, "is nested more than 512 maps and lists deep"),
+            ({"loop": loop}, re.escape("holds itself (at ['loop'][0])")),
+            (ladder(1000), "is nested more than 512 maps and lists deep"),
             (shared_chain(), "is nested more than 512 maps and lists deep"),
         ]:
             with pytest.raises(ValueError, match=f"stream 's': event 0 metadata {problem}"):
