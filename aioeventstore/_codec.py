@@ -465,8 +465,10 @@ def _pack_metadata(stream: str, index: int, metadata: Mapping[str, Any]) -> byte
             nested = True
     problem = None
     if nested:
-        try:  # (ormsgpack takes only str keys, 255 levels at most: then all is well)
-            ormsgpack.packb(metadata)
+        try:  # (ormsgpack takes only str keys, 255 levels at most: then all is well; it
+            # reads a dict's storage, not an overridden items(): subclasses are left to the
+            # walk, which looks as msgpack does)
+            ormsgpack.packb(metadata, option=ormsgpack.OPT_PASSTHROUGH_SUBCLASS)
         except Exception:
             problem = _nested_problem(metadata)
     if problem is not None:
@@ -585,7 +587,7 @@ def _containers(value: Any) -> list[tuple[Any, Any]]:
 def _odd_key(value: Any) -> Any:
     """A key of ``value`` (when a map) that is neither a str nor bytes, else ``_NO_KEY``."""
     if isinstance(value, Mapping):
-        for k in value:
+        for k, _v in value.items():  # (as msgpack and the first pass see the keys)
             if not isinstance(k, str | bytes):
                 return k
     return _NO_KEY

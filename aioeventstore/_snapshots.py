@@ -250,15 +250,22 @@ class Snapshots:
         )
         save, this = self.files.save, Stored(version, position, event_id)
         kept = await self._call(stream, save, stream, this, data, None)
-        if self._deleted_meanwhile(stream):
-            await self.drop(stream)  # (the delete's own drop may have run before the write)
-            raise StreamDeleted(stream)
+        await self._undo_if_deleted(stream)
         if kept is None:
             return True
         if await self._mismatch(stream, kept) is None:
             return False  # a newer snapshot that still matches the log: keep it
         # the stored snapshot no longer matches the log (see load): replace it
-        return await self._call(stream, save, stream, this, data, kept) is None
+        replaced = await self._call(stream, save, stream, this, data, kept) is None
+        await self._undo_if_deleted(stream)
+        return replaced
+
+    async def _undo_if_deleted(self, stream: str) -> None:
+        """After a write: a hard delete that landed while the save awaited has had its own
+        drop run, perhaps before the write; the file goes, and StreamDeleted is raised."""
+        if self._deleted_meanwhile(stream):
+            await self.drop(stream)
+            raise StreamDeleted(stream)
 
     def _deleted_meanwhile(self, stream: str) -> bool:
         """Whether ``stream`` is hard-deleted (checked before a save and after its write: a

@@ -68,11 +68,13 @@ async def load_aggregate(
     or a delete, retention or scavenge that came in while the events were folded) is logged
     as a warning and the state is returned all the same; a read-only store saves none (it
     changes nothing on disk). One that cannot be read is logged too, and every event folded,
-    when the stream's events all are still there (its first readable one is version 0).
+    when the stream's events all are still there (it has none, or its first readable one is
+    version 0).
 
     Raises what ``read_stream`` raises (e.g. ``EventDecodeError``, ``StoreClosed``), and
     ``SnapshotFailed`` when the snapshot cannot be read and the stream's first events are
-    gone (the snapshot may hold their only record).
+    gone or hidden (the snapshot may hold their only record; a stream deleted and appended
+    to again is one such, to be safe).
     """
     if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
         raise TypeError(f"state_type must be a pydantic model class, not {state_type!r}")
@@ -88,13 +90,14 @@ async def load_aggregate(
     try:
         snap = await store.load_snapshot(stream, state_type)
     except SnapshotFailed as exc:
-        # A cache, when the events are the whole truth: the stream's first readable event is
-        # its version 0. Past that (truncated, expired, scavenged), the snapshot may be the
-        # only record of the events before: folding without it would return a wrong state
-        # (and snapshot_every would save it over the good one). The error is raised then.
-        async for rec in store.read_stream(stream, limit=1):
-            if rec.version != 0:
-                raise
+        # A cache, when the events are the whole truth: the stream has none, or its first
+        # readable event is its version 0. Otherwise (truncated, expired, scavenged,
+        # deleted) the snapshot may be the only record of the events before: folding without
+        # it would return a wrong state (and snapshot_every would save it over the good
+        # one). The error is raised then.
+        first = [r.version async for r in store.read_stream(stream, limit=1, raw=True)]
+        if head >= 0 and first != [0]:
+            raise
         log.warning(
             "could not read the snapshot of stream %r (folding every event): %s", stream, exc
         )

@@ -262,8 +262,12 @@ except ImportError:  # pragma: no cover - other Pythons
         return property(itemgetter(index), doc=doc)
 
 
-def _json_ready(value: Any) -> Any:  # (replaced by _codec.json_ready when it is imported)
-    raise NotImplementedError
+def _json_ready(value: Any) -> Any:
+    """``_codec.json_ready``, which replaces this when the codec is imported (it imports
+    this module: no import from here at load); the import below serves a reloaded module."""
+    from ._codec import json_ready
+
+    return json_ready(value)
 
 
 class _NoMetadata(dict[str, Any]):

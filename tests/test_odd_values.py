@@ -323,3 +323,17 @@ async def test_records_without_metadata_pickle_and_dump_as_json(store_path: Path
     with pytest.raises(TypeError, match="read-only"):
         rec.metadata["k"] = 1
     assert rec.metadata == {}
+
+
+class _LyingDict(dict[str, Any]):
+    """A dict whose items() are not its storage: msgpack packs what items() gives."""
+
+    def items(self) -> Any:
+        return [(1, v) for v in self.values()]
+
+
+async def test_metadata_keys_are_checked_as_msgpack_sees_them(store_path: Path) -> None:
+    async with es.EventStore(store_path) as store:
+        with pytest.raises(ValueError, match=re.escape("key 1 in ['m'] is not a str or bytes")):
+            await store.append("s", es.NewEvent(Note(text="x"), metadata={"m": _LyingDict(a=1)}))
+        assert store.head == -1

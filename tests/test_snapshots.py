@@ -697,6 +697,33 @@ async def test_an_unreadable_snapshot_of_a_truncated_stream_is_an_error() -> Non
         assert (after.state, after.version) == (tally_of(events), 9)
 
 
+@pytest.mark.parametrize("how", ["max_age", "soft delete, appended again"])
+async def test_an_unreadable_snapshot_of_a_stream_whose_first_events_are_hidden_is_an_error(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The first events hidden, not gone: the probe read nothing (max_age hid them all) and
+    folded, returning the initial state as if right. A stream deleted and appended to
+    again is refused too, to be safe (its first readable version says nothing of the
+    snapshot)."""
+    async with es.EventStore(store_path) as store:
+        await store.append("x", deposits(5))
+        if how == "max_age":
+            assert await store.save_snapshot("x", tally_of(deposits(5)), 4)
+            await store.set_stream_metadata("x", max_age=0.05)
+            await asyncio.sleep(0.2)
+        else:
+            await store.delete_stream("x")
+            await store.append("x", deposits(3, start=5))
+            assert await store.save_snapshot("x", tally_of(deposits(3, start=5)), 7)
+
+        def unreadable(stream: str) -> None:
+            raise OSError(errno.EIO, "injected")
+
+        monkeypatch.setattr(store._snapshots.files, "read", unreadable)
+        with pytest.raises(es.SnapshotFailed):
+            await es.load_aggregate(store, "x", Tally, fold, snapshot_every=1)
+
+
 async def test_a_save_that_a_race_refuses_is_logged_by_load_aggregate(
     store_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -750,6 +777,25 @@ async def test_a_save_a_hard_delete_overtakes_leaves_no_file(
         monkeypatch.setattr(reader, "stream_ids", overtaken)
         with pytest.raises(es.StreamDeleted):
             await store.save_snapshot("gone", Tally(count=3), 2)
+        assert not [p for p in store_path.iterdir() if p.suffix == ".snap"]
+
+
+async def test_a_replacing_save_a_hard_delete_overtakes_leaves_no_file(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the save's second write (it replaces a newer snapshot that no longer
+    matches the log): the delete lands while it checks that one."""
+    async with es.EventStore(store_path) as store:
+        await store.append("s", deposits(5))
+        await store.save_snapshot("s", tally_of(deposits(5)), 4)
+
+        async def mismatch(stream: str, kept: Any) -> str:
+            await store.delete_stream("s", hard=True)
+            return "a mismatch"
+
+        monkeypatch.setattr(store._snapshots, "_mismatch", mismatch)
+        with pytest.raises(es.StreamDeleted):
+            await store.save_snapshot("s", tally_of(deposits(3)), 2)
         assert not [p for p in store_path.iterdir() if p.suffix == ".snap"]
 
 
