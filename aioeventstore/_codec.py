@@ -486,47 +486,13 @@ def _nested_problem(metadata: Mapping[str, Any]) -> str | None:
     inside it that is neither a str nor bytes (``"key 1 in ['a'][0] is not a str or
     bytes"``), maps and lists nested deeper than ``_MAX_DEPTH`` (msgpack packs 1,025 levels
     but reads 1,024: deeper metadata was stored, then refused by every read), or a map or
-    list that holds itself.
+    list that holds itself. Asked only of metadata ormsgpack refuses (see the caller).
 
-    The usual metadata, a small tree, is looked over in one cheap pass, each container
-    once; anything it meets out of the ordinary (a bad key, great depth, a container held
-    twice) is left to :func:`_looked_closer`, which names it.
+    Each container is walked once, depth first, iteratively, and its height (the levels of
+    maps and lists in it, itself included) kept, so that one held in several places is
+    judged by where it lies deepest without being walked again (walking it again at every
+    depth cost seconds, or gigabytes).
     """
-    # (exact type tests first: isinstance with an ABC costs ten times as much)
-    stack = [
-        (v, 1)
-        for v in metadata.values()
-        if type(v) in _PLAIN_CONTAINERS
-        or (type(v) not in _SCALARS and isinstance(v, Mapping | list | tuple))
-    ]
-    seen: set[int] = set()
-    while stack:
-        value, depth = stack.pop()
-        if depth >= _MAX_DEPTH or id(value) in seen:
-            return _looked_closer(metadata)
-        seen.add(id(value))
-        if type(value) is dict or isinstance(value, Mapping):
-            for k, v in value.items():
-                if type(k) is not str and not isinstance(k, str | bytes):
-                    return _looked_closer(metadata)
-                if type(v) in _PLAIN_CONTAINERS or (
-                    type(v) not in _SCALARS and isinstance(v, Mapping | list | tuple)
-                ):
-                    stack.append((v, depth + 1))
-        else:
-            for v in value:
-                if type(v) in _PLAIN_CONTAINERS or (
-                    type(v) not in _SCALARS and isinstance(v, Mapping | list | tuple)
-                ):
-                    stack.append((v, depth + 1))
-    return None
-
-
-def _looked_closer(metadata: Mapping[str, Any]) -> str | None:
-    """:func:`_nested_problem`, exactly: each container is walked once, depth first,
-    iteratively, and its height (the levels of maps and lists in it, itself included) kept,
-    so that one held in several places is judged by where it lies deepest without being
-    walked again (walking it again at every depth cost seconds, or gigabytes)."""
     heights: dict[int, int] = {}
     for key, top in metadata.items():
         if not isinstance(top, Mapping | list | tuple):
@@ -601,7 +567,6 @@ def _where(path: list[Any]) -> str:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
-_PLAIN_CONTAINERS = frozenset({dict, list, tuple})
 _MAX_DEPTH = 512  # (counting the metadata map itself; far under what msgpack reads)
 
 
